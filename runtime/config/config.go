@@ -1,0 +1,147 @@
+// Package config is micro's configuration model: what micro.toml holds, its defaults, and
+// how it is loaded, validated and watched.
+package config
+
+import "time"
+
+// Config is the whole of micro.toml. Field tags name the TOML keys; the env variable for a
+// key is MICRO_ followed by its dotted path in upper case with dots as underscores, e.g.
+// MICRO_REGISTRY_PLUGIN for [registry] plugin.
+type Config struct {
+	Server    Server             `koanf:"server"`
+	Registry  Registry           `koanf:"registry"`
+	Transport Transport          `koanf:"transport"`
+	Client    Client             `koanf:"client"`
+	Routes    map[string]Route   `koanf:"routes"`
+	Services  map[string]Service `koanf:"services"`
+	Log       Log                `koanf:"log"`
+}
+
+// Server holds micro's listeners. Changing them needs a restart.
+type Server struct {
+	// Ingress is where local apps call services: POST /{service}/{endpoint}.
+	Ingress string `koanf:"ingress"`
+	// Inbound is where other micro processes reach the services fronted here.
+	// Port 0 picks a free port.
+	Inbound string `koanf:"inbound"`
+	// Advertise is the address other micro processes use to reach Inbound, when it differs
+	// from the bound address.
+	Advertise string `koanf:"advertise"`
+	// MaxBody is the largest request or response body accepted, e.g. "4MiB".
+	MaxBody ByteSize `koanf:"max_body"`
+	// DrainTimeout bounds how long a graceful stop waits for calls in flight.
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
+}
+
+// Registry selects and configures the registry.
+type Registry struct {
+	// Plugin names the registry: "embedded" is the in-process default.
+	Plugin string `koanf:"plugin"`
+	// Dir is where the embedded registry keeps its entries; several micro processes on one
+	// machine share it. Empty means a directory under the user's cache or temp directory.
+	Dir string `koanf:"dir"`
+	// TTL is how long a node stays registered without a heartbeat.
+	TTL time.Duration `koanf:"ttl"`
+	// Heartbeat is how often micro refreshes its nodes; it must be less than TTL.
+	Heartbeat time.Duration `koanf:"heartbeat"`
+	// CacheTTL is how long a cached service is served without a refresh from the registry
+	// before it is refetched. Stale entries are still served while the registry errs.
+	CacheTTL time.Duration `koanf:"cache_ttl"`
+}
+
+// Transport selects the transport between micro processes.
+type Transport struct {
+	// Plugin names the transport: "http" is the in-process default.
+	Plugin string `koanf:"plugin"`
+}
+
+// Client configures outgoing calls.
+type Client struct {
+	// Strategy is p2c_ewma, round_robin or random.
+	Strategy string `koanf:"strategy"`
+	// Timeout is the budget of a call that carries no Micro-Timeout header.
+	Timeout time.Duration `koanf:"timeout"`
+	// Attempts is the most attempts one call makes, the first included.
+	Attempts int `koanf:"attempts"`
+	// Backoff is the base of the jittered exponential backoff between attempts.
+	Backoff time.Duration `koanf:"backoff"`
+	// BackoffMax caps one backoff.
+	BackoffMax time.Duration `koanf:"backoff_max"`
+	// RetryBudget limits retries to a share of requests plus a floor per second.
+	RetryBudget RetryBudget `koanf:"retry_budget"`
+	// Pool bounds the idle connections kept per node.
+	Pool Pool `koanf:"pool"`
+	// Ejection takes failing nodes out of selection for a while.
+	Ejection Ejection `koanf:"ejection"`
+	// EWMADecay is the decay time of the peak-EWMA latency estimate.
+	EWMADecay time.Duration `koanf:"ewma_decay"`
+}
+
+// RetryBudget is Finagle's retry budget: retries may add Ratio of the requests, plus
+// MinPerSecond retries per second.
+type RetryBudget struct {
+	Ratio        float64 `koanf:"ratio"`
+	MinPerSecond float64 `koanf:"min_per_second"`
+}
+
+// Pool bounds pooled connections per node.
+type Pool struct {
+	MaxIdle int           `koanf:"max_idle"`
+	IdleTTL time.Duration `koanf:"idle_ttl"`
+}
+
+// Ejection is outlier ejection: after ConsecutiveFailures failures in a row a node is out for
+// Base × n (n counts its ejections), capped at Max, and never more than MaxPercent of a
+// service's nodes are out at once.
+type Ejection struct {
+	ConsecutiveFailures int           `koanf:"consecutive_failures"`
+	Base                time.Duration `koanf:"base"`
+	Max                 time.Duration `koanf:"max"`
+	MaxPercent          int           `koanf:"max_percent"`
+}
+
+// Route narrows and weighs the nodes of one called service; its key in [routes] is the
+// service name.
+type Route struct {
+	// Version keeps only nodes of this version.
+	Version string `koanf:"version"`
+	// Metadata keeps only nodes whose metadata has all these labels.
+	Metadata map[string]string `koanf:"metadata"`
+	// Weights splits calls between versions, e.g. {"1.0.0" = 90, "1.1.0" = 10}.
+	Weights map[string]int `koanf:"weights"`
+	// Strategy overrides [client] strategy for this service.
+	Strategy string `koanf:"strategy"`
+}
+
+// Service is a service that this micro fronts: its app and how it is registered.
+type Service struct {
+	// Version is registered with every node of the service.
+	Version string `koanf:"version"`
+	// Metadata is registered with every node of the service.
+	Metadata map[string]string `koanf:"metadata"`
+	// Endpoints the service serves; empty means any.
+	Endpoints []string `koanf:"endpoints"`
+	// Address is the base URL of an app that runs on its own, e.g. "http://127.0.0.1:9000".
+	// Exactly one of Address and Command is set.
+	Address string `koanf:"address"`
+	// Command starts the app; micro supervises it and restarts it when it exits. The app
+	// reads its listen address from the PORT and MICRO_APP_ADDR env variables.
+	Command []string `koanf:"command"`
+	// Dir is the working directory of Command; relative paths are from micro.toml's directory.
+	Dir string `koanf:"dir"`
+	// Env adds variables to Command's environment.
+	Env map[string]string `koanf:"env"`
+	// Instances is how many copies of Command run; each is a node.
+	Instances int `koanf:"instances"`
+	// Health is the path micro polls to see that an instance is ready, e.g. "/health".
+	// Empty means the instance is ready once its port accepts connections.
+	Health string `koanf:"health"`
+}
+
+// Log configures micro's log.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `koanf:"level"`
+	// Format is text or json.
+	Format string `koanf:"format"`
+}

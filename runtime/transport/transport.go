@@ -1,0 +1,90 @@
+// Package transport defines how micro processes carry calls to each other: a Transport dials
+// and listens, and a Conn exchanges Messages (a header map and a body).
+//
+// A client Conn carries one call at a time: Send a request, then Recv its response; a pool
+// above the transport reuses it for the next call. A server Conn, from Listener.Accept,
+// carries one call: Recv the request, then Send the response.
+package transport
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// Header keys that every transport carries. Other keys pass through as they are.
+const (
+	// HeaderService names the service a request is for.
+	HeaderService = "Micro-Service"
+	// HeaderEndpoint names the endpoint a request is for, e.g. "Greeter.Hello".
+	HeaderEndpoint = "Micro-Endpoint"
+	// HeaderNode names the node ID the caller selected.
+	HeaderNode = "Micro-Node"
+	// HeaderTimeout carries the remaining budget as a Go duration, e.g. "250ms".
+	HeaderTimeout = "Micro-Timeout"
+	// HeaderStatus carries a response's HTTP status code, e.g. "200".
+	HeaderStatus = "Micro-Status"
+	// HeaderCaller names the service or app that made the call, when known.
+	HeaderCaller = "Micro-Caller"
+)
+
+// ErrClosed is returned by operations on a closed Conn or Listener.
+var ErrClosed = errors.New("transport: closed")
+
+// Message is one request or response.
+type Message struct {
+	Header map[string]string
+	Body   []byte
+}
+
+// Conn is a connection between two micro processes.
+type Conn interface {
+	// Send writes m. It honours ctx's deadline and cancellation.
+	Send(ctx context.Context, m *Message) error
+	// Recv reads the next message. It honours ctx's deadline and cancellation.
+	Recv(ctx context.Context) (*Message, error)
+	// Close releases the connection. A Send or Recv in progress returns an error.
+	Close() error
+}
+
+// Listener accepts server Conns.
+type Listener interface {
+	// Accept waits for the next call. It returns ErrClosed after Close.
+	Accept() (Conn, error)
+	// Addr is the address the listener is bound to, as host:port.
+	Addr() string
+	// Close stops accepting; Conns already accepted stay usable.
+	Close() error
+}
+
+// Transport dials and listens.
+type Transport interface {
+	// Dial connects to a Listener at addr.
+	Dial(ctx context.Context, addr string) (Conn, error)
+	// Listen binds addr (host:port; port 0 picks one) and accepts calls on it.
+	Listen(ctx context.Context, addr string) (Listener, error)
+	// Close releases what the transport holds. Conns it made may fail afterwards.
+	Close() error
+}
+
+// IsConnectError reports whether err means the call never reached the peer, so that trying
+// another node is always safe.
+func IsConnectError(err error) bool {
+	var ce *ConnectError
+	if errors.As(err, &ce) {
+		return true
+	}
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
+}
+
+// ConnectError wraps a failure to reach a peer.
+type ConnectError struct {
+	Addr string
+	Err  error
+}
+
+func (e *ConnectError) Error() string { return "connect " + e.Addr + ": " + e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e *ConnectError) Unwrap() error { return e.Err }
