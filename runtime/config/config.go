@@ -1,5 +1,22 @@
 // Package config is micro's configuration model: what micro.toml holds, its defaults, and
 // how it is loaded, validated and watched.
+//
+// A [Loader] layers four sources, each over the one before: [Default], the TOML file,
+// MICRO_… environment variables, and flags. Unknown keys and bad values are errors that name
+// the key and the file, variable or flag it came from; [Validate] then checks the rules
+// between values. [Loader.Watch] reloads the file when it changes and applies only a config
+// that loads and validates.
+//
+// MICRO_SECTION_KEY sets [section] key: the key's dotted path in upper case with dots as
+// underscores, e.g. MICRO_CLIENT_RETRY_BUDGET_RATIO for [client.retry_budget] ratio. Names
+// are matched against the known keys ([Keys]), not split at every underscore. Under
+// MICRO_SERVICES_ and MICRO_ROUTES_ the service name is what lies between the section and a
+// known key, lower-cased: MICRO_SERVICES_GREETER_V2_INSTANCES sets
+// [services.greeter_v2] instances. Lists split at commas and white space; tables (metadata,
+// env, weights) are key=value entries split the same way. A MICRO_ variable outside the
+// known sections is ignored (micro sets MICRO_INGRESS and MICRO_APP_ADDR for its apps); one
+// under a known section that names no key is an error. Flags name keys by their dotted path
+// and take values written as in env variables.
 package config
 
 import "time"
@@ -80,13 +97,17 @@ type Client struct {
 // RetryBudget is Finagle's retry budget: retries may add Ratio of the requests, plus
 // MinPerSecond retries per second.
 type RetryBudget struct {
-	Ratio        float64 `koanf:"ratio"`
+	// Ratio is the share of requests that may be retried, in [0, 1].
+	Ratio float64 `koanf:"ratio"`
+	// MinPerSecond is the number of retries per second allowed whatever the ratio.
 	MinPerSecond float64 `koanf:"min_per_second"`
 }
 
 // Pool bounds pooled connections per node.
 type Pool struct {
-	MaxIdle int           `koanf:"max_idle"`
+	// MaxIdle is the most idle connections kept per node; 0 keeps none.
+	MaxIdle int `koanf:"max_idle"`
+	// IdleTTL closes a connection that stayed idle this long.
 	IdleTTL time.Duration `koanf:"idle_ttl"`
 }
 
@@ -94,10 +115,14 @@ type Pool struct {
 // Base × n (n counts its ejections), capped at Max, and never more than MaxPercent of a
 // service's nodes are out at once.
 type Ejection struct {
-	ConsecutiveFailures int           `koanf:"consecutive_failures"`
-	Base                time.Duration `koanf:"base"`
-	Max                 time.Duration `koanf:"max"`
-	MaxPercent          int           `koanf:"max_percent"`
+	// ConsecutiveFailures is how many failures in a row eject a node.
+	ConsecutiveFailures int `koanf:"consecutive_failures"`
+	// Base is the out-time of a node's first ejection.
+	Base time.Duration `koanf:"base"`
+	// Max caps the out-time.
+	Max time.Duration `koanf:"max"`
+	// MaxPercent is the largest share of a service's nodes, in percent, that may be out.
+	MaxPercent int `koanf:"max_percent"`
 }
 
 // Route narrows and weighs the nodes of one called service; its key in [routes] is the

@@ -1,0 +1,232 @@
+// Command throughput measures calls through micro against calls straight to the app, at
+// the same concurrency, in the same run.
+//
+// It builds micro and the greeter, starts one greeter on loopback, starts micro fronting
+// it (as an app at a fixed address), and then alternates timed rounds of POST
+// /Greeter.Hello straight to the greeter and through micro's ingress. It prints
+// requests per second and p50/p99 latency for both, and their ratios.
+//
+//	go run ./bench/throughput -c 16 -d 5s -rounds 3
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sync"
+	"time"
+)
+
+func main() {
+	conc := flag.Int("c", 16, "concurrent callers")
+	dur := flag.Duration("d", 5*time.Second, "length of one round")
+	rounds := flag.Int("rounds", 3, "rounds of each kind, alternated")
+	flag.Parse()
+	if err := run(*conc, *dur, *rounds); err != nil {
+		fmt.Fprintln(os.Stderr, "throughput:", err)
+		os.Exit(1)
+	}
+}
+
+func run(conc int, dur time.Duration, rounds int) error {
+	dir, err := os.MkdirTemp("", "micro-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	microBin, greeterBin := filepath.Join(dir, "micro"), filepath.Join(dir, "greeter")
+	for out, pkg := range map[string]string{microBin: "./cmd/micro", greeterBin: "./examples/greeter"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("building %s (run from the repo root): %w", pkg, err)
+		}
+	}
+
+	appAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	greeter := exec.Command(greeterBin)
+	greeter.Env = append(os.Environ(), "MICRO_APP_ADDR="+appAddr, "MICRO_INSTANCE=bench")
+	if err := greeter.Start(); err != nil {
+		return err
+	}
+	defer stop(greeter)
+
+	cfg := fmt.Sprintf(`
+[server]
+ingress = "127.0.0.1:0"
+[registry]
+dir = %q
+[log]
+level = "warn"
+[services.greeter]
+address = "http://%s"
+`, filepath.Join(dir, "registry"), appAddr)
+	cfgPath := filepath.Join(dir, "micro.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	micro := exec.Command(microBin, "run", "-c", cfgPath)
+	micro.Stderr = os.Stderr
+	out, err := micro.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := micro.Start(); err != nil {
+		return err
+	}
+	defer stop(micro)
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("micro did not start: %w", err)
+	}
+	m := regexp.MustCompile(`on (\S+) \(ingress\)`).FindStringSubmatch(line)
+	if m == nil {
+		return fmt.Errorf("unexpected micro output %q", line)
+	}
+	direct := "http://" + appAddr + "/Greeter.Hello"
+	via := "http://" + m[1] + "/greeter/Greeter.Hello"
+	if err := waitOK(via); err != nil {
+		return err
+	}
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}}
+	// Warm both paths up.
+	measure(client, direct, conc, dur/5)
+	measure(client, via, conc, dur/5)
+	var d, v []result
+	for range rounds {
+		d = append(d, measure(client, direct, conc, dur))
+		v = append(v, measure(client, via, conc, dur))
+	}
+	fmt.Printf("concurrency %d, %d rounds of %v each, alternated\n\n", conc, rounds, dur)
+	fmt.Printf("%-14s %10s %10s %10s %8s\n", "path", "req/s", "p50", "p99", "errors")
+	dr, vr := merge(d), merge(v)
+	for _, r := range []struct {
+		name string
+		r    result
+	}{{"direct", dr}, {"through micro", vr}} {
+		fmt.Printf("%-14s %10.0f %10v %10v %8d\n", r.name, r.r.rps(), r.r.pct(50), r.r.pct(99), r.r.errors)
+	}
+	fmt.Printf("\nratio micro/direct: throughput %.2f, p50 %.2f, p99 %.2f\n",
+		vr.rps()/dr.rps(), float64(vr.pct(50))/float64(dr.pct(50)), float64(vr.pct(99))/float64(dr.pct(99)))
+	return nil
+}
+
+type result struct {
+	lat    []time.Duration
+	errors int
+	took   time.Duration
+}
+
+func (r result) rps() float64 { return float64(len(r.lat)) / r.took.Seconds() }
+
+func (r result) pct(p int) time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return r.lat[(len(r.lat)-1)*p/100].Round(time.Microsecond)
+}
+
+func merge(rs []result) result {
+	var out result
+	for _, r := range rs {
+		out.lat = append(out.lat, r.lat...)
+		out.errors += r.errors
+		out.took += r.took
+	}
+	slices.Sort(out.lat)
+	return out
+}
+
+// measure calls url from conc goroutines for d.
+func measure(client *http.Client, url string, conc int, d time.Duration) result {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	body := []byte(`{"name":"Ada"}`)
+	var (
+		mu  sync.Mutex
+		all result
+		wg  sync.WaitGroup
+	)
+	start := time.Now()
+	for range conc {
+		wg.Go(func() {
+			var lat []time.Duration
+			errs := 0
+			for ctx.Err() == nil {
+				t0 := time.Now()
+				resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+				if err == nil {
+					_, err = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						err = errors.New(resp.Status)
+					}
+				}
+				if err != nil {
+					errs++
+					continue
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			mu.Lock()
+			all.lat = append(all.lat, lat...)
+			all.errors += errs
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	all.took = time.Since(start)
+	slices.Sort(all.lat)
+	return all
+}
+
+func waitOK(url string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Post(url, "application/json", bytes.NewReader([]byte(`{"name":"x"}`)))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s never answered 200", url)
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func stop(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}

@@ -1,0 +1,87 @@
+// Command micro is a runtime for resilient service-to-service calls.
+//
+// Usage:
+//
+//	micro run [-c micro.toml]             start micro on a configuration
+//	micro call SERVICE ENDPOINT [JSON]    call a service through a running micro
+//	micro services                        list the registered services and their nodes
+//	micro version                         print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `micro is a runtime for resilient service-to-service calls.
+
+Usage:
+  micro run [flags]                         start micro on micro.toml
+  micro call [flags] SERVICE ENDPOINT [JSON] call a service through a running micro
+  micro services [flags]                    list registered services and their nodes
+  micro version                             print the version
+
+Run 'micro COMMAND -h' for the flags of a command.
+`
+
+// errUsage marks a command line error, for which micro exits 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil:
+	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		os.Exit(2)
+	default:
+		fmt.Fprintln(os.Stderr, "micro:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "run":
+		return runCmd(ctx, rest, stdout, stderr)
+	case "call":
+		return callCmd(ctx, rest, stdin, stdout, stderr)
+	case "services":
+		return servicesCmd(ctx, rest, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "micro", version)
+		return nil
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprintf(stderr, "micro: unknown command %q\n\n%s", cmd, usage)
+		return errUsage
+	}
+}
+
+// newFlags returns a flag set for a command, printing usage with the command's synopsis.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: micro %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}

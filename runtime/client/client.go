@@ -1,0 +1,266 @@
+// Package client makes resilient calls to services by name: it selects a node, sends the
+// call over a pooled transport connection, and retries on another node within the call's
+// deadline budget and the process's retry budget.
+package client
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/microhost/micro/runtime/budget"
+	"github.com/microhost/micro/runtime/callerr"
+	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/selector"
+	"github.com/microhost/micro/runtime/transport"
+)
+
+// ID names the client in the errors it returns.
+const ID = "micro.client"
+
+// Selector picks nodes; *selector.Selector is one.
+type Selector interface {
+	Select(ctx context.Context, service, endpoint string, tried []string) (selector.Pick, error)
+}
+
+// Pool lends transport connections per node address; *pool.Pool is one.
+type Pool interface {
+	// Get returns a connection to addr, idle or new.
+	Get(ctx context.Context, addr string) (transport.Conn, error)
+	// Put gives c back after a call that ended with err; a conn that failed is closed.
+	Put(addr string, c transport.Conn, err error)
+}
+
+// Observer is told about retries; *metrics.Metrics is one.
+type Observer interface {
+	Retry(service string)
+}
+
+// Options are the client's tunables. They can be replaced while calls run.
+type Options struct {
+	// Timeout is the budget of a call whose context has no deadline.
+	Timeout time.Duration
+	// Attempts is the most attempts per call, the first included.
+	Attempts int
+	// Backoff is the base of the jittered exponential backoff between attempts.
+	Backoff time.Duration
+	// BackoffMax caps one backoff.
+	BackoffMax time.Duration
+	// RetryRatio and RetryMinPerSecond form the retry budget.
+	RetryRatio        float64
+	RetryMinPerSecond float64
+}
+
+// Request is a call to an endpoint of a service.
+type Request struct {
+	Service  string
+	Endpoint string
+	// Header is sent as it is; the client sets the Micro-* routing and budget headers.
+	Header map[string]string
+	Body   []byte
+}
+
+// Response is the answer of the node that served the call.
+type Response struct {
+	// Status is the HTTP status code the node answered with.
+	Status int
+	Header map[string]string
+	Body   []byte
+	// Node is the ID of the node that answered.
+	Node string
+	// Attempts counts the attempts made, the answering one included.
+	Attempts int
+}
+
+// Client makes calls. It is safe for concurrent use.
+type Client struct {
+	sel    Selector
+	pool   Pool
+	obs    Observer
+	logger *slog.Logger
+	opts   atomic.Pointer[Options]
+	retry  *retryBudget
+	now    func() time.Time
+}
+
+// New returns a Client that selects nodes with sel and reaches them through pool.
+func New(sel Selector, pool Pool, obs Observer, opts Options, logger *slog.Logger) *Client {
+	c := &Client{sel: sel, pool: pool, obs: obs, logger: logger, retry: newRetryBudget(time.Now), now: time.Now}
+	c.SetOptions(opts)
+	return c
+}
+
+// SetOptions replaces the client's options; calls in flight keep the ones they started with.
+func (c *Client) SetOptions(o Options) {
+	if o.Attempts < 1 {
+		o.Attempts = 1
+	}
+	c.opts.Store(&o)
+	c.retry.configure(o.RetryRatio, o.RetryMinPerSecond)
+}
+
+// Call sends req to a node of req.Service and returns the first answer that is not worth
+// retrying. Failures are *callerr.Error values: 404 unknown service, 503 no node,
+// 502 upstream failed after retries, 504 budget spent.
+func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
+	o := c.opts.Load()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+	}
+	c.retry.deposit()
+
+	var (
+		triedBuf [8]string
+		tried    = triedBuf[:0]
+		lastErr  *callerr.Error
+	)
+	for attempt := 1; ; attempt++ {
+		remaining, _ := budget.Remaining(ctx, c.now())
+		if remaining < time.Microsecond || ctx.Err() != nil {
+			return nil, c.spent(ctx, req, attempt-1, lastErr)
+		}
+		pick, err := c.sel.Select(ctx, req.Service, req.Endpoint, tried)
+		if err != nil {
+			switch {
+			case errors.Is(err, registry.ErrNotFound):
+				return nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
+			case lastErr != nil:
+				return nil, lastErr
+			default:
+				return nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
+			}
+		}
+		node := pick.Node()
+		tried = append(tried, node.ID)
+
+		start := c.now()
+		resp, err := c.attempt(ctx, req, node, remaining)
+		failed, retryable := classify(resp, err)
+		pick.Done(c.now().Sub(start), failed)
+		if !retryable {
+			if err != nil {
+				return nil, c.failure(ctx, req, node, err)
+			}
+			resp.Node, resp.Attempts = node.ID, attempt
+			return resp, nil
+		}
+		lastErr = c.failure(ctx, req, node, err)
+		if resp != nil {
+			lastErr = callerr.New(ID, http.StatusBadGateway, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
+			if e, ok := callerr.Parse(resp.Body); ok {
+				lastErr.Detail += ": " + e.Detail
+			}
+		}
+		if lastErr.Code == http.StatusGatewayTimeout {
+			return nil, lastErr
+		}
+		if attempt >= o.Attempts {
+			return nil, callerr.New(ID, http.StatusBadGateway, "%s (after %d attempts)", lastErr.Detail, attempt)
+		}
+		if !c.retry.withdraw() {
+			return nil, callerr.New(ID, http.StatusBadGateway, "%s (retry budget exhausted)", lastErr.Detail)
+		}
+		if !c.backoff(ctx, o, attempt) {
+			return nil, c.spent(ctx, req, attempt, lastErr)
+		}
+		if c.obs != nil {
+			c.obs.Retry(req.Service)
+		}
+	}
+}
+
+// attempt makes one attempt on node with the remaining budget.
+func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration) (*Response, error) {
+	conn, err := c.pool.Get(ctx, node.Address)
+	if err != nil {
+		return nil, err
+	}
+	h := make(map[string]string, len(req.Header)+4)
+	for k, v := range req.Header {
+		h[k] = v
+	}
+	h[transport.HeaderService] = req.Service
+	h[transport.HeaderEndpoint] = req.Endpoint
+	h[transport.HeaderNode] = node.ID
+	h[transport.HeaderTimeout] = budget.Format(remaining)
+
+	err = conn.Send(ctx, &transport.Message{Header: h, Body: req.Body})
+	var m *transport.Message
+	if err == nil {
+		m, err = conn.Recv(ctx)
+	}
+	c.pool.Put(node.Address, conn, err)
+	if err != nil {
+		return nil, err
+	}
+	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
+	if convErr != nil || status < 100 || status > 999 {
+		return nil, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
+	}
+	delete(m.Header, transport.HeaderStatus)
+	return &Response{Status: status, Header: m.Header, Body: m.Body}, nil
+}
+
+// classify says whether an attempt counts as a node failure, and whether another node may
+// be tried: on connect errors and 502, 503 and 504, as DESIGN.md's retry policy says.
+func classify(resp *Response, err error) (failed, retryable bool) {
+	if err != nil {
+		return true, true
+	}
+	switch resp.Status {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true, true
+	}
+	return resp.Status >= 500, false
+}
+
+// failure turns a transport error on node into the caller's error.
+func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, err error) *callerr.Error {
+	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		return callerr.New(ID, http.StatusGatewayTimeout, "budget spent waiting for node %s of %q", node.ID, req.Service)
+	}
+	if e := new(callerr.Error); errors.As(err, &e) {
+		return e
+	}
+	return callerr.New(ID, http.StatusBadGateway, "node %s of %q failed: %v", node.ID, req.Service, err)
+}
+
+// spent is the error of a call whose budget ran out before it could finish.
+func (c *Client) spent(ctx context.Context, req *Request, attempts int, last *callerr.Error) *callerr.Error {
+	detail := ""
+	if last != nil {
+		detail = "; last error: " + last.Detail
+	}
+	return callerr.New(ID, http.StatusGatewayTimeout, "budget for %s.%s spent after %d attempts%s", req.Service, req.Endpoint, attempts, detail)
+}
+
+// backoff sleeps before retry number n, with full jitter over an exponential ceiling. It
+// returns false, without sleeping, when the sleep would outlast the budget.
+func (c *Client) backoff(ctx context.Context, o *Options, n int) bool {
+	ceil := o.Backoff << (n - 1)
+	if ceil > o.BackoffMax || ceil <= 0 {
+		ceil = o.BackoffMax
+	}
+	if ceil <= 0 {
+		return true
+	}
+	d := rand.N(ceil) + 1
+	if dl, ok := ctx.Deadline(); ok && c.now().Add(d).After(dl) {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

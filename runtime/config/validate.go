@@ -1,0 +1,277 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// MaxAttempts is the largest [Client] Attempts allowed.
+const MaxAttempts = 10
+
+// MaxWeight is the largest canary weight in [Route] Weights, so that sums cannot overflow.
+const MaxWeight = 1_000_000
+
+// Validate checks every rule of c and reports every broken one, joined; each is a
+// *KeyError naming its key. It does not know which registry and transport plugins exist:
+// the runtime checks those names.
+func Validate(c *Config) error {
+	var v validator
+
+	v.listen("server.ingress", c.Server.Ingress)
+	v.listen("server.inbound", c.Server.Inbound)
+	if c.Server.Inbound == c.Server.Ingress && !strings.HasSuffix(c.Server.Inbound, ":0") {
+		v.errorf("server.inbound", "must differ from server.ingress (%s)", c.Server.Ingress)
+	}
+	if c.Server.Advertise != "" {
+		v.advertise("server.advertise", c.Server.Advertise)
+	}
+	if c.Server.MaxBody <= 0 {
+		v.errorf("server.max_body", "must be more than 0, got %d", c.Server.MaxBody)
+	}
+	v.nonNegative("server.drain_timeout", c.Server.DrainTimeout)
+
+	v.nonEmpty("registry.plugin", c.Registry.Plugin)
+	v.positive("registry.ttl", c.Registry.TTL)
+	v.positive("registry.heartbeat", c.Registry.Heartbeat)
+	if c.Registry.Heartbeat > 0 && c.Registry.TTL > 0 && c.Registry.Heartbeat >= c.Registry.TTL {
+		v.errorf("registry.heartbeat", "must be less than registry.ttl (%s), got %s", c.Registry.TTL, c.Registry.Heartbeat)
+	}
+	v.positive("registry.cache_ttl", c.Registry.CacheTTL)
+
+	v.nonEmpty("transport.plugin", c.Transport.Plugin)
+
+	cl := c.Client
+	v.strategy("client.strategy", cl.Strategy, false)
+	v.positive("client.timeout", cl.Timeout)
+	if cl.Attempts < 1 || cl.Attempts > MaxAttempts {
+		v.errorf("client.attempts", "must be from 1 to %d, got %d", MaxAttempts, cl.Attempts)
+	}
+	v.positive("client.backoff", cl.Backoff)
+	v.positive("client.backoff_max", cl.BackoffMax)
+	if cl.Backoff > 0 && cl.BackoffMax > 0 && cl.BackoffMax < cl.Backoff {
+		v.errorf("client.backoff_max", "must be at least client.backoff (%s), got %s", cl.Backoff, cl.BackoffMax)
+	}
+	if r := cl.RetryBudget.Ratio; !(r >= 0 && r <= 1) {
+		v.errorf("client.retry_budget.ratio", "must be from 0 to 1, got %v", r)
+	}
+	if r := cl.RetryBudget.MinPerSecond; !(r >= 0) || math.IsInf(r, 1) {
+		v.errorf("client.retry_budget.min_per_second", "must be a finite number of at least 0, got %v", r)
+	}
+	if cl.Pool.MaxIdle < 0 {
+		v.errorf("client.pool.max_idle", "must be at least 0, got %d", cl.Pool.MaxIdle)
+	}
+	v.positive("client.pool.idle_ttl", cl.Pool.IdleTTL)
+	if cl.Ejection.ConsecutiveFailures < 1 {
+		v.errorf("client.ejection.consecutive_failures", "must be at least 1, got %d", cl.Ejection.ConsecutiveFailures)
+	}
+	v.positive("client.ejection.base", cl.Ejection.Base)
+	v.positive("client.ejection.max", cl.Ejection.Max)
+	if cl.Ejection.Base > 0 && cl.Ejection.Max > 0 && cl.Ejection.Max < cl.Ejection.Base {
+		v.errorf("client.ejection.max", "must be at least client.ejection.base (%s), got %s", cl.Ejection.Base, cl.Ejection.Max)
+	}
+	if p := cl.Ejection.MaxPercent; p < 0 || p > 100 {
+		v.errorf("client.ejection.max_percent", "must be from 0 to 100, got %d", p)
+	}
+	v.positive("client.ewma_decay", cl.EWMADecay)
+
+	for _, name := range slices.Sorted(maps.Keys(c.Routes)) {
+		v.route(name, c.Routes[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Services)) {
+		v.service(name, c.Services[name])
+	}
+
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		v.errorf("log.level", "unknown level %q (want debug, info, warn or error)", c.Log.Level)
+	}
+	if !slices.Contains([]string{"text", "json"}, c.Log.Format) {
+		v.errorf("log.format", "unknown format %q (want text or json)", c.Log.Format)
+	}
+	return errors.Join(v.errs...)
+}
+
+// ValidName reports whether name may name a service: 1 to 63 lower-case letters, digits,
+// '-', '.' and '_', starting with a letter or digit.
+func ValidName(name string) bool {
+	if name == "" || len(name) > 63 {
+		return false
+	}
+	for i, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+		case i > 0 && (r == '-' || r == '.' || r == '_'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+type validator struct{ errs []error }
+
+func (v *validator) errorf(key, format string, args ...any) {
+	v.errs = append(v.errs, &KeyError{Key: key, Err: fmt.Errorf(format, args...)})
+}
+
+func (v *validator) nonEmpty(key, s string) {
+	if strings.TrimSpace(s) == "" {
+		v.errorf(key, "must not be empty")
+	}
+}
+
+func (v *validator) positive(key string, d time.Duration) {
+	if d <= 0 {
+		v.errorf(key, "must be more than 0, got %s", d)
+	}
+}
+
+func (v *validator) nonNegative(key string, d time.Duration) {
+	if d < 0 {
+		v.errorf(key, "must not be negative, got %s", d)
+	}
+}
+
+// listen checks a listen address: host:port, the host possibly empty (every interface) and
+// the port possibly 0 (any free port).
+func (v *validator) listen(key, addr string) {
+	if _, _, err := splitHostPort(addr); err != nil {
+		v.errorf(key, "invalid listen address %q: %v", addr, err)
+	}
+}
+
+// advertise checks an address other processes dial: host:port with a host and a port.
+func (v *validator) advertise(key, addr string) {
+	host, port, err := splitHostPort(addr)
+	switch {
+	case err != nil:
+		v.errorf(key, "invalid address %q: %v", addr, err)
+	case host == "":
+		v.errorf(key, "invalid address %q: want a host", addr)
+	case port == 0:
+		v.errorf(key, "invalid address %q: want a port other than 0", addr)
+	}
+}
+
+func splitHostPort(addr string) (string, uint64, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, errors.New("want host:port")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("invalid port %q", port)
+	}
+	return host, n, nil
+}
+
+func (v *validator) strategy(key, s string, optional bool) {
+	switch s {
+	case StrategyP2CEWMA, StrategyRoundRobin, StrategyRandom:
+	case "":
+		if !optional {
+			v.errorf(key, "must not be empty (want p2c_ewma, round_robin or random)")
+		}
+	default:
+		v.errorf(key, "unknown strategy %q (want p2c_ewma, round_robin or random)", s)
+	}
+}
+
+func (v *validator) name(key, name string) {
+	if !ValidName(name) {
+		v.errorf(key, "invalid service name %q: want 1 to 63 lower-case letters, digits, '-', '.' or '_', starting with a letter or digit", name)
+	}
+}
+
+func (v *validator) metadata(key string, md map[string]string) {
+	for k := range md {
+		if strings.TrimSpace(k) == "" {
+			v.errorf(key, "empty label name")
+		}
+	}
+}
+
+func (v *validator) route(name string, r Route) {
+	key := joinKey([]string{"routes", name})
+	v.name(key, name)
+	v.strategy(key+".strategy", r.Strategy, true)
+	v.metadata(key+".metadata", r.Metadata)
+	if len(r.Weights) > 0 {
+		if r.Version != "" {
+			v.errorf(key, "set version or weights, not both: version keeps a single version")
+		}
+		positive := false
+		for _, ver := range slices.Sorted(maps.Keys(r.Weights)) {
+			w := r.Weights[ver]
+			wkey := joinKey([]string{"routes", name, "weights", ver})
+			if strings.TrimSpace(ver) == "" {
+				v.errorf(key+".weights", "empty version")
+			}
+			switch {
+			case w < 0 || w > MaxWeight:
+				v.errorf(wkey, "must be from 0 to %d, got %d", MaxWeight, w)
+			case w > 0:
+				positive = true
+			}
+		}
+		if !positive {
+			v.errorf(key+".weights", "at least one weight must be more than 0")
+		}
+	}
+}
+
+func (v *validator) service(name string, s Service) {
+	key := joinKey([]string{"services", name})
+	v.name(key, name)
+	v.metadata(key+".metadata", s.Metadata)
+	for i, e := range s.Endpoints {
+		if e == "" || strings.Contains(e, "/") {
+			v.errorf(key+".endpoints", "invalid endpoint %q (element %d): want a non-empty name without '/'", e, i)
+		}
+	}
+	switch {
+	case s.Address == "" && len(s.Command) == 0:
+		v.errorf(key, "set address (an app that runs on its own) or command (an app micro starts)")
+	case s.Address != "" && len(s.Command) > 0:
+		v.errorf(key, "set address or command, not both")
+	case s.Address != "":
+		u, err := url.Parse(s.Address)
+		switch {
+		case err != nil || u.Scheme != "http" || u.Host == "" || u.Opaque != "":
+			v.errorf(key+".address", "invalid address %q: want an http:// URL such as \"http://127.0.0.1:9000\"", s.Address)
+		case u.User != nil || u.RawQuery != "" || u.Fragment != "":
+			v.errorf(key+".address", "invalid address %q: want no user, query or fragment", s.Address)
+		}
+		if s.Instances != 1 {
+			v.errorf(key+".instances", "must be 1 for a service with an address, got %d", s.Instances)
+		}
+		if s.Dir != "" {
+			v.errorf(key+".dir", "applies only to a service with a command")
+		}
+		if len(s.Env) > 0 {
+			v.errorf(key+".env", "applies only to a service with a command")
+		}
+	default:
+		if strings.TrimSpace(s.Command[0]) == "" {
+			v.errorf(key+".command", "the program (first element) must not be empty")
+		}
+		if s.Instances < 1 {
+			v.errorf(key+".instances", "must be at least 1, got %d", s.Instances)
+		}
+		for k := range s.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				v.errorf(key+".env", "invalid variable name %q", k)
+			}
+		}
+	}
+	if s.Health != "" && !strings.HasPrefix(s.Health, "/") {
+		v.errorf(key+".health", "invalid path %q: want a path starting with '/'", s.Health)
+	}
+}

@@ -1,0 +1,88 @@
+// Package metrics holds micro's Prometheus metrics, per service: calls and their status
+// codes, latency, retries and ejections, on the client side and the inbound side.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is one micro process's set of metrics, on a registry of its own.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	calls     *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	retries   *prometheus.CounterVec
+	ejections *prometheus.CounterVec
+	inCalls   *prometheus.CounterVec
+	inLatency *prometheus.HistogramVec
+}
+
+// New registers micro's metrics, and the Go and process collectors, on a new registry.
+func New() *Metrics {
+	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micro_client_calls_total",
+			Help: "Calls made through the ingress, by called service and final HTTP status code.",
+		}, []string{"service", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "micro_client_call_duration_seconds",
+			Help:    "Time from a call's arrival at the ingress to its answer, retries included.",
+			Buckets: buckets,
+		}, []string{"service"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micro_client_retries_total",
+			Help: "Attempts beyond the first, by called service.",
+		}, []string{"service"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micro_client_ejections_total",
+			Help: "Nodes taken out of selection after consecutive failures, by service.",
+		}, []string{"service"}),
+		inCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micro_inbound_calls_total",
+			Help: "Calls received from other micro processes for services fronted here, by service and HTTP status code.",
+		}, []string{"service", "code"}),
+		inLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "micro_inbound_call_duration_seconds",
+			Help:    "Time inbound calls took, the app's time included.",
+			Buckets: buckets,
+		}, []string{"service"}),
+	}
+	m.reg.MustRegister(m.calls, m.latency, m.retries, m.ejections, m.inCalls, m.inLatency,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Registry returns the Prometheus registry the metrics live on.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Call records a finished client call.
+func (m *Metrics) Call(service string, code int, d time.Duration) {
+	m.calls.WithLabelValues(service, strconv.Itoa(code)).Inc()
+	m.latency.WithLabelValues(service).Observe(d.Seconds())
+}
+
+// Retry records an attempt beyond the first.
+func (m *Metrics) Retry(service string) { m.retries.WithLabelValues(service).Inc() }
+
+// Eject records a node's ejection.
+func (m *Metrics) Eject(service string) { m.ejections.WithLabelValues(service).Inc() }
+
+// Inbound records a finished inbound call.
+func (m *Metrics) Inbound(service string, code int, d time.Duration) {
+	m.inCalls.WithLabelValues(service, strconv.Itoa(code)).Inc()
+	m.inLatency.WithLabelValues(service).Observe(d.Seconds())
+}

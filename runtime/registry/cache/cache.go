@@ -1,0 +1,404 @@
+// Package cache keeps the services a caller asks for in memory, so that finding the nodes of
+// a service on the path of a call costs a map lookup rather than a registry round trip.
+//
+// A Cache fetches a service from its registry the first time it is asked for, serves it from
+// memory afterwards, refetches it when the registry's Watch reports a change to it or when it
+// is older than the TTL, and keeps serving the last good copy while the registry errs.
+// Services the registry does not know are remembered for a short while too, so a caller
+// hammering an unknown name does not hammer the registry.
+//
+// A cached *registry.Service is a snapshot: it is never modified once published, and a change
+// publishes a new pointer. Callers may keep state derived from a snapshot and compare
+// pointers to learn when to recompute it.
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/microhost/micro/runtime/registry"
+)
+
+// Defaults for the zero values of Options.
+const (
+	DefaultTTL          = 30 * time.Second
+	DefaultNegativeTTL  = time.Second
+	DefaultFetchTimeout = 5 * time.Second
+)
+
+// Backoff between attempts to reopen a failed watch.
+const (
+	watchBackoffMin = 100 * time.Millisecond
+	watchBackoffMax = 10 * time.Second
+)
+
+// retryMax bounds how long a stale entry is served before the next refresh attempt while the
+// registry errs.
+const retryMax = time.Second
+
+// Options configures a Cache. The zero value is usable.
+type Options struct {
+	// TTL is how long a service is served from memory before it is refetched. The refetch
+	// runs in the background and the cached copy is served meanwhile. Default 30s.
+	TTL time.Duration
+	// NegativeTTL is how long a registry.ErrNotFound answer is remembered. A watch event
+	// for the service forgets it at once. Default 1s.
+	NegativeTTL time.Duration
+	// FetchTimeout bounds one GetService call to the registry. Default 5s.
+	FetchTimeout time.Duration
+	// Logger receives warnings about a failing registry. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Cache is a read-through cache of registry services, kept current by the registry's Watch
+// while Run runs. It is safe for concurrent use.
+type Cache struct {
+	reg          registry.Registry
+	ttl          time.Duration
+	negTTL       time.Duration
+	retry        time.Duration
+	fetchTimeout time.Duration
+	log          *slog.Logger
+	// afterFunc runs f after d and returns a func that cancels it; tests replace it.
+	// Entries expire by timer rather than by reading the clock on every Get.
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
+
+	// entries is replaced, never modified, so Get reads it without a lock.
+	entries atomic.Pointer[map[string]*entry]
+
+	mu      sync.Mutex // serializes writers of entries; guards flights
+	flights map[string]*flight
+}
+
+// entry is what the cache holds for one name: a service snapshot, or a negative answer.
+// Its fields do not change once it is published, except the atomic flags.
+type entry struct {
+	svc *registry.Service // nil for a negative entry
+	err error             // the error Get returns for a negative entry
+	// failing is set while the last refresh failed and svc is served stale.
+	failing bool
+	// stop cancels the timer that sets expired; called under Cache.mu when the entry is
+	// replaced.
+	stop func() bool
+	// expired is set by a timer when the entry is due for a refresh (positive) or is no
+	// longer to be trusted (negative).
+	expired atomic.Bool
+	// refreshing is set by the Get that started a background refresh of this entry.
+	refreshing atomic.Bool
+}
+
+// flight is one fetch of a service in progress; concurrent misses for the name wait on it.
+type flight struct {
+	done chan struct{}
+	// again is set, under Cache.mu, when a watch event arrives during the fetch: the
+	// answer may predate the change, so the service is fetched once more.
+	again bool
+	// svc and err are what Get would return once the fetch is published; set before done
+	// is closed.
+	svc *registry.Service
+	err error
+}
+
+// New returns a cache over reg. It fetches services as they are asked for; call Run to keep
+// them current with the registry's Watch.
+func New(reg registry.Registry, opts Options) *Cache {
+	c := &Cache{
+		reg:          reg,
+		ttl:          orDefault(opts.TTL, DefaultTTL),
+		negTTL:       orDefault(opts.NegativeTTL, DefaultNegativeTTL),
+		fetchTimeout: orDefault(opts.FetchTimeout, DefaultFetchTimeout),
+		log:          opts.Logger,
+		afterFunc: func(d time.Duration, f func()) func() bool {
+			return time.AfterFunc(d, f).Stop
+		},
+		flights: make(map[string]*flight),
+	}
+	c.retry = min(c.ttl, retryMax)
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	empty := make(map[string]*entry)
+	c.entries.Store(&empty)
+	return c
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Get returns the named service. A cached snapshot is returned as it is, without a copy or
+// an allocation; callers must not modify it. On a miss, Get fetches the service from the
+// registry and waits for it, sharing the fetch with concurrent callers. A snapshot older than
+// the TTL is returned while a background fetch replaces it. When the registry errs, the last
+// snapshot keeps being served. A service the registry does not know yields an error that
+// matches registry.ErrNotFound.
+func (c *Cache) Get(ctx context.Context, name string) (*registry.Service, error) {
+	if e := (*c.entries.Load())[name]; e != nil {
+		if !e.expired.Load() {
+			return e.svc, e.err
+		}
+		if e.svc != nil {
+			if e.refreshing.CompareAndSwap(false, true) {
+				c.fetch(name, false)
+			}
+			return e.svc, nil
+		}
+		// An expired negative entry: ask the registry again.
+	}
+	f := c.fetch(name, false)
+	select {
+	case <-f.done:
+		return f.svc, f.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("get service %q: %w", name, context.Cause(ctx))
+	}
+}
+
+// Services returns the cached snapshots, sorted by name. Negative entries are left out.
+func (c *Cache) Services() []*registry.Service {
+	m := *c.entries.Load()
+	out := make([]*registry.Service, 0, len(m))
+	for _, e := range m {
+		if e.svc != nil {
+			out = append(out, e.svc)
+		}
+	}
+	slices.SortFunc(out, func(a, b *registry.Service) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
+// Run keeps the cache current until ctx ends. It holds a registry Watch open and, for every
+// event about a cached service, refetches that service (events are hints; the registry's
+// answer is what is cached). Each time a watch opens, Run refetches every cached service,
+// since events may have been missed before. When the watch fails, Run reopens it with
+// jittered exponential backoff. Run returns when ctx ends.
+func (c *Cache) Run(ctx context.Context) {
+	backoff := watchBackoffMin
+	failing := false
+	for {
+		start := time.Now()
+		w, err := c.reg.Watch(ctx)
+		if err == nil {
+			if failing {
+				c.log.Info("registry watch restored")
+				failing = false
+			}
+			err = c.watch(ctx, w)
+		} else {
+			err = fmt.Errorf("open registry watch: %w", err)
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if time.Since(start) > watchBackoffMax {
+			backoff = watchBackoffMin // the watch was healthy for a while
+		}
+		if !failing {
+			c.log.Warn("registry watch failed; cached services are refreshed by TTL until it is back",
+				"err", err)
+			failing = true
+		}
+		// Jitter over [backoff/2, backoff).
+		d := backoff/2 + rand.N(backoff/2)
+		backoff = min(backoff*2, watchBackoffMax)
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watch refreshes every cached service, then feeds w's events to the cache until the
+// watch fails or ctx ends.
+func (c *Cache) watch(ctx context.Context, w registry.Watcher) error {
+	defer w.Stop()
+	stop := context.AfterFunc(ctx, w.Stop)
+	defer stop()
+	c.refreshAll()
+	for {
+		ev, err := w.Next()
+		if err != nil {
+			return fmt.Errorf("registry watch: %w", err)
+		}
+		if ev.Service != "" {
+			c.hint(ev.Service)
+		}
+	}
+}
+
+// hint handles a watch event about name: a cached snapshot is refetched, a negative entry
+// is forgotten so the next Get asks the registry, and an uncached name is ignored.
+func (c *Cache) hint(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := (*c.entries.Load())[name]
+	switch {
+	case e == nil:
+	case e.svc == nil:
+		c.storeLocked(name, nil, 0)
+	default:
+		c.fetchLocked(name, true)
+	}
+}
+
+// refreshAll refetches every cached service and forgets every negative entry.
+func (c *Cache) refreshAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := *c.entries.Load()
+	next := make(map[string]*entry, len(m))
+	for name, e := range m {
+		if e.svc == nil {
+			e.stop()
+			continue
+		}
+		next[name] = e
+		c.fetchLocked(name, true)
+	}
+	c.entries.Store(&next)
+}
+
+// fetch starts a fetch of name unless one is in flight, and returns the flight.
+func (c *Cache) fetch(name string, again bool) *flight {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fetchLocked(name, again)
+}
+
+// fetchLocked is fetch with c.mu held. When again is set and a fetch is in flight, the
+// service is fetched once more after it, because the in-flight answer may predate a change.
+func (c *Cache) fetchLocked(name string, again bool) *flight {
+	if f := c.flights[name]; f != nil {
+		if again {
+			f.again = true
+		}
+		return f
+	}
+	f := &flight{done: make(chan struct{})}
+	c.flights[name] = f
+	go c.runFlight(name, f)
+	return f
+}
+
+// runFlight fetches name from the registry, publishes the answer, and wakes the waiters.
+// The fetch does not use any caller's context: a caller that gives up must not fail the
+// others waiting on the same fetch.
+func (c *Cache) runFlight(name string, f *flight) {
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), c.fetchTimeout)
+		svc, err := c.reg.GetService(ctx, name)
+		cancel()
+
+		c.mu.Lock()
+		svc, err = c.publishLocked(name, svc, err)
+		if f.again {
+			f.again = false
+			c.mu.Unlock()
+			continue
+		}
+		delete(c.flights, name)
+		f.svc, f.err = svc, err
+		c.mu.Unlock()
+		close(f.done)
+		return
+	}
+}
+
+// publishLocked records the registry's answer for name and returns what Get now returns.
+func (c *Cache) publishLocked(name string, svc *registry.Service, err error) (*registry.Service, error) {
+	old := (*c.entries.Load())[name]
+	switch {
+	case err == nil && svc != nil:
+		snap := snapshot(name, svc)
+		if old != nil && old.svc != nil && equal(old.svc, snap) {
+			snap = old.svc // unchanged: keep the pointer so derived state stays valid
+		}
+		if old != nil && old.failing {
+			c.log.Info("registry answers again; cached service refreshed", "service", name)
+		}
+		c.storeLocked(name, &entry{svc: snap}, c.ttl)
+		return snap, nil
+
+	case err == nil || errors.Is(err, registry.ErrNotFound):
+		e := &entry{err: fmt.Errorf("get service %q: %w", name, registry.ErrNotFound)}
+		c.storeLocked(name, e, c.negTTL)
+		return nil, e.err
+
+	case old != nil && old.svc != nil:
+		if !old.failing {
+			c.log.Warn("registry failed; serving cached service until it answers",
+				"service", name, "err", err)
+		}
+		c.storeLocked(name, &entry{svc: old.svc, failing: true}, c.retry)
+		return old.svc, nil
+
+	default:
+		return nil, fmt.Errorf("get service %q: %w", name, err)
+	}
+}
+
+// storeLocked publishes a copy of the entries with name set to e, to expire after d, or
+// with name removed when e is nil.
+func (c *Cache) storeLocked(name string, e *entry, d time.Duration) {
+	next := maps.Clone(*c.entries.Load())
+	if old := next[name]; old != nil {
+		old.stop()
+	}
+	if e == nil {
+		delete(next, name)
+	} else {
+		e.stop = c.afterFunc(d, func() { e.expired.Store(true) })
+		next[name] = e
+	}
+	c.entries.Store(&next)
+}
+
+// snapshot returns a deep copy of s, named name, with nil nodes dropped and nodes sorted by
+// ID, so the registry may reuse s and equal snapshots compare equal.
+func snapshot(name string, s *registry.Service) *registry.Service {
+	out := &registry.Service{Name: name, Nodes: make([]*registry.Node, 0, len(s.Nodes))}
+	for _, n := range s.Nodes {
+		if n == nil {
+			continue
+		}
+		out.Nodes = append(out.Nodes, &registry.Node{
+			ID:        n.ID,
+			Address:   n.Address,
+			Version:   n.Version,
+			Metadata:  maps.Clone(n.Metadata),
+			Endpoints: slices.Clone(n.Endpoints),
+		})
+	}
+	slices.SortStableFunc(out.Nodes, func(a, b *registry.Node) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// equal reports whether two snapshots hold the same nodes in the same order.
+func equal(a, b *registry.Service) bool {
+	if a.Name != b.Name || len(a.Nodes) != len(b.Nodes) {
+		return false
+	}
+	for i, x := range a.Nodes {
+		y := b.Nodes[i]
+		if x.ID != y.ID || x.Address != y.Address || x.Version != y.Version ||
+			!maps.Equal(x.Metadata, y.Metadata) || !slices.Equal(x.Endpoints, y.Endpoints) {
+			return false
+		}
+	}
+	return true
+}

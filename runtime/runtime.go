@@ -1,0 +1,353 @@
+// Package runtime assembles a running micro: it binds the ingress and inbound servers,
+// starts and registers the services micro.toml declares, routes calls through the client,
+// and applies new configurations while it runs.
+//
+// The registry and the transport come from Factories, which cmd/micro supplies, so this
+// package knows no plugin mechanism.
+package runtime
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/microhost/micro/runtime/client"
+	"github.com/microhost/micro/runtime/config"
+	"github.com/microhost/micro/runtime/metrics"
+	"github.com/microhost/micro/runtime/pool"
+	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/registry/cache"
+	"github.com/microhost/micro/runtime/selector"
+	"github.com/microhost/micro/runtime/server"
+	"github.com/microhost/micro/runtime/transport"
+)
+
+// Factories turn micro.toml sections into the pluggable parts.
+type Factories struct {
+	// Registry opens the registry that [registry] names.
+	Registry func(ctx context.Context, c config.Registry, logger *slog.Logger) (registry.Registry, error)
+	// Transport opens the transport that [transport] names.
+	Transport func(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error)
+}
+
+// Runtime is one running micro process.
+type Runtime struct {
+	factories Factories
+	logger    *slog.Logger
+	metrics   *metrics.Metrics
+	procID    string
+
+	mu  sync.Mutex // guards cfg and services against concurrent Apply and Stop
+	cfg *config.Config
+
+	reg     registry.Registry
+	cache   *cache.Cache
+	sel     *selector.Selector
+	tr      transport.Transport
+	pool    *pool.Pool
+	client  *client.Client
+	ingress *server.Ingress
+	inbound *server.Inbound
+
+	ingressLn  net.Listener
+	ingressSrv *http.Server
+	inboundLn  transport.Listener
+	advertise  string
+	appHTTP    *http.Client
+
+	services *services
+
+	cancel context.CancelFunc // stops background loops
+	bg     sync.WaitGroup
+}
+
+// New returns a Runtime for cfg; Start runs it.
+func New(cfg *config.Config, f Factories, logger *slog.Logger) *Runtime {
+	var id [3]byte
+	_, _ = rand.Read(id[:])
+	return &Runtime{
+		factories: f,
+		logger:    logger,
+		metrics:   metrics.New(),
+		procID:    hex.EncodeToString(id[:]),
+		cfg:       cfg,
+	}
+}
+
+// Start opens the registry and transport, binds the listeners, and starts the fronted
+// services. It returns once micro serves; services register as their instances get ready.
+func (r *Runtime) Start(ctx context.Context) (err error) {
+	cfg := r.cfg
+	bgctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	r.cancel = cancel
+	defer func() {
+		if err != nil {
+			r.closeAll()
+		}
+	}()
+
+	if r.reg, err = r.factories.Registry(ctx, cfg.Registry, r.logger); err != nil {
+		return fmt.Errorf("registry %q: %w", cfg.Registry.Plugin, err)
+	}
+	if r.tr, err = r.factories.Transport(ctx, cfg.Transport, cfg.Server, r.logger); err != nil {
+		return fmt.Errorf("transport %q: %w", cfg.Transport.Plugin, err)
+	}
+	r.cache = cache.New(r.reg, cache.Options{TTL: cfg.Registry.CacheTTL, Logger: r.logger})
+	r.sel = selector.New(r.cache, policy(cfg), selector.Options{
+		Logger: r.logger,
+		OnEject: func(service, node string, d time.Duration) {
+			r.metrics.Eject(service)
+			r.logger.Warn("node ejected", "service", service, "node", node, "for", d)
+		},
+	})
+	r.pool = pool.New(r.tr, poolOptions(cfg))
+	r.client = client.New(r.sel, r.pool, r.metrics, clientOptions(cfg), r.logger)
+	r.appHTTP = &http.Client{Transport: &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}}
+
+	if r.inboundLn, err = r.tr.Listen(ctx, cfg.Server.Inbound); err != nil {
+		return fmt.Errorf("inbound listen on %s (server.inbound): %w", cfg.Server.Inbound, err)
+	}
+	r.advertise = advertiseAddr(cfg.Server.Advertise, r.inboundLn.Addr())
+	if r.ingressLn, err = net.Listen("tcp", cfg.Server.Ingress); err != nil {
+		return fmt.Errorf("ingress listen on %s (server.ingress): %w", cfg.Server.Ingress, err)
+	}
+
+	r.services = newServices(r, cfg.Registry)
+	r.inbound = server.NewInbound(server.InboundConfig{
+		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, MaxBody: int64(cfg.Server.MaxBody),
+	})
+	r.ingress = server.NewIngress(server.IngressConfig{
+		Caller:   r.client,
+		Recorder: r.metrics,
+		Metrics:  r.metrics.Handler(),
+		Services: r.reg.ListServices,
+		Health:   r.health,
+		MaxBody:  int64(cfg.Server.MaxBody),
+	})
+	r.ingressSrv = &http.Server{
+		Handler:           r.ingress,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
+	}
+
+	r.goBackground(func() { r.cache.Run(bgctx) })
+	r.goBackground(func() {
+		if err := r.inbound.Serve(bgctx, r.inboundLn); err != nil {
+			r.logger.Error("inbound server stopped", "err", err)
+		}
+	})
+	r.goBackground(func() {
+		if err := r.ingressSrv.Serve(r.ingressLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.logger.Error("ingress server stopped", "err", err)
+		}
+	})
+	r.goBackground(func() { r.services.beat(bgctx) })
+	if err := r.services.apply(ctx, cfg.Services); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (r *Runtime) goBackground(f func()) {
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		f()
+	}()
+}
+
+// IngressAddr is the address the ingress listens on.
+func (r *Runtime) IngressAddr() string { return r.ingressLn.Addr().String() }
+
+// InboundAddr is the address other micro processes reach this one at.
+func (r *Runtime) InboundAddr() string { return r.advertise }
+
+// Services names the services this micro fronts, sorted.
+func (r *Runtime) Services() []string { return r.services.names() }
+
+// Apply makes cfg the running configuration. Client, route and service settings apply at
+// once; settings that need a restart are logged and keep their running values.
+func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.cfg
+	for _, key := range restartKeys(old, cfg) {
+		r.logger.Warn("config change needs a restart; the running value stays", "key", key)
+	}
+	next := *cfg
+	next.Server, next.Registry, next.Transport = old.Server, old.Registry, old.Transport
+	next.Server.MaxBody = cfg.Server.MaxBody
+	next.Server.DrainTimeout = cfg.Server.DrainTimeout
+
+	if err := r.sel.SetPolicy(policy(&next)); err != nil {
+		r.logger.Error("config reload: selector policy refused; the running one stays", "err", err)
+		next.Client, next.Routes = old.Client, old.Routes
+	} else {
+		r.client.SetOptions(clientOptions(&next))
+		r.pool.SetOptions(poolOptions(&next))
+	}
+	r.ingress.SetMaxBody(int64(next.Server.MaxBody))
+	r.inbound.SetMaxBody(int64(next.Server.MaxBody))
+	if err := r.services.apply(ctx, next.Services); err != nil {
+		r.logger.Error("config reload: services", "err", err)
+	}
+	r.cfg = &next
+	r.logger.Info("config applied", "services", strings.Join(r.services.names(), ","), "strategy", next.Client.Strategy)
+}
+
+// Stop drains micro: it deregisters the fronted services so callers go elsewhere, stops
+// accepting calls, waits for calls in flight (up to server.drain_timeout), stops the apps,
+// and closes the registry and transport.
+func (r *Runtime) Stop(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Server.DrainTimeout)
+	defer cancel()
+
+	var errs []error
+	r.services.deregisterAll(ctx)
+	if err := r.ingressSrv.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
+	}
+	if err := r.inboundLn.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("inbound close: %w", err))
+	}
+	if err := r.inbound.Wait(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := r.services.stopAll(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	r.closeAll()
+	return errors.Join(errs...)
+}
+
+// closeAll stops background work and releases what Start opened.
+func (r *Runtime) closeAll() {
+	if r.cancel != nil {
+		r.cancel()
+	}
+	if r.ingressLn != nil {
+		_ = r.ingressLn.Close()
+	}
+	r.bg.Wait()
+	if r.pool != nil {
+		r.pool.Close()
+	}
+	if r.appHTTP != nil {
+		r.appHTTP.CloseIdleConnections()
+	}
+	if r.tr != nil {
+		_ = r.tr.Close()
+	}
+	if r.reg != nil {
+		_ = r.reg.Close()
+	}
+}
+
+// health reports the fronted services' ready instances.
+func (r *Runtime) health() server.Status {
+	counts, regErr := r.services.status()
+	st := server.Status{Status: "ok", Services: counts}
+	if regErr != nil {
+		st.Errors = append(st.Errors, "registry: "+regErr.Error())
+	}
+	for name, n := range st.Services {
+		if n == 0 {
+			st.Errors = append(st.Errors, fmt.Sprintf("service %q has no ready instance", name))
+		}
+	}
+	if len(st.Errors) > 0 {
+		sort.Strings(st.Errors)
+		st.Status = "degraded"
+	}
+	return st
+}
+
+func policy(cfg *config.Config) selector.Policy {
+	p := selector.Policy{
+		Strategy:  cfg.Client.Strategy,
+		EWMADecay: cfg.Client.EWMADecay,
+		Ejection: selector.Ejection{
+			ConsecutiveFailures: cfg.Client.Ejection.ConsecutiveFailures,
+			Base:                cfg.Client.Ejection.Base,
+			Max:                 cfg.Client.Ejection.Max,
+			MaxPercent:          cfg.Client.Ejection.MaxPercent,
+		},
+		Routes: make(map[string]selector.Route, len(cfg.Routes)),
+	}
+	for name, rt := range cfg.Routes {
+		p.Routes[name] = selector.Route{Version: rt.Version, Metadata: rt.Metadata, Weights: rt.Weights, Strategy: rt.Strategy}
+	}
+	return p
+}
+
+func clientOptions(cfg *config.Config) client.Options {
+	c := cfg.Client
+	return client.Options{
+		Timeout:           c.Timeout,
+		Attempts:          c.Attempts,
+		Backoff:           c.Backoff,
+		BackoffMax:        c.BackoffMax,
+		RetryRatio:        c.RetryBudget.Ratio,
+		RetryMinPerSecond: c.RetryBudget.MinPerSecond,
+	}
+}
+
+func poolOptions(cfg *config.Config) pool.Options {
+	o := pool.Options{MaxIdle: cfg.Client.Pool.MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL}
+	if o.MaxIdle == 0 {
+		o.MaxIdle = -1 // max_idle = 0 turns pooling off; the pool reads 0 as its default
+	}
+	return o
+}
+
+// restartKeys lists the sections that differ between a and b but apply only at start.
+func restartKeys(a, b *config.Config) []string {
+	var keys []string
+	sa, sb := a.Server, b.Server
+	sa.MaxBody, sa.DrainTimeout = sb.MaxBody, sb.DrainTimeout
+	if sa != sb {
+		keys = append(keys, "server")
+	}
+	if a.Registry != b.Registry {
+		keys = append(keys, "registry")
+	}
+	if a.Transport != b.Transport {
+		keys = append(keys, "transport")
+	}
+	if a.Log != b.Log {
+		keys = append(keys, "log")
+	}
+	return keys
+}
+
+// advertiseAddr is the address to register: the configured one, or the bound one with an
+// unspecified host replaced by loopback.
+func advertiseAddr(configured, bound string) string {
+	if configured != "" {
+		return configured
+	}
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,342 @@
+package httptransport
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/microhost/micro/runtime/transport"
+)
+
+const (
+	// bufSize is the size of a client connection's read and write buffers.
+	bufSize = 4 << 10
+	// earlyWait bounds the wait for a response after writing the request failed.
+	earlyWait = time.Second
+)
+
+// errBroken is wrapped by the errors of calls on a client Conn that an earlier failure or
+// cancellation left in an unknown state.
+var errBroken = errors.New("httptransport: connection broken by an earlier error")
+
+// clientConn is a client transport.Conn: one TCP connection carrying calls one after
+// another. Send and Recv must not be called concurrently with each other; Close may be
+// called at any time.
+type clientConn struct {
+	nc   net.Conn
+	addr string
+	opts *Options
+
+	lr   limitReader
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	peek *peeker
+
+	// req, hdr and u are reused by every Send: Request.Write keeps none of them.
+	req  http.Request
+	hdr  http.Header
+	u    url.URL
+	body bytes.Reader
+
+	pending     bool               // a request was sent and its response not yet read
+	early       *transport.Message // a response read while the request was being written
+	serverClose bool               // the server asked to close the connection
+	broken      atomic.Bool
+	closed      atomic.Bool
+}
+
+// Reusable reports whether the conn can carry another call: no call is half done, no error
+// or cancellation broke it, the server did not ask to close it, and (where the platform lets
+// it be checked without blocking) the server has not closed it or sent anything unasked.
+// A pool calls it before keeping the conn and before handing it out again.
+func (c *clientConn) Reusable() bool {
+	if c.pending || c.serverClose || c.broken.Load() || c.closed.Load() {
+		return false
+	}
+	if c.br.Buffered() > 0 {
+		return false
+	}
+	return c.peek.alive()
+}
+
+func newClientConn(nc net.Conn, addr string, opts Options) *clientConn {
+	c := &clientConn{nc: nc, addr: addr, opts: &opts, hdr: make(http.Header)}
+	c.lr = limitReader{r: nc, n: -1}
+	c.br = bufio.NewReaderSize(&c.lr, bufSize)
+	c.bw = bufio.NewWriterSize(nc, bufSize)
+	c.peek = newPeeker(nc)
+	return c
+}
+
+// Send writes m as the request POST /{service}/{endpoint}. A Message that cannot be sent (no
+// service or endpoint, a bad header, a body over the limit) fails before anything is written
+// and leaves the conn usable; an I/O error or cancellation breaks it.
+func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
+	if err := c.usable("send to"); err != nil {
+		return err
+	}
+	if c.pending {
+		return fmt.Errorf("httptransport: send to %s: the previous response was not read", c.addr)
+	}
+	if err := c.prepare(m); err != nil {
+		return err
+	}
+	stop := c.arm(ctx, c.nc.SetWriteDeadline)
+	err := c.req.Write(c.bw)
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if !stop() {
+		c.broken.Store(true)
+	}
+	if err != nil {
+		c.broken.Store(true)
+		if ctx.Err() == nil {
+			// A server may answer (413, say) and close before it has read the whole
+			// request. Its answer is more useful to the caller than the write error.
+			if m, rerr := c.earlyResponse(ctx); rerr == nil {
+				c.early, c.pending = m, true
+				return nil
+			}
+		}
+		return c.ioError(ctx, "send to", err)
+	}
+	c.pending = true
+	return nil
+}
+
+// earlyResponse reads a response that the server sent before its side of the connection
+// failed, waiting at most earlyWait.
+func (c *clientConn) earlyResponse(ctx context.Context) (*transport.Message, error) {
+	d := time.Now().Add(earlyWait)
+	if cd, ok := ctx.Deadline(); ok && cd.Before(d) {
+		d = cd
+	}
+	if err := c.nc.SetReadDeadline(d); err != nil {
+		return nil, err
+	}
+	return c.readResponse()
+}
+
+// prepare fills c.req from m, checking everything that could make the write fail.
+func (c *clientConn) prepare(m *transport.Message) error {
+	if m == nil {
+		return fmt.Errorf("httptransport: send to %s: nil message", c.addr)
+	}
+	service, endpoint := m.Header[transport.HeaderService], m.Header[transport.HeaderEndpoint]
+	if service == "" || endpoint == "" {
+		return fmt.Errorf("httptransport: send to %s: message needs both %s and %s headers (have %q, %q)",
+			c.addr, transport.HeaderService, transport.HeaderEndpoint, service, endpoint)
+	}
+	if n := int64(len(m.Body)); n > c.opts.MaxBody {
+		return fmt.Errorf("httptransport: send to %s: body of %d bytes exceeds the limit of %d: %w",
+			c.addr, n, c.opts.MaxBody, ErrBodyTooLarge)
+	}
+	clear(c.hdr)
+	for k, v := range m.Header {
+		ck := http.CanonicalHeaderKey(k)
+		if ck == transport.HeaderService || ck == transport.HeaderEndpoint || framing(ck) {
+			continue
+		}
+		if err := checkHeader(k, v); err != nil {
+			return fmt.Errorf("httptransport: send to %s: %w", c.addr, err)
+		}
+		c.hdr[ck] = []string{v}
+	}
+	c.u = url.URL{
+		Path:    "/" + service + "/" + endpoint,
+		RawPath: "/" + url.PathEscape(service) + "/" + url.PathEscape(endpoint),
+	}
+	c.req = http.Request{
+		Method:        http.MethodPost,
+		URL:           &c.u,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        c.hdr,
+		Host:          c.addr,
+		ContentLength: int64(len(m.Body)),
+	}
+	if len(m.Body) > 0 {
+		c.body.Reset(m.Body)
+		// io.NopCloser keeps the reader recognisable as in-memory to net/http, which then
+		// writes headers and body in one go.
+		c.req.Body = io.NopCloser(&c.body)
+	}
+	return nil
+}
+
+// Recv reads the response to the last Send. Its Header holds each response header (first
+// value, canonical key) and transport.HeaderStatus, the status code in decimal. Any error
+// breaks the conn, so a late response can never be read as the answer to another call.
+func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
+	if m := c.early; m != nil && !c.closed.Load() {
+		c.early, c.pending = nil, false
+		return m, nil
+	}
+	if err := c.usable("recv from"); err != nil {
+		return nil, err
+	}
+	if !c.pending {
+		return nil, fmt.Errorf("httptransport: recv from %s: no request was sent", c.addr)
+	}
+	c.pending = false
+	_, hasDeadline := ctx.Deadline()
+	stop := c.arm(ctx, c.nc.SetReadDeadline)
+	m, err := c.readResponse()
+	if !stop() {
+		c.broken.Store(true)
+	} else if hasDeadline && err == nil {
+		// Clear the deadline so that it does not fire while the conn sits in a pool.
+		err = c.nc.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		c.broken.Store(true)
+		return nil, c.ioError(ctx, "recv from", err)
+	}
+	return m, nil
+}
+
+func (c *clientConn) readResponse() (*transport.Message, error) {
+	// Bound what the header block may take; the bufio buffer may read ahead into the body.
+	c.lr.n = int64(c.opts.MaxHeaderBytes) + bufSize
+	var resp *http.Response
+	for {
+		var err error
+		resp, err = http.ReadResponse(c.br, &c.req)
+		if err != nil {
+			if c.lr.n == 0 {
+				return nil, fmt.Errorf("response header exceeds %d bytes", c.opts.MaxHeaderBytes)
+			}
+			return nil, err
+		}
+		if resp.StatusCode >= 200 {
+			break
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			return nil, fmt.Errorf("unexpected response status %d", resp.StatusCode)
+		}
+		// Skip informational responses (100 Continue, 103 Early Hints).
+	}
+	c.lr.n = -1
+	if resp.Close {
+		c.serverClose = true
+	}
+	body, err := readBody(resp.Body, resp.ContentLength, c.opts.MaxBody)
+	if cerr := resp.Body.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("response body: %w", err)
+	}
+	h := toMessageHeader(resp.Header, 1)
+	h[transport.HeaderStatus] = strconv.Itoa(resp.StatusCode)
+	return &transport.Message{Header: h, Body: body}, nil
+}
+
+// readBody reads a body of n bytes (n < 0: up to EOF) that may not exceed limit.
+func readBody(r io.Reader, n, limit int64) ([]byte, error) {
+	switch {
+	case n > limit:
+		return nil, fmt.Errorf("%d bytes exceed the limit of %d: %w", n, limit, ErrBodyTooLarge)
+	case n == 0:
+		return nil, nil
+	case n > 0:
+		b := make([]byte, n)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("more than %d bytes: %w", limit, ErrBodyTooLarge)
+	}
+	if len(b) == 0 {
+		return nil, nil
+	}
+	return b, nil
+}
+
+// Close closes the connection. A Send or Recv in progress fails.
+func (c *clientConn) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	return c.nc.Close()
+}
+
+func (c *clientConn) usable(op string) error {
+	if c.closed.Load() {
+		return fmt.Errorf("httptransport: %s %s: %w", op, c.addr, transport.ErrClosed)
+	}
+	if c.broken.Load() {
+		return fmt.Errorf("httptransport: %s %s: %w", op, c.addr, errBroken)
+	}
+	return nil
+}
+
+// arm applies ctx's deadline with set, and makes ctx's cancellation unblock the I/O by
+// moving the deadline to the past. The returned stop reports false when the cancellation
+// fired, in which case the conn must be treated as broken.
+func (c *clientConn) arm(ctx context.Context, set func(time.Time) error) (stop func() bool) {
+	d, _ := ctx.Deadline()
+	_ = set(d) // an error here resurfaces as the I/O error
+	if ctx.Done() == nil {
+		return alwaysTrue
+	}
+	return context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
+}
+
+func alwaysTrue() bool { return true }
+
+// ioError wraps err from op, making a deadline or cancellation of ctx visible to errors.Is.
+func (c *clientConn) ioError(ctx context.Context, op string, err error) error {
+	if cerr := ctx.Err(); cerr != nil && !errors.Is(err, cerr) {
+		return fmt.Errorf("httptransport: %s %s: %w: %w", op, c.addr, cerr, err)
+	}
+	if _, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The conn's deadline can fire a moment before ctx's own timer.
+		return fmt.Errorf("httptransport: %s %s: %w: %w", op, c.addr, context.DeadlineExceeded, err)
+	}
+	if c.closed.Load() {
+		return fmt.Errorf("httptransport: %s %s: %w: %w", op, c.addr, transport.ErrClosed, err)
+	}
+	return fmt.Errorf("httptransport: %s %s: %w", op, c.addr, err)
+}
+
+// limitReader reads from r until n bytes have been read; n < 0 means no limit.
+type limitReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n < 0 {
+		return l.r.Read(p)
+	}
+	if l.n == 0 {
+		return 0, errHeaderLimit
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}
+
+var errHeaderLimit = errors.New("httptransport: response header too large")

@@ -1,0 +1,104 @@
+package httptransport
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func FuzzParsePath(f *testing.F) {
+	for _, s := range []string{
+		"/greeter/Greeter.Hello", "/", "", "//", "/a/b/c", "/a%2Fb/c", "/%zz/x", "/a/%00",
+		"/a/b%0a", "greeter/x", "/ü/端", "/a/b/", "/%/%",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		service, endpoint, err := parsePath(p)
+		if err != nil {
+			return
+		}
+		if service == "" || endpoint == "" {
+			t.Fatalf("parsePath(%q) = %q, %q: empty part without an error", p, service, endpoint)
+		}
+		for _, s := range []string{service, endpoint} {
+			if err := checkHeader("X", s); err != nil {
+				t.Fatalf("parsePath(%q) part %q cannot travel as a header value: %v", p, s, err)
+			}
+		}
+		// What the client writes for these parts parses back to them.
+		again := "/" + url.PathEscape(service) + "/" + url.PathEscape(endpoint)
+		s2, e2, err := parsePath(again)
+		if err != nil || s2 != service || e2 != endpoint {
+			t.Fatalf("round trip of %q via %q: %q, %q, %v", p, again, s2, e2, err)
+		}
+	})
+}
+
+// panicWatch is a slog.Handler that remembers whether net/http logged a recovered panic.
+type panicWatch struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (h *panicWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (h *panicWatch) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "panic") {
+		h.mu.Lock()
+		h.seen = append(h.seen, r.Message)
+		h.mu.Unlock()
+	}
+	return nil
+}
+func (h *panicWatch) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *panicWatch) WithGroup(string) slog.Handler      { return h }
+
+// FuzzServerRequest writes raw bytes as an HTTP request to a real listener whose Accept
+// loop echoes, and checks that nothing panics on either side.
+func FuzzServerRequest(f *testing.F) {
+	for _, s := range []string{
+		"POST /greeter/Greeter.Hello HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /a%zz/b HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST /a/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"POST /a/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+		"POST /a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+		"POST http://h/a/b HTTP/1.1\r\nHost: x\r\nMicro-Service: other\r\nX: 1\r\nX: 2\r\n\r\n",
+		"POST * HTTP/1.1\r\nHost: x\r\n\r\n",
+		"CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\n\r\n",
+		"POST /a/b HTTP/1.0\r\n\r\n",
+		"\x00\xff garbage",
+	} {
+		f.Add([]byte(s))
+	}
+	watch := &panicWatch{}
+	tr := New(Options{MaxBody: 1 << 10, Logger: slog.New(watch), ReadHeaderTimeout: time.Second, BodyTimeout: time.Second})
+	defer tr.Close()
+	l := serve(f, tr, echo)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		nc, err := net.Dial("tcp", l.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if _, err := nc.Write(raw); err != nil {
+			return // the server may close early on garbage
+		}
+		_ = nc.(*net.TCPConn).CloseWrite()
+		_ = nc.SetReadDeadline(time.Now().Add(testTimeout))
+		var out bytes.Buffer
+		_, _ = io.Copy(&out, nc)
+		watch.mu.Lock()
+		defer watch.mu.Unlock()
+		if len(watch.seen) > 0 {
+			t.Fatalf("request %q: server logged %v", raw, watch.seen)
+		}
+	})
+}

@@ -1,0 +1,434 @@
+package httptransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/microhost/micro/runtime/transport"
+)
+
+// RequestError is what a server Conn's Recv returns for a request that is not a valid call:
+// Status is the HTTP status to answer with (400 bad path or body, 405 not POST, 408 body too
+// slow, 413 body too large). The Conn stays open so that the caller can Send that answer.
+type RequestError struct {
+	Status int
+	Err    error
+}
+
+func (e *RequestError) Error() string {
+	return fmt.Sprintf("httptransport: %d %s: %v", e.Status, http.StatusText(e.Status), e.Err)
+}
+
+// Unwrap returns the underlying error.
+func (e *RequestError) Unwrap() error { return e.Err }
+
+// StatusCode returns Status, so that callers can read it through an
+// interface{ StatusCode() int } without importing this package.
+func (e *RequestError) StatusCode() int { return e.Status }
+
+// errClientGone is returned by a server Conn's Send when the client disconnected first.
+var errClientGone = errors.New("client went away before the response")
+
+// listener is a transport.Listener: an http.Server whose handler hands each request to
+// Accept as a serverConn.
+type listener struct {
+	ln     net.Listener
+	srv    *http.Server
+	opts   Options
+	log    *slog.Logger
+	forget func(*listener)
+
+	accept    chan *serverConn
+	done      chan struct{} // closed by Close
+	serveDone chan struct{} // closed when Serve returns
+	serveErr  error         // set before serveDone closes
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ transport.Listener = (*listener)(nil)
+
+func newListener(ln net.Listener, opts Options, forget func(*listener)) *listener {
+	l := &listener{
+		ln:        ln,
+		opts:      opts,
+		log:       opts.Logger.With("listener", ln.Addr().String()),
+		forget:    forget,
+		accept:    make(chan *serverConn),
+		done:      make(chan struct{}),
+		serveDone: make(chan struct{}),
+	}
+	l.srv = &http.Server{
+		Handler:           http.HandlerFunc(l.serveHTTP),
+		ReadHeaderTimeout: opts.ReadHeaderTimeout,
+		IdleTimeout:       opts.IdleTimeout,
+		MaxHeaderBytes:    opts.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelWarn),
+	}
+	go func() {
+		defer close(l.serveDone)
+		if err := l.srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			l.serveErr = err
+			l.log.Error("httptransport: serve stopped", "err", err)
+		}
+	}()
+	return l
+}
+
+// Accept waits for the next request. It returns transport.ErrClosed after Close.
+func (l *listener) Accept() (transport.Conn, error) {
+	select {
+	case <-l.done:
+		return nil, transport.ErrClosed
+	default:
+	}
+	select {
+	case sc := <-l.accept:
+		return sc, nil
+	case <-l.done:
+		return nil, transport.ErrClosed
+	case <-l.serveDone:
+		if l.serveErr != nil {
+			return nil, fmt.Errorf("httptransport: accept on %s: %w", l.Addr(), l.serveErr)
+		}
+		return nil, transport.ErrClosed
+	}
+}
+
+// Addr returns the bound address as host:port.
+func (l *listener) Addr() string { return l.ln.Addr().String() }
+
+// Close stops accepting and shuts the HTTP server down: idle connections close at once,
+// requests not yet accepted get 503, and calls already accepted have up to
+// Options.ShutdownTimeout to be answered before their connections are closed. Close
+// returns when the server has stopped.
+func (l *listener) Close() error {
+	l.closeOnce.Do(func() {
+		close(l.done)
+		ctx, cancel := context.WithTimeout(context.Background(), l.opts.ShutdownTimeout)
+		defer cancel()
+		if err := l.srv.Shutdown(ctx); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				l.log.Warn("httptransport: calls still open at shutdown timeout; closing them",
+					"timeout", l.opts.ShutdownTimeout)
+			} else {
+				l.closeErr = fmt.Errorf("httptransport: close %s: %w", l.Addr(), err)
+			}
+			_ = l.srv.Close()
+		}
+		<-l.serveDone
+		l.forget(l)
+	})
+	return l.closeErr
+}
+
+// serveHTTP turns one HTTP request into a serverConn, hands it to Accept, and writes the
+// response that the Conn's Send passes back.
+func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	sc := &serverConn{
+		w:      w,
+		rc:     http.NewResponseController(w),
+		remote: r.RemoteAddr,
+		opts:   &l.opts,
+		send:   make(chan sendReq),
+		result: make(chan error, 1),
+		closed: make(chan struct{}),
+		gone:   make(chan struct{}),
+	}
+	defer close(sc.gone)
+	if !sc.readRequest(r) {
+		return
+	}
+	select {
+	case l.accept <- sc:
+	case <-l.done:
+		http.Error(w, "transport: listener closed", http.StatusServiceUnavailable)
+		return
+	case <-r.Context().Done():
+		return
+	}
+	select {
+	case req := <-sc.send:
+		sc.result <- sc.write(req)
+	case <-sc.closed:
+		l.log.Debug("httptransport: call closed without a response", "remote", sc.remote)
+		http.Error(w, "transport: call closed without a response", http.StatusBadGateway)
+	case <-r.Context().Done():
+	}
+}
+
+// serverConn is a server transport.Conn: one HTTP request and its response. Only the
+// handler goroutine touches the ResponseWriter; Send hands it the response.
+type serverConn struct {
+	w      http.ResponseWriter
+	rc     *http.ResponseController
+	remote string
+	opts   *Options
+
+	msg    *transport.Message
+	reqErr error
+
+	recvd     atomic.Bool
+	sent      atomic.Bool
+	send      chan sendReq
+	result    chan error
+	closed    chan struct{}
+	closeOnce sync.Once
+	gone      chan struct{} // closed when the handler returns
+}
+
+type sendReq struct {
+	ctx    context.Context
+	m      *transport.Message
+	status int
+}
+
+var _ transport.Conn = (*serverConn)(nil)
+
+// readRequest reads r into sc.msg or sc.reqErr. It reports false when the client went away
+// and there is no one left to answer.
+func (sc *serverConn) readRequest(r *http.Request) bool {
+	body, err := sc.readBody(r)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrBodyTooLarge):
+		sc.reqErr = &RequestError{Status: http.StatusRequestEntityTooLarge, Err: err}
+		return true
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		sc.reqErr = &RequestError{Status: http.StatusRequestTimeout,
+			Err: fmt.Errorf("request body not received within %v", sc.opts.BodyTimeout)}
+		return true
+	case r.Context().Err() != nil || errors.Is(err, io.ErrUnexpectedEOF):
+		return false
+	default:
+		sc.reqErr = &RequestError{Status: http.StatusBadRequest, Err: fmt.Errorf("reading request body: %w", err)}
+		return true
+	}
+	if r.Method != http.MethodPost {
+		sc.w.Header().Set("Allow", http.MethodPost)
+		sc.reqErr = &RequestError{Status: http.StatusMethodNotAllowed,
+			Err: fmt.Errorf("method %s not allowed: calls use POST", r.Method)}
+		return true
+	}
+	service, endpoint, err := parsePath(r.URL.EscapedPath())
+	if err != nil {
+		sc.reqErr = &RequestError{Status: http.StatusBadRequest, Err: err}
+		return true
+	}
+	h := toMessageHeader(r.Header, 2)
+	h[transport.HeaderService] = service
+	h[transport.HeaderEndpoint] = endpoint
+	sc.msg = &transport.Message{Header: h, Body: body}
+	return true
+}
+
+// readBody reads the request body within the size and time limits.
+func (sc *serverConn) readBody(r *http.Request) ([]byte, error) {
+	if r.ContentLength > sc.opts.MaxBody {
+		return nil, fmt.Errorf("request body of %d bytes exceeds the limit of %d: %w",
+			r.ContentLength, sc.opts.MaxBody, ErrBodyTooLarge)
+	}
+	if r.ContentLength == 0 {
+		return nil, nil
+	}
+	_ = sc.rc.SetReadDeadline(time.Now().Add(sc.opts.BodyTimeout))
+	body, err := readBody(http.MaxBytesReader(sc.w, r.Body, sc.opts.MaxBody), r.ContentLength, sc.opts.MaxBody)
+	// Clear the deadline: net/http keeps reading in the background to notice a client that
+	// goes away, and a deadline firing there would look like one.
+	_ = sc.rc.SetReadDeadline(time.Time{})
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return nil, fmt.Errorf("request body exceeds the limit of %d bytes: %w", mbe.Limit, ErrBodyTooLarge)
+	}
+	return body, err
+}
+
+// parsePath splits an escaped request path /{service}/{endpoint} into its unescaped parts.
+func parsePath(p string) (service, endpoint string, err error) {
+	rest, ok := strings.CutPrefix(p, "/")
+	if !ok {
+		return "", "", fmt.Errorf("path %q: want /{service}/{endpoint}", p)
+	}
+	s, e, ok := strings.Cut(rest, "/")
+	if !ok || s == "" || e == "" || strings.Contains(e, "/") {
+		return "", "", fmt.Errorf("path %q: want /{service}/{endpoint}", p)
+	}
+	if service, err = unescapeSegment(s); err != nil {
+		return "", "", fmt.Errorf("path %q: service: %w", p, err)
+	}
+	if endpoint, err = unescapeSegment(e); err != nil {
+		return "", "", fmt.Errorf("path %q: endpoint: %w", p, err)
+	}
+	return service, endpoint, nil
+}
+
+// unescapeSegment unescapes one path segment and refuses control characters, which could
+// not travel on as header values.
+func unescapeSegment(s string) (string, error) {
+	u, err := url.PathUnescape(s)
+	if err != nil {
+		return "", err
+	}
+	for i := 0; i < len(u); i++ {
+		if c := u[i]; c < ' ' || c == 0x7f {
+			return "", fmt.Errorf("control character %q", c)
+		}
+	}
+	return u, nil
+}
+
+// Recv returns the request. A request that is not a valid call yields a *RequestError. A
+// server Conn carries one request: a second Recv returns io.EOF.
+func (sc *serverConn) Recv(ctx context.Context) (*transport.Message, error) {
+	select {
+	case <-sc.closed:
+		return nil, fmt.Errorf("httptransport: recv: %w", transport.ErrClosed)
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("httptransport: recv: %w", err)
+	}
+	if !sc.recvd.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("httptransport: recv: %w", io.EOF)
+	}
+	if sc.reqErr != nil {
+		return nil, sc.reqErr
+	}
+	return sc.msg, nil
+}
+
+// Send writes m as the response: status from transport.HeaderStatus (200 when absent),
+// every other header, and the body. A Message that cannot be sent (a bad status or header,
+// a body over the limit) fails before anything is written and the Conn stays open for
+// another Send.
+func (sc *serverConn) Send(ctx context.Context, m *transport.Message) error {
+	status, err := sc.check(m)
+	if err != nil {
+		return err
+	}
+	if !sc.sent.CompareAndSwap(false, true) {
+		return errors.New("httptransport: send: response already sent")
+	}
+	select {
+	case sc.send <- sendReq{ctx: ctx, m: m, status: status}:
+		if err := <-sc.result; err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				return fmt.Errorf("httptransport: send to %s: %w: %w", sc.remote, cerr, err)
+			}
+			return fmt.Errorf("httptransport: send to %s: %w", sc.remote, err)
+		}
+		return nil
+	case <-sc.gone:
+		return fmt.Errorf("httptransport: send to %s: %w", sc.remote, errClientGone)
+	case <-sc.closed:
+		return fmt.Errorf("httptransport: send: %w", transport.ErrClosed)
+	case <-ctx.Done():
+		sc.sent.Store(false)
+		return fmt.Errorf("httptransport: send to %s: %w", sc.remote, ctx.Err())
+	}
+}
+
+// check validates m as a response and returns its status.
+func (sc *serverConn) check(m *transport.Message) (int, error) {
+	if m == nil {
+		return 0, errors.New("httptransport: send: nil message")
+	}
+	status := http.StatusOK
+	if s, ok := m.Header[transport.HeaderStatus]; ok {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 200 || n > 599 {
+			return 0, fmt.Errorf("httptransport: send: header %s: status %q is not a number from 200 to 599",
+				transport.HeaderStatus, s)
+		}
+		status = n
+	}
+	if n := int64(len(m.Body)); n > sc.opts.MaxBody {
+		return 0, fmt.Errorf("httptransport: send: body of %d bytes exceeds the limit of %d: %w",
+			n, sc.opts.MaxBody, ErrBodyTooLarge)
+	}
+	if len(m.Body) > 0 && !bodyAllowed(status) {
+		return 0, fmt.Errorf("httptransport: send: status %d allows no body, have %d bytes", status, len(m.Body))
+	}
+	for k, v := range m.Header {
+		if err := checkHeader(k, v); err != nil {
+			return 0, fmt.Errorf("httptransport: send: %w", err)
+		}
+	}
+	return status, nil
+}
+
+func bodyAllowed(status int) bool {
+	return status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// write writes the response on the handler goroutine, bounded by the Send context's
+// deadline (or Options.WriteTimeout) and cancellation.
+func (sc *serverConn) write(req sendReq) error {
+	h := sc.w.Header()
+	for k, v := range req.m.Header {
+		ck := http.CanonicalHeaderKey(k)
+		if ck == transport.HeaderStatus || framing(ck) {
+			continue
+		}
+		h[ck] = []string{v}
+	}
+	if _, ok := h["Content-Type"]; !ok {
+		h["Content-Type"] = nil // no sniffing: send no Content-Type rather than a guess
+	}
+	if bodyAllowed(req.status) {
+		h["Content-Length"] = []string{strconv.Itoa(len(req.m.Body))}
+	}
+	d, ok := req.ctx.Deadline()
+	if !ok {
+		d = time.Now().Add(sc.opts.WriteTimeout)
+	}
+	_ = sc.rc.SetWriteDeadline(d)
+	var mu sync.Mutex
+	finished := false
+	stop := alwaysTrue
+	if req.ctx.Done() != nil {
+		stop = context.AfterFunc(req.ctx, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !finished {
+				_ = sc.rc.SetWriteDeadline(time.Unix(1, 0))
+			}
+		})
+	}
+	sc.w.WriteHeader(req.status)
+	_, err := sc.w.Write(req.m.Body)
+	if err == nil {
+		err = sc.rc.Flush()
+	}
+	stop()
+	mu.Lock()
+	finished = true
+	mu.Unlock()
+	if err == nil {
+		// The next request on this keep-alive connection must not inherit the deadline.
+		err = sc.rc.SetWriteDeadline(time.Time{})
+	}
+	return err
+}
+
+// Close ends the call. Before a Send, the client is answered 502.
+func (sc *serverConn) Close() error {
+	sc.closeOnce.Do(func() { close(sc.closed) })
+	return nil
+}
+
+// RemoteAddr returns the client's address, host:port.
+func (sc *serverConn) RemoteAddr() string { return sc.remote }
