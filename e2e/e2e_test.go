@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -309,4 +312,73 @@ func without(all, some []string) []string {
 		}
 	}
 	return out
+}
+
+// TestLiveRoutes: canary weights and a version filter in [routes] apply live, without a
+// restart, and the per-service metrics count the calls.
+func TestLiveRoutes(t *testing.T) {
+	t.Parallel()
+	reg := t.TempDir()
+	v1 := greeterService("greeter", 1, "")
+	v2 := strings.Replace(greeterService("greeter", 1, ""), `"1.0.0"`, `"2.0.0"`, 1)
+	startMicro(t, baseConfig(reg, v2))
+	base := baseConfig(reg, v1)
+	m := startMicro(t, base)
+	nodesOf(t, m, "greeter", 2)
+
+	versions := func(n int) map[string]int {
+		t.Helper()
+		seen := map[string]int{}
+		for range n {
+			r, err := m.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, nil)
+			if err != nil || r.status != 200 {
+				t.Fatalf("call: %v %d %s", err, r.status, r.body)
+			}
+			seen[r.header.Get("Micro-Node")]++
+		}
+		return seen
+	}
+	if seen := versions(40); len(seen) != 2 {
+		t.Fatalf("without routes, calls went to %v, want both nodes", seen)
+	}
+	own := nodesOfMicro(t, m)
+
+	// Only version 1.0.0 (this micro's own node) by filter.
+	m.writeConfig(base + "\n[routes.greeter]\nversion = \"1.0.0\"\n")
+	eventually(t, 10*time.Second, func() error {
+		if seen := versions(20); len(seen) != 1 || seen[own] != 20 {
+			return fmt.Errorf("with version = 1.0.0, calls went to %v", seen)
+		}
+		return nil
+	})
+	// All of it to 2.0.0 by weight.
+	m.writeConfig(base + "\n[routes.greeter]\nweights = { \"1.0.0\" = 0, \"2.0.0\" = 100 }\n")
+	eventually(t, 10*time.Second, func() error {
+		if seen := versions(20); len(seen) != 1 || seen[own] != 0 {
+			return fmt.Errorf("with weights 0/100, calls went to %v", seen)
+		}
+		return nil
+	})
+
+	resp, err := http.Get(m.ingress + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`micro_client_calls_total{code="200",service="greeter"}`, `micro_client_call_duration_seconds_bucket{service="greeter"`, `micro_inbound_calls_total{code="200",service="greeter"}`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// nodesOfMicro returns the ID of the one node that m itself fronts, from its log.
+func nodesOfMicro(t *testing.T, m *micro) string {
+	t.Helper()
+	sub := regexp.MustCompile(`instance ready.* node=(\S+)`).FindStringSubmatch(m.logs.String())
+	if sub == nil {
+		t.Fatal("no ready node in the log")
+	}
+	return sub[1]
 }

@@ -110,18 +110,15 @@ func TestLoadExampleFile(t *testing.T) {
 	}
 }
 
-// TestDocsExample keeps the annotated example in docs/config.md loadable.
+// TestDocsExample keeps the annotated example in README.md's reference loadable.
 func TestDocsExample(t *testing.T) {
-	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "config.md"))
-	if errors.Is(err, fs.ErrNotExist) {
-		t.Skip("no docs/config.md")
-	}
+	doc, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(doc), "<!-- example: runtime/config/testdata/micro.toml -->\n```toml\n")
 	if !ok {
-		t.Fatal("docs/config.md has no marked example")
+		t.Fatal("README.md has no marked example")
 	}
 	example, _, _ := strings.Cut(rest, "```")
 	want, err := os.ReadFile(filepath.Join("testdata", "micro.toml"))
@@ -129,7 +126,7 @@ func TestDocsExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	if example != string(want) {
-		t.Errorf("the first toml block of docs/config.md differs from testdata/micro.toml; keep them the same")
+		t.Errorf("the marked example in README.md differs from testdata/micro.toml; keep them the same")
 	}
 }
 

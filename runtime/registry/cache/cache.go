@@ -157,7 +157,7 @@ func (c *Cache) Get(ctx context.Context, name string) (*registry.Service, error)
 		}
 		// An expired negative entry: ask the registry again.
 	}
-	f := c.fetch(name, false)
+	f := c.fetchMiss(name)
 	select {
 	case <-f.done:
 		return f.svc, f.err
@@ -278,6 +278,19 @@ func (c *Cache) fetch(name string, again bool) *flight {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.fetchLocked(name, again)
+}
+
+// fetchMiss is fetch for a Get that missed: a flight that finished between the miss and
+// taking c.mu has published its answer, which is returned rather than fetched again.
+func (c *Cache) fetchMiss(name string) *flight {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e := (*c.entries.Load())[name]; e != nil && !e.expired.Load() {
+		f := &flight{done: make(chan struct{}), svc: e.svc, err: e.err}
+		close(f.done)
+		return f
+	}
+	return c.fetchLocked(name, false)
 }
 
 // fetchLocked is fetch with c.mu held. When again is set and a fetch is in flight, the

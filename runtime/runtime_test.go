@@ -1,0 +1,128 @@
+package runtime_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	micrort "github.com/microhost/micro/runtime"
+	"github.com/microhost/micro/runtime/config"
+	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/registry/embedded"
+	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/transport/httptransport"
+)
+
+// start runs a Runtime on loopback that fronts an in-process app as service "echo".
+func start(tb testing.TB) (rt *micrort.Runtime, cfg *config.Config) {
+	tb.Helper()
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Path", r.URL.Path)
+		w.Header().Set("X-Budget", r.Header.Get(transport.HeaderTimeout))
+		_, _ = w.Write(b)
+	}))
+	tb.Cleanup(app.Close)
+
+	c := config.Default()
+	c.Server.Ingress = "127.0.0.1:0"
+	c.Registry.Dir = tb.TempDir()
+	c.Services = map[string]config.Service{"echo": {Version: "1.0.0", Address: app.URL, Instances: 1}}
+	if err := config.Validate(&c); err != nil {
+		tb.Fatal(err)
+	}
+	logger := slog.New(slog.DiscardHandler)
+	rt = micrort.New(&c, micrort.Factories{
+		Registry: func(_ context.Context, rc config.Registry, l *slog.Logger) (registry.Registry, error) {
+			return embedded.Open(rc.Dir, embedded.Options{Logger: l})
+		},
+		Transport: func(_ context.Context, _ config.Transport, s config.Server, l *slog.Logger) (transport.Transport, error) {
+			return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: l}), nil
+		},
+	}, logger)
+	if err := rt.Start(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := rt.Stop(context.Background()); err != nil {
+			tb.Error(err)
+		}
+	})
+	return rt, &c
+}
+
+func post(tb testing.TB, client *http.Client, url, body string) (*http.Response, string) {
+	tb.Helper()
+	resp, err := client.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestRuntimeCallAndApply(t *testing.T) {
+	rt, cfg := start(t)
+	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+	resp, body := post(t, http.DefaultClient, url, `{"x":1}`)
+	if resp.StatusCode != 200 || body != `{"x":1}` || resp.Header.Get("X-Path") != "/Echo.Say" {
+		t.Fatalf("call: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	if d, err := time.ParseDuration(resp.Header.Get("X-Budget")); err != nil || d <= 0 || d > cfg.Client.Timeout {
+		t.Fatalf("budget at the app: %q", resp.Header.Get("X-Budget"))
+	}
+
+	// A smaller body limit applies live.
+	next := *cfg
+	next.Server.MaxBody = 4
+	rt.Apply(context.Background(), &next)
+	if resp, body := post(t, http.DefaultClient, url, `{"x":1}`); resp.StatusCode != 413 {
+		t.Fatalf("after max_body = 4: %d %s", resp.StatusCode, body)
+	}
+	// Removing the service deregisters it: calls get a 404 once the cache hears of it.
+	next.Server.MaxBody = cfg.Server.MaxBody
+	next.Services = nil
+	rt.Apply(context.Background(), &next)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, body := post(t, http.DefaultClient, url, `{}`)
+		if resp.StatusCode == 404 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after removing the service: %d %s", resp.StatusCode, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// BenchmarkCallThroughMicro is one call through the ingress, the client, the HTTP
+// transport and the inbound server to an in-process app.
+func BenchmarkCallThroughMicro(b *testing.B) {
+	rt, _ := start(b)
+	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	body := []byte(`{"name":"Ada"}`)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Fatalf("status %d", resp.StatusCode)
+			}
+		}
+	})
+}
