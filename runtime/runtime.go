@@ -320,8 +320,7 @@ func poolOptions(cfg *config.Config) pool.Options {
 func restartKeys(a, b *config.Config) []string {
 	var keys []string
 	sa, sb := a.Server, b.Server
-	sa.MaxBody, sa.DrainTimeout = sb.MaxBody, sb.DrainTimeout
-	if sa != sb {
+	if sa.Ingress != sb.Ingress || sa.Inbound != sb.Inbound || sa.Advertise != sb.Advertise {
 		keys = append(keys, "server")
 	}
 	if a.Registry != b.Registry {

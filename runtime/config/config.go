@@ -31,6 +31,7 @@ type Config struct {
 	Client    Client             `koanf:"client"`
 	Routes    map[string]Route   `koanf:"routes"`
 	Services  map[string]Service `koanf:"services"`
+	Wrappers  map[string]Wrapper `koanf:"wrappers"`
 	Log       Log                `koanf:"log"`
 }
 
@@ -48,6 +49,9 @@ type Server struct {
 	MaxBody ByteSize `koanf:"max_body"`
 	// DrainTimeout bounds how long a graceful stop waits for calls in flight.
 	DrainTimeout time.Duration `koanf:"drain_timeout"`
+	// Wrappers names the [wrappers] that run on inbound calls, in order, before a call is
+	// forwarded to its app. It applies live.
+	Wrappers []string `koanf:"wrappers"`
 }
 
 // Registry selects and configures the registry.
@@ -64,6 +68,19 @@ type Registry struct {
 	// CacheTTL is how long a cached service is served without a refresh from the registry
 	// before it is refetched. Stale entries are still served while the registry errs.
 	CacheTTL time.Duration `koanf:"cache_ttl"`
+	// Address is the backend of a registry plugin, e.g. "127.0.0.1:8500" for consul. Empty
+	// means the plugin's own default (consul reads CONSUL_HTTP_ADDR).
+	Address string `koanf:"address"`
+	// Datacenter is the backend's datacenter, for plugins that have one.
+	Datacenter string `koanf:"datacenter"`
+	// TokenFile is a file holding the backend's token. The token itself never appears in
+	// micro.toml; without a file, consul reads CONSUL_HTTP_TOKEN. Tokens are never logged.
+	TokenFile string `koanf:"token_file"`
+	// Path is the plugin's executable. Empty means micro builds plugins/registry-{plugin}
+	// from source on first use and caches the binary.
+	Path string `koanf:"path"`
+	// SHA256 pins the plugin executable: micro refuses to start a binary with another digest.
+	SHA256 string `koanf:"sha256"`
 }
 
 // Transport selects the transport between micro processes.
@@ -92,6 +109,9 @@ type Client struct {
 	Ejection Ejection `koanf:"ejection"`
 	// EWMADecay is the decay time of the peak-EWMA latency estimate.
 	EWMADecay time.Duration `koanf:"ewma_decay"`
+	// Wrappers names the [wrappers] that run on every attempt of an outgoing call, in order,
+	// after a node is selected.
+	Wrappers []string `koanf:"wrappers"`
 }
 
 // RetryBudget is Finagle's retry budget: retries may add Ratio of the requests, plus
@@ -161,6 +181,32 @@ type Service struct {
 	// Health is the path micro polls to see that an instance is ready, e.g. "/health".
 	// Empty means the instance is ready once its port accepts connections.
 	Health string `koanf:"health"`
+}
+
+// Wrapper is a WebAssembly middleware module, named in client.wrappers or server.wrappers.
+type Wrapper struct {
+	// Path is a .wasm file. Exactly one of Path and Source is set; relative paths are from
+	// micro.toml's directory.
+	Path string `koanf:"path"`
+	// Source is a Go package directory that micro builds to .wasm on first use, and again
+	// when its sources change.
+	Source string `koanf:"source"`
+	// Services limits the wrapper to calls to these services; empty means every service.
+	Services []string `koanf:"services"`
+	// Instances is how many guest instances run; calls with the same shard key always go
+	// to the same instance, so a stateful guest stays exact.
+	Instances int `koanf:"instances"`
+	// Shard is the key that picks an instance: service, node or caller.
+	Shard string `koanf:"shard"`
+	// OnTrap is what a call gets when the guest traps, runs out of time or memory: "open"
+	// lets it through, "closed" rejects it with a 503.
+	OnTrap string `koanf:"on_trap"`
+	// MemoryLimit caps the guest's linear memory, e.g. "64MiB".
+	MemoryLimit ByteSize `koanf:"memory_limit"`
+	// Timeout bounds one guest call; a guest that runs longer is stopped and replaced.
+	Timeout time.Duration `koanf:"timeout"`
+	// Config is the wrapper's own settings, handed to the guest at init as JSON.
+	Config map[string]any `koanf:"config"`
 }
 
 // Log configures micro's log.

@@ -1,0 +1,81 @@
+// Package wrapper defines micro's middleware: a Wrapper sees each call before it goes on
+// (and may let it pass, set headers, or reject it) and sees its outcome afterwards. Client
+// wrappers run on every attempt of an outgoing call, after a node is selected; server
+// wrappers run on inbound calls, before they are forwarded to the app.
+//
+// The runtime knows wrappers only through this interface; host/wasm implements it with
+// WebAssembly guests.
+package wrapper
+
+import (
+	"context"
+	"time"
+)
+
+// Call is what a wrapper sees of one call.
+type Call struct {
+	Service  string
+	Endpoint string
+	// Node is the selected node's ID on the client side, and the node ID the call was sent
+	// to on the server side.
+	Node string
+	// Caller names who made the call (the Micro-Caller header), or "".
+	Caller string
+	// Header holds the request's headers. Wrappers do not modify it; they return headers
+	// to set in a Verdict.
+	Header map[string]string
+	// Deadline is when the call's budget ends.
+	Deadline time.Time
+}
+
+// Action is what a wrapper decides about a call.
+type Action int
+
+// The actions.
+const (
+	// Continue lets the call go on, with Verdict.Header added to the request.
+	Continue Action = iota
+	// Reject ends the call with Verdict.Status and Verdict.Message.
+	Reject
+	// RejectNode refuses only the selected node: the client tries another node without
+	// counting the refusal against the node's health. On the server side it is a Reject
+	// with status 503.
+	RejectNode
+)
+
+// Verdict is a wrapper's decision.
+type Verdict struct {
+	Action Action
+	// Status is the HTTP status of a rejection, e.g. 429.
+	Status int
+	// Message explains a rejection; it becomes the error's detail.
+	Message string
+	// Header is added to the request when the call continues.
+	Header map[string]string
+	// ReplyHeader is added to the rejection's reply, e.g. Retry-After.
+	ReplyHeader map[string]string
+}
+
+// Result is the outcome of a call, as OnResponse sees it.
+type Result struct {
+	// Status is the HTTP status the caller gets, or 0 when no answer came.
+	Status int
+	// Err describes a failure to get an answer (connect error, timeout), or "".
+	Err string
+	// Latency is how long the attempt took.
+	Latency time.Duration
+}
+
+// Wrapper is one middleware. Its methods are safe for concurrent use. A wrapper that fails
+// internally (a guest trap, a timeout) turns that into a Verdict itself, failing open or
+// closed as configured, so callers only ever see Verdicts.
+type Wrapper interface {
+	// Name is the wrapper's name in micro.toml.
+	Name() string
+	// OnRequest decides about a call.
+	OnRequest(ctx context.Context, c *Call) Verdict
+	// OnResponse sees the outcome of a call that OnRequest let through.
+	OnResponse(ctx context.Context, c *Call, r *Result)
+	// Close releases the wrapper. Calls in flight on it finish first.
+	Close(ctx context.Context) error
+}
