@@ -29,6 +29,7 @@ import (
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/server"
 	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/wrapper"
 )
 
 // Factories turn micro.toml sections into the pluggable parts.
@@ -37,6 +38,9 @@ type Factories struct {
 	Registry func(ctx context.Context, c config.Registry, logger *slog.Logger) (registry.Registry, error)
 	// Transport opens the transport that [transport] names.
 	Transport func(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error)
+	// Wrapper loads the wrapper that [wrappers.NAME] describes. It may be nil when no
+	// wrapper is configured.
+	Wrapper func(ctx context.Context, name string, c config.Wrapper, logger *slog.Logger) (wrapper.Wrapper, error)
 }
 
 // Runtime is one running micro process.
@@ -49,14 +53,19 @@ type Runtime struct {
 	mu  sync.Mutex // guards cfg and services against concurrent Apply and Stop
 	cfg *config.Config
 
-	reg     registry.Registry
-	cache   *cache.Cache
-	sel     *selector.Selector
-	tr      transport.Transport
-	pool    *pool.Pool
-	client  *client.Client
-	ingress *server.Ingress
-	inbound *server.Inbound
+	regMu       sync.RWMutex // guards reg, cache and cacheCancel, which a registry switch replaces
+	reg         registry.Registry
+	cache       *cache.Cache
+	cacheCancel context.CancelFunc
+	swapErr     error // the last failed registry switch, until one succeeds or is undone
+
+	sel      *selector.Selector
+	wrappers *wrappers
+	tr       transport.Transport
+	pool     *pool.Pool
+	client   *client.Client
+	ingress  *server.Ingress
+	inbound  *server.Inbound
 
 	ingressLn  net.Listener
 	ingressSrv *http.Server
@@ -66,6 +75,7 @@ type Runtime struct {
 
 	services *services
 
+	bgctx  context.Context    // lives until Stop
 	cancel context.CancelFunc // stops background loops
 	bg     sync.WaitGroup
 }
@@ -88,7 +98,7 @@ func New(cfg *config.Config, f Factories, logger *slog.Logger) *Runtime {
 func (r *Runtime) Start(ctx context.Context) (err error) {
 	cfg := r.cfg
 	bgctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	r.cancel = cancel
+	r.bgctx, r.cancel = bgctx, cancel
 	defer func() {
 		if err != nil {
 			r.closeAll()
@@ -102,6 +112,8 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("transport %q: %w", cfg.Transport.Plugin, err)
 	}
 	r.cache = cache.New(r.reg, cache.Options{TTL: cfg.Registry.CacheTTL, Logger: r.logger})
+	cacheCtx, cacheCancel := context.WithCancel(bgctx)
+	r.cacheCancel = cacheCancel
 	r.sel = selector.New(r.cache, policy(cfg), selector.Options{
 		Logger: r.logger,
 		OnEject: func(service, node string, d time.Duration) {
@@ -133,7 +145,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		Caller:   r.client,
 		Recorder: r.metrics,
 		Metrics:  r.metrics.Handler(),
-		Services: r.reg.ListServices,
+		Services: r.listServices,
 		Health:   r.health,
 		MaxBody:  int64(cfg.Server.MaxBody),
 	})
@@ -144,7 +156,8 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
 	}
 
-	r.goBackground(func() { r.cache.Run(bgctx) })
+	firstCache := r.cache
+	r.goBackground(func() { firstCache.Run(cacheCtx) })
 	r.goBackground(func() {
 		if err := r.inbound.Serve(bgctx, r.inboundLn); err != nil {
 			r.logger.Error("inbound server stopped", "err", err)
@@ -159,6 +172,68 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	if err := r.services.apply(ctx, cfg.Services); err != nil {
 		return err
 	}
+	r.wrappers = newWrappers(r)
+	if err := r.wrappers.apply(ctx, cfg); err != nil {
+		return err
+	}
+	r.goBackground(func() { r.wrappers.watch(bgctx) })
+	return nil
+}
+
+// registry returns the registry in use.
+func (r *Runtime) registry() registry.Registry {
+	r.regMu.RLock()
+	defer r.regMu.RUnlock()
+	return r.reg
+}
+
+func (r *Runtime) listServices(ctx context.Context) ([]*registry.Service, error) {
+	return r.registry().ListServices(ctx)
+}
+
+// swapRegistry moves micro to the registry rc describes, while calls go on: it opens the
+// new registry, registers the fronted services there, fills a new cache from it, switches
+// discovery to that cache, deregisters from the old registry and closes it. When a step
+// before the switch fails, the old registry stays in use.
+func (r *Runtime) swapRegistry(ctx context.Context, from, to config.Registry) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	next, err := r.factories.Registry(ctx, to, r.logger)
+	if err != nil {
+		return fmt.Errorf("opening registry %q: %w", to.Plugin, err)
+	}
+	if err := r.services.registerOn(ctx, next); err != nil {
+		_ = next.Close()
+		return fmt.Errorf("registering with registry %q: %w", to.Plugin, err)
+	}
+	nextCache := cache.New(next, cache.Options{TTL: to.CacheTTL, Logger: r.logger})
+	cacheCtx, cacheCancel := context.WithCancel(r.bgctx)
+	r.goBackground(func() { nextCache.Run(cacheCtx) })
+	r.regMu.RLock()
+	known := r.cache.Services()
+	r.regMu.RUnlock()
+	for _, svc := range known {
+		if _, err := nextCache.Get(ctx, svc.Name); err != nil {
+			r.logger.Warn("registry switch: service not found in the new registry", "service", svc.Name, "registry", to.Plugin, "err", err)
+		}
+	}
+
+	r.sel.SetSource(nextCache)
+	r.regMu.Lock()
+	prev, prevCancel := r.reg, r.cacheCancel
+	r.reg, r.cache, r.cacheCancel = next, nextCache, cacheCancel
+	r.regMu.Unlock()
+	r.services.setRegistry(next)
+	switched := time.Since(start)
+
+	r.services.deregisterOn(ctx, prev)
+	prevCancel()
+	if err := prev.Close(); err != nil {
+		r.logger.Warn("registry switch: closing the old registry", "registry", from.Plugin, "err", err)
+	}
+	r.logger.Info("registry switched", "from", from.Plugin, "to", to.Plugin,
+		"services", len(known), "switch_after", switched.Round(time.Millisecond), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -192,6 +267,22 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	next.Server, next.Registry, next.Transport = old.Server, old.Registry, old.Transport
 	next.Server.MaxBody = cfg.Server.MaxBody
 	next.Server.DrainTimeout = cfg.Server.DrainTimeout
+	next.Server.Wrappers = cfg.Server.Wrappers
+
+	r.regMu.Lock()
+	r.swapErr = nil // a config whose registry matches the running one undoes a failed switch
+	r.regMu.Unlock()
+	if registryChanged(old.Registry, cfg.Registry) {
+		if err := r.swapRegistry(ctx, old.Registry, cfg.Registry); err != nil {
+			r.logger.Error("registry switch failed; the old registry stays in use", "from", old.Registry.Plugin, "to", cfg.Registry.Plugin, "err", err)
+			r.regMu.Lock()
+			r.swapErr = fmt.Errorf("switch to registry %q failed: %w", cfg.Registry.Plugin, err)
+			r.regMu.Unlock()
+		} else {
+			next.Registry = cfg.Registry
+			next.Registry.TTL, next.Registry.Heartbeat, next.Registry.CacheTTL = old.Registry.TTL, old.Registry.Heartbeat, old.Registry.CacheTTL
+		}
+	}
 
 	if err := r.sel.SetPolicy(policy(&next)); err != nil {
 		r.logger.Error("config reload: selector policy refused; the running one stays", "err", err)
@@ -204,6 +295,10 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	r.inbound.SetMaxBody(int64(next.Server.MaxBody))
 	if err := r.services.apply(ctx, next.Services); err != nil {
 		r.logger.Error("config reload: services", "err", err)
+	}
+	if err := r.wrappers.apply(ctx, &next); err != nil {
+		r.logger.Error("config reload: wrappers refused; the running ones stay", "err", err)
+		next.Client.Wrappers, next.Server.Wrappers, next.Wrappers = old.Client.Wrappers, old.Server.Wrappers, old.Wrappers
 	}
 	r.cfg = &next
 	r.logger.Info("config applied", "services", strings.Join(r.services.names(), ","), "strategy", next.Client.Strategy)
@@ -230,6 +325,9 @@ func (r *Runtime) Stop(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if err := r.services.stopAll(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := r.wrappers.close(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	r.closeAll()
@@ -265,6 +363,17 @@ func (r *Runtime) health() server.Status {
 	st := server.Status{Status: "ok", Services: counts}
 	if regErr != nil {
 		st.Errors = append(st.Errors, "registry: "+regErr.Error())
+	}
+	r.regMu.RLock()
+	swapErr, reg := r.swapErr, r.reg
+	r.regMu.RUnlock()
+	if swapErr != nil {
+		st.Errors = append(st.Errors, "registry: "+swapErr.Error())
+	}
+	if h, ok := reg.(interface{ Health() error }); ok {
+		if err := h.Health(); err != nil {
+			st.Errors = append(st.Errors, "registry: "+err.Error())
+		}
 	}
 	for name, n := range st.Services {
 		if n == 0 {
@@ -323,8 +432,9 @@ func restartKeys(a, b *config.Config) []string {
 	if sa.Ingress != sb.Ingress || sa.Inbound != sb.Inbound || sa.Advertise != sb.Advertise {
 		keys = append(keys, "server")
 	}
-	if a.Registry != b.Registry {
-		keys = append(keys, "registry")
+	ra, rb := a.Registry, b.Registry
+	if ra.TTL != rb.TTL || ra.Heartbeat != rb.Heartbeat || ra.CacheTTL != rb.CacheTTL {
+		keys = append(keys, "registry.ttl, registry.heartbeat, registry.cache_ttl")
 	}
 	if a.Transport != b.Transport {
 		keys = append(keys, "transport")
@@ -333,6 +443,13 @@ func restartKeys(a, b *config.Config) []string {
 		keys = append(keys, "log")
 	}
 	return keys
+}
+
+// registryChanged reports whether b names another registry than a, so that micro must
+// switch to it. TTLs are not part of that: they need a restart.
+func registryChanged(a, b config.Registry) bool {
+	a.TTL, a.Heartbeat, a.CacheTTL = b.TTL, b.Heartbeat, b.CacheTTL
+	return a != b
 }
 
 // advertiseAddr is the address to register: the configured one, or the bound one with an

@@ -3,11 +3,14 @@ package runtime_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,4 +128,85 @@ func BenchmarkCallThroughMicro(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestRegistrySwapUnderLoad switches between two embedded registries (two directories)
+// while calls stream, both ways: no call fails, and the services move.
+func TestRegistrySwapUnderLoad(t *testing.T) {
+	rt, cfg := start(t)
+	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+	ctx, cancel := context.WithCancel(context.Background())
+	var (
+		mu       sync.Mutex
+		ok, bad  int
+		firstBad string
+		wg       sync.WaitGroup
+	)
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := http.Post(url, "application/json", strings.NewReader(`{}`))
+				mu.Lock()
+				if err != nil || resp.StatusCode != 200 {
+					bad++
+					if firstBad == "" {
+						firstBad = fmt.Sprint(err, resp)
+					}
+				} else {
+					ok++
+				}
+				mu.Unlock()
+				if resp != nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		})
+	}
+	first := cfg.Registry.Dir
+	second := t.TempDir()
+	for i, dir := range []string{second, first, second} {
+		next := *cfg
+		next.Registry.Dir = dir
+		rt.Apply(context.Background(), &next)
+		// The services moved: registered in the new directory, gone from the old one.
+		reg, err := embedded.Open(dir, embedded.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := reg.GetService(context.Background(), "echo"); err != nil {
+			t.Errorf("switch %d: echo not in the new registry: %v", i, err)
+		}
+		reg.Close()
+		old := first
+		if dir == first {
+			old = second
+		}
+		reg, _ = embedded.Open(old, embedded.Options{})
+		if _, err := reg.GetService(context.Background(), "echo"); err == nil {
+			t.Errorf("switch %d: echo still in the old registry", i)
+		}
+		reg.Close()
+		// Let calls run on the new registry before the next switch.
+		mu.Lock()
+		target := ok + 50
+		mu.Unlock()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			mu.Lock()
+			n := ok
+			mu.Unlock()
+			if n >= target {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("switch %d: calls stalled at %d", i, n)
+			}
+			runtime.Gosched()
+		}
+	}
+	cancel()
+	wg.Wait()
+	if bad > 0 || ok == 0 {
+		t.Fatalf("%d calls failed of %d; first: %s", bad, ok+bad, firstBad)
+	}
 }

@@ -19,6 +19,8 @@ import (
 // the registry. Each ready app instance is one node, reached through the inbound server.
 type services struct {
 	r         *Runtime
+	regMu     sync.RWMutex // held for reading while registering; a registry switch writes reg
+	reg       registry.Registry
 	ttl       time.Duration // registry.ttl, fixed at start
 	heartbeat time.Duration // registry.heartbeat, fixed at start
 
@@ -45,7 +47,7 @@ type appNode struct {
 }
 
 func newServices(r *Runtime, reg config.Registry) *services {
-	return &services{r: r, ttl: reg.TTL, heartbeat: reg.Heartbeat, m: make(map[string]*fronted)}
+	return &services{r: r, reg: r.reg, ttl: reg.TTL, heartbeat: reg.Heartbeat, m: make(map[string]*fronted)}
 }
 
 // apply makes the fronted services match specs: it stops removed ones, starts new ones,
@@ -211,13 +213,48 @@ func (s *services) service(name string) *registry.Service {
 	return svc
 }
 
+// setRegistry makes reg the registry of later registrations. A registration in progress
+// on the old registry finishes first.
+func (s *services) setRegistry(reg registry.Registry) {
+	s.regMu.Lock()
+	s.reg = reg
+	s.regMu.Unlock()
+}
+
+// registerOn registers every fronted service's nodes with reg, which is not yet the
+// registry in use.
+func (s *services) registerOn(ctx context.Context, reg registry.Registry) error {
+	for _, name := range s.names() {
+		if svc := s.service(name); svc != nil {
+			if err := reg.Register(ctx, svc, s.ttl); err != nil {
+				return fmt.Errorf("service %q: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// deregisterOn removes every fronted service's nodes from reg, which is no longer the
+// registry in use.
+func (s *services) deregisterOn(ctx context.Context, reg registry.Registry) {
+	for _, name := range s.names() {
+		if svc := s.service(name); svc != nil {
+			if err := reg.Deregister(ctx, svc); err != nil {
+				s.r.logger.Warn("deregistering from the old registry failed; its nodes will expire", "service", name, "err", err)
+			}
+		}
+	}
+}
+
 // register (re)registers the named service's nodes.
 func (s *services) register(ctx context.Context, name string) {
 	svc := s.service(name)
 	if svc == nil {
 		return
 	}
-	err := s.r.reg.Register(ctx, svc, s.ttl)
+	s.regMu.RLock()
+	err := s.reg.Register(ctx, svc, s.ttl)
+	s.regMu.RUnlock()
 	s.mu.Lock()
 	prev := s.regErr
 	s.regErr = err
@@ -244,7 +281,10 @@ func (s *services) deregister(ctx context.Context, name string, nodes []appNode)
 	for _, n := range nodes {
 		svc.Nodes = append(svc.Nodes, n.node)
 	}
-	if err := s.r.reg.Deregister(ctx, svc); err != nil {
+	s.regMu.RLock()
+	err := s.reg.Deregister(ctx, svc)
+	s.regMu.RUnlock()
+	if err != nil {
 		s.r.logger.Error("deregistering failed; the nodes will expire", "service", name, "err", err)
 	}
 }

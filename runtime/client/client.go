@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/wrapper"
 )
 
 // ID names the client in the errors it returns.
@@ -84,6 +86,7 @@ type Client struct {
 	obs    Observer
 	logger *slog.Logger
 	opts   atomic.Pointer[Options]
+	chain  wrapper.Current
 	retry  *retryBudget
 	now    func() time.Time
 }
@@ -94,6 +97,10 @@ func New(sel Selector, pool Pool, obs Observer, opts Options, logger *slog.Logge
 	c.SetOptions(opts)
 	return c
 }
+
+// SetChain makes chain the client wrappers of later calls and returns the chain it
+// replaces, which the caller retires.
+func (c *Client) SetChain(chain *wrapper.Chain) *wrapper.Chain { return c.chain.Store(chain) }
 
 // SetOptions replaces the client's options; calls in flight keep the ones they started with.
 func (c *Client) SetOptions(o Options) {
@@ -106,7 +113,8 @@ func (c *Client) SetOptions(o Options) {
 
 // Call sends req to a node of req.Service and returns the first answer that is not worth
 // retrying. Failures are *callerr.Error values: 404 unknown service, 503 no node,
-// 502 upstream failed after retries, 504 budget spent.
+// 502 upstream failed after retries, 504 budget spent. A rejection by a client wrapper is
+// returned as a Response carrying the rejection's status and JSON error.
 func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 	o := c.opts.Load()
 	if _, ok := ctx.Deadline(); !ok {
@@ -115,10 +123,13 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		defer cancel()
 	}
 	c.retry.deposit()
+	chain := c.chain.Acquire()
+	defer chain.Release()
 
 	var (
 		triedBuf [8]string
 		tried    = triedBuf[:0]
+		refused  []string // nodes a wrapper refused for this call
 		lastErr  *callerr.Error
 	)
 	for attempt := 1; ; attempt++ {
@@ -140,10 +151,47 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		node := pick.Node()
 		tried = append(tried, node.ID)
 
+		call := wrapper.Call{
+			Service: req.Service, Endpoint: req.Endpoint, Node: node.ID,
+			Caller: req.Header[transport.HeaderCaller], Header: req.Header,
+		}
+		call.Deadline, _ = ctx.Deadline()
+		var ran wrapper.Ran
+		v := chain.OnRequest(ctx, &call, &ran)
+		switch v.Action {
+		case wrapper.RejectNode:
+			pick.Skip()
+			if slices.Contains(refused, node.ID) {
+				// Every node left was refused: the selector came back to one.
+				return rejection(http.StatusServiceUnavailable, "no node of %q accepted by the client wrappers: %s", req.Service, v.Message), nil
+			}
+			refused = append(refused, node.ID)
+			attempt-- // a refused node costs no attempt: nothing was sent
+			continue
+		case wrapper.Reject:
+			pick.Skip()
+			chain.OnResponse(ctx, &call, &wrapper.Result{Status: v.Status, Err: v.Message}, &ran)
+			resp := rejection(v.Status, "%s", v.Message)
+			for k, val := range v.ReplyHeader {
+				resp.Header[k] = val
+			}
+			return resp, nil
+		}
+
 		start := c.now()
-		resp, err := c.attempt(ctx, req, node, remaining)
+		resp, err := c.attempt(ctx, req, node, remaining, v.Header)
+		latency := c.now().Sub(start)
 		failed, retryable := classify(resp, err)
-		pick.Done(c.now().Sub(start), failed)
+		pick.Done(latency, failed)
+		if chain != nil {
+			r := wrapper.Result{Latency: latency}
+			if resp != nil {
+				r.Status = resp.Status
+			} else {
+				r.Err = err.Error()
+			}
+			chain.OnResponse(ctx, &call, &r, &ran)
+		}
 		if !retryable {
 			if err != nil {
 				return nil, c.failure(ctx, req, node, err)
@@ -176,14 +224,23 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 	}
 }
 
+// rejection is the answer to a call that a wrapper rejected.
+func rejection(status int, format string, args ...any) *Response {
+	e := callerr.New(ID, status, format, args...)
+	return &Response{Status: status, Header: map[string]string{"Content-Type": "application/json"}, Body: e.JSON()}
+}
+
 // attempt makes one attempt on node with the remaining budget.
-func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration) (*Response, error) {
+func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (*Response, error) {
 	conn, err := c.pool.Get(ctx, node.Address)
 	if err != nil {
 		return nil, err
 	}
-	h := make(map[string]string, len(req.Header)+4)
+	h := make(map[string]string, len(req.Header)+len(extra)+4)
 	for k, v := range req.Header {
+		h[k] = v
+	}
+	for k, v := range extra {
 		h[k] = v
 	}
 	h[transport.HeaderService] = req.Service

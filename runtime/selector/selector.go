@@ -59,7 +59,7 @@ const unsampledPenalty = float64(time.Hour)
 
 // Selector picks nodes. It is safe for concurrent use.
 type Selector struct {
-	src     Source
+	src     atomic.Pointer[sourceBox]
 	log     *slog.Logger
 	onEject func(service, nodeID string, d time.Duration)
 	clock   func() int64 // monotonic nanoseconds, always ≥ 1
@@ -74,7 +74,8 @@ type Selector struct {
 // logged and replaced by the defaults; callers that load p from a file check it first with
 // Policy.Validate.
 func New(src Source, p Policy, opts Options) *Selector {
-	s := &Selector{src: src, log: opts.Logger, onEject: opts.OnEject}
+	s := &Selector{log: opts.Logger, onEject: opts.OnEject}
+	s.SetSource(src)
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -94,6 +95,14 @@ func New(src Source, p Policy, opts Options) *Selector {
 	}
 	return s
 }
+
+// sourceBox holds a Source for an atomic pointer.
+type sourceBox struct{ Source }
+
+// SetSource makes src the source of every later Select, as when micro switches registries.
+// The state kept per node ID carries over, so nodes that the new source also lists keep
+// their latency estimates and ejections.
+func (s *Selector) SetSource(src Source) { s.src.Store(&sourceBox{src}) }
 
 // SetPolicy validates p and makes it the policy of every later Select. The state the
 // selector keeps per node (latency estimates, calls in flight, failures, ejections) is kept.
@@ -144,12 +153,20 @@ func (p Pick) Done(latency time.Duration, failed bool) {
 	}
 }
 
+// Skip ends an attempt that never reached the node (a wrapper refused it): the call no
+// longer counts as in flight, and the node's latency and health are left as they were.
+func (p Pick) Skip() {
+	if p.st != nil {
+		p.st.inflight.Add(-1)
+	}
+}
+
 // Select picks a node of service for a call to endpoint. tried holds the IDs of the nodes
 // this call has already tried; they are avoided while another candidate exists. The error
 // matches registry.ErrNotFound when the service is unknown and ErrNoNodes when no node is
 // available.
 func (s *Selector) Select(ctx context.Context, service, endpoint string, tried []string) (Pick, error) {
-	snap, err := s.src.Get(ctx, service)
+	snap, err := s.src.Load().Get(ctx, service)
 	if err != nil {
 		return Pick{}, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/wrapper"
 )
 
 // InboundID names the inbound server in the errors it returns.
@@ -45,6 +46,7 @@ type InboundConfig struct {
 type Inbound struct {
 	cfg     InboundConfig
 	maxBody atomic.Int64
+	chain   wrapper.Current
 	wg      sync.WaitGroup
 }
 
@@ -54,6 +56,10 @@ func NewInbound(cfg InboundConfig) *Inbound {
 	in.maxBody.Store(cfg.MaxBody)
 	return in
 }
+
+// SetChain makes chain the server wrappers of later calls and returns the chain it
+// replaces, which the caller retires.
+func (in *Inbound) SetChain(chain *wrapper.Chain) *wrapper.Chain { return in.chain.Store(chain) }
 
 // SetMaxBody changes the response body limit.
 func (in *Inbound) SetMaxBody(n int64) { in.maxBody.Store(n) }
@@ -135,6 +141,44 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, start ti
 	if remaining < time.Millisecond {
 		return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s for %s.%s is spent", tv, service, endpoint))
 	}
+	chain := in.chain.Acquire()
+	defer chain.Release()
+	call := wrapper.Call{
+		Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
+		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: start.Add(d),
+	}
+	var ran wrapper.Ran
+	switch v := chain.OnRequest(ctx, &call, &ran); v.Action {
+	case wrapper.Continue:
+		for k, val := range v.Header {
+			req.Header[k] = val
+		}
+	default:
+		status := v.Status
+		if v.Action == wrapper.RejectNode {
+			status = http.StatusServiceUnavailable
+		}
+		chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
+		m := errorMessage(callerr.New(InboundID, status, "%s", v.Message))
+		for k, val := range v.ReplyHeader {
+			m.Header[k] = val
+		}
+		return status, m
+	}
+	code, m, failure := in.toApp(ctx, req, service, endpoint, tv, start.Add(d))
+	if chain != nil {
+		r := wrapper.Result{Status: code, Err: failure, Latency: time.Since(start)}
+		if failure != "" {
+			r.Status = 0 // no answer from the app
+		}
+		chain.OnResponse(ctx, &call, &r, &ran)
+	}
+	return code, m
+}
+
+// toApp forwards req to an instance of its service's app and returns the app's answer.
+func (in *Inbound) toApp(ctx context.Context, req *transport.Message, service, endpoint, tv string, deadline time.Time) (code int, reply *transport.Message, failure string) {
+	fail := func(e *callerr.Error) (int, *transport.Message, string) { return e.Code, errorMessage(e), e.Detail }
 	base, ok := in.cfg.Apps.Resolve(service, req.Header[transport.HeaderNode])
 	if !ok {
 		return fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service))
@@ -153,7 +197,7 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, start ti
 			}
 		}
 	}
-	hr.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(start.Add(d))))
+	hr.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
 	hresp, err := in.cfg.HTTP.Do(hr)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -179,7 +223,7 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, start ti
 		}
 	}
 	h[transport.HeaderStatus] = strconv.Itoa(hresp.StatusCode)
-	return hresp.StatusCode, &transport.Message{Header: h, Body: body}
+	return hresp.StatusCode, &transport.Message{Header: h, Body: body}, ""
 }
 
 func (in *Inbound) reply(ctx context.Context, conn transport.Conn, e *callerr.Error) {
