@@ -10,10 +10,11 @@
 // MICRO_SECTION_KEY sets [section] key: the key's dotted path in upper case with dots as
 // underscores, e.g. MICRO_CLIENT_RETRY_BUDGET_RATIO for [client.retry_budget] ratio. Names
 // are matched against the known keys ([Keys]), not split at every underscore. Under
-// MICRO_SERVICES_ and MICRO_ROUTES_ the service name is what lies between the section and a
-// known key, lower-cased: MICRO_SERVICES_GREETER_V2_INSTANCES sets
+// MICRO_SERVICES_, MICRO_ROUTES_ and MICRO_WRAPPERS_ the name is what lies between the
+// section and a known key, lower-cased: MICRO_SERVICES_GREETER_V2_INSTANCES sets
 // [services.greeter_v2] instances. Lists split at commas and white space; tables (metadata,
-// env, weights) are key=value entries split the same way. A MICRO_ variable outside the
+// env, weights) are key=value entries split the same way. A wrapper's config is a free-form
+// table that env and flags cannot set, whole or key by key. A MICRO_ variable outside the
 // known sections is ignored (micro sets MICRO_INGRESS and MICRO_APP_ADDR for its apps); one
 // under a known section that names no key is an error. Flags name keys by their dotted path
 // and take values written as in env variables.
@@ -205,7 +206,9 @@ type Wrapper struct {
 	MemoryLimit ByteSize `koanf:"memory_limit"`
 	// Timeout bounds one guest call; a guest that runs longer is stopped and replaced.
 	Timeout time.Duration `koanf:"timeout"`
-	// Config is the wrapper's own settings, handed to the guest at init as JSON.
+	// Config is the wrapper's own settings, handed to the guest at init as JSON. It is
+	// free-form: Load gives it TOML's types (string, bool, int64, float64, []any and
+	// map[string]any, durations left as strings) and checks none of its keys.
 	Config map[string]any `koanf:"config"`
 }
 

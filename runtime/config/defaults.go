@@ -46,3 +46,38 @@ const (
 	StrategyRoundRobin = "round_robin"
 	StrategyRandom     = "random"
 )
+
+// DefaultWrapper returns the values Load gives the keys of a [wrappers.NAME] table that the
+// table leaves out: one instance sharded by service, failing open, with 64MiB of memory and
+// 100ms per guest call. Path, Source, Services and Config have no default.
+func DefaultWrapper() Wrapper {
+	return Wrapper{
+		Instances:   1,
+		Shard:       ShardService,
+		OnTrap:      OnTrapOpen,
+		MemoryLimit: 64 << 20,
+		Timeout:     100 * time.Millisecond,
+	}
+}
+
+// The shard keys of [Wrapper] Shard: what picks the instance that serves a call.
+const (
+	ShardService = "service" // the service called
+	ShardNode    = "node"    // the node the call goes to
+	ShardCaller  = "caller"  // the caller
+)
+
+// The choices of [Wrapper] OnTrap: what a call gets when its guest traps, runs out of time
+// or runs out of memory.
+const (
+	OnTrapOpen   = "open"   // the call goes on as if the wrapper had let it through
+	OnTrapClosed = "closed" // the call is rejected with a 503
+)
+
+// Bounds of the [Wrapper] keys that [Validate] checks.
+const (
+	MaxWrapperInstances   = 64
+	MinWrapperMemoryLimit = ByteSize(1 << 20)
+	MaxWrapperMemoryLimit = ByteSize(4 << 30)
+	MaxWrapperTimeout     = 10 * time.Second
+)

@@ -26,6 +26,9 @@ func FuzzLoad(f *testing.F) {
 		"[client.retry_budget]\nratio = nan\nmin_per_second = inf\n",
 		"client = 1979-05-27T07:32:00Z\n",
 		"x = {",
+		"[client]\nwrappers = [\"rl\"]\n[wrappers.rl]\nsource = \"s\"\n[wrappers.rl.config]\nrate = 5\nl = [1, { a = 0.5 }, []]\n[[wrappers.rl.config.rules]]\nk = \"v\"\n",
+		"[server]\nwrappers = [\"x\", \"x\"]\n[wrappers.x]\npath = \"x.wasm\"\ninstance = 2\nconfig = { when = 1979-05-27, r = nan }\n",
+		"[registry]\nplugin = \"consul\"\nsha256 = \"AB\"\ntoken_file = \"t\"\n",
 	} {
 		f.Add([]byte(seed))
 	}
@@ -55,6 +58,9 @@ func FuzzEnv(f *testing.F) {
 	f.Add("ROUTES_GREETER_WEIGHTS", "1.0.0=90,1.1.0=10")
 	f.Add("SERVICES__INSTANCES", "1")
 	f.Add("SERVER_MAX_BODY", "9999999999GiB")
+	f.Add("WRAPPERS_RL_CONFIG_RATE", "5")
+	f.Add("WRAPPERS_RL_PATH", "rl.wasm")
+	f.Add("CLIENT_WRAPPERS", "a,b")
 	f.Fuzz(func(t *testing.T, name, value string) {
 		l := &Loader{Env: []string{"MICRO_" + name + "=" + value}}
 		c, err := l.parse(nil)

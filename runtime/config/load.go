@@ -86,6 +86,9 @@ func (e *UnknownKeyError) Error() string {
 	return msg
 }
 
+// errFreeForm reports an env variable or flag that sets a free-form table, or a key in one.
+var errFreeForm = errors.New("a wrapper's config table cannot be set from env or flags: set it in the file")
+
 // errEmptyFile reports a file of zero bytes, which Watch takes as an edit in progress.
 var errEmptyFile = errors.New("config file is empty")
 
@@ -217,11 +220,16 @@ func check(s *schema, n *node, v any, path []string, src string, add func(error)
 	}
 }
 
-// keyError makes a KeyError for the value at path, moving the entry that a subKeyError
-// names into the key.
+// keyError makes a KeyError for the value at path, moving the entries that subKeyErrors
+// name (nested ones, in a free-form table) into the key.
 func keyError(src string, path []string, err error) error {
-	if se, ok := err.(*subKeyError); ok {
-		return &KeyError{Source: src, Key: joinKey(append(path[:len(path):len(path)], se.key)), Err: se.err}
+	path = path[:len(path):len(path)]
+	for {
+		se, ok := err.(*subKeyError)
+		if !ok {
+			break
+		}
+		path, err = append(path, se.key), se.err
 	}
 	return &KeyError{Source: src, Key: joinKey(path), Err: err}
 }
@@ -259,6 +267,10 @@ func (l *Loader) stringLayer(s *schema, add func(error), origins map[string]stri
 		}
 		segs, leaf, err := s.match(e.key, sep)
 		if err != nil {
+			if table, ok := s.underFreeForm(e.key, sep); ok {
+				add(&KeyError{Source: src, Key: joinKey(table), Err: errFreeForm})
+				continue
+			}
 			if env {
 				add(&UnknownKeyError{Source: "env", Key: e.source, Suggestion: s.suggestFlat(e.key, sep, "MICRO_")})
 			} else {
@@ -324,6 +336,9 @@ func (s *schema) suggestFlat(key, sep, prefix string) string {
 // strings for convertLeaf; lists split on commas and white space, and maps are lists of
 // key=value entries.
 func parseString(t reflect.Type, s string) (any, error) {
+	if t == freeFormType {
+		return nil, errFreeForm
+	}
 	if isDuration(t) || isByteSize(t) {
 		return s, nil
 	}
@@ -380,8 +395,8 @@ func splitList(s string) []string {
 	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || unicode.IsSpace(r) })
 }
 
-// fill sets what Load derives rather than reads: each service's instances when not set, and
-// absolute directories.
+// fill sets what Load derives rather than reads: the keys of each service and wrapper that
+// are not set, absolute paths, and a lower-case registry.sha256.
 func (l *Loader) fill(c *Config, raw map[string]any) {
 	base := ""
 	if l.Path != "" {
@@ -406,7 +421,28 @@ func (l *Loader) fill(c *Config, raw map[string]any) {
 		svc.Dir = resolve(svc.Dir)
 		c.Services[name] = svc
 	}
+	wrappers, _ := raw["wrappers"].(map[string]any)
+	defaults := DefaultWrapper()
+	for name, w := range c.Wrappers {
+		table, _ := wrappers[name].(map[string]any)
+		setDefault := func(key string, set func()) {
+			if _, ok := table[key]; !ok {
+				set()
+			}
+		}
+		setDefault("instances", func() { w.Instances = defaults.Instances })
+		setDefault("shard", func() { w.Shard = defaults.Shard })
+		setDefault("on_trap", func() { w.OnTrap = defaults.OnTrap })
+		setDefault("memory_limit", func() { w.MemoryLimit = defaults.MemoryLimit })
+		setDefault("timeout", func() { w.Timeout = defaults.Timeout })
+		w.Path = resolve(w.Path)
+		w.Source = resolve(w.Source)
+		c.Wrappers[name] = w
+	}
 	c.Registry.Dir = resolve(c.Registry.Dir)
+	c.Registry.Path = resolve(c.Registry.Path)
+	c.Registry.TokenFile = resolve(c.Registry.TokenFile)
+	c.Registry.SHA256 = strings.ToLower(c.Registry.SHA256)
 }
 
 // withSources sets the Source of each KeyError in err, a join of Validate's errors, from
@@ -456,7 +492,37 @@ func clone(c *Config) *Config {
 		s.Command = slices.Clone(s.Command)
 		return s
 	})
+	out.Wrappers = cloneMap(c.Wrappers, func(w Wrapper) Wrapper {
+		w.Services = slices.Clone(w.Services)
+		w.Config = cloneFree(w.Config)
+		return w
+	})
+	out.Client.Wrappers = slices.Clone(c.Client.Wrappers)
+	out.Server.Wrappers = slices.Clone(c.Server.Wrappers)
 	return &out
+}
+
+// cloneFree returns a deep copy of a free-form table: its nested tables and arrays are
+// copied, its other values are immutable.
+func cloneFree(m map[string]any) map[string]any {
+	return cloneMap(m, cloneFreeValue)
+}
+
+func cloneFreeValue(v any) any {
+	switch v := v.(type) {
+	case map[string]any:
+		return cloneFree(v)
+	case []any:
+		if v == nil {
+			return v
+		}
+		out := make([]any, len(v))
+		for i, e := range v {
+			out[i] = cloneFreeValue(e)
+		}
+		return out
+	}
+	return v
 }
 
 func cloneMap[V any](m map[string]V, f func(V) V) map[string]V {

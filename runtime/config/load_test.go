@@ -105,6 +105,19 @@ func TestLoadExampleFile(t *testing.T) {
 		},
 		"billing": {Address: "http://127.0.0.1:9000", Instances: 1},
 	}
+	want.Server.Wrappers = []string{"ratelimit"}
+	want.Client.Wrappers = []string{"breaker"}
+	ratelimit := DefaultWrapper()
+	ratelimit.Source = filepath.Join(dir, "plugins", "wrapper-ratelimit")
+	ratelimit.Services = []string{"greeter"}
+	ratelimit.Config = map[string]any{"rate": int64(100), "burst": int64(20), "key": "service"}
+	breaker := DefaultWrapper()
+	breaker.Source = filepath.Join(dir, "plugins", "wrapper-breaker")
+	breaker.Config = map[string]any{
+		"key": "node", "failure_ratio": 0.5, "min_requests": int64(10),
+		"consecutive_failures": int64(5), "cooldown": "5s",
+	}
+	want.Wrappers = map[string]Wrapper{"ratelimit": ratelimit, "breaker": breaker}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", *c, want)
 	}

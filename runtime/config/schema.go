@@ -1,20 +1,25 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	gotoml "github.com/pelletier/go-toml/v2"
 )
 
-// NamePlaceholder stands for a service name in the keys that Keys lists, as in
+// NamePlaceholder stands for a service or wrapper name in the keys that Keys lists, as in
 // "services.<name>.instances".
 const NamePlaceholder = "<name>"
 
 // Keys lists every key micro.toml knows, as dotted paths in the order of the Config struct.
-// Keys under [routes] and [services] hold [NamePlaceholder] where the service name goes.
+// Keys under [routes], [services] and [wrappers] hold [NamePlaceholder] where the name goes.
+// "wrappers.<name>.config" is a free-form table: it is set in the file only.
 func Keys() []string {
 	var out []string
 	for _, p := range newSchema().leaves {
@@ -25,8 +30,8 @@ func Keys() []string {
 
 // EnvName returns the environment variable that sets key, one of [Keys] (with a real name in
 // place of [NamePlaceholder]): "client.retry_budget.ratio" gives
-// "MICRO_CLIENT_RETRY_BUDGET_RATIO". A service name with '-' or '.' has no variable of its
-// own: the variable EnvName returns for it sets the name with '_' instead.
+// "MICRO_CLIENT_RETRY_BUDGET_RATIO". A service or wrapper name with '-' or '.' has no
+// variable of its own: the variable EnvName returns for it sets the name with '_' instead.
 func EnvName(key string) string {
 	return "MICRO_" + strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(key))
 }
@@ -63,8 +68,8 @@ func (n *node) field(name string) *node {
 	return nil
 }
 
-// pattern is the path of one leaf; wild is the index of the name segment in a [routes] or
-// [services] path, or -1.
+// pattern is the path of one leaf; wild is the index of the name segment in a [routes],
+// [services] or [wrappers] path, or -1.
 type pattern struct {
 	segs []string
 	wild int
@@ -76,6 +81,10 @@ type schema struct {
 	root   *node
 	leaves []pattern
 }
+
+// freeFormType is the type of a free-form table, a wrapper's config: any TOML values, nested
+// tables included, that micro passes on without knowing their keys.
+var freeFormType = reflect.TypeFor[map[string]any]()
 
 func isDuration(t reflect.Type) bool { return t == reflect.TypeFor[time.Duration]() }
 func isByteSize(t reflect.Type) bool { return t == reflect.TypeFor[ByteSize]() }
@@ -143,8 +152,8 @@ func (s *schema) section(key, sep string) bool {
 	return false
 }
 
-// match finds the leaf that key, a path joined by sep, names. For a path under [routes] or
-// [services] the name is whatever lies between the section and a known field, so it may
+// match finds the leaf that key, a path joined by sep, names. For a path under [routes],
+// [services] or [wrappers] the name is whatever lies between the section and a known field, so it may
 // itself contain sep. It returns the path split into segments.
 func (s *schema) match(key, sep string) ([]string, *node, error) {
 	var (
@@ -174,6 +183,31 @@ func (s *schema) match(key, sep string) ([]string, *node, error) {
 		return found, leaf, nil
 	}
 	return nil, nil, fmt.Errorf("%q matches more than one key", key)
+}
+
+// underFreeForm reports whether key, a path joined by sep, names a key inside a free-form
+// table (a wrapper's config), which env and flags cannot set. It returns the table's path.
+func (s *schema) underFreeForm(key, sep string) ([]string, bool) {
+	for _, p := range s.leaves {
+		if p.node.typ != freeFormType {
+			continue
+		}
+		if p.wild < 0 {
+			if strings.HasPrefix(key, strings.Join(p.segs, sep)+sep) {
+				return p.segs, true
+			}
+			continue
+		}
+		head := strings.Join(p.segs[:p.wild], sep) + sep
+		tail := sep + strings.Join(p.segs[p.wild+1:], sep) + sep
+		rest, ok := strings.CutPrefix(key, head)
+		if i := strings.Index(rest, tail); ok && i > 0 {
+			segs := slices.Clone(p.segs)
+			segs[p.wild] = rest[:i]
+			return segs, true
+		}
+	}
+	return nil, false
 }
 
 // suggest returns the known key closest to the unknown key at path (whose last segment is
@@ -320,6 +354,11 @@ func decodeHook(_ reflect.Type, to reflect.Type, data any) (any, error) {
 // type t. Its errors say what was wanted and what v is; a problem with one entry of a map
 // is a *subKeyError naming the entry.
 func convertLeaf(t reflect.Type, v any) (any, error) {
+	if t == freeFormType || t.Kind() == reflect.Interface {
+		// Checked before the shortcut below: a table from TOML has the right type but may
+		// hold values a free-form table does not take.
+		return freeValue(v, t == freeFormType)
+	}
 	rv := reflect.ValueOf(v)
 	if !rv.IsValid() {
 		return nil, fmt.Errorf("want %s, got nothing", want(t))
@@ -422,6 +461,71 @@ func convertLeaf(t reflect.Type, v any) (any, error) {
 	return out.Interface(), nil
 }
 
+// freeValue returns a deep copy of v, a value of a free-form table, in the types TOML decodes
+// to: int64, float64, string, bool, []any and map[string]any. Other integer and float types
+// become int64 and float64. It refuses what the guest's JSON cannot hold or micro.toml cannot
+// write: NaN and infinities, nil, dates and times (write them as strings), and any other type.
+// With table set, v must be a table.
+func freeValue(v any, table bool) (any, error) {
+	rv := reflect.ValueOf(v)
+	if table && (!rv.IsValid() || rv.Kind() != reflect.Map) {
+		return nil, fmt.Errorf("want a table, got %s", describe(v))
+	}
+	switch {
+	case !rv.IsValid():
+		return nil, errors.New("want a string, number, boolean, array or table, got nothing")
+	case rv.Kind() == reflect.String:
+		return rv.String(), nil
+	case rv.Kind() == reflect.Bool:
+		return rv.Bool(), nil
+	case rv.CanInt():
+		return rv.Int(), nil
+	case rv.CanUint():
+		if rv.Uint() > math.MaxInt64 {
+			return nil, fmt.Errorf("integer %d out of range", rv.Uint())
+		}
+		return int64(rv.Uint()), nil
+	case rv.CanFloat():
+		f := rv.Float()
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return nil, fmt.Errorf("want a finite number, got %v", f)
+		}
+		return f, nil
+	case rv.Kind() == reflect.Slice || rv.Kind() == reflect.Array:
+		out := make([]any, rv.Len())
+		for i := range rv.Len() {
+			e, err := freeValue(rv.Index(i).Interface(), false)
+			if err != nil {
+				return nil, fmt.Errorf("element %d: %w", i, err)
+			}
+			out[i] = e
+		}
+		return out, nil
+	case rv.Kind() == reflect.Map && rv.Type().Key().Kind() == reflect.String:
+		out := make(map[string]any, rv.Len())
+		// In key order, so that the error reported for a table with several bad
+		// entries is always the same one.
+		keys := make([]string, 0, rv.Len())
+		for it := rv.MapRange(); it.Next(); {
+			keys = append(keys, it.Key().String())
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			e, err := freeValue(rv.MapIndex(reflect.ValueOf(k).Convert(rv.Type().Key())).Interface(), false)
+			if err != nil {
+				return nil, &subKeyError{key: k, err: err}
+			}
+			out[k] = e
+		}
+		return out, nil
+	}
+	switch v.(type) {
+	case time.Time, gotoml.LocalDate, gotoml.LocalTime, gotoml.LocalDateTime:
+		return nil, fmt.Errorf("want a string, number, boolean, array or table, got the date or time %v (write it as a string)", v)
+	}
+	return nil, fmt.Errorf("want a string, number, boolean, array or table, got %s", describe(v))
+}
+
 // subKeyError is a problem with one entry of a free-form map such as weights.
 type subKeyError struct {
 	key string
@@ -450,7 +554,12 @@ func want(t reflect.Type) string {
 		return "a number"
 	case reflect.Slice:
 		return "an array of " + strings.TrimPrefix(strings.TrimPrefix(want(t.Elem()), "a "), "an ") + "s"
+	case reflect.Interface:
+		return "a value"
 	case reflect.Map:
+		if t == freeFormType {
+			return "a table"
+		}
 		return "a table of " + strings.TrimPrefix(strings.TrimPrefix(want(t.Elem()), "a "), "an ") + "s"
 	}
 	return t.String()

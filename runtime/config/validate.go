@@ -20,8 +20,9 @@ const MaxAttempts = 10
 const MaxWeight = 1_000_000
 
 // Validate checks every rule of c and reports every broken one, joined; each is a
-// *KeyError naming its key. It does not know which registry and transport plugins exist:
-// the runtime checks those names.
+// *KeyError naming its key. It does not know which registry and transport plugins exist,
+// and it does not open files (registry.path and token_file, a wrapper's path or source):
+// the runtime checks those.
 func Validate(c *Config) error {
 	var v validator
 
@@ -37,8 +38,12 @@ func Validate(c *Config) error {
 		v.errorf("server.max_body", "must be more than 0, got %d", c.Server.MaxBody)
 	}
 	v.nonNegative("server.drain_timeout", c.Server.DrainTimeout)
+	v.wrapperList("server.wrappers", c.Server.Wrappers, c.Wrappers)
 
-	v.nonEmpty("registry.plugin", c.Registry.Plugin)
+	v.plugin("registry.plugin", c.Registry.Plugin)
+	if h := c.Registry.SHA256; h != "" && !isSHA256(h) {
+		v.errorf("registry.sha256", "invalid digest %q: want 64 hexadecimal digits", h)
+	}
 	v.positive("registry.ttl", c.Registry.TTL)
 	v.positive("registry.heartbeat", c.Registry.Heartbeat)
 	if c.Registry.Heartbeat > 0 && c.Registry.TTL > 0 && c.Registry.Heartbeat >= c.Registry.TTL {
@@ -81,12 +86,16 @@ func Validate(c *Config) error {
 		v.errorf("client.ejection.max_percent", "must be from 0 to 100, got %d", p)
 	}
 	v.positive("client.ewma_decay", cl.EWMADecay)
+	v.wrapperList("client.wrappers", cl.Wrappers, c.Wrappers)
 
 	for _, name := range slices.Sorted(maps.Keys(c.Routes)) {
 		v.route(name, c.Routes[name])
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Services)) {
 		v.service(name, c.Services[name])
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Wrappers)) {
+		v.wrapper(name, c.Wrappers[name])
 	}
 
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
@@ -185,8 +194,105 @@ func (v *validator) strategy(key, s string, optional bool) {
 }
 
 func (v *validator) name(key, name string) {
+	v.namedAs(key, "service", name)
+}
+
+// namedAs checks a name of what (a service or a wrapper) with ValidName.
+func (v *validator) namedAs(key, what, name string) {
 	if !ValidName(name) {
-		v.errorf(key, "invalid service name %q: want 1 to 63 lower-case letters, digits, '-', '.' or '_', starting with a letter or digit", name)
+		v.errorf(key, "invalid %s name %q: want 1 to 63 lower-case letters, digits, '-', '.' or '_', starting with a letter or digit", what, name)
+	}
+}
+
+// plugin checks a plugin name: "embedded", or a name that the runtime turns into
+// plugins/registry-{name}, so 1 to 63 lower-case letters, digits and '-', starting with a
+// letter or digit.
+func (v *validator) plugin(key, name string) {
+	if strings.TrimSpace(name) == "" {
+		v.errorf(key, "must not be empty")
+		return
+	}
+	ok := len(name) <= 63
+	for i, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+		case i > 0 && r == '-':
+		default:
+			ok = false
+		}
+	}
+	if !ok {
+		v.errorf(key, "invalid plugin name %q: want \"embedded\" or 1 to 63 lower-case letters, digits or '-', starting with a letter or digit", name)
+	}
+}
+
+func isSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r >= 'A' && r <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// wrapperList checks client.wrappers or server.wrappers: names declared in [wrappers], each
+// once.
+func (v *validator) wrapperList(key string, names []string, declared map[string]Wrapper) {
+	first := make(map[string]int, len(names))
+	for i, name := range names {
+		if j, dup := first[name]; dup {
+			v.errorf(key, "wrapper %q is listed twice (elements %d and %d)", name, j, i)
+			continue
+		}
+		first[name] = i
+		if _, ok := declared[name]; !ok {
+			v.errorf(key, "unknown wrapper %q (element %d): declare it as [wrappers.%s]", name, i, joinKey([]string{name}))
+		}
+	}
+}
+
+func (v *validator) wrapper(name string, w Wrapper) {
+	key := joinKey([]string{"wrappers", name})
+	v.namedAs(key, "wrapper", name)
+	switch {
+	case w.Path == "" && w.Source == "":
+		v.errorf(key, "set path (a .wasm file) or source (a Go package directory micro builds)")
+	case w.Path != "" && w.Source != "":
+		v.errorf(key, "set path or source, not both")
+	case w.Path != "" && !strings.HasSuffix(w.Path, ".wasm"):
+		v.errorf(key+".path", "invalid path %q: want a .wasm file", w.Path)
+	}
+	for i, s := range w.Services {
+		if !ValidName(s) {
+			v.errorf(key+".services", "invalid service name %q (element %d)", s, i)
+		}
+	}
+	if w.Instances < 1 || w.Instances > MaxWrapperInstances {
+		v.errorf(key+".instances", "must be from 1 to %d, got %d", MaxWrapperInstances, w.Instances)
+	}
+	switch w.Shard {
+	case ShardService, ShardNode, ShardCaller:
+	default:
+		v.errorf(key+".shard", "unknown shard key %q (want service, node or caller)", w.Shard)
+	}
+	switch w.OnTrap {
+	case OnTrapOpen, OnTrapClosed:
+	default:
+		v.errorf(key+".on_trap", "unknown choice %q (want open or closed)", w.OnTrap)
+	}
+	if m := w.MemoryLimit; m < MinWrapperMemoryLimit || m > MaxWrapperMemoryLimit {
+		v.errorf(key+".memory_limit", "must be from %s to %s, got %s", MinWrapperMemoryLimit, MaxWrapperMemoryLimit, m)
+	}
+	if t := w.Timeout; t <= 0 || t > MaxWrapperTimeout {
+		v.errorf(key+".timeout", "must be more than 0 and at most %s, got %s", MaxWrapperTimeout, t)
+	}
+	if w.Config != nil {
+		if _, err := freeValue(w.Config, true); err != nil {
+			v.errs = append(v.errs, keyError("", []string{"wrappers", name, "config"}, err))
+		}
 	}
 }
 

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// validConfig is Default with a route and services of both kinds.
+// validConfig is Default with a route, services of both kinds, and two wrappers in use.
 func validConfig() Config {
 	c := Default()
 	c.Routes = map[string]Route{"greeter": {Weights: map[string]int{"1.0.0": 90, "1.1.0": 10}, Strategy: "random"}}
@@ -16,7 +16,24 @@ func validConfig() Config {
 		"greeter": {Command: []string{"app"}, Instances: 2, Endpoints: []string{"Greeter.Hello"}, Health: "/health"},
 		"billing": {Address: "http://127.0.0.1:9000", Instances: 1},
 	}
+	c.Wrappers = map[string]Wrapper{
+		"ratelimit": wrapperWith(func(w *Wrapper) {
+			w.Source = "/src/ratelimit"
+			w.Services = []string{"greeter"}
+			w.Config = map[string]any{"rate": int64(100), "key": "service"}
+		}),
+		"breaker": wrapperWith(func(w *Wrapper) { w.Path = "/wasm/breaker.wasm" }),
+	}
+	c.Client.Wrappers = []string{"breaker"}
+	c.Server.Wrappers = []string{"ratelimit"}
 	return c
+}
+
+// wrapperWith returns DefaultWrapper changed by f.
+func wrapperWith(f func(*Wrapper)) Wrapper {
+	w := DefaultWrapper()
+	f(&w)
+	return w
 }
 
 // keyErrors returns the KeyErrors that err joins, by key.
@@ -51,6 +68,37 @@ func TestValidateAcceptsValid(t *testing.T) {
 	c.Client.Ejection.MaxPercent = 0
 	c.Routes["greeter"] = Route{Version: "1.0.0"}
 	c.Services["a_b.c-d"] = Service{Address: "http://[::1]:9000/prefix", Instances: 1}
+	c.Registry.Plugin = "consul"
+	c.Registry.SHA256 = strings.Repeat("aF09", 16)
+	c.Registry.Address = "127.0.0.1:8500"
+	c.Registry.TokenFile = "/does/not/exist" // the runtime opens it, not Validate
+	c.Registry.Path = "relative/registry-consul"
+	c.Wrappers["a_b.c-d"] = wrapperWith(func(w *Wrapper) {
+		w.Path = "x.wasm"
+		w.Instances = MaxWrapperInstances
+		w.Shard = ShardCaller
+		w.OnTrap = OnTrapClosed
+		w.MemoryLimit = MaxWrapperMemoryLimit
+		w.Timeout = MaxWrapperTimeout
+		w.Config = map[string]any{
+			"i": 1, "u": uint8(2), "f": float32(0.5), "s": "5s", "b": false,
+			"list": []any{int64(1), "a", []any{}, map[string]any{"k": 1.5}},
+			"t":    map[string]any{"nested": map[string]any{}},
+		}
+	})
+	c.Wrappers["small"] = wrapperWith(func(w *Wrapper) {
+		w.Source = "."
+		w.Shard = ShardNode
+		w.MemoryLimit = MinWrapperMemoryLimit
+		w.Timeout = time.Nanosecond
+	})
+	// One wrapper on both sides, and several in a list.
+	c.Client.Wrappers = []string{"ratelimit", "breaker", "a_b.c-d"}
+	c.Server.Wrappers = []string{"ratelimit", "small"}
+	if err := Validate(&c); err != nil {
+		t.Fatal(err)
+	}
+	c.Registry.Plugin = "registry-2"
 	if err := Validate(&c); err != nil {
 		t.Fatal(err)
 	}
@@ -131,6 +179,78 @@ func TestValidateRules(t *testing.T) {
 			c.Services["x"] = Service{Command: []string{"a"}, Instances: 1, Endpoints: []string{"ok", ""}}
 		}, "services.x.endpoints", `(element 1)`},
 		{"health", func(c *Config) { c.Services["x"] = Service{Command: []string{"a"}, Instances: 1, Health: "health"} }, "services.x.health", "starting with '/'"},
+
+		{"plugin upper case", func(c *Config) { c.Registry.Plugin = "Consul" }, "registry.plugin", `invalid plugin name "Consul"`},
+		{"plugin underscore", func(c *Config) { c.Registry.Plugin = "my_consul" }, "registry.plugin", `invalid plugin name "my_consul"`},
+		{"plugin dash first", func(c *Config) { c.Registry.Plugin = "-x" }, "registry.plugin", "starting with a letter or digit"},
+		{"plugin path", func(c *Config) { c.Registry.Plugin = "../consul" }, "registry.plugin", "invalid plugin name"},
+		{"plugin long", func(c *Config) { c.Registry.Plugin = strings.Repeat("a", 64) }, "registry.plugin", "invalid plugin name"},
+		{"sha256 short", func(c *Config) { c.Registry.SHA256 = "abc" }, "registry.sha256", `invalid digest "abc": want 64 hexadecimal digits`},
+		{"sha256 not hex", func(c *Config) { c.Registry.SHA256 = strings.Repeat("g", 64) }, "registry.sha256", "want 64 hexadecimal digits"},
+		{"sha256 long", func(c *Config) { c.Registry.SHA256 = strings.Repeat("a", 65) }, "registry.sha256", "want 64 hexadecimal digits"},
+
+		{"wrapper name", func(c *Config) { c.Wrappers["Rate"] = wrapperWith(func(w *Wrapper) { w.Source = "s" }) }, "wrappers.Rate", `invalid wrapper name "Rate"`},
+		{"wrapper neither", func(c *Config) { c.Wrappers["x"] = DefaultWrapper() }, "wrappers.x", "set path (a .wasm file) or source"},
+		{"wrapper both", func(c *Config) {
+			c.Wrappers["x"] = wrapperWith(func(w *Wrapper) { w.Path, w.Source = "x.wasm", "src" })
+		}, "wrappers.x", "set path or source, not both"},
+		{"wrapper not wasm", func(c *Config) { c.Wrappers["x"] = wrapperWith(func(w *Wrapper) { w.Path = "x.so" }) }, "wrappers.x.path", `invalid path "x.so": want a .wasm file`},
+		{"wrapper instances 0", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Instances = "b.wasm", 0 })
+		}, "wrappers.breaker.instances", "from 1 to 64, got 0"},
+		{"wrapper instances 65", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Instances = "b.wasm", 65 })
+		}, "wrappers.breaker.instances", "from 1 to 64, got 65"},
+		{"wrapper shard", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Shard = "b.wasm", "endpoint" })
+		}, "wrappers.breaker.shard", `unknown shard key "endpoint" (want service, node or caller)`},
+		{"wrapper shard empty", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Shard = "b.wasm", "" })
+		}, "wrappers.breaker.shard", `unknown shard key ""`},
+		{"wrapper on_trap", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.OnTrap = "b.wasm", "fail" })
+		}, "wrappers.breaker.on_trap", `unknown choice "fail" (want open or closed)`},
+		{"wrapper memory low", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.MemoryLimit = "b.wasm", MinWrapperMemoryLimit-1 })
+		}, "wrappers.breaker.memory_limit", "from 1MiB to 4GiB, got 1048575B"},
+		{"wrapper memory high", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.MemoryLimit = "b.wasm", MaxWrapperMemoryLimit+64<<10 })
+		}, "wrappers.breaker.memory_limit", "from 1MiB to 4GiB, got 4194368KiB"},
+		{"wrapper timeout 0", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Timeout = "b.wasm", 0 })
+		}, "wrappers.breaker.timeout", "more than 0 and at most 10s, got 0s"},
+		{"wrapper timeout negative", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Timeout = "b.wasm", -time.Second })
+		}, "wrappers.breaker.timeout", "got -1s"},
+		{"wrapper timeout long", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Timeout = "b.wasm", MaxWrapperTimeout+time.Millisecond })
+		}, "wrappers.breaker.timeout", "at most 10s, got 10.001s"},
+		{"wrapper services", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Services = "b.wasm", []string{"ok", "Not/OK"} })
+		}, "wrappers.breaker.services", `invalid service name "Not/OK" (element 1)`},
+		{"wrapper config NaN", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Config = "b.wasm", map[string]any{"ratio": math.NaN()} })
+		}, "wrappers.breaker.config.ratio", "want a finite number, got NaN"},
+		{"wrapper config nested", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) {
+				w.Path, w.Config = "b.wasm", map[string]any{"a": map[string]any{"b.c": map[string]any{"when": time.Unix(0, 0).UTC()}}}
+			})
+		}, `wrappers.breaker.config.a."b.c".when`, "got the date or time 1970-01-01 00:00:00 +0000 UTC (write it as a string)"},
+		{"wrapper config in array", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Config = "b.wasm", map[string]any{"l": []any{1, math.Inf(1)}} })
+		}, "wrappers.breaker.config.l", "element 1: want a finite number, got +Inf"},
+		{"wrapper config nil", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Config = "b.wasm", map[string]any{"n": nil} })
+		}, "wrappers.breaker.config.n", "got nothing"},
+		{"wrapper config other type", func(c *Config) {
+			c.Wrappers["breaker"] = wrapperWith(func(w *Wrapper) { w.Path, w.Config = "b.wasm", map[string]any{"c": make(chan int)} })
+		}, "wrappers.breaker.config.c", "want a string, number, boolean, array or table"},
+
+		{"client wrapper unknown", func(c *Config) { c.Client.Wrappers = []string{"breaker", "retry"} }, "client.wrappers", `unknown wrapper "retry" (element 1): declare it as [wrappers.retry]`},
+		{"client wrapper twice", func(c *Config) { c.Client.Wrappers = []string{"breaker", "ratelimit", "breaker"} }, "client.wrappers", `wrapper "breaker" is listed twice (elements 0 and 2)`},
+		{"server wrapper unknown", func(c *Config) { c.Server.Wrappers = []string{"a.b"} }, "server.wrappers", `unknown wrapper "a.b" (element 0): declare it as [wrappers."a.b"]`},
+		{"server wrapper twice", func(c *Config) { c.Server.Wrappers = []string{"ratelimit", "ratelimit"} }, "server.wrappers", "listed twice"},
+		{"wrapper removed but listed", func(c *Config) { delete(c.Wrappers, "breaker") }, "client.wrappers", `unknown wrapper "breaker"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
