@@ -20,16 +20,23 @@ import (
 	"github.com/microhost/micro/runtime/registry/embedded"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/transport/httptransport"
+	"github.com/microhost/micro/runtime/wrapper"
 )
 
 // start runs a Runtime on loopback that fronts an in-process app as service "echo".
 func start(tb testing.TB) (rt *micrort.Runtime, cfg *config.Config) {
+	return startWith(tb, nil, nil)
+}
+
+// startWith is start with a change to the config and a wrapper factory.
+func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context, string, config.Wrapper, *slog.Logger) (wrapper.Wrapper, error)) (rt *micrort.Runtime, cfg *config.Config) {
 	tb.Helper()
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Path", r.URL.Path)
 		w.Header().Set("X-Budget", r.Header.Get(transport.HeaderTimeout))
+		w.Header().Set("X-Wrapped", r.Header.Get("X-Wrapped"))
 		_, _ = w.Write(b)
 	}))
 	tb.Cleanup(app.Close)
@@ -38,6 +45,9 @@ func start(tb testing.TB) (rt *micrort.Runtime, cfg *config.Config) {
 	c.Server.Ingress = "127.0.0.1:0"
 	c.Registry.Dir = tb.TempDir()
 	c.Services = map[string]config.Service{"echo": {Version: "1.0.0", Address: app.URL, Instances: 1}}
+	if edit != nil {
+		edit(&c)
+	}
 	if err := config.Validate(&c); err != nil {
 		tb.Fatal(err)
 	}
@@ -49,6 +59,7 @@ func start(tb testing.TB) (rt *micrort.Runtime, cfg *config.Config) {
 		Transport: func(_ context.Context, _ config.Transport, s config.Server, l *slog.Logger) (transport.Transport, error) {
 			return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: l}), nil
 		},
+		Wrapper: wf,
 	}, logger)
 	if err := rt.Start(context.Background()); err != nil {
 		tb.Fatal(err)
@@ -209,4 +220,116 @@ func TestRegistrySwapUnderLoad(t *testing.T) {
 	if bad > 0 || ok == 0 {
 		t.Fatalf("%d calls failed of %d; first: %s", bad, ok+bad, firstBad)
 	}
+}
+
+// goWrapper is a native wrapper for tests of the chain logic: it rejects calls that carry
+// X-Block, marks the others with X-Wrapped, and records outcomes.
+type goWrapper struct {
+	name    string
+	mu      sync.Mutex
+	results []wrapper.Result
+	closed  bool
+}
+
+func (w *goWrapper) Name() string { return w.name }
+
+func (w *goWrapper) OnRequest(_ context.Context, c *wrapper.Call) wrapper.Verdict {
+	if _, ok := c.Header["X-Block"]; ok {
+		return wrapper.Verdict{Action: wrapper.Reject, Status: 429, Message: "blocked by " + w.name, ReplyHeader: map[string]string{"Retry-After": "7"}}
+	}
+	return wrapper.Verdict{Header: map[string]string{"X-Wrapped": w.name}}
+}
+
+func (w *goWrapper) OnResponse(_ context.Context, _ *wrapper.Call, r *wrapper.Result) {
+	w.mu.Lock()
+	w.results = append(w.results, *r)
+	w.mu.Unlock()
+}
+
+func (w *goWrapper) Close(context.Context) error {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	return nil
+}
+
+func TestWrapperChains(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		loaded = map[string]*goWrapper{}
+	)
+	factory := func(_ context.Context, name string, _ config.Wrapper, _ *slog.Logger) (wrapper.Wrapper, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		w := &goWrapper{name: name}
+		loaded[name] = w
+		return w, nil
+	}
+	rt, cfg := startWith(t, func(c *config.Config) {
+		w := config.DefaultWrapper()
+		w.Path = "/nonexistent/w.wasm"
+		c.Wrappers = map[string]config.Wrapper{"cw": w, "sw": w}
+		c.Client.Wrappers = []string{"cw"}
+		c.Server.Wrappers = []string{"sw"}
+	}, factory)
+	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+
+	resp, body := post(t, http.DefaultClient, url, `{}`)
+	if resp.StatusCode != 200 || resp.Header.Get("X-Wrapped") != "sw" {
+		t.Fatalf("call: %d %s, X-Wrapped %q (the server wrapper's header reaches the app last)", resp.StatusCode, body, resp.Header.Get("X-Wrapped"))
+	}
+	req, _ := http.NewRequest("POST", url, strings.NewReader(`{}`))
+	req.Header.Set("X-Block", "1")
+	r2, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r2.Body)
+	r2.Body.Close()
+	if r2.StatusCode != 429 || r2.Header.Get("Retry-After") != "7" || !strings.Contains(string(b), "blocked by cw") {
+		t.Fatalf("blocked call: %d %v %s", r2.StatusCode, r2.Header, b)
+	}
+	mu.Lock()
+	cw, sw := loaded["cw"], loaded["sw"]
+	mu.Unlock()
+	cw.mu.Lock()
+	if len(cw.results) != 1 || cw.results[0].Status != 200 || cw.results[0].Latency <= 0 {
+		t.Errorf("client wrapper saw %+v, want one 200 with a latency", cw.results)
+	}
+	cw.mu.Unlock()
+
+	// Live: drop the client wrapper; it is closed and calls pass again.
+	next := *cfg
+	next.Client.Wrappers = nil
+	rt.Apply(context.Background(), &next)
+	req, _ = http.NewRequest("POST", url, strings.NewReader(`{}`))
+	req.Header.Set("X-Block", "1")
+	r3, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(r3.Body)
+	r3.Body.Close()
+	if r3.StatusCode != 429 || !strings.Contains(string(b), "blocked by sw") {
+		// The server wrapper still blocks, and it now answers first: cw is gone.
+		t.Fatalf("after dropping cw: %d %s", r3.StatusCode, b)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cw.mu.Lock()
+		closed := cw.closed
+		cw.mu.Unlock()
+		if closed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the dropped wrapper was not closed")
+		}
+		runtime.Gosched()
+	}
+	sw.mu.Lock()
+	if sw.closed {
+		t.Error("the kept server wrapper was closed")
+	}
+	sw.mu.Unlock()
 }
