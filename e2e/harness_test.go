@@ -24,7 +24,7 @@ import (
 
 // bins holds the binaries TestMain builds.
 var bins struct {
-	micro, greeter string
+	micro, greeter, consulPlugin string
 }
 
 func TestMain(m *testing.M) {
@@ -35,7 +35,8 @@ func TestMain(m *testing.M) {
 	}
 	bins.micro = filepath.Join(dir, "micro")
 	bins.greeter = filepath.Join(dir, "greeter")
-	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter"} {
+	bins.consulPlugin = filepath.Join(dir, "registry-consul")
+	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul"} {
 		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {

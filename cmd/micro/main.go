@@ -5,6 +5,7 @@
 //	micro run [-c micro.toml]             start micro on a configuration
 //	micro call SERVICE ENDPOINT [JSON]    call a service through a running micro
 //	micro services                        list the registered services and their nodes
+//	micro wrapper new|build               write or build a WebAssembly wrapper
 //	micro version                         print the version
 package main
 
@@ -28,6 +29,7 @@ Usage:
   micro run [flags]                         start micro on micro.toml
   micro call [flags] SERVICE ENDPOINT [JSON] call a service through a running micro
   micro services [flags]                    list registered services and their nodes
+  micro wrapper new|build [flags] ARG       write a new wrapper project, or build one to .wasm
   micro version                             print the version
 
 Run 'micro COMMAND -h' for the flags of a command.
@@ -63,6 +65,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return callCmd(ctx, rest, stdin, stdout, stderr)
 	case "services":
 		return servicesCmd(ctx, rest, stdout, stderr)
+	case "wrapper":
+		return wrapperCmd(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "micro", version)
 		return nil

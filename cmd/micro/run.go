@@ -11,10 +11,6 @@ import (
 
 	micrort "github.com/microhost/micro/runtime"
 	"github.com/microhost/micro/runtime/config"
-	"github.com/microhost/micro/runtime/registry"
-	"github.com/microhost/micro/runtime/registry/embedded"
-	"github.com/microhost/micro/runtime/transport"
-	"github.com/microhost/micro/runtime/transport/httptransport"
 )
 
 // setFlags collects repeated -set key=value flags.
@@ -63,7 +59,12 @@ Settings are layered: defaults, then the file, then MICRO_SECTION_KEY env variab
 	}
 	logger := newLogger(cfg.Log, stderr)
 
-	rt := micrort.New(cfg, micrort.Factories{Registry: openRegistry, Transport: openTransport}, logger)
+	f, err := newFactories(*path)
+	if err != nil {
+		return err
+	}
+	defer f.close(context.Background())
+	rt := micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Wrapper: f.wrapper}, logger)
 	if err := rt.Start(ctx); err != nil {
 		return err
 	}
@@ -113,22 +114,4 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
-}
-
-// openRegistry is the registry factory: it opens the registry that [registry] names.
-func openRegistry(_ context.Context, c config.Registry, logger *slog.Logger) (registry.Registry, error) {
-	switch c.Plugin {
-	case "embedded":
-		return embedded.Open(c.Dir, embedded.Options{Logger: logger})
-	}
-	return nil, fmt.Errorf("unknown registry plugin %q (registry.plugin): available: embedded", c.Plugin)
-}
-
-// openTransport is the transport factory: it opens the transport that [transport] names.
-func openTransport(_ context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error) {
-	switch c.Plugin {
-	case "http":
-		return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: logger}), nil
-	}
-	return nil, fmt.Errorf("unknown transport plugin %q (transport.plugin): available: http", c.Plugin)
 }

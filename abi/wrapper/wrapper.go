@@ -1,0 +1,164 @@
+// Package wrapper is the contract between micro's wazero host (host/wasm) and a WebAssembly
+// wrapper guest (sdk/wrapper, or a guest in any language): the names of the host functions
+// a guest imports and of the functions it exports, their phases, result codes, log levels
+// and size limits. abi/README.md describes the memory protocol around them.
+//
+// All names and numbers here are part of ABI version 1. A change that breaks guests bumps
+// the version and with it the name of [ExportABIVersion].
+package wrapper
+
+// ModuleName is the Wasm import module that holds micro's host functions.
+const ModuleName = "micro"
+
+// Functions a guest exports. Every one of them is required, with exactly the signature
+// given; the host refuses a module that lacks one or declares another signature.
+const (
+	// ExportABIVersion is the marker of ABI version 1: () -> (). The host never calls it.
+	ExportABIVersion = "micro_wrapper_abi_v1"
+	// ExportInitialize is the WASI reactor initializer: () -> (). The host calls it once,
+	// right after instantiation, before anything else.
+	ExportInitialize = "_initialize"
+	// ExportMemory is the guest's linear memory, through which all strings cross.
+	ExportMemory = "memory"
+	// ExportOnInit configures an instance: () -> i32. It returns [InitOK], or anything else
+	// when the guest cannot start (usually a bad config); the message comes through
+	// [ImportFail] or the log. The host calls it once per instance, after ExportInitialize.
+	ExportOnInit = "on_init"
+	// ExportOnRequest decides about a call: () -> i32, one of the Result codes.
+	ExportOnRequest = "on_request"
+	// ExportOnResponse sees the outcome of a call that the guest let through: () -> ().
+	ExportOnResponse = "on_response"
+)
+
+// Host functions a guest may import from [ModuleName]. Pointers and lengths are i32 values
+// (unsigned offsets into the guest's memory). A function that writes into a guest buffer
+// (the "get" ones with buf_ptr and buf_cap) returns the full length of the value, and writes
+// the value only when that length is at most buf_cap; when it is larger, the guest calls
+// again with a buffer of that size. Every range a guest hands over must lie inside its
+// memory, or the host traps the guest.
+const (
+	// ImportGetConfig writes the wrapper's config, a JSON object:
+	// (buf_ptr, buf_cap i32) -> (len i32). Any phase.
+	ImportGetConfig = "get_config"
+	// ImportGetService writes the called service's name: (buf_ptr, buf_cap i32) -> (len i32).
+	ImportGetService = "get_service"
+	// ImportGetEndpoint writes the called endpoint, e.g. "Greeter.Hello":
+	// (buf_ptr, buf_cap i32) -> (len i32).
+	ImportGetEndpoint = "get_endpoint"
+	// ImportGetNode writes the node's ID: the selected node on the client side, the node
+	// the call was sent to on the server side. (buf_ptr, buf_cap i32) -> (len i32).
+	ImportGetNode = "get_node"
+	// ImportGetCaller writes who made the call, or nothing when unknown:
+	// (buf_ptr, buf_cap i32) -> (len i32).
+	ImportGetCaller = "get_caller"
+	// ImportGetHeader writes a request header's value:
+	// (name_ptr, name_len, buf_ptr, buf_cap i32) -> (len i32). It returns [HeaderAbsent]
+	// when the request has no such header. Names match case-insensitively.
+	ImportGetHeader = "get_header"
+	// ImportGetBudget returns the call's remaining budget in nanoseconds: () -> (i64). It may
+	// be zero or negative once the budget is spent, and is [BudgetNone] when the call has
+	// no deadline.
+	ImportGetBudget = "get_budget"
+	// ImportSetHeader adds a header to the request, applied when the call continues:
+	// (name_ptr, name_len, val_ptr, val_len i32) -> (). Phase on_request only. A later call
+	// with the same name (case-insensitively) replaces the value.
+	ImportSetHeader = "set_header"
+	// ImportSetReplyHeader adds a header to the reply of a rejection, e.g. Retry-After:
+	// (name_ptr, name_len, val_ptr, val_len i32) -> (). Phase on_request only.
+	ImportSetReplyHeader = "set_reply_header"
+	// ImportSetReject gives the status and message of a rejection:
+	// (status i32, msg_ptr, msg_len i32) -> (). Phase on_request only; the last call wins.
+	// Status must lie in [MinRejectStatus, MaxRejectStatus]. It takes effect only when
+	// on_request returns [ResultReject] or [ResultRejectNode].
+	ImportSetReject = "set_reject"
+	// ImportGetStatus returns the HTTP status of the call's answer, or 0 when no answer came:
+	// () -> (i32). Phase on_response only.
+	ImportGetStatus = "get_status"
+	// ImportGetError writes why no answer came (a connect error, a timeout), or nothing when
+	// one came: (buf_ptr, buf_cap i32) -> (len i32). Phase on_response only.
+	ImportGetError = "get_error"
+	// ImportGetLatency returns how long the attempt took, in nanoseconds: () -> (i64). Phase
+	// on_response only.
+	ImportGetLatency = "get_latency"
+	// ImportSetPhases says which phases the guest wants: (mask i32) -> (), a set of Phase
+	// bits. Phase on_init only. Without it the host calls both; a guest that leaves out
+	// [PhaseResponse] saves the host a call per request.
+	ImportSetPhases = "set_phases"
+	// ImportLog writes a line into micro's log: (level, msg_ptr, msg_len i32) -> (). Any
+	// phase. Level is one of the Log levels; a message longer than [MaxLogLen] is cut.
+	ImportLog = "log"
+	// ImportFail ends the current guest call as a failure, with a message:
+	// (msg_ptr, msg_len i32) -> (); it does not return. During on_init it fails the
+	// wrapper's load with the message (a bad config); in any other phase it counts as a
+	// trap: the call gets the wrapper's on_trap verdict and the instance is replaced.
+	ImportFail = "fail"
+)
+
+// Results of [ExportOnRequest].
+const (
+	// ResultContinue lets the call go on, with the headers set by [ImportSetHeader].
+	ResultContinue int32 = 0
+	// ResultReject ends the call with the status and message of [ImportSetReject], or with
+	// [DefaultRejectStatus] when the guest gave none.
+	ResultReject int32 = 1
+	// ResultRejectNode refuses only the selected node: the client tries another node. On the
+	// server side it is a rejection with status 503.
+	ResultRejectNode int32 = 2
+)
+
+// InitOK is what [ExportOnInit] returns when the instance is ready.
+const InitOK int32 = 0
+
+// Phase bits, for [ImportSetPhases].
+const (
+	PhaseRequest  int32 = 1 << 0
+	PhaseResponse int32 = 1 << 1
+)
+
+// Log levels for [ImportLog]. They are log/slog's levels; a level between two of them is
+// logged at that number, as slog does.
+const (
+	LogDebug int32 = -4
+	LogInfo  int32 = 0
+	LogWarn  int32 = 4
+	LogError int32 = 8
+)
+
+// Special values.
+const (
+	// HeaderAbsent is what [ImportGetHeader] returns for a header the request lacks.
+	HeaderAbsent int32 = -1
+	// BudgetNone is what [ImportGetBudget] returns for a call without a deadline: the
+	// largest i64.
+	BudgetNone int64 = 1<<63 - 1
+	// DefaultRejectStatus is the status of a rejection whose guest called no
+	// [ImportSetReject].
+	DefaultRejectStatus int32 = 503
+	// MinRejectStatus and MaxRejectStatus bound the status of a rejection.
+	MinRejectStatus int32 = 400
+	MaxRejectStatus int32 = 599
+)
+
+// Limits. A guest that passes more to a set function is trapped, except for messages,
+// which are cut.
+const (
+	// MaxHeaderNameLen bounds a header name given to a set or get function.
+	MaxHeaderNameLen = 256
+	// MaxHeaderValueLen bounds a header value given to a set function.
+	MaxHeaderValueLen = 8 << 10
+	// MaxHeaders bounds how many headers one on_request may set, request and reply
+	// headers counted apart.
+	MaxHeaders = 64
+	// MaxMessageLen bounds the message of a rejection or a failure; longer ones are cut.
+	MaxMessageLen = 1 << 10
+	// MaxLogLen bounds one log message; longer ones are cut.
+	MaxLogLen = 4 << 10
+	// MaxConfigLen bounds the config a wrapper gets; the host refuses to load a wrapper
+	// with a larger one.
+	MaxConfigLen = 1 << 20
+)
+
+// ReservedHeaderPrefix starts the names of the headers micro itself carries (Micro-Service,
+// Micro-Timeout, ...). A guest may read them but not set them: [ImportSetHeader] and
+// [ImportSetReplyHeader] trap on such a name (compared case-insensitively).
+const ReservedHeaderPrefix = "Micro-"

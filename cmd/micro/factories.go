@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/microhost/micro/host/plugin"
+	"github.com/microhost/micro/host/wasm"
+	"github.com/microhost/micro/runtime/config"
+	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/registry/embedded"
+	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/transport/httptransport"
+	"github.com/microhost/micro/runtime/wrapper"
+)
+
+// factories turn micro.toml sections into registries, transports and wrappers: the
+// built-in ones in process, plugins through host/plugin, wrappers through host/wasm.
+type factories struct {
+	base     string // the config file's directory
+	cacheDir string // <base>/.micro: built plugins, built and compiled wrappers
+
+	once    sync.Once
+	wasm    *wasm.Host
+	wasmErr error
+}
+
+func newFactories(configPath string) (*factories, error) {
+	abs, err := filepath.Abs(configPath)
+	if err != nil {
+		return nil, fmt.Errorf("config path %s: %w", configPath, err)
+	}
+	base := filepath.Dir(abs)
+	return &factories{base: base, cacheDir: filepath.Join(base, ".micro")}, nil
+}
+
+// registry opens the registry that [registry] names.
+func (f *factories) registry(ctx context.Context, c config.Registry, logger *slog.Logger) (registry.Registry, error) {
+	if c.Plugin == "embedded" {
+		return embedded.Open(c.Dir, embedded.Options{Logger: logger})
+	}
+	token := ""
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("registry.token_file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	pc := plugin.Config{
+		Name:       c.Plugin,
+		Path:       c.Path,
+		CacheDir:   filepath.Join(f.cacheDir, "bin"),
+		SHA256:     c.SHA256,
+		Address:    c.Address,
+		Datacenter: c.Datacenter,
+		Token:      token,
+	}
+	if pc.Path == "" {
+		dir, err := f.pluginSource("registry-" + c.Plugin)
+		if err != nil {
+			return nil, err
+		}
+		pc.SourceDir = dir
+	}
+	return plugin.OpenRegistry(ctx, pc, logger)
+}
+
+// pluginSource finds the source of a plugin shipped with micro: plugins/NAME next to the
+// config file, or in the working directory.
+func (f *factories) pluginSource(name string) (string, error) {
+	for _, base := range []string{f.base, "."} {
+		dir := filepath.Join(base, "plugins", name)
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			return filepath.Abs(dir)
+		}
+	}
+	return "", fmt.Errorf("no plugins/%s next to the config file or in the working directory: set registry.path to the plugin's executable", name)
+}
+
+// transport opens the transport that [transport] names.
+func (f *factories) transport(_ context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error) {
+	switch c.Plugin {
+	case "http":
+		return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: logger}), nil
+	}
+	return nil, fmt.Errorf("unknown transport plugin %q (transport.plugin): available: http", c.Plugin)
+}
+
+// wrapper loads the WebAssembly wrapper that [wrappers.NAME] describes, building it from
+// Go source first when it names a source directory.
+func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, logger *slog.Logger) (wrapper.Wrapper, error) {
+	f.once.Do(func() {
+		f.wasm, f.wasmErr = wasm.NewHost(wasm.HostOptions{CacheDir: filepath.Join(f.cacheDir, "wasm-compiled"), Logger: logger})
+	})
+	if f.wasmErr != nil {
+		return nil, f.wasmErr
+	}
+	path := c.Path
+	if c.Source != "" {
+		logger.Info("building wrapper", "wrapper", name, "source", c.Source)
+		var err error
+		if path, err = wasm.BuildCached(ctx, c.Source, filepath.Join(f.cacheDir, "wasm")); err != nil {
+			return nil, fmt.Errorf("building wrapper %q from %s: %w", name, c.Source, err)
+		}
+	}
+	bin, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("wrapper %q: %w", name, err)
+	}
+	var cfgJSON []byte // nil: the guest gets {}
+	if c.Config != nil {
+		if cfgJSON, err = json.Marshal(c.Config); err != nil {
+			return nil, fmt.Errorf("wrapper %q: config: %w", name, err)
+		}
+	}
+	return f.wasm.Load(ctx, name, bin, wasm.Options{
+		Instances:   c.Instances,
+		Shard:       c.Shard,
+		OnTrap:      c.OnTrap,
+		MemoryLimit: uint64(c.MemoryLimit),
+		Timeout:     c.Timeout,
+		Config:      cfgJSON,
+	})
+}
+
+// close releases the wasm host.
+func (f *factories) close(ctx context.Context) {
+	if f.wasm != nil {
+		_ = f.wasm.Close(ctx)
+	}
+}

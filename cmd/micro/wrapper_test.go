@@ -1,0 +1,417 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"go/format"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	abi "github.com/microhost/micro/abi/wrapper"
+	"github.com/microhost/micro/host/wasm"
+	"github.com/microhost/micro/runtime/wrapper"
+)
+
+// micro runs the CLI in-process and returns its stdout and stderr.
+func micro(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var o, e bytes.Buffer
+	err = run(context.Background(), args, strings.NewReader(""), &o, &e)
+	return o.String(), e.String(), err
+}
+
+// buildWrapper builds dir with `micro wrapper build` and returns the .wasm.
+func buildWrapper(t *testing.T, dir string) []byte {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds a wasm module")
+	}
+	out := filepath.Join(t.TempDir(), "w.wasm")
+	stdout, stderr, err := micro(t, "wrapper", "build", "-o", out, dir)
+	if err != nil {
+		t.Fatalf("micro wrapper build %s: %v\nstderr: %s", dir, err, stderr)
+	}
+	if !strings.HasPrefix(stdout, out+" (") || !strings.Contains(stdout, "MiB)") {
+		t.Errorf("build printed %q, want the path and size", stdout)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkWasm(t, b)
+	return b
+}
+
+// checkWasm checks that b is a wasm module that exports the functions and memory of the
+// wrapper ABI. It reads the export section itself: compiling a Go guest with wazero takes
+// many seconds under the race detector, and the loads below compile it once anyway.
+func checkWasm(t *testing.T, b []byte) {
+	t.Helper()
+	exports, err := wasmExports(b)
+	if err != nil {
+		t.Fatalf("not a wasm module: %v", err)
+	}
+	for _, name := range []string{abi.ExportABIVersion, abi.ExportInitialize, abi.ExportOnInit, abi.ExportOnRequest, abi.ExportOnResponse} {
+		if exports[name] != 0x00 {
+			t.Errorf("the module does not export the function %s", name)
+		}
+	}
+	if kind, ok := exports[abi.ExportMemory]; !ok || kind != 0x02 {
+		t.Errorf("the module does not export its memory")
+	}
+}
+
+// wasmExports returns the names and kinds (0 function, 2 memory) of a module's exports.
+func wasmExports(b []byte) (map[string]byte, error) {
+	if !bytes.HasPrefix(b, []byte("\x00asm\x01\x00\x00\x00")) {
+		return nil, fmt.Errorf("starts %q, not with the wasm magic and version 1", b[:min(8, len(b))])
+	}
+	b = b[8:]
+	uleb := func() (uint64, error) {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return 0, errors.New("bad LEB128")
+		}
+		b = b[n:]
+		return v, nil
+	}
+	for len(b) > 0 {
+		id := b[0]
+		b = b[1:]
+		size, err := uleb()
+		if err != nil || size > uint64(len(b)) {
+			return nil, fmt.Errorf("section %d: bad size", id)
+		}
+		sec := b[:size]
+		b = b[size:]
+		if id != 7 {
+			continue
+		}
+		b = sec
+		count, err := uleb()
+		if err != nil {
+			return nil, err
+		}
+		exports := map[string]byte{}
+		for range count {
+			n, err := uleb()
+			if err != nil || n+1 > uint64(len(b)) {
+				return nil, errors.New("bad export name")
+			}
+			name, kind := string(b[:n]), b[n]
+			b = b[n+1:]
+			if _, err := uleb(); err != nil {
+				return nil, err
+			}
+			exports[name] = kind
+		}
+		return exports, nil
+	}
+	return nil, errors.New("no export section")
+}
+
+// newHost returns a wasm host for a test. Its compilation cache compiles a module once,
+// however often the test loads it.
+func newHost(t *testing.T) *wasm.Host {
+	t.Helper()
+	h, err := wasm.NewHost(wasm.HostOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(context.Background()) })
+	return h
+}
+
+// load loads a wrapper module with a JSON config.
+func load(t *testing.T, h *wasm.Host, name string, mod []byte, config string) wrapper.Wrapper {
+	t.Helper()
+	w, err := h.Load(context.Background(), name, mod, wasm.Options{Config: []byte(config), Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("load %s with config %s: %v", name, config, err)
+	}
+	return w
+}
+
+func newCall(node string, header map[string]string) *wrapper.Call {
+	return &wrapper.Call{
+		Service: "greeter", Endpoint: "Greeter.Hello", Node: node, Caller: "test",
+		Header: header, Deadline: time.Now().Add(time.Minute),
+	}
+}
+
+// inTestdata returns a new directory under this package's testdata, removed at the end
+// of the test: a directory inside micro's module that ./... patterns skip.
+func inTestdata(t *testing.T) string {
+	t.Helper()
+	made := false
+	if _, err := os.Stat("testdata"); errors.Is(err, os.ErrNotExist) {
+		made = true
+	}
+	if err := os.MkdirAll("testdata", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("testdata", "wrapper-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		os.RemoveAll(dir)
+		if made {
+			os.Remove("testdata")
+		}
+	})
+	return dir
+}
+
+// The generated project builds as a package of micro's module, and behaves as its
+// README says.
+func TestWrapperNewInModule(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(inTestdata(t), "hello")
+	stdout, stderr, err := micro(t, "wrapper", "new", "-dir", dir, "hello")
+	if err != nil {
+		t.Fatalf("wrapper new: %v\nstderr: %s", err, stderr)
+	}
+	for _, f := range []string{"main.go", "README.md"} {
+		if !strings.Contains(stdout, filepath.Join(dir, f)) {
+			t.Errorf("output %q does not name %s", stdout, f)
+		}
+	}
+	if stderr != "" {
+		t.Errorf("stderr = %q, want nothing inside micro's module", stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "go.mod")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a go.mod was written inside micro's module (stat: %v)", err)
+	}
+	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slashDir := filepath.ToSlash(dir)
+	for _, want := range []string{
+		"[wrappers.hello]",
+		"micro wrapper build " + slashDir + "    # writes " + slashDir + "/hello.wasm",
+		`wrappers = ["hello"]`,
+		`source = "` + slashDir + `"`,
+	} {
+		if !bytes.Contains(readme, []byte(want)) {
+			t.Errorf("README.md lacks %q", want)
+		}
+	}
+	src, err := os.ReadFile(filepath.Join(dir, "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if formatted, err := format.Source(src); err != nil || !bytes.Equal(formatted, src) {
+		t.Errorf("main.go is not gofmt-ed (err %v)", err)
+	}
+
+	mod := buildWrapper(t, dir)
+	h := newHost(t)
+	w := load(t, h, "hello", mod, `{"require": "X-User", "tag": "t1"}`)
+	ctx := context.Background()
+	v := w.OnRequest(ctx, newCall("n1", nil))
+	if v.Action != wrapper.Reject || v.Status != 401 || v.Message != "missing header X-User" {
+		t.Errorf("call without X-User: %+v, want a 401 rejection", v)
+	}
+	v = w.OnRequest(ctx, newCall("n1", map[string]string{"X-User": "ada"}))
+	if v.Action != wrapper.Continue || v.Header["X-Wrapper-Tag"] != "t1" {
+		t.Errorf("call with X-User: %+v, want continue with X-Wrapper-Tag: t1", v)
+	}
+	w.OnResponse(ctx, newCall("n1", map[string]string{"X-User": "ada"}), &wrapper.Result{Status: 500, Latency: time.Millisecond})
+
+	// A bad config stops the load, naming the field.
+	if _, err := h.Load(ctx, "hello", mod, wasm.Options{Config: []byte(`{"requier": "X"}`)}); err == nil || !strings.Contains(err.Error(), "requier") {
+		t.Errorf("load with an unknown config field: %v, want an error naming it", err)
+	}
+}
+
+// Outside any module the project gets a go.mod that points at micro's tree, and builds.
+func TestWrapperNewOutsideModule(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "proj")
+	// Flags after the name work too.
+	stdout, stderr, err := micro(t, "wrapper", "new", "hello-2", "-dir", dir)
+	if err != nil {
+		t.Fatalf("wrapper new: %v\nstderr: %s", err, stderr)
+	}
+	if !strings.Contains(stdout, filepath.Join(dir, "go.mod")) {
+		t.Errorf("output %q does not name go.mod", stdout)
+	}
+	gomod, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"module hello-2\n", "require github.com/microhost/micro v0.0.0", "replace github.com/microhost/micro => " + filepath.ToSlash(root) + "\n"} {
+		if !bytes.Contains(gomod, []byte(want)) {
+			t.Errorf("go.mod lacks %q:\n%s", want, gomod)
+		}
+	}
+	// Built, it is a wrapper module; TestWrapperNewInModule loads the same code.
+	buildWrapper(t, dir)
+}
+
+func TestWrapperNewRefusesToOverwrite(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "proj")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	readme := filepath.Join(dir, "README.md")
+	if err := os.WriteFile(readme, []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := micro(t, "wrapper", "new", "-dir", dir, "x")
+	if err == nil || !strings.Contains(err.Error(), "not overwriting "+readme) {
+		t.Fatalf("err = %v, want a refusal naming %s", err, readme)
+	}
+	if b, _ := os.ReadFile(readme); string(b) != "mine" {
+		t.Errorf("README.md was changed to %q", b)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("files were written next to the existing one: %v", entries)
+	}
+}
+
+func TestWrapperNewNames(t *testing.T) {
+	for _, name := range []string{"a", "auth", "auth-check", "v2", "a1-b2"} {
+		if err := checkWrapperName(name); err != nil {
+			t.Errorf("%q: %v", name, err)
+		}
+	}
+	if err := checkWrapperName("-a"); err == nil {
+		t.Error(`"-a" accepted`)
+	}
+	for _, name := range []string{"", "Auth", "1auth", "a-", "a_b", "a.b", "a/b", "../a", "a b", strings.Repeat("a", 64)} {
+		_, _, err := micro(t, "wrapper", "new", "-dir", t.TempDir(), name)
+		if err == nil || !strings.Contains(err.Error(), "invalid name") {
+			t.Errorf("wrapper new %q: %v, want an invalid name error", name, err)
+		}
+	}
+}
+
+func TestWrapperUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"wrapper"},
+		{"wrapper", "frob"},
+		{"wrapper", "new"},
+		{"wrapper", "new", "a", "b"},
+		{"wrapper", "build"},
+		{"wrapper", "build", "a", "b"},
+		{"wrapper", "build", "-nope", "a"},
+	} {
+		if _, _, err := micro(t, args...); err == nil {
+			t.Errorf("micro %s: no error", strings.Join(args, " "))
+		}
+	}
+	stdout, _, err := micro(t, "wrapper", "help")
+	if err != nil || !strings.Contains(stdout, "micro wrapper new") {
+		t.Errorf("wrapper help: %v, %q", err, stdout)
+	}
+	_, _, err = micro(t, "wrapper", "build", filepath.Join(t.TempDir(), "missing"))
+	if err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("build of a missing directory: %v", err)
+	}
+}
+
+// The shipped wrappers build, load and do their job.
+func TestShippedWrappers(t *testing.T) {
+	ctx := context.Background()
+	t.Run("ratelimit", func(t *testing.T) {
+		t.Parallel()
+		mod := buildWrapper(t, "../../plugins/wrapper-ratelimit")
+		h := newHost(t)
+		w := load(t, h, "ratelimit", mod, `{"rate": 0.5, "burst": 2, "key": "caller"}`)
+		for i := range 2 {
+			if v := w.OnRequest(ctx, newCall("n1", nil)); v.Action != wrapper.Continue {
+				t.Fatalf("call %d of the burst: %+v", i+1, v)
+			}
+		}
+		v := w.OnRequest(ctx, newCall("n1", nil))
+		want := `rate limit of 0.5/s exceeded for caller "test"`
+		if v.Action != wrapper.Reject || v.Status != 429 || v.Message != want || v.ReplyHeader["Retry-After"] != "2" {
+			t.Fatalf("call past the burst: %+v, want 429 %q with Retry-After: 2", v, want)
+		}
+		other := newCall("n1", nil)
+		other.Caller = "another"
+		if v := w.OnRequest(ctx, other); v.Action != wrapper.Continue {
+			t.Fatalf("another caller: %+v", v)
+		}
+
+		if _, err := h.Load(ctx, "ratelimit", mod, wasm.Options{Config: []byte(`{"rate": 0}`)}); err == nil || !strings.Contains(err.Error(), "rate:") {
+			t.Errorf("load with rate 0: %v, want an error naming rate", err)
+		}
+	})
+	t.Run("breaker", func(t *testing.T) {
+		t.Parallel()
+		mod := buildWrapper(t, "../../plugins/wrapper-breaker")
+		h := newHost(t)
+		w := load(t, h, "breaker", mod, `{"consecutive_failures": 2, "cooldown": "1h"}`)
+		for range 2 {
+			c := newCall("n1", nil)
+			if v := w.OnRequest(ctx, c); v.Action != wrapper.Continue {
+				t.Fatalf("closed breaker: %+v", v)
+			}
+			w.OnResponse(ctx, c, &wrapper.Result{Status: 503, Latency: time.Millisecond})
+		}
+		v := w.OnRequest(ctx, newCall("n1", nil))
+		if v.Action != wrapper.RejectNode || v.Message != "breaker open for node n1" {
+			t.Fatalf("after 2 failures: %+v, want the node rejected", v)
+		}
+		if v := w.OnRequest(ctx, newCall("n2", nil)); v.Action != wrapper.Continue {
+			t.Fatalf("another node: %+v", v)
+		}
+
+		ws := load(t, h, "breaker", mod, `{"key": "service", "consecutive_failures": 1, "cooldown": "1h"}`)
+		c := newCall("n1", nil)
+		ws.OnRequest(ctx, c)
+		ws.OnResponse(ctx, c, &wrapper.Result{Err: "connection refused", Latency: time.Millisecond})
+		v = ws.OnRequest(ctx, newCall("n2", nil))
+		if v.Action != wrapper.Reject || v.Status != 503 || v.Message != "breaker open for service greeter" {
+			t.Fatalf("per service, after a failure: %+v, want a 503 rejection", v)
+		}
+	})
+}
+
+func TestFindModule(t *testing.T) {
+	root := t.TempDir()
+	sub := filepath.Join(root, "a", "b")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("// c\nmodule example.com/x\n\ngo 1.26\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file, mod, err := findModule(filepath.Join(sub, "not", "yet"))
+	if err != nil || file != filepath.Join(root, "go.mod") || mod != "example.com/x" {
+		t.Fatalf("findModule = %q, %q, %v", file, mod, err)
+	}
+	// In a module that does not require micro: the files, and a note.
+	dir := filepath.Join(sub, "w")
+	_, stderr, err := micro(t, "wrapper", "new", "-dir", dir, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stderr, "does not require github.com/microhost/micro") {
+		t.Errorf("stderr = %q, want a note that the module lacks micro", stderr)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if !slices.Equal(names, []string{"README.md", "main.go"}) {
+		t.Errorf("wrote %v, want README.md and main.go", names)
+	}
+}

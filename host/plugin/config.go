@@ -1,0 +1,110 @@
+package plugin
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// DefaultStartTimeout bounds a plugin's handshake, and then its Init, when
+// Config.StartTimeout is 0.
+const DefaultStartTimeout = 10 * time.Second
+
+// The bounds of the jittered exponential backoff between restarts of a crashed plugin.
+const (
+	restartMin = 100 * time.Millisecond
+	restartMax = 10 * time.Second
+)
+
+// redacted stands in for a secret when a Config is printed or logged.
+const redacted = "[redacted]"
+
+// Config says which registry plugin to run and how to initialise it.
+//
+// A Config never prints or logs its Token: fmt's verbs and slog show "[redacted]" instead.
+type Config struct {
+	// Name of the plugin, e.g. "consul". It names the plugin in logs and errors and the
+	// binary that a build from source writes ("registry-" + Name).
+	Name string
+	// Path is the plugin's executable. Empty means: build SourceDir into CacheDir.
+	Path string
+	// SourceDir is the Go package of the plugin, e.g. <repo>/plugins/registry-consul.
+	// It is built when Path is empty and the cached binary is missing or older than a
+	// .go, go.mod or go.sum file under SourceDir, or than the go.mod or go.sum of the
+	// module that holds SourceDir.
+	SourceDir string
+	// CacheDir is where a build from source writes the binary.
+	CacheDir string
+	// SHA256 pins the executable's digest (64 hex digits); empty means not pinned. micro
+	// refuses to start a binary with another digest, at every start.
+	SHA256 string
+
+	// Address of the backend, passed to the plugin's Init; "" for the plugin's default.
+	Address string
+	// Datacenter of the backend, passed to the plugin's Init.
+	Datacenter string
+	// Token for the backend, passed to the plugin's Init. It is never logged.
+	Token string
+
+	// StartTimeout bounds the plugin's handshake, and then its Init; 0 means
+	// DefaultStartTimeout.
+	StartTimeout time.Duration
+
+	// env is added to the plugin's environment (tests drive the test plugin with it).
+	env []string
+	// restartMin and restartMax override the restart backoff's bounds (tests).
+	restartMin, restartMax time.Duration
+}
+
+// plainConfig is Config without its methods, for printing a redacted copy.
+type plainConfig Config
+
+// redact returns c with its secrets replaced.
+func (c Config) redact() plainConfig {
+	if c.Token != "" {
+		c.Token = redacted
+	}
+	return plainConfig(c)
+}
+
+// Format prints c with every fmt verb, with its Token redacted.
+func (c Config) Format(f fmt.State, verb rune) {
+	fmt.Fprintf(f, fmt.FormatString(f, verb), c.redact())
+}
+
+// String returns c as fmt's %+v shows it, with its Token redacted.
+func (c Config) String() string { return fmt.Sprintf("%+v", c.redact()) }
+
+// LogValue logs c's settings, with its Token redacted.
+func (c Config) LogValue() slog.Value {
+	token := ""
+	if c.Token != "" {
+		token = redacted
+	}
+	return slog.GroupValue(
+		slog.String("name", c.Name),
+		slog.String("path", c.Path),
+		slog.String("source_dir", c.SourceDir),
+		slog.String("cache_dir", c.CacheDir),
+		slog.String("sha256", c.SHA256),
+		slog.String("address", c.Address),
+		slog.String("datacenter", c.Datacenter),
+		slog.String("token", token),
+		slog.Duration("start_timeout", c.StartTimeout),
+	)
+}
+
+// withDefaults fills in the zero settings.
+func (c Config) withDefaults() Config {
+	if c.StartTimeout <= 0 {
+		c.StartTimeout = DefaultStartTimeout
+	}
+	if c.restartMin <= 0 {
+		c.restartMin = restartMin
+	}
+	if c.restartMax <= 0 {
+		c.restartMax = restartMax
+	}
+	c.restartMax = max(c.restartMax, c.restartMin)
+	return c
+}

@@ -1,0 +1,484 @@
+package wasm
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// A guest call that runs past its time limit must be stopped, and wazero's own way
+// (RuntimeConfig.WithCloseOnContextDone) is too slow for a call path measured in
+// nanoseconds: it starts a goroutine for every call, and it leaves native code for Go at
+// the head of every loop iteration, which makes loop-heavy Go guests about five times
+// slower. So the host instruments the guest instead: instrument adds a mutable i32 global,
+// exported as stopExport, and at the head of every loop a check
+//
+//	global.get $stop
+//	if
+//	  unreachable
+//	end
+//
+// that costs a load and a branch per iteration. The host's watchdog sets the global of an
+// instance whose call ran out of time; the guest then traps at its next loop iteration,
+// and the instance is replaced. Code without a loop always ends quickly, since Wasm has no
+// other way to jump backwards (recursion ends when the stack or the memory runs out).
+
+// stopExport is the name of the global that instrument adds.
+const stopExport = "micro.stop"
+
+// Section ids.
+const (
+	secCustom    = 0
+	secImport    = 2
+	secGlobal    = 6
+	secExport    = 7
+	secStart     = 8
+	secCode      = 10
+	secDataCount = 12
+	secTag       = 13
+)
+
+// sectionRank orders the known sections as the binary format requires.
+var sectionRank = map[byte]int{1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 13: 6, 6: 7, 7: 8, 8: 9, 9: 10, 12: 11, 10: 12, 11: 13}
+
+// instrument returns a copy of the module with loop checks on stopExport. It returns an
+// error for a module it cannot read, which includes instructions of proposals that it does
+// not know (GC).
+func instrument(module []byte) ([]byte, error) {
+	if len(module) < 8 || string(module[:4]) != "\x00asm" {
+		return nil, errors.New("not a wasm binary (no \\0asm magic)")
+	}
+	if string(module[4:8]) != "\x01\x00\x00\x00" {
+		return nil, fmt.Errorf("unsupported wasm binary version % x", module[4:8])
+	}
+	type section struct {
+		id      byte
+		payload []byte
+	}
+	var sections []section
+	r := &reader{b: module, pos: 8}
+	for r.pos < len(r.b) {
+		id := r.byte()
+		size := r.u32()
+		payload := r.bytes(int(size))
+		if r.err != nil {
+			return nil, fmt.Errorf("section %d: %w", id, r.err)
+		}
+		if id == secStart {
+			return nil, errors.New("the module has a start function: a wrapper guest must be a reactor, started by _initialize")
+		}
+		if id == secCustom {
+			name := (&reader{b: payload}).name()
+			if strings.HasPrefix(name, ".debug_") {
+				continue // DWARF: its code offsets would be wrong after instrumenting
+			}
+		}
+		sections = append(sections, section{id, payload})
+	}
+
+	// The index of the new global: after the imported and the defined ones.
+	var importedGlobals, definedGlobals uint32
+	for _, s := range sections {
+		switch s.id {
+		case secImport:
+			n, err := countImportedGlobals(s.payload)
+			if err != nil {
+				return nil, fmt.Errorf("import section: %w", err)
+			}
+			importedGlobals = n
+		case secGlobal:
+			r := &reader{b: s.payload}
+			definedGlobals = r.u32()
+			if r.err != nil {
+				return nil, fmt.Errorf("global section: %w", r.err)
+			}
+		}
+	}
+	stop := importedGlobals + definedGlobals
+
+	out := append([]byte(nil), module[:8]...)
+	emit := func(id byte, payload []byte) {
+		out = append(out, id)
+		out = appendU32(out, uint32(len(payload)))
+		out = append(out, payload...)
+	}
+	// The new global: (mut i32) initialized to 0.
+	newGlobal := []byte{0x7f, 0x01, 0x41, 0x00, 0x0b}
+	newExport := appendName(nil, stopExport)
+	newExport = append(newExport, 0x03) // global
+	newExport = appendU32(newExport, stop)
+
+	haveGlobal, haveExport := false, false
+	for _, s := range sections {
+		// Sections that the module lacks go before the first section ranked after them.
+		if rank, ok := sectionRank[s.id]; ok && s.id != secCustom {
+			if !haveGlobal && rank > sectionRank[secGlobal] {
+				emit(secGlobal, append(appendU32(nil, 1), newGlobal...))
+				haveGlobal = true
+			}
+			if !haveExport && rank > sectionRank[secExport] {
+				emit(secExport, append(appendU32(nil, 1), newExport...))
+				haveExport = true
+			}
+		}
+		switch s.id {
+		case secGlobal:
+			r := &reader{b: s.payload}
+			n := r.u32()
+			p := appendU32(nil, n+1)
+			p = append(p, s.payload[r.pos:]...)
+			emit(secGlobal, append(p, newGlobal...))
+			haveGlobal = true
+		case secExport:
+			p, err := addExport(s.payload, newExport)
+			if err != nil {
+				return nil, fmt.Errorf("export section: %w", err)
+			}
+			emit(secExport, p)
+			haveExport = true
+		case secCode:
+			p, err := instrumentCode(s.payload, stop)
+			if err != nil {
+				return nil, fmt.Errorf("code section: %w", err)
+			}
+			emit(secCode, p)
+		default:
+			emit(s.id, s.payload)
+		}
+	}
+	if !haveGlobal {
+		emit(secGlobal, append(appendU32(nil, 1), newGlobal...))
+	}
+	if !haveExport {
+		emit(secExport, append(appendU32(nil, 1), newExport...))
+	}
+	return out, nil
+}
+
+// countImportedGlobals reads an import section.
+func countImportedGlobals(payload []byte) (uint32, error) {
+	r := &reader{b: payload}
+	n := r.u32()
+	var globals uint32
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		r.name()
+		r.name()
+		switch kind := r.byte(); kind {
+		case 0x00: // func: type index
+			r.u32()
+		case 0x01: // table: reftype, limits
+			r.byte()
+			r.limits()
+		case 0x02: // memory: limits
+			r.limits()
+		case 0x03: // global: valtype, mutability
+			r.byte()
+			r.byte()
+			globals++
+		case 0x04: // tag: attribute, type index
+			r.byte()
+			r.u32()
+		default:
+			return 0, fmt.Errorf("import %d: unknown kind %#x", i, kind)
+		}
+	}
+	return globals, r.err
+}
+
+// addExport appends an export to an export section, refusing a module that already
+// exports the name.
+func addExport(payload, export []byte) ([]byte, error) {
+	r := &reader{b: payload}
+	n := r.u32()
+	for i := uint32(0); i < n && r.err == nil; i++ {
+		if r.name() == stopExport {
+			return nil, fmt.Errorf("the module exports %q, a name micro reserves", stopExport)
+		}
+		r.byte()
+		r.u32()
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	rest := &reader{b: payload}
+	rest.u32()
+	p := appendU32(nil, n+1)
+	p = append(p, payload[rest.pos:]...)
+	return append(p, export...), nil
+}
+
+// instrumentCode adds the loop checks to every function body of a code section.
+func instrumentCode(payload []byte, stop uint32) ([]byte, error) {
+	r := &reader{b: payload}
+	n := r.u32()
+	out := appendU32(make([]byte, 0, len(payload)+len(payload)/8), n)
+	check := []byte{0x23}
+	check = appendU32(check, stop)
+	check = append(check, 0x04, 0x40, 0x00, 0x0b) // if (empty) unreachable end
+	var body []byte
+	for i := uint32(0); i < n; i++ {
+		size := r.u32()
+		code := r.bytes(int(size))
+		if r.err != nil {
+			return nil, fmt.Errorf("function body %d: %w", i, r.err)
+		}
+		var err error
+		body, err = instrumentBody(body[:0], code, stop, check)
+		if err != nil {
+			return nil, fmt.Errorf("function body %d: %w", i, err)
+		}
+		out = appendU32(out, uint32(len(body)))
+		out = append(out, body...)
+	}
+	return out, nil
+}
+
+// instrumentBody appends code, a function body, to out with a check after the block type
+// of every loop. It reads every instruction, to find the loops and to refuse any use of
+// the global stop, which the guest could otherwise reset.
+func instrumentBody(out, code []byte, stop uint32, check []byte) ([]byte, error) {
+	r := &reader{b: code}
+	// Locals: a vector of (count, type).
+	for n := r.u32(); n > 0 && r.err == nil; n-- {
+		r.u32()
+		r.valType()
+	}
+	copied := 0
+	for r.pos < len(r.b) && r.err == nil {
+		at := r.pos
+		op := r.byte()
+		switch {
+		case op == 0x03: // loop
+			r.blockType()
+			out = append(out, code[copied:r.pos]...)
+			out = append(out, check...)
+			copied = r.pos
+		case op == 0x02, op == 0x04, op == 0x06: // block, if, try
+			r.blockType()
+		case op <= 0x01, op == 0x05, op == 0x0a, op == 0x0b, op == 0x0f, op == 0x19,
+			op == 0x1a, op == 0x1b, 0x45 <= op && op <= 0xc4, op == 0xd1, op == 0xd3:
+			// No immediates.
+		case op == 0x07, op == 0x08, op == 0x09, op == 0x0c, op == 0x0d, op == 0x10, op == 0x12,
+			op == 0x14, op == 0x15, op == 0x18, op == 0xd2, op == 0xd4, op == 0xd6,
+			0x20 <= op && op <= 0x22, op == 0x25, op == 0x26, op == 0x3f, op == 0x40:
+			// One index.
+			r.u32()
+		case op == 0x0e: // br_table
+			for n := r.u32(); n > 0 && r.err == nil; n-- {
+				r.u32()
+			}
+			r.u32()
+		case op == 0x11, op == 0x13: // call_indirect, return_call_indirect
+			r.u32()
+			r.u32()
+		case op == 0x1c: // select t*
+			for n := r.u32(); n > 0 && r.err == nil; n-- {
+				r.valType()
+			}
+		case op == 0x1f: // try_table
+			r.blockType()
+			for n := r.u32(); n > 0 && r.err == nil; n-- {
+				switch kind := r.byte(); kind {
+				case 0x00, 0x01:
+					r.u32()
+					r.u32()
+				case 0x02, 0x03:
+					r.u32()
+				default:
+					return nil, fmt.Errorf("offset %d: unknown catch kind %#x", at, kind)
+				}
+			}
+		case op == 0x23, op == 0x24: // global.get, global.set
+			if g := r.u32(); g >= stop && r.err == nil {
+				return nil, fmt.Errorf("offset %d: global index %d out of range", at, g)
+			}
+		case 0x28 <= op && op <= 0x3e: // loads and stores
+			r.memArg()
+		case op == 0x41:
+			r.leb(32)
+		case op == 0x42:
+			r.leb(64)
+		case op == 0x43:
+			r.bytes(4)
+		case op == 0x44:
+			r.bytes(8)
+		case op == 0xd0: // ref.null heaptype
+			r.leb(33)
+		case op == 0xfc:
+			if err := r.prefixFC(); err != nil {
+				return nil, fmt.Errorf("offset %d: %w", at, err)
+			}
+		case op == 0xfd:
+			r.prefixFD()
+		case op == 0xfe:
+			if sub := r.u32(); sub == 0x03 { // atomic.fence
+				r.byte()
+			} else {
+				r.memArg()
+			}
+		default:
+			return nil, fmt.Errorf("offset %d: unsupported opcode %#x", at, op)
+		}
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if len(code) == 0 || code[len(code)-1] != 0x0b {
+		return nil, errors.New("body does not end with end")
+	}
+	return append(out, code[copied:]...), nil
+}
+
+// reader reads the Wasm binary format. The first error sticks; reads after it return
+// zeros.
+type reader struct {
+	b   []byte
+	pos int
+	err error
+}
+
+var errShort = errors.New("unexpected end of data")
+
+func (r *reader) byte() byte {
+	if r.err != nil || r.pos >= len(r.b) {
+		r.fail(errShort)
+		return 0
+	}
+	c := r.b[r.pos]
+	r.pos++
+	return c
+}
+
+func (r *reader) fail(err error) {
+	if r.err == nil {
+		r.err = err
+	}
+}
+
+func (r *reader) bytes(n int) []byte {
+	if r.err != nil || n < 0 || n > len(r.b)-r.pos {
+		r.fail(errShort)
+		return nil
+	}
+	b := r.b[r.pos : r.pos+n]
+	r.pos += n
+	return b
+}
+
+// leb reads a LEB128 number of at most bits bits and returns its low 64 bits, unsigned.
+func (r *reader) leb(bits int) uint64 {
+	var v uint64
+	for shift := 0; ; shift += 7 {
+		if shift >= bits+7 {
+			r.fail(errors.New("LEB128 number too long"))
+			return 0
+		}
+		c := r.byte()
+		if r.err != nil {
+			return 0
+		}
+		if shift < 64 {
+			v |= uint64(c&0x7f) << shift
+		}
+		if c&0x80 == 0 {
+			return v
+		}
+	}
+}
+
+func (r *reader) u32() uint32 {
+	v := r.leb(32)
+	if v > 1<<32-1 {
+		r.fail(errors.New("u32 out of range"))
+	}
+	return uint32(v)
+}
+
+func (r *reader) name() string { return string(r.bytes(int(r.u32()))) }
+
+func (r *reader) limits() {
+	flags := r.byte()
+	r.leb(64)
+	if flags&0x01 != 0 {
+		r.leb(64)
+	}
+}
+
+// valType reads a value type: one byte, or a reference type with a heap type.
+func (r *reader) valType() {
+	switch t := r.byte(); t {
+	case 0x63, 0x64: // (ref null? ht)
+		r.leb(33)
+	}
+}
+
+// blockType reads a block type: empty, a value type, or a type index (s33).
+func (r *reader) blockType() {
+	if r.pos < len(r.b) {
+		switch r.b[r.pos] {
+		case 0x40, 0x7f, 0x7e, 0x7d, 0x7c, 0x7b, 0x70, 0x6f:
+			r.pos++
+			return
+		case 0x63, 0x64:
+			r.valType()
+			return
+		}
+	}
+	r.leb(33)
+}
+
+// memArg reads a memory argument: alignment (with a memory index when bit 6 is set) and
+// offset.
+func (r *reader) memArg() {
+	if align := r.u32(); align&0x40 != 0 {
+		r.u32()
+	}
+	r.leb(64)
+}
+
+func (r *reader) prefixFC() error {
+	switch sub := r.u32(); {
+	case sub <= 7: // saturating truncations
+	case sub == 8: // memory.init data, memory
+		r.u32()
+		r.u32()
+	case sub == 9, sub == 11, sub == 13, sub == 15, sub == 16, sub == 17:
+		r.u32()
+	case sub == 10, sub == 12, sub == 14: // memory.copy, table.init, table.copy
+		r.u32()
+		r.u32()
+	default:
+		return fmt.Errorf("unsupported opcode 0xfc %d", sub)
+	}
+	return nil
+}
+
+func (r *reader) prefixFD() {
+	switch sub := r.u32(); {
+	case sub <= 11, sub == 92, sub == 93: // loads and stores
+		r.memArg()
+	case sub == 12, sub == 13: // v128.const, i8x16.shuffle
+		r.bytes(16)
+	case 21 <= sub && sub <= 34: // lane extracts and replaces
+		r.byte()
+	case 84 <= sub && sub <= 91: // lane loads and stores
+		r.memArg()
+		r.byte()
+	}
+}
+
+func appendU32(b []byte, v uint32) []byte {
+	for {
+		c := byte(v & 0x7f)
+		v >>= 7
+		if v == 0 {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
+}
+
+func appendName(b []byte, s string) []byte {
+	b = appendU32(b, uint32(len(s)))
+	return append(b, s...)
+}

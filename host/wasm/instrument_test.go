@@ -1,0 +1,164 @@
+package wasm
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/api"
+)
+
+// loopModule exports "spin", a loop without end, and "count", which loops n times and
+// returns 0. It has no global and no memory; withExport adds an export of count under
+// another name.
+func loopModule(extraExport string) []byte {
+	m := &wasmModule{
+		noMemory: true,
+		funcs: []wasmFunc{
+			{typ: tVoid, body: []byte{0x03, 0x40, 0x0c, 0x00, 0x0b}},
+			{typ: tI32RetI, body: concat(
+				[]byte{0x03, 0x40}, localGet(0), i32Const(1), []byte{0x6b, 0x22, 0x00, 0x0d, 0x00, 0x0b},
+				localGet(0))},
+		},
+		exports: []wasmExport{{"spin", 0, 0}, {"count", 0, 1}},
+	}
+	if extraExport != "" {
+		m.exports = append(m.exports, wasmExport{extraExport, 0, 1})
+	}
+	return m.bytes()
+}
+
+func TestInstrumentStopsLoops(t *testing.T) {
+	ctx := context.Background()
+	rt := wazero.NewRuntime(ctx)
+	defer rt.Close(ctx)
+	b, err := instrument(loopModule(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod, err := rt.Instantiate(ctx, b)
+	if err != nil {
+		t.Fatalf("the instrumented module does not instantiate: %v", err)
+	}
+	stop, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
+	if !ok {
+		t.Fatalf("no mutable global %s", stopExport)
+	}
+	if res, err := mod.ExportedFunction("count").Call(ctx, 1000); err != nil || res[0] != 0 {
+		t.Fatalf("count(1000) = %v, %v: a loop that ends must run as before", res, err)
+	}
+	done := make(chan error)
+	go func() {
+		_, err := mod.ExportedFunction("spin").Call(ctx)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("spin returned before the stop: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	stop.Set(1)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("spin after the stop: %v, want an unreachable trap", err)
+	}
+}
+
+func TestInstrumentRefuses(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wasm []byte
+		want string
+	}{
+		{"not wasm", []byte("hello"), "not a wasm binary"},
+		{"version 2", []byte("\x00asm\x02\x00\x00\x00"), "unsupported wasm binary version"},
+		{"truncated", minimalGuest(nil)[:40], "unexpected end of data"},
+		{"reserved export", loopModule(stopExport), "a name micro reserves"},
+		{"start function", append(loopModule(""), 0x08, 0x01, 0x00), "has a start function"},
+		{"gc opcode", (&wasmModule{funcs: []wasmFunc{{typ: tVoid, body: []byte{0xfb, 0x00}}}}).bytes(), "unsupported opcode 0xfb"},
+		{"global out of range", (&wasmModule{funcs: []wasmFunc{{typ: tVoid, body: []byte{0x23, 0x00, 0x1a}}}}).bytes(), "global index 0 out of range"},
+	} {
+		if _, err := instrument(tc.wasm); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestInstrumentGoGuest(t *testing.T) {
+	b, err := instrument(guests["echo"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) <= len(guests["echo"]) {
+		t.Errorf("instrumented guest of %d bytes, not larger than the %d it came from", len(b), len(guests["echo"]))
+	}
+}
+
+// FuzzInstrument checks that instrument never panics, and that whatever wazero accepts,
+// instrument accepts too, into a module that wazero still accepts.
+//
+// wazero allocates what a module declares before it reads it (a type of 2^32 parameters is
+// 4 GiB), which would take the fuzzer down, so inputs that may declare a large count (three
+// bytes in a row with the LEB128 continuation bit) are only given to instrument.
+func FuzzInstrument(f *testing.F) {
+	f.Add(loopModule(""))
+	f.Add(minimalGuest(nil))
+	f.Add(probeModule())
+	f.Add(withImport("env", "g", tVoid))
+	ctx := context.Background()
+	rt := wazero.NewRuntime(ctx)
+	f.Cleanup(func() { rt.Close(ctx) })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		out, err := instrument(b)
+		if mayDeclareLarge(b) {
+			return
+		}
+		cm, cerr := rt.CompileModule(ctx, b)
+		if cerr != nil {
+			return
+		}
+		cm.Close(ctx)
+		if err != nil {
+			if strings.Contains(err.Error(), "start function") || strings.Contains(err.Error(), "reserves") {
+				return
+			}
+			t.Fatalf("wazero compiles the module, but instrument fails: %v", err)
+		}
+		cm2, err := rt.CompileModule(ctx, out)
+		if err != nil {
+			t.Fatalf("the instrumented module does not compile: %v", err)
+		}
+		defer cm2.Close(ctx)
+		if _, ok := cm2.ExportedFunctions()[stopExport]; ok {
+			t.Fatal("the stop global is exported as a function")
+		}
+	})
+}
+
+// mayDeclareLarge reports whether b has three bytes in a row with the high bit set, which a
+// LEB128 number of 2^21 or more needs.
+func mayDeclareLarge(b []byte) bool {
+	run := 0
+	for _, c := range b {
+		if c&0x80 == 0 {
+			run = 0
+			continue
+		}
+		if run++; run == 3 {
+			return true
+		}
+	}
+	return false
+}
+
+// BenchmarkInstrument measures instrument on a Go guest.
+func BenchmarkInstrument(b *testing.B) {
+	wasm := guests["echo"]
+	b.SetBytes(int64(len(wasm)))
+	for b.Loop() {
+		if _, err := instrument(wasm); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

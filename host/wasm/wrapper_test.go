@@ -1,0 +1,437 @@
+package wasm
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/microhost/micro/runtime/wrapper"
+)
+
+func newCall(header map[string]string) *wrapper.Call {
+	return &wrapper.Call{
+		Service:  "greeter",
+		Endpoint: "Greeter.Hello",
+		Node:     "greeter-1",
+		Caller:   "app",
+		Header:   header,
+		Deadline: time.Now().Add(time.Minute),
+	}
+}
+
+func TestEchoSeesTheCall(t *testing.T) {
+	h, logs := newTestHost(t)
+	w := load(t, h, "echo", Options{Config: []byte(`{"tag":"t1"}`)})
+	ctx := context.Background()
+
+	if l := logs.find("echo ready with tag", "wrapper=echo", "instance=0"); l == "" {
+		t.Errorf("the guest's Init log is missing from the host's log:\n%s", strings.Join(logs.lines(), "\n"))
+	}
+
+	c := newCall(map[string]string{"X-Test": "x", "Micro-Timeout": "1m"})
+	v := w.OnRequest(ctx, c)
+	want := wrapper.Verdict{Action: wrapper.Continue, Header: map[string]string{
+		"X-Echo":  "t1|greeter|Greeter.Hello|greeter-1|app|x|set",
+		"X-Count": "1",
+		"X-Last":  "",
+	}}
+	if !verdictEqual(v, want) {
+		t.Fatalf("first call: got %+v, want %+v", v, want)
+	}
+	w.OnResponse(ctx, c, &wrapper.Result{Status: 200, Latency: 3 * time.Millisecond})
+	w.OnResponse(ctx, c, &wrapper.Result{Err: "dial tcp: connection refused"})
+
+	// A call without a deadline, with a lower-case header name, and a spent budget.
+	c2 := newCall(map[string]string{"x-test": "lower"})
+	c2.Deadline = time.Time{}
+	v = w.OnRequest(ctx, c2)
+	if got := v.Header["X-Echo"]; got != "t1|greeter|Greeter.Hello|greeter-1|app|lower|none" {
+		t.Errorf("no deadline: X-Echo = %q", got)
+	}
+	if got := v.Header["X-Last"]; got != "0|dial tcp: connection refused|greeter|greeter-1|2" {
+		t.Errorf("X-Last = %q: OnResponse did not see the outcome", got)
+	}
+	c3 := newCall(nil)
+	c3.Deadline = time.Now().Add(-time.Second)
+	if got := w.OnRequest(ctx, c3).Header["X-Echo"]; !strings.HasSuffix(got, "|spent") {
+		t.Errorf("spent budget: X-Echo = %q", got)
+	}
+}
+
+func verdictEqual(a, b wrapper.Verdict) bool {
+	return a.Action == b.Action && a.Status == b.Status && a.Message == b.Message &&
+		maps.Equal(a.Header, b.Header) && maps.Equal(a.ReplyHeader, b.ReplyHeader)
+}
+
+func TestEchoRejects(t *testing.T) {
+	h, _ := newTestHost(t)
+	w := load(t, h, "echo", Options{})
+	ctx := context.Background()
+
+	v := w.OnRequest(ctx, newCall(map[string]string{"X-Reject": "slow down"}))
+	want := wrapper.Verdict{Action: wrapper.Reject, Status: 429, Message: "rejected: slow down",
+		ReplyHeader: map[string]string{"Retry-After": "7"}}
+	if !verdictEqual(v, want) {
+		t.Errorf("reject: got %+v, want %+v", v, want)
+	}
+	v = w.OnRequest(ctx, newCall(map[string]string{"X-Reject-Node": "n1"}))
+	want = wrapper.Verdict{Action: wrapper.RejectNode, Status: 503, Message: "node refused: n1"}
+	if !verdictEqual(v, want) {
+		t.Errorf("reject node: got %+v, want %+v", v, want)
+	}
+}
+
+// TestSerializedCalls checks that calls to one instance never overlap: a guest's plain
+// counter sees every call exactly once, even when many goroutines call at once.
+func TestSerializedCalls(t *testing.T) {
+	for _, instances := range []int{1, 3} {
+		t.Run(fmt.Sprintf("instances=%d", instances), func(t *testing.T) {
+			h, _ := newTestHost(t)
+			w := load(t, h, "echo", Options{Instances: instances, Shard: ShardCaller})
+			const goroutines, calls = 8, 150
+			var (
+				mu     sync.Mutex
+				counts = map[int][]int{} // slot -> the X-Count values it gave
+				wg     sync.WaitGroup
+			)
+			for g := range goroutines {
+				wg.Go(func() {
+					for i := range calls {
+						c := newCall(nil)
+						c.Caller = fmt.Sprintf("caller-%d-%d", g, i%5)
+						v := w.OnRequest(context.Background(), c)
+						n, err := strconv.Atoi(v.Header["X-Count"])
+						if err != nil {
+							t.Errorf("X-Count %q: %v (verdict %+v)", v.Header["X-Count"], err, v)
+							return
+						}
+						w.OnResponse(context.Background(), c, &wrapper.Result{Status: 200})
+						mu.Lock()
+						counts[w.pick(c).idx] = append(counts[w.pick(c).idx], n)
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			total := 0
+			for slot, ns := range counts {
+				slices.Sort(ns)
+				for i, n := range ns {
+					if n != i+1 {
+						t.Fatalf("instance %d: counts %v...: want each of 1..%d once", slot, ns[max(0, i-3):min(len(ns), i+3)], len(ns))
+					}
+				}
+				total += len(ns)
+			}
+			if total != goroutines*calls {
+				t.Errorf("%d calls counted, want %d", total, goroutines*calls)
+			}
+			if instances > 1 && len(counts) < 2 {
+				t.Errorf("all calls went to one of %d instances", instances)
+			}
+		})
+	}
+}
+
+// TestShardKeepsKeyOnInstance checks that one key always reaches the same instance.
+func TestShardKeepsKeyOnInstance(t *testing.T) {
+	h, _ := newTestHost(t)
+	w := load(t, h, "echo", Options{Instances: 4, Shard: ShardNode})
+	seen := map[string]int{}
+	for i := range 40 {
+		c := newCall(nil)
+		c.Node = fmt.Sprintf("node-%d", i%8)
+		c.Service = fmt.Sprintf("svc-%d", i) // must not matter
+		idx := w.pick(c).idx
+		if prev, ok := seen[c.Node]; ok && prev != idx {
+			t.Fatalf("node %s went to instance %d, then %d", c.Node, prev, idx)
+		}
+		seen[c.Node] = idx
+		w.OnRequest(context.Background(), c)
+	}
+}
+
+// fault is a way to make a test guest fail.
+type fault struct {
+	name   string
+	guest  string
+	header map[string]string
+	opts   Options
+	reason string // in the verdict's message and the log
+}
+
+var faults = []fault{
+	{name: "panic", guest: "trap", header: map[string]string{"X-Trap": "panic"}, reason: "guest failed: panic in OnRequest: boom"},
+	{name: "nil dereference", guest: "trap", header: map[string]string{"X-Trap": "nil"}, reason: "nil pointer dereference"},
+	{name: "exit", guest: "trap", header: map[string]string{"X-Trap": "exit"}, reason: "guest exited with code 3"},
+	{name: "endless loop", guest: "loop", header: map[string]string{"X-Loop": "1"}, opts: Options{Timeout: 50 * time.Millisecond},
+		reason: "guest stopped: it ran longer than its time limit of 50ms"},
+	{name: "memory bomb", guest: "bomb", header: map[string]string{"X-Bomb": "1"}, opts: Options{MemoryLimit: 24 << 20, Timeout: 10 * time.Second},
+		reason: "out of memory"},
+	{name: "reserved header", guest: "echo", header: map[string]string{"X-Set-Reserved": "1"},
+		reason: `bad call to micro.set_header: header "Micro-Timeout" is micro's own`},
+}
+
+func TestGuestFaults(t *testing.T) {
+	for _, f := range faults {
+		for _, onTrap := range []string{OnTrapOpen, OnTrapClosed} {
+			t.Run(f.name+"/"+onTrap, func(t *testing.T) {
+				h, logs := newTestHost(t)
+				opts := f.opts
+				opts.OnTrap = onTrap
+				w := load(t, h, f.guest, opts)
+				ctx := context.Background()
+
+				if v := w.OnRequest(ctx, newCall(nil)); v.Action != wrapper.Continue || (f.guest != "echo" && v.Header["X-Count"] != "1") {
+					t.Fatalf("a call before the fault: %+v", v)
+				}
+				v := w.OnRequest(ctx, newCall(f.header))
+				switch onTrap {
+				case OnTrapOpen:
+					if !verdictEqual(v, wrapper.Verdict{Action: wrapper.Continue}) {
+						t.Errorf("fail open: got %+v, want a plain Continue", v)
+					}
+				case OnTrapClosed:
+					if v.Action != wrapper.Reject || v.Status != 503 ||
+						!strings.HasPrefix(v.Message, "wrapper "+f.guest+" failed: ") || !strings.Contains(v.Message, f.reason) {
+						t.Errorf("fail closed: got %+v, want a 503 whose message names the wrapper and says %q", v, f.reason)
+					}
+				}
+				if l := logs.find("wrapper guest failed", "wrapper="+f.guest, f.reason, "on_trap="+onTrap); l == "" {
+					t.Errorf("no log of the failure with %q:\n%s", f.reason, strings.Join(logs.lines(), "\n"))
+				}
+				// The next call runs on a fresh instance: its counter starts again.
+				v = w.OnRequest(ctx, newCall(nil))
+				if v.Action != wrapper.Continue || v.Header["X-Count"] != "1" {
+					t.Errorf("the call after the fault: got %+v, want a Continue with X-Count 1 from a new instance", v)
+				}
+				if l := logs.find("wrapper instance replaced", "wrapper="+f.guest); l == "" {
+					t.Errorf("no log of the replacement:\n%s", strings.Join(logs.lines(), "\n"))
+				}
+			})
+		}
+	}
+}
+
+func TestFaultInOnResponse(t *testing.T) {
+	h, logs := newTestHost(t)
+	w := load(t, h, "trap", Options{})
+	ctx := context.Background()
+	c := newCall(nil)
+	w.OnRequest(ctx, c)
+	w.OnRequest(ctx, c)
+	w.OnResponse(ctx, c, &wrapper.Result{Status: 599}) // the guest panics on 599
+	if l := logs.find("wrapper guest failed", "phase=on_response", "panic in OnResponse: bad status"); l == "" {
+		t.Errorf("no log of the failure:\n%s", strings.Join(logs.lines(), "\n"))
+	}
+	if v := w.OnRequest(ctx, c); v.Header["X-Count"] != "1" {
+		t.Errorf("after the failure: %+v, want X-Count 1 from a new instance", v)
+	}
+}
+
+// TestReplacementBlocksOnlyItsInstance checks that a looping guest holds only its own
+// instance: calls that shard to another instance go on meanwhile, and a call waiting for
+// the busy instance may give up.
+func TestReplacementBlocksOnlyItsInstance(t *testing.T) {
+	h, _ := newTestHost(t)
+	// A long limit, so that the loop surely outlasts the calls on the other instance.
+	w := load(t, h, "loop", Options{Instances: 2, Timeout: 2 * time.Second, OnTrap: OnTrapClosed})
+	a, b := newCall(map[string]string{"X-Loop": "1"}), newCall(nil)
+	for i := 0; w.pick(a) == w.pick(b); i++ {
+		b.Service = fmt.Sprintf("other-%d", i)
+	}
+	sa := w.pick(a)
+	looped := make(chan wrapper.Verdict)
+	go func() { looped <- w.OnRequest(context.Background(), a) }()
+	waitFor(t, func() bool { return len(sa.sem) == 1 }) // the loop holds its instance
+	for range 5 {
+		if v := w.OnRequest(context.Background(), b); v.Action != wrapper.Continue || v.Header["X-Count"] == "" {
+			t.Fatalf("a call on the other instance: %+v", v)
+		}
+	}
+	// A call for the busy instance whose context ends gets the on_trap verdict.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if v := w.OnRequest(ctx, newCall(nil)); v.Action != wrapper.Reject ||
+		!strings.Contains(v.Message, "no instance was free before the call ended: context canceled") {
+		t.Errorf("a canceled wait: %+v", v)
+	}
+	select {
+	case v := <-looped:
+		t.Fatalf("the looping call ended (%+v) before the calls on the other instance did", v)
+	default:
+	}
+	if v := <-looped; v.Action != wrapper.Reject || !strings.Contains(v.Message, "time limit of 2s") {
+		t.Errorf("the looping call: %+v", v)
+	}
+}
+
+// waitFor polls cond until it holds, for up to 10 seconds.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestOnResponseAfterTheCallEnded(t *testing.T) {
+	h, _ := newTestHost(t)
+	w := load(t, h, "echo", Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	c := newCall(nil)
+	w.OnRequest(ctx, c)
+	cancel()
+	w.OnResponse(ctx, c, &wrapper.Result{Err: "budget spent"})
+	if got := w.OnRequest(context.Background(), c).Header["X-Last"]; got != "0|budget spent|greeter|greeter-1|1" {
+		t.Errorf("X-Last = %q: the outcome of a call whose context ended was not delivered", got)
+	}
+}
+
+func TestInitRejectsConfig(t *testing.T) {
+	h, _ := newTestHost(t)
+	for _, tc := range []struct{ config, want string }{
+		{`{"tga":"x"}`, `wrapper "echo": init: config: json: unknown field "tga"`},
+		{`{"tag":""}`, `wrapper "echo": init: tag must not be empty`},
+		{`{"tag":1}`, `wrapper "echo": init: config: json: cannot unmarshal number into Go struct field config.tag of type string`},
+		{`[1]`, `wrapper "echo": config is not a JSON object`},
+		{`{"tag":"ok"} x`, `wrapper "echo": config is not a JSON object`},
+	} {
+		_, err := h.Load(context.Background(), "echo", guests["echo"], Options{Config: []byte(tc.config)})
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("config %s: got %v, want %s", tc.config, err, tc.want)
+		}
+	}
+	// A nil map marshals to null: the guest gets {} and its defaults.
+	w := load(t, h, "echo", Options{Config: []byte("null")})
+	if got := w.OnRequest(context.Background(), newCall(nil)).Header["X-Echo"]; !strings.HasPrefix(got, "echo|") {
+		t.Errorf("config null: X-Echo = %q, want the default tag", got)
+	}
+}
+
+func TestOptions(t *testing.T) {
+	h, _ := newTestHost(t)
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{Instances: -1}, "instances must be from 1 to 1024, got -1"},
+		{Options{Shard: "endpoint"}, `shard must be "service", "node" or "caller", got "endpoint"`},
+		{Options{OnTrap: "maybe"}, `on_trap must be "open" or "closed", got "maybe"`},
+		{Options{MemoryLimit: 1000}, "memory limit must be from 64KiB to 4GiB"},
+		{Options{Timeout: -time.Second}, "timeout must be positive"},
+		{Options{MemoryLimit: 1 << 20}, "memory limit of 1048576 bytes is below what the module needs"},
+	} {
+		_, err := h.Load(context.Background(), "pass", guests["pass"], tc.opts)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), `wrapper "pass": `) {
+			t.Errorf("%+v: got %v, want an error naming the wrapper with %q", tc.opts, err, tc.want)
+		}
+	}
+}
+
+func TestMalformedModules(t *testing.T) {
+	h, _ := newTestHost(t)
+	for _, tc := range []struct {
+		name string
+		wasm []byte
+		want string
+	}{
+		{"not wasm", []byte("\x7fELF not wasm at all"), "not a valid wasm module"},
+		{"empty", nil, "not a valid wasm module"},
+		{"wrong signature", minimalGuest(func(m *wasmModule) { m.setExport("on_request", 5) }),
+			"malformed wrapper module: export on_request is (i32) -> (i32), want () -> (i32)"},
+		{"missing export", minimalGuest(func(m *wasmModule) { m.dropExport("on_request") }),
+			"malformed wrapper module: missing export on_request () -> (i32)"},
+		{"no memory", minimalGuest(func(m *wasmModule) { m.noMemory = true; m.dropExport("memory") }),
+			"missing export memory"},
+		{"command", minimalGuest(func(m *wasmModule) { m.dropExport("micro_wrapper_abi_v1"); m.setExport("_start", 1) }),
+			"the module is a WASI command (it exports _start): build it as a reactor, with -buildmode=c-shared"},
+		{"no abi marker", minimalGuest(func(m *wasmModule) { m.dropExport("micro_wrapper_abi_v1") }),
+			"not a micro wrapper: the module does not export micro_wrapper_abi_v1"},
+		{"unknown import", withImport("micro", "get_everything", tRetI32), "imports micro.get_everything, which micro does not provide"},
+		{"wrong import type", withImport("micro", "get_budget", tRetI32), "imports micro.get_budget as () -> (i32), but it is () -> (i64)"},
+		{"foreign import", withImport("env", "abort", tVoid), "imports env.abort: only micro and wasi_snapshot_preview1 are provided"},
+		{"init fails", minimalGuest(func(m *wasmModule) { m.funcs[2].body = i32Const(7) }), "init: on_init returned 7"},
+		{"init traps", minimalGuest(func(m *wasmModule) { m.funcs[2].body = []byte{0x00} }), "init: guest trapped: wasm error: unreachable"},
+		{"initialize traps", minimalGuest(func(m *wasmModule) { m.funcs[1].body = []byte{0x00} }), "_initialize: guest trapped: wasm error: unreachable"},
+	} {
+		_, err := h.Load(context.Background(), "bad", tc.wasm, Options{})
+		if err == nil || !strings.HasPrefix(err.Error(), `wrapper "bad": `) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v, want an error naming the wrapper with %q", tc.name, err, tc.want)
+		}
+	}
+	// A minimal guest in hand-written Wasm, on the other hand, loads and works.
+	w, err := h.Load(context.Background(), "minimal", minimalGuest(nil), Options{OnTrap: OnTrapClosed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := w.OnRequest(context.Background(), newCall(nil)); !verdictEqual(v, wrapper.Verdict{}) {
+		t.Errorf("minimal guest: %+v", v)
+	}
+}
+
+// withImport returns a minimal guest that also imports module.name.
+func withImport(module, name string, typ funcType) []byte {
+	m := &wasmModule{imports: []wasmImport{{module, name, typ}}}
+	// minimalGuest's functions, with their indices shifted by the import.
+	base := &wasmModule{}
+	minimalGuest(func(mm *wasmModule) { *base = *mm })
+	m.funcs = base.funcs
+	for _, e := range base.exports {
+		if e.kind == 0 {
+			e.index++
+		}
+		m.exports = append(m.exports, e)
+	}
+	return m.bytes()
+}
+
+func TestUnknownResultCode(t *testing.T) {
+	h, logs := newTestHost(t)
+	w, err := h.Load(context.Background(), "odd", minimalGuest(func(m *wasmModule) { m.funcs[3].body = i32Const(9) }), Options{OnTrap: OnTrapClosed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := w.OnRequest(context.Background(), newCall(nil))
+	if v.Action != wrapper.Reject || !strings.Contains(v.Message, "on_request returned 9, which is not a result code") {
+		t.Errorf("got %+v", v)
+	}
+	if logs.find("returned 9") == "" {
+		t.Error("no log of the bad result")
+	}
+}
+
+func TestClose(t *testing.T) {
+	h, _ := newTestHost(t)
+	w := load(t, h, "echo", Options{OnTrap: OnTrapClosed, Instances: 2})
+	w2 := load(t, h, "pass", Options{})
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(context.Background()); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	v := w.OnRequest(context.Background(), newCall(nil))
+	if v.Action != wrapper.Reject || !strings.Contains(v.Message, "the wrapper is closed") {
+		t.Errorf("a call after Close: %+v", v)
+	}
+	w.OnResponse(context.Background(), newCall(nil), &wrapper.Result{})
+	if err := h.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !w2.closed.Load() {
+		t.Error("Host.Close left a wrapper open")
+	}
+	if _, err := h.Load(context.Background(), "pass", guests["pass"], Options{}); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("Load after Host.Close: %v", err)
+	}
+}

@@ -1,0 +1,369 @@
+// Package consultest runs a real Consul agent for tests: `consul agent -dev` bound to
+// loopback, on free ports, with a temporary data directory, stopped when the test ends.
+//
+// The consul binary is $CONSUL_BIN if set, else <repo>/.cache/bin/consul, else consul on
+// PATH; when none exists, Binary builds it with <repo>/tools/consul/build.sh, which takes
+// several minutes (CI runs that script before the tests, so they find it built).
+package consultest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// nodeName is the Consul node name of every agent this package starts.
+const nodeName = "consultest"
+
+// How long an agent may take to elect itself leader, and to exit after SIGTERM.
+const (
+	readyTimeout = 90 * time.Second
+	stopTimeout  = 15 * time.Second
+)
+
+// Agent is a running (or stopped) single-node Consul dev agent.
+type Agent struct {
+	// Addr is host:port of the agent's HTTP API, e.g. "127.0.0.1:41234".
+	Addr string
+	// Token is the ACL management token when the agent was started WithACL, else "".
+	Token string
+
+	t       testing.TB
+	bin     string
+	args    []string // without -data-dir
+	dir     string   // holds the log and a data directory per start
+	logPath string
+	starts  int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+// Option changes how Start runs the agent.
+type Option func(*options)
+
+type options struct {
+	aclToken string
+}
+
+// WithACL runs the agent with ACLs enabled, denying by default, and token as the
+// management token (also used as the agent's own token).
+func WithACL(token string) Option {
+	return func(o *options) { o.aclToken = token }
+}
+
+// Start runs a dev agent and waits until it has elected itself leader and its node is
+// healthy. The agent is stopped when the test ends. Start fails the test if the agent does
+// not come up.
+func Start(t testing.TB, opts ...Option) *Agent {
+	t.Helper()
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	bin := Binary(t)
+	base := t.TempDir()
+
+	// A port found free can be taken before the agent binds it; try again with new ones.
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		ports, err := freePorts(3)
+		if err != nil {
+			t.Fatalf("consultest: %v", err)
+		}
+		httpPort, serfPort, serverPort := ports[0], ports[1], ports[2]
+		dir := filepath.Join(base, fmt.Sprintf("attempt-%d", attempt))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatalf("consultest: %v", err)
+		}
+		a := &Agent{
+			Addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
+			Token:   o.aclToken,
+			t:       t,
+			bin:     bin,
+			dir:     dir,
+			logPath: filepath.Join(dir, "consul.log"),
+			args: []string{
+				"agent", "-dev",
+				"-node=" + nodeName,
+				"-bind=127.0.0.1", "-client=127.0.0.1",
+				"-http-port=" + strconv.Itoa(httpPort),
+				"-serf-lan-port=" + strconv.Itoa(serfPort),
+				"-server-port=" + strconv.Itoa(serverPort),
+				"-serf-wan-port=-1", "-dns-port=-1", "-grpc-port=-1", "-grpc-tls-port=-1",
+				"-log-level=info",
+			},
+		}
+		if o.aclToken != "" {
+			a.args = append(a.args, "-hcl", fmt.Sprintf(
+				`acl { enabled = true default_policy = "deny" tokens { initial_management = %q agent = %q } }`,
+				o.aclToken, o.aclToken))
+		}
+		if lastErr = a.start(); lastErr == nil {
+			t.Cleanup(func() {
+				a.Stop()
+				if t.Failed() {
+					t.Logf("consultest: agent log tail:\n%s", a.LogTail(4096))
+				}
+			})
+			return a
+		}
+		a.Stop()
+	}
+	t.Fatalf("consultest: %v", lastErr)
+	return nil
+}
+
+// Stop stops the agent (SIGTERM, then SIGKILL after a while) and waits for it to exit.
+// Stopping a stopped agent does nothing.
+func (a *Agent) Stop() {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.cmd = nil
+	a.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(stopTimeout):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Restart stops the agent if it runs, starts it again on the same ports with empty state
+// (a new data directory: as if the agent's machine had been replaced), and waits until it
+// is ready. It fails the test if the agent does not come up.
+func (a *Agent) Restart() {
+	a.t.Helper()
+	a.Stop()
+	if err := a.start(); err != nil {
+		a.t.Fatalf("consultest: restart: %v\nlog tail:\n%s", err, a.LogTail(4096))
+	}
+}
+
+// LogTail returns up to the last n bytes of the agent's output.
+func (a *Agent) LogTail(n int) string {
+	b, err := os.ReadFile(a.logPath)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
+
+// start runs the agent process and waits until it is ready.
+func (a *Agent) start() error {
+	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // the child has its own copy
+	// A fresh data directory each time: a dev agent keeps its catalog in memory, and an
+	// agent that comes back must not reload the services it persisted either.
+	a.starts++
+	dataDir := filepath.Join(a.dir, fmt.Sprintf("data-%d", a.starts))
+	cmd := exec.Command(a.bin, append(a.args[:len(a.args):len(a.args)], "-data-dir="+dataDir)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = agentEnv()
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", a.bin, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	a.mu.Lock()
+	a.cmd, a.done = cmd, done
+	a.mu.Unlock()
+
+	if err := a.waitReady(done); err != nil {
+		return fmt.Errorf("agent on %s: %w\nlog tail:\n%s", a.Addr, err, a.LogTail(4096))
+	}
+	return nil
+}
+
+// agentEnv is the environment without the CONSUL_* variables that would reconfigure the
+// agent's own CLI.
+func agentEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CONSUL_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// waitReady polls the agent until it has a leader and its node's serf health check passes
+// (only then does a passing-only health query return the services on it).
+func (a *Agent) waitReady(exited <-chan struct{}) error {
+	client := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(readyTimeout)
+	var last error
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, 250*time.Millisecond) {
+		if last = a.ready(client); last == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("agent exited before it was ready: %v", last)
+		case <-time.After(delay):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %v: %v", readyTimeout, last)
+		}
+	}
+}
+
+func (a *Agent) ready(client *http.Client) error {
+	var leader string
+	if err := a.get(client, "/v1/status/leader", &leader); err != nil {
+		return err
+	}
+	if leader == "" {
+		return errors.New("no leader yet")
+	}
+	var checks []struct{ CheckID, Status string }
+	if err := a.get(client, "/v1/health/node/"+nodeName, &checks); err != nil {
+		return err
+	}
+	for _, c := range checks {
+		if c.CheckID == "serfHealth" && c.Status == "passing" {
+			return nil
+		}
+	}
+	return errors.New("node not healthy yet")
+}
+
+func (a *Agent) get(client *http.Client, path string, v any) error {
+	req, err := http.NewRequest(http.MethodGet, "http://"+a.Addr+path, nil)
+	if err != nil {
+		return err
+	}
+	if a.Token != "" {
+		req.Header.Set("X-Consul-Token", a.Token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	if _, err := body.ReadFrom(resp.Body); err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(body.String()))
+	}
+	return json.Unmarshal(body.Bytes(), v)
+}
+
+// freePorts returns n distinct loopback ports that are free for both TCP and UDP (serf
+// uses both on one port).
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var hold []func() error // keep each port bound until all are chosen, so none repeats
+	defer func() {
+		for _, c := range hold {
+			_ = c()
+		}
+	}()
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 50 {
+			return nil, errors.New("no free loopback ports")
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		hold = append(hold, l.Close)
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		hold = append(hold, u.Close)
+		ports = append(ports, port)
+	}
+	return ports, nil
+}
+
+// Binary returns the path of a consul binary: $CONSUL_BIN, <repo>/.cache/bin/consul, or
+// consul on PATH. When there is none it runs <repo>/tools/consul/build.sh, which builds the
+// pinned version into <repo>/.cache/bin (several minutes), and fails the test if that
+// fails. It never skips: the tests that need Consul must run.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("CONSUL_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("consultest: CONSUL_BIN=%s: %v", p, err)
+		}
+		return p
+	}
+	root, rootErr := repoRoot()
+	if rootErr == nil {
+		if p := filepath.Join(root, ".cache", "bin", "consul"); isExecutable(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("consul"); err == nil {
+		return p
+	}
+	if rootErr != nil {
+		t.Fatalf("consultest: no consul binary (set CONSUL_BIN or put consul on PATH), and cannot build one: %v", rootErr)
+	}
+	script := filepath.Join(root, "tools", "consul", "build.sh")
+	t.Logf("consultest: no consul binary; building it with %s (takes several minutes)", script)
+	out, err := exec.Command("bash", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("consultest: %s: %v\n%s", script, err, out)
+	}
+	t.Logf("consultest: %s", bytes.TrimSpace(out))
+	p := filepath.Join(root, ".cache", "bin", "consul")
+	if !isExecutable(p) {
+		t.Fatalf("consultest: %s ran but %s is missing", script, p)
+	}
+	return p
+}
+
+// repoRoot finds the repository root, the nearest directory at or above the working
+// directory that has tools/consul/build.sh.
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, "tools", "consul", "build.sh")); err == nil {
+			return dir, nil
+		}
+		if filepath.Dir(dir) == dir {
+			return "", fmt.Errorf("no tools/consul/build.sh at or above %s", wd)
+		}
+	}
+}
+
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}

@@ -1,0 +1,241 @@
+// Package limiter is the logic of micro's rate-limit wrapper: a token bucket per key, with
+// the key taken from the call (its service, endpoint, caller or a header).
+//
+// It is plain Go with no dependency on the WebAssembly SDK, so it is tested on the host;
+// the wrapper's main package glues it to sdk/wrapper. A Limiter is not safe for concurrent
+// use: the wrapper host serializes calls into one guest instance.
+package limiter
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// DefaultMaxKeys is how many keys a Limiter tracks when Config.MaxKeys is 0.
+const DefaultMaxKeys = 10000
+
+// Config is the wrapper's table in micro.toml, as the guest receives it (JSON).
+type Config struct {
+	// Rate is how many calls per second a key may make in the long run. Required, > 0.
+	Rate float64 `json:"rate"`
+	// Burst is how many calls a key may make at once. 0 means the rate rounded up (at
+	// least 1).
+	Burst int `json:"burst"`
+	// Key is what a bucket belongs to: "service", "endpoint" (service and endpoint),
+	// "caller", or "header:<Name>". Empty means "service". Calls without the caller or
+	// the header share the bucket of the empty value.
+	Key string `json:"key"`
+	// MaxKeys bounds how many buckets are kept; past it the least recently used bucket is
+	// dropped (a dropped key starts again with a full bucket). 0 means DefaultMaxKeys.
+	MaxKeys int `json:"max_keys"`
+}
+
+// Call is what the limiter reads of a call; sdk/wrapper's Request satisfies it.
+type Call interface {
+	Service() string
+	Endpoint() string
+	Caller() string
+	Header(name string) (string, bool)
+}
+
+// Decision is the limiter's verdict on one call.
+type Decision struct {
+	// Allowed reports whether the call may go on.
+	Allowed bool
+	// RetryAfter is, for a call that is not allowed, the whole number of seconds (at
+	// least 1) after which a call with the same key would be allowed: the value of the
+	// Retry-After header.
+	RetryAfter int
+	// Message explains a rejection, e.g. `rate limit of 10/s exceeded for caller "ada"`.
+	Message string
+}
+
+// keyKind says which part of a call names its bucket.
+type keyKind int
+
+const (
+	byService keyKind = iota
+	byEndpoint
+	byCaller
+	byHeader
+)
+
+// Limiter holds one token bucket per key.
+type Limiter struct {
+	rate    rate.Limit
+	burst   int
+	kind    keyKind
+	header  string // for byHeader
+	maxKeys int
+
+	buckets map[string]*list.Element // of *bucket
+	lru     list.List                // front is most recently used
+}
+
+type bucket struct {
+	key string
+	lim *rate.Limiter
+}
+
+// New returns a Limiter for a config, or an error naming the field that is wrong.
+func New(c Config) (*Limiter, error) {
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	l := &Limiter{
+		rate:    rate.Limit(c.Rate),
+		burst:   c.Burst,
+		maxKeys: c.MaxKeys,
+		buckets: make(map[string]*list.Element),
+	}
+	if l.burst == 0 {
+		l.burst = max(1, int(math.Ceil(c.Rate)))
+	}
+	if l.maxKeys == 0 {
+		l.maxKeys = DefaultMaxKeys
+	}
+	switch key := c.Key; {
+	case key == "" || key == "service":
+		l.kind = byService
+	case key == "endpoint":
+		l.kind = byEndpoint
+	case key == "caller":
+		l.kind = byCaller
+	default: // validated: header:<Name>
+		l.kind = byHeader
+		l.header = strings.TrimPrefix(key, "header:")
+	}
+	return l, nil
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) || c.Rate <= 0 {
+		errs = append(errs, fmt.Errorf("rate: %v is not a rate (want calls per second > 0, e.g. 10 or 0.5)", c.Rate))
+	}
+	if c.Burst < 0 {
+		errs = append(errs, fmt.Errorf("burst: %d is negative (want >= 1, or 0 for the rate rounded up)", c.Burst))
+	}
+	if c.MaxKeys < 0 {
+		errs = append(errs, fmt.Errorf("max_keys: %d is negative (want >= 1, or 0 for %d)", c.MaxKeys, DefaultMaxKeys))
+	}
+	switch key := c.Key; key {
+	case "", "service", "endpoint", "caller":
+	default:
+		name, ok := strings.CutPrefix(key, "header:")
+		if !ok {
+			errs = append(errs, fmt.Errorf(`key: unknown key %q (want "service", "endpoint", "caller" or "header:<Name>")`, key))
+		} else if !validHeaderName(name) {
+			errs = append(errs, fmt.Errorf(`key: %q has no valid header name after "header:" (e.g. "header:X-User")`, key))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// validHeaderName reports whether s is an HTTP header name (an RFC 9110 token).
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Key returns the bucket key of a call.
+func (l *Limiter) Key(c Call) string {
+	switch l.kind {
+	case byEndpoint:
+		return c.Service() + "/" + c.Endpoint()
+	case byCaller:
+		return c.Caller()
+	case byHeader:
+		v, _ := c.Header(l.header)
+		return v
+	default:
+		return c.Service()
+	}
+}
+
+// describe names a key for messages, such as `service "greeter"` or `header X-User "ada"`.
+func (l *Limiter) describe(key string) string {
+	switch l.kind {
+	case byEndpoint:
+		return fmt.Sprintf("endpoint %q", key)
+	case byCaller:
+		return fmt.Sprintf("caller %q", key)
+	case byHeader:
+		return fmt.Sprintf("header %s %q", l.header, key)
+	default:
+		return fmt.Sprintf("service %q", key)
+	}
+}
+
+// Check takes a token for the call's key at time now, or says when to retry.
+func (l *Limiter) Check(c Call, now time.Time) Decision {
+	key := l.Key(c)
+	ok, wait := l.Allow(key, now)
+	if ok {
+		return Decision{Allowed: true}
+	}
+	return Decision{
+		RetryAfter: retryAfterSeconds(wait),
+		Message: fmt.Sprintf("rate limit of %s/s exceeded for %s",
+			strconv.FormatFloat(float64(l.rate), 'g', -1, 64), l.describe(key)),
+	}
+}
+
+// Allow takes a token from key's bucket at time now. When the bucket is empty it takes
+// nothing and returns how long until a token is there.
+func (l *Limiter) Allow(key string, now time.Time) (ok bool, wait time.Duration) {
+	lim := l.bucket(key)
+	if lim.AllowN(now, 1) {
+		return true, 0
+	}
+	missing := 1 - lim.TokensAt(now) // > 0, since AllowN failed
+	ns := math.Ceil(missing / float64(l.rate) * float64(time.Second))
+	if ns >= math.MaxInt64 {
+		return false, time.Duration(math.MaxInt64)
+	}
+	return false, time.Duration(ns)
+}
+
+// Len returns how many keys have a bucket.
+func (l *Limiter) Len() int { return len(l.buckets) }
+
+// bucket returns key's limiter, making it (and dropping the least recently used one past
+// maxKeys) when there is none.
+func (l *Limiter) bucket(key string) *rate.Limiter {
+	if e, ok := l.buckets[key]; ok {
+		l.lru.MoveToFront(e)
+		return e.Value.(*bucket).lim
+	}
+	for len(l.buckets) >= l.maxKeys {
+		oldest := l.lru.Back()
+		delete(l.buckets, oldest.Value.(*bucket).key)
+		l.lru.Remove(oldest)
+	}
+	b := &bucket{key: key, lim: rate.NewLimiter(l.rate, l.burst)}
+	l.buckets[key] = l.lru.PushFront(b)
+	return b.lim
+}
+
+// retryAfterSeconds rounds a wait up to whole seconds, at least 1.
+func retryAfterSeconds(wait time.Duration) int {
+	s := math.Ceil(wait.Seconds())
+	return int(max(1, min(s, math.MaxInt32)))
+}

@@ -1,0 +1,299 @@
+//go:build !wasip1
+
+package wrapper
+
+import (
+	"errors"
+	"os"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	abi "github.com/microhost/micro/abi/wrapper"
+)
+
+// fake is the host, as the tests play it.
+type fake struct {
+	config      string
+	fields      [fieldError + 1]string
+	headers     map[string]string
+	budget      int64
+	status      int32
+	latency     int64
+	setHeaders  [][2]string
+	setReply    [][2]string
+	rejected    *[2]any
+	phases      int32
+	logs        []string
+	getCalls    int // calls of getField and getHeader
+	failMessage string
+}
+
+func (f *fake) write(v string, buf []byte) int32 {
+	f.getCalls++
+	if len(v) <= len(buf) {
+		copy(buf, v)
+	}
+	return int32(len(v))
+}
+
+func (f *fake) getConfig(buf []byte) int32          { return f.write(f.config, buf) }
+func (f *fake) getField(fl field, buf []byte) int32 { return f.write(f.fields[fl], buf) }
+func (f *fake) getHeader(name string, buf []byte) int32 {
+	for k, v := range f.headers {
+		if strings.EqualFold(k, name) {
+			return f.write(v, buf)
+		}
+	}
+	return abi.HeaderAbsent
+}
+func (f *fake) getBudget() int64                   { return f.budget }
+func (f *fake) setHeader(n, v string)              { f.setHeaders = append(f.setHeaders, [2]string{n, v}) }
+func (f *fake) setReplyHeader(n, v string)         { f.setReply = append(f.setReply, [2]string{n, v}) }
+func (f *fake) setReject(status int32, msg string) { f.rejected = &[2]any{status, msg} }
+func (f *fake) getStatus() int32                   { return f.status }
+func (f *fake) getLatency() int64                  { return f.latency }
+func (f *fake) setPhases(mask int32)               { f.phases = mask }
+func (f *fake) log(level int32, msg string)        { f.logs = append(f.logs, msg) }
+
+// fail ends the goroutine of the guest call: as the real host, which unwinds the guest's
+// stack with no deferred function seeing a panic.
+func (f *fake) fail(msg string) { f.failMessage = msg; runtime.Goexit() }
+
+// start resets the package, registers h and plays micro's on_init; it returns the fake
+// and on_init's failure message, or "".
+func start(t *testing.T, config string, h Handler) (*fake, string) {
+	t.Helper()
+	handler, handleErr, call = nil, nil, request{}
+	lastField, lastHeaders, nextHeader = [fieldError + 1]string{}, [4]struct{ name, value string }{}, 0
+	f := &fake{config: config, phases: abi.PhaseRequest | abi.PhaseResponse, headers: map[string]string{}}
+	fakeHost = f
+	t.Cleanup(func() { fakeHost = nil })
+	Handle(h)
+	return f, guestCall(func() { onInit() })
+}
+
+// guestCall runs an export as micro would, returning the message of a fail, or "".
+func guestCall(fn func()) string {
+	f := fakeHost.(*fake)
+	f.failMessage = ""
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
+	return f.failMessage
+}
+
+func TestInitAndConfig(t *testing.T) {
+	type cfg struct {
+		Rate  float64 `json:"rate"`
+		Burst int     `json:"burst"`
+	}
+	var got cfg
+	h := Handler{
+		Init: func(b []byte) error {
+			got = cfg{Burst: 1}
+			return DecodeConfig(b, &got)
+		},
+		OnRequest: func(Request) Result { return Continue() },
+	}
+	f, fail := start(t, `{"rate": 2.5}`, h)
+	if fail != "" || got != (cfg{Rate: 2.5, Burst: 1}) {
+		t.Errorf("init: %q, config %+v", fail, got)
+	}
+	if f.phases != abi.PhaseRequest {
+		t.Errorf("phases %b: a handler without OnResponse must ask for the request phase only", f.phases)
+	}
+	// A config larger than the scratch buffer is read in a second call.
+	long := `{"rate": 1, "burst": 2` + strings.Repeat(" ", 1000) + `}`
+	if _, fail := start(t, long, h); fail != "" || got.Burst != 2 {
+		t.Errorf("long config: %q, %+v", fail, got)
+	}
+	if _, fail := start(t, `{"rate": 1, "brust": 2}`, h); fail != `config: json: unknown field "brust"` {
+		t.Errorf("unknown field: %q", fail)
+	}
+	if _, fail := start(t, `{"rate": "fast"}`, h); !strings.Contains(fail, "config: json: cannot unmarshal string") || !strings.Contains(fail, "rate") {
+		t.Errorf("bad type: %q", fail)
+	}
+}
+
+func TestDecodeConfig(t *testing.T) {
+	var v struct{ A int }
+	for _, tc := range []struct{ in, err string }{
+		{``, ""},
+		{`  `, ""},
+		{`{}`, ""},
+		{`{"A": 3}`, ""},
+		{`{"A": 3} {}`, "config: unexpected data after the JSON object"},
+		{`{"A": 3} x`, "config: unexpected data after the JSON object"},
+		{`{"B": 3}`, `config: json: unknown field "B"`},
+		{`[1]`, "config: json: cannot unmarshal array"},
+	} {
+		err := DecodeConfig([]byte(tc.in), &v)
+		if (err == nil) != (tc.err == "") || (err != nil && !strings.HasPrefix(err.Error(), tc.err)) {
+			t.Errorf("DecodeConfig(%q) = %v, want %q", tc.in, err, tc.err)
+		}
+	}
+}
+
+func TestHandleMistakes(t *testing.T) {
+	if _, fail := start(t, "", Handler{}); fail != "wrapper.Handle: Handler.OnRequest is nil" {
+		t.Errorf("nil OnRequest: %q", fail)
+	}
+	_, fail := start(t, "", Handler{OnRequest: func(Request) Result { return Continue() }})
+	if fail != "" {
+		t.Fatal(fail)
+	}
+	Handle(Handler{OnRequest: func(Request) Result { return Continue() }})
+	if fail := guestCall(func() { onInit() }); fail != "wrapper.Handle called more than once" {
+		t.Errorf("second Handle: %q", fail)
+	}
+	handler, handleErr = nil, nil
+	if fail := guestCall(func() { onInit() }); !strings.Contains(fail, "no wrapper.Handler") {
+		t.Errorf("no Handle: %q", fail)
+	}
+	if _, fail := start(t, "", Handler{Init: func([]byte) error { return errors.New("no way") }, OnRequest: func(Request) Result { return Continue() }}); fail != "no way" {
+		t.Errorf("Init error: %q", fail)
+	}
+}
+
+func TestRequest(t *testing.T) {
+	var seen []string
+	f, _ := start(t, "", Handler{
+		OnRequest: func(r Request) Result {
+			x, ok := r.Header("x-test")
+			_, none := r.Header("X-None")
+			seen = append(seen, r.Service(), r.Endpoint(), r.Node(), r.Caller(), x, r.Service())
+			if !ok || none || r.Budget() != 3*time.Second {
+				t.Errorf("header %v, absent header %v, budget %v", ok, none, r.Budget())
+			}
+			r.SetHeader("X-Out", "1")
+			switch x {
+			case "reject":
+				SetReplyHeader("Retry-After", "2")
+				return Reject(429, "slow down")
+			case "node":
+				return RejectNode("not you")
+			case "panic":
+				panic("boom")
+			}
+			return Continue()
+		},
+		OnResponse: func(r Response) {
+			seen = append(seen, r.Err(), time.Duration(r.Status()).String(), r.Latency().String())
+		},
+	})
+	f.fields = [fieldError + 1]string{"greeter", "Greeter.Hello", "node-1", strings.Repeat("c", 300), "refused"}
+	f.headers["X-Test"] = "go"
+	f.budget = int64(3 * time.Second)
+	if code := onRequest(); code != abi.ResultContinue || f.rejected != nil {
+		t.Errorf("continue: code %d, rejected %v", code, f.rejected)
+	}
+	want := []string{"greeter", "Greeter.Hello", "node-1", strings.Repeat("c", 300), "go", "greeter"}
+	if !slices.Equal(seen, want) {
+		t.Errorf("the request: %q", seen)
+	}
+	if f.getCalls != 6 { // config is not read without Init; Service() twice is read once
+		t.Errorf("%d reads from the host, want 6: a field read twice in a call must be cached", f.getCalls)
+	}
+	if !slices.Equal(f.setHeaders, [][2]string{{"X-Out", "1"}}) {
+		t.Errorf("headers set: %v", f.setHeaders)
+	}
+	f.status, f.latency = 2, int64(time.Millisecond)
+	seen = nil
+	onResponse()
+	if !slices.Equal(seen, []string{"refused", "2ns", "1ms"}) {
+		t.Errorf("the response: %q", seen)
+	}
+
+	f.headers["X-Test"] = "reject"
+	if code := onRequest(); code != abi.ResultReject || *f.rejected != [2]any{int32(429), "slow down"} ||
+		!slices.Equal(f.setReply, [][2]string{{"Retry-After", "2"}}) {
+		t.Errorf("reject: code %d, %v, reply headers %v", code, f.rejected, f.setReply)
+	}
+	f.headers["X-Test"] = "node"
+	if code := onRequest(); code != abi.ResultRejectNode || *f.rejected != [2]any{int32(0), "not you"} {
+		t.Errorf("reject node: code %d, %v", code, f.rejected)
+	}
+	f.headers["X-Test"] = "panic"
+	if fail := guestCall(func() { onRequest() }); fail != "panic in OnRequest: boom" {
+		t.Errorf("panic: %q", fail)
+	}
+	if len(f.logs) == 0 || !strings.Contains(f.logs[len(f.logs)-1], "goroutine") {
+		t.Errorf("the panic's stack was not logged: %q", f.logs)
+	}
+}
+
+// TestInterning checks that repeated values come back as the same string, without a new
+// allocation per call.
+func TestInterning(t *testing.T) {
+	f, _ := start(t, "", Handler{OnRequest: func(r Request) Result {
+		r.Service()
+		r.Header("X-Key")
+		return Continue()
+	}})
+	f.fields[fieldService] = "greeter"
+	f.headers["X-Key"] = "k1"
+	onRequest()
+	if allocs := testing.AllocsPerRun(100, func() { onRequest() }); allocs != 0 {
+		t.Errorf("%v allocations per call with repeated values, want 0", allocs)
+	}
+	f.fields[fieldService] = "billing"
+	var got string
+	handler.OnRequest = func(r Request) Result { got = r.Service(); return Continue() }
+	onRequest()
+	if got != "billing" {
+		t.Errorf("a changed value: %q", got)
+	}
+}
+
+func TestLogf(t *testing.T) {
+	f, _ := start(t, "", Handler{OnRequest: func(Request) Result { return Continue() }})
+	Logf(0, "a %d b %s", 1, "x")
+	if !slices.Equal(f.logs, []string{"a 1 b x"}) {
+		t.Errorf("logs: %q", f.logs)
+	}
+}
+
+// TestABINames checks that the wasm directives in host_wasip1.go use abi's names, since a
+// directive cannot name a constant.
+func TestABINames(t *testing.T) {
+	src, err := os.ReadFile("host_wasip1.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exports := map[string]bool{}
+	for _, m := range regexp.MustCompile(`//go:wasmexport (\S+)`).FindAllStringSubmatch(string(src), -1) {
+		exports[m[1]] = true
+	}
+	for _, name := range []string{abi.ExportABIVersion, abi.ExportOnInit, abi.ExportOnRequest, abi.ExportOnResponse} {
+		if !exports[name] {
+			t.Errorf("host_wasip1.go does not export %s", name)
+		}
+		delete(exports, name)
+	}
+	if len(exports) > 0 {
+		t.Errorf("host_wasip1.go exports names that abi does not know: %v", exports)
+	}
+	known := map[string]bool{}
+	for _, name := range []string{abi.ImportGetConfig, abi.ImportGetService, abi.ImportGetEndpoint, abi.ImportGetNode,
+		abi.ImportGetCaller, abi.ImportGetHeader, abi.ImportGetBudget, abi.ImportSetHeader, abi.ImportSetReplyHeader,
+		abi.ImportSetReject, abi.ImportGetStatus, abi.ImportGetError, abi.ImportGetLatency, abi.ImportSetPhases,
+		abi.ImportLog, abi.ImportFail} {
+		known[name] = true
+	}
+	imports := regexp.MustCompile(`//go:wasmimport (\S+) (\S+)`).FindAllStringSubmatch(string(src), -1)
+	if len(imports) != len(known) {
+		t.Errorf("host_wasip1.go has %d imports, abi %d", len(imports), len(known))
+	}
+	for _, m := range imports {
+		if m[1] != abi.ModuleName || !known[m[2]] {
+			t.Errorf("host_wasip1.go imports %s.%s, which abi does not define", m[1], m[2])
+		}
+	}
+}
