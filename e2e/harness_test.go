@@ -20,11 +20,14 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/microhost/micro/host/wasm"
 )
 
 // bins holds the binaries TestMain builds.
 var bins struct {
 	micro, greeter, consulPlugin string
+	ratelimit, breaker           string // .wasm
 }
 
 func TestMain(m *testing.M) {
@@ -37,10 +40,18 @@ func TestMain(m *testing.M) {
 	bins.greeter = filepath.Join(dir, "greeter")
 	bins.consulPlugin = filepath.Join(dir, "registry-consul")
 	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul"} {
-		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
+		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintf(os.Stderr, "building %s: %v\n", pkg, err)
+			os.Exit(1)
+		}
+	}
+	bins.ratelimit = filepath.Join(dir, "ratelimit.wasm")
+	bins.breaker = filepath.Join(dir, "breaker.wasm")
+	for out, src := range map[string]string{bins.ratelimit: "../plugins/wrapper-ratelimit", bins.breaker: "../plugins/wrapper-breaker"} {
+		if err := wasm.Build(context.Background(), src, out); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n", src, err)
 			os.Exit(1)
 		}
 	}

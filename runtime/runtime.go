@@ -111,7 +111,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	if r.tr, err = r.factories.Transport(ctx, cfg.Transport, cfg.Server, r.logger); err != nil {
 		return fmt.Errorf("transport %q: %w", cfg.Transport.Plugin, err)
 	}
-	r.cache = cache.New(r.reg, cache.Options{TTL: cfg.Registry.CacheTTL, Logger: r.logger})
+	r.cache = cache.New(r.reg, cache.Options{TTL: cfg.Registry.CacheTTL, EmptyGrace: cfg.Registry.TTL, Logger: r.logger})
 	cacheCtx, cacheCancel := context.WithCancel(bgctx)
 	r.cacheCancel = cacheCancel
 	r.sel = selector.New(r.cache, policy(cfg), selector.Options{
@@ -207,7 +207,7 @@ func (r *Runtime) swapRegistry(ctx context.Context, from, to config.Registry) er
 		_ = next.Close()
 		return fmt.Errorf("registering with registry %q: %w", to.Plugin, err)
 	}
-	nextCache := cache.New(next, cache.Options{TTL: to.CacheTTL, Logger: r.logger})
+	nextCache := cache.New(next, cache.Options{TTL: to.CacheTTL, EmptyGrace: to.TTL, Logger: r.logger})
 	cacheCtx, cacheCancel := context.WithCancel(r.bgctx)
 	r.goBackground(func() { nextCache.Run(cacheCtx) })
 	r.regMu.RLock()

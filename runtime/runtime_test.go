@@ -44,6 +44,7 @@ func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context
 	c := config.Default()
 	c.Server.Ingress = "127.0.0.1:0"
 	c.Registry.Dir = tb.TempDir()
+	c.Registry.TTL, c.Registry.Heartbeat = 2*time.Second, 500*time.Millisecond
 	c.Services = map[string]config.Service{"echo": {Version: "1.0.0", Address: app.URL, Instances: 1}}
 	if edit != nil {
 		edit(&c)
@@ -101,7 +102,8 @@ func TestRuntimeCallAndApply(t *testing.T) {
 	if resp, body := post(t, http.DefaultClient, url, `{"x":1}`); resp.StatusCode != 413 {
 		t.Fatalf("after max_body = 4: %d %s", resp.StatusCode, body)
 	}
-	// Removing the service deregisters it: calls get a 404 once the cache hears of it.
+	// Removing the service deregisters it: calls get a 404 once the cache hears of it and
+	// the grace for a service whose last node left (the registry TTL) has passed.
 	next.Server.MaxBody = cfg.Server.MaxBody
 	next.Services = nil
 	rt.Apply(context.Background(), &next)

@@ -16,7 +16,8 @@
 //	GET  /health                         → 200 ok
 //
 // "budget" echoes the Micro-Timeout header the request carried. GREETER_FAIL=1 starts the
-// greeter in the failing mode that Greeter.SetFail switches.
+// greeter in the failing mode that Greeter.SetFail switches. With GREETER_FAIL_DIR set, an
+// instance also fails while a file named after it (MICRO_INSTANCE) exists in that directory.
 //
 // On SIGTERM or SIGINT it stops accepting, finishes the requests in flight (for at most a few
 // seconds) and exits 0.
@@ -57,6 +58,7 @@ func run() error {
 		return err
 	}
 	s := newServer(instanceName(os.Getenv), os.Getenv("MICRO_INGRESS"), fail, logger)
+	s.failDir = os.Getenv("GREETER_FAIL_DIR")
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -27,6 +29,7 @@ type server struct {
 	instance string
 	ingress  string // host:port of micro's ingress, for Greeter.Call
 	fail     atomic.Bool
+	failDir  string // when a file named after the instance exists here, it fails too
 	client   *http.Client
 	logger   *slog.Logger
 }
@@ -74,10 +77,23 @@ func (s *server) handler() http.Handler {
 	return mux
 }
 
+// failingNow reports whether the failing mode is on: by SetFail or GREETER_FAIL, or by a
+// file named after the instance in GREETER_FAIL_DIR (so a test can fail one instance).
+func (s *server) failingNow() bool {
+	if s.fail.Load() {
+		return true
+	}
+	if s.failDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(s.failDir, s.instance))
+	return err == nil
+}
+
 // failing wraps h so that it answers 500 while the failing mode is on.
 func (s *server) failing(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if s.fail.Load() {
+		if s.failingNow() {
 			writeError(w, http.StatusInternalServerError, "greeter "+s.instance+" is in failing mode")
 			return
 		}

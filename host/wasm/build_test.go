@@ -1,6 +1,7 @@
 package wasm
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -47,7 +48,7 @@ func writeRawGuest(t *testing.T, dir, value string) {
 func TestBuildCached(t *testing.T) {
 	ctx := context.Background()
 	src, cache := t.TempDir(), t.TempDir()
-	writeRawGuest(t, src, "one")
+	writeRawGuest(t, src, "one-b1f4e2")
 	h, _ := newTestHost(t)
 	header := func(path string) string {
 		t.Helper()
@@ -67,7 +68,7 @@ func TestBuildCached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := header(p1); got != "one" {
+	if got := header(p1); got != "one-b1f4e2" {
 		t.Errorf("X-Raw = %q", got)
 	}
 	st1, _ := os.Stat(p1)
@@ -79,7 +80,9 @@ func TestBuildCached(t *testing.T) {
 		t.Errorf("unchanged sources were built again: %s, then %s", p1, p2)
 	}
 
-	writeRawGuest(t, src, "two")
+	// A change gives a new build. (Its bytes tell: a second Load would cost a compile of
+	// 10s under the race detector.)
+	writeRawGuest(t, src, "two-b1f4e2")
 	p3, err := BuildCached(ctx, src, cache)
 	if err != nil {
 		t.Fatal(err)
@@ -87,8 +90,8 @@ func TestBuildCached(t *testing.T) {
 	if p3 == p1 {
 		t.Fatal("changed sources got the old build")
 	}
-	if got := header(p3); got != "two" {
-		t.Errorf("after the change: X-Raw = %q", got)
+	if b, err := os.ReadFile(p3); err != nil || !bytes.Contains(b, []byte("two-b1f4e2")) {
+		t.Errorf("the new build %s does not hold the new value (%v)", p3, err)
 	}
 	if _, err := os.Stat(p1); !os.IsNotExist(err) {
 		t.Errorf("the old build %s is still there: %v", p1, err)

@@ -2,6 +2,7 @@ package wasm
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +161,43 @@ func BenchmarkInstrument(b *testing.B) {
 		if _, err := instrument(wasm); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkLoopChecks compares the ways to make loops stoppable, on one call of count(1000)
+// (a loop of 1000 iterations) and on an empty call: none, instrument's checks, and
+// wazero's WithCloseOnContextDone, which this package does not use.
+func BenchmarkLoopChecks(b *testing.B) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name       string
+		instrument bool
+		close      bool
+	}{{"unchecked", false, false}, {"instrumented", true, false}, {"close-on-context-done", false, true}} {
+		rt := wazero.NewRuntimeWithConfig(ctx, wazero.NewRuntimeConfig().WithCloseOnContextDone(tc.close))
+		wasm := loopModule("")
+		if tc.instrument {
+			var err error
+			if wasm, err = instrument(wasm); err != nil {
+				b.Fatal(err)
+			}
+		}
+		mod, err := rt.Instantiate(ctx, wasm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		count := mod.ExportedFunction("count")
+		for _, n := range []uint64{1, 1000} {
+			b.Run(fmt.Sprintf("%s/iterations=%d", tc.name, n), func(b *testing.B) {
+				stack := []uint64{0}
+				for b.Loop() {
+					stack[0] = n
+					if err := count.CallWithStack(ctx, stack); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		rt.Close(ctx)
 	}
 }

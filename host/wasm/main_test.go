@@ -143,9 +143,13 @@ func newTestHost(t testing.TB) (*Host, *logRecorder) {
 	return h, rec
 }
 
-// load loads a test guest, failing the test on error.
+// load loads a test guest, failing the test on error. Its time limit is 5s unless opts
+// says otherwise, so that a busy machine does not stop a healthy guest.
 func load(t testing.TB, h *Host, guest string, opts Options) *Wrapper {
 	t.Helper()
+	if opts.Timeout == 0 {
+		opts.Timeout = 5 * time.Second
+	}
 	b, ok := guests[guest]
 	if !ok {
 		t.Fatalf("no test guest %q", guest)

@@ -55,6 +55,11 @@ type Options struct {
 	NegativeTTL time.Duration
 	// FetchTimeout bounds one GetService call to the registry. Default 5s.
 	FetchTimeout time.Duration
+	// EmptyGrace is how long the last nodes of a service are still served after the
+	// registry suddenly lists none, as when a registry restarts empty and its clients have
+	// not yet heartbeated. Live nodes re-register within their TTL, so the registry's TTL
+	// is the natural value. Zero drops them at once.
+	EmptyGrace time.Duration
 	// Logger receives warnings about a failing registry. Nil discards them.
 	Logger *slog.Logger
 }
@@ -67,6 +72,8 @@ type Cache struct {
 	negTTL       time.Duration
 	retry        time.Duration
 	fetchTimeout time.Duration
+	emptyGrace   time.Duration
+	now          func() time.Time
 	log          *slog.Logger
 	// afterFunc runs f after d and returns a func that cancels it; tests replace it.
 	// Entries expire by timer rather than by reading the clock on every Get.
@@ -86,6 +93,9 @@ type entry struct {
 	err error             // the error Get returns for a negative entry
 	// failing is set while the last refresh failed and svc is served stale.
 	failing bool
+	// emptySince is when the registry first listed no node of a service whose svc is still
+	// served, within Options.EmptyGrace; zero otherwise.
+	emptySince time.Time
 	// stop cancels the timer that sets expired; called under Cache.mu when the entry is
 	// replaced.
 	stop func() bool
@@ -116,6 +126,8 @@ func New(reg registry.Registry, opts Options) *Cache {
 		ttl:          orDefault(opts.TTL, DefaultTTL),
 		negTTL:       orDefault(opts.NegativeTTL, DefaultNegativeTTL),
 		fetchTimeout: orDefault(opts.FetchTimeout, DefaultFetchTimeout),
+		emptyGrace:   opts.EmptyGrace,
+		now:          time.Now,
 		log:          opts.Logger,
 		afterFunc: func(d time.Duration, f func()) func() bool {
 			return time.AfterFunc(d, f).Stop
@@ -347,6 +359,16 @@ func (c *Cache) publishLocked(name string, svc *registry.Service, err error) (*r
 		c.storeLocked(name, &entry{svc: snap}, c.ttl)
 		return snap, nil
 
+	case (err == nil || errors.Is(err, registry.ErrNotFound)) && old != nil && old.svc != nil && c.withinGrace(old):
+		since := old.emptySince
+		if since.IsZero() {
+			since = c.now()
+			c.log.Warn("registry lists no node of a cached service; serving the last nodes while they may re-register",
+				"service", name, "grace", c.emptyGrace)
+		}
+		c.storeLocked(name, &entry{svc: old.svc, failing: old.failing, emptySince: since}, min(c.retry, c.emptyGrace))
+		return old.svc, nil
+
 	case err == nil || errors.Is(err, registry.ErrNotFound):
 		e := &entry{err: fmt.Errorf("get service %q: %w", name, registry.ErrNotFound)}
 		c.storeLocked(name, e, c.negTTL)
@@ -363,6 +385,12 @@ func (c *Cache) publishLocked(name string, svc *registry.Service, err error) (*r
 	default:
 		return nil, fmt.Errorf("get service %q: %w", name, err)
 	}
+}
+
+// withinGrace reports whether old, a positive entry, may still be served although the
+// registry now lists no node of its service.
+func (c *Cache) withinGrace(old *entry) bool {
+	return c.emptyGrace > 0 && (old.emptySince.IsZero() || c.now().Sub(old.emptySince) < c.emptyGrace)
 }
 
 // storeLocked publishes a copy of the entries with name set to e, to expire after d, or

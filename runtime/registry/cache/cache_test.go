@@ -654,3 +654,43 @@ func BenchmarkGetHit(b *testing.B) {
 		}
 	}
 }
+
+func TestEmptyGrace(t *testing.T) {
+	reg := newFakeRegistry()
+	reg.set("greeter", node("a", "1"))
+	clk := newFakeClock()
+	c := newCacheWithClock(reg, Options{TTL: time.Minute, EmptyGrace: 10 * time.Second}, clk)
+	base := time.Now()
+	c.now = func() time.Time {
+		clk.mu.Lock()
+		defer clk.mu.Unlock()
+		return base.Add(clk.now)
+	}
+	old := mustGet(t, c, "greeter")
+
+	// The registry restarts empty: the last nodes are still served within the grace.
+	reg.set("greeter")
+	clk.Advance(61 * time.Second)
+	mustGet(t, c, "greeter")
+	eventually(t, "the refresh that finds no node", func() bool { return reg.gets.Load() >= 2 })
+	for range 3 {
+		clk.Advance(time.Second)
+		if got := mustGet(t, c, "greeter"); got != old {
+			t.Fatal("the last nodes were dropped within the grace")
+		}
+	}
+	// They re-register: the registry's answer wins again.
+	reg.set("greeter", node("a", "2"))
+	eventually(t, "the re-registered node", func() bool {
+		clk.Advance(100 * time.Millisecond)
+		return mustGet(t, c, "greeter").Nodes[0].Version == "2"
+	})
+
+	// Gone for good: after the grace the service is not found.
+	reg.set("greeter")
+	eventually(t, "ErrNotFound after the grace", func() bool {
+		clk.Advance(100 * time.Millisecond)
+		_, err := c.Get(context.Background(), "greeter")
+		return errors.Is(err, registry.ErrNotFound)
+	})
+}

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// rateLimit is a server-side rate limit on greeter: burst calls, then almost nothing.
+func rateLimit(path string, burst int) string {
+	return fmt.Sprintf(`
+[wrappers.ratelimit]
+path = %q
+services = ["greeter"]
+[wrappers.ratelimit.config]
+rate = 0.01
+burst = %d
+key = "service"
+`, path, burst)
+}
+
+// TestRateLimitWrapper: a burst above the limit gets exactly burst 200s and 429s for the
+// rest, with Retry-After; a live edit of the limit, and then removing the wrapper, apply.
+func TestRateLimitWrapper(t *testing.T) {
+	t.Parallel()
+	base := baseConfig(t.TempDir(), greeterService("greeter", 1, ""))
+	withLimit := func(burst int) string {
+		return strings.Replace(base, "[server]\n", "[server]\nwrappers = [\"ratelimit\"]\n", 1) + rateLimit(bins.ratelimit, burst)
+	}
+	m := startMicro(t, withLimit(5))
+	burst := func(n int) (ok, limited int) {
+		t.Helper()
+		for range n {
+			r, err := m.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, nil)
+			switch {
+			case err != nil:
+				t.Fatal(err)
+			case r.status == 200:
+				ok++
+			case r.status == 429:
+				limited++
+				e := r.json(t)
+				if e["code"] != float64(429) || !strings.Contains(fmt.Sprint(e["detail"]), "rate limit") || r.header.Get("Retry-After") == "" {
+					t.Fatalf("429 reply: %v %s", r.header, r.body)
+				}
+			default:
+				t.Fatalf("status %d: %s", r.status, r.body)
+			}
+		}
+		return ok, limited
+	}
+	if ok, limited := burst(12); ok != 5 || limited != 7 {
+		t.Fatalf("burst of 12 with burst = 5: %d ok, %d limited; want 5 and 7", ok, limited)
+	}
+
+	// A larger burst, live: the wrapper is reloaded with a fresh bucket.
+	m.writeConfig(withLimit(8))
+	eventually(t, 30*time.Second, func() error {
+		if ok, _ := burst(1); ok != 1 {
+			return fmt.Errorf("the new limit is not in force yet")
+		}
+		return nil
+	})
+	if ok, limited := burst(12); ok != 7 || limited != 5 {
+		t.Fatalf("after the edit to burst = 8 (one call used): %d ok, %d limited; want 7 and 5", ok, limited)
+	}
+	// No wrapper: no limit.
+	m.writeConfig(base)
+	eventually(t, 30*time.Second, func() error {
+		if ok, limited := burst(20); limited > 0 || ok != 20 {
+			return fmt.Errorf("%d limited after removing the wrapper", limited)
+		}
+		return nil
+	})
+}
+
+// TestBreakerWrapper: an instance made to fail trips its per-node breaker; later calls skip
+// it with no failed call, and it closes again after the instance recovers.
+func TestBreakerWrapper(t *testing.T) {
+	t.Parallel()
+	failDir := t.TempDir()
+	cfg := baseConfig(t.TempDir(), greeterService("greeter", 2, fmt.Sprintf("env = { GREETER_FAIL_DIR = %q }", failDir)))
+	cfg = strings.Replace(cfg, "[client]", `[client]
+wrappers = ["breaker"]
+attempts = 1`, 1) + fmt.Sprintf(`
+[wrappers.breaker]
+path = %q
+[wrappers.breaker.config]
+key = "node"
+consecutive_failures = 3
+min_requests = 1000
+cooldown = "1s"
+`, bins.breaker)
+	m := startMicro(t, cfg)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := runLoad(ctx, m, 2, nil)
+	waitCalls := func(n int) {
+		t.Helper()
+		before := l.count()
+		eventually(t, 20*time.Second, func() error {
+			if got := l.count() - before; got < n {
+				return fmt.Errorf("%d calls", got)
+			}
+			return nil
+		})
+	}
+	waitCalls(50)
+
+	// greeter-1 fails: a few calls fail until its breaker opens, then none.
+	if err := os.WriteFile(filepath.Join(failDir, "greeter-1"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		if !strings.Contains(m.logs.String(), "-> open") {
+			return fmt.Errorf("no breaker opened yet")
+		}
+		return nil
+	})
+	l.mu.Lock()
+	failedAtTrip := len(l.failures)
+	seen1 := l.seen["greeter-1"]
+	l.mu.Unlock()
+	if failedAtTrip == 0 || failedAtTrip > 10 {
+		t.Fatalf("%d calls failed before the breaker opened, want 1 to 10 (consecutive_failures = 3, per node)", failedAtTrip)
+	}
+	waitCalls(200)
+	l.mu.Lock()
+	failedAfter := len(l.failures) - failedAtTrip
+	served1 := l.seen["greeter-1"] - seen1
+	l.mu.Unlock()
+	if failedAfter > 3 {
+		// A call already past the wrapper when the breaker opened may still fail.
+		t.Fatalf("%d calls failed after the breaker opened", failedAfter)
+	}
+	if served1 != 0 {
+		t.Fatalf("greeter-1 served %d calls while failing", served1)
+	}
+
+	// greeter-1 recovers: after the cool-down a probe closes the breaker, and it serves again.
+	if err := os.Remove(filepath.Join(failDir, "greeter-1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.seen["greeter-1"] == seen1 {
+			return fmt.Errorf("greeter-1 not serving again")
+		}
+		return nil
+	})
+	cancel()
+	ok, failures, _ := l.wait()
+	if len(failures) > failedAtTrip+3 {
+		t.Fatalf("%d calls failed in all (of %d); first: %s", len(failures), ok+len(failures), failures[0])
+	}
+}
