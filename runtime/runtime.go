@@ -101,6 +101,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	r.bgctx, r.cancel = bgctx, cancel
 	defer func() {
 		if err != nil {
+			_ = r.wrappers.close(ctx)
 			r.closeAll()
 		}
 	}()
@@ -156,6 +157,13 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
 	}
 
+	// Wrappers load before anything is served, so no call passes unwrapped.
+	r.wrappers = newWrappers(r)
+	if err := r.wrappers.apply(ctx, cfg); err != nil {
+		return err
+	}
+	r.goBackground(func() { r.wrappers.watch(bgctx) })
+
 	firstCache := r.cache
 	r.goBackground(func() { firstCache.Run(cacheCtx) })
 	r.goBackground(func() {
@@ -172,11 +180,6 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	if err := r.services.apply(ctx, cfg.Services); err != nil {
 		return err
 	}
-	r.wrappers = newWrappers(r)
-	if err := r.wrappers.apply(ctx, cfg); err != nil {
-		return err
-	}
-	r.goBackground(func() { r.wrappers.watch(bgctx) })
 	return nil
 }
 
