@@ -115,6 +115,7 @@ func TestRegistryHotSwap(t *testing.T) {
 		inConsul  int
 		switchLog int
 	}{{consulCfg, 2, 1}, {embeddedCfg, 0, 2}, {consulCfg, 2, 3}} {
+		written := time.Now()
 		m.writeConfig(step.cfg)
 		eventually(t, 30*time.Second, func() error {
 			if n := strings.Count(m.logs.String(), `msg="registry switched"`); n < step.switchLog {
@@ -122,6 +123,7 @@ func TestRegistryHotSwap(t *testing.T) {
 			}
 			return nil
 		})
+		logSwitch(t, m, step.switchLog, written)
 		eventually(t, 10*time.Second, func() error {
 			if n, err := passing(agent.Addr, "greeter"); err != nil || n != step.inConsul {
 				return fmt.Errorf("switch %d: %d passing greeters in consul, want %d (%v)", i, n, step.inConsul, err)
@@ -167,6 +169,13 @@ func TestConsulFailures(t *testing.T) {
 
 	// Kill the plugin process.
 	plugin := pluginPID(t, m)
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", plugin)); err == nil {
+		for _, l := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(l, "VmRSS") || strings.HasPrefix(l, "VmHWM") {
+				t.Logf("consul plugin %s", strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
 	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -236,6 +245,26 @@ func TestBadPluginKeepsRegistry(t *testing.T) {
 	// Back to the running registry: the error clears.
 	m.writeConfig(base + "\n# undo\n")
 	m.waitHealthy()
+}
+
+// logSwitch logs how long the n-th registry switch took from the file write, by the
+// timestamp of micro's "registry switched" line.
+func logSwitch(t *testing.T, m *micro, n int, written time.Time) {
+	t.Helper()
+	var lines []string
+	for _, l := range strings.Split(m.logs.String(), "\n") {
+		if strings.Contains(l, `msg="registry switched"`) {
+			lines = append(lines, l)
+		}
+	}
+	line := lines[n-1]
+	ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+	at, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		t.Fatalf("log line %q: %v", line, err)
+	}
+	_, detail, _ := strings.Cut(line, "from=")
+	t.Logf("registry switch %d: %v from the file write to done (from=%s)", n, at.Sub(written).Round(time.Millisecond), detail)
 }
 
 // pluginPID finds the registry plugin process among micro's children.
