@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/microhost/micro/host/wasm"
 )
 
 // rateLimit is a server-side rate limit on greeter: burst calls, then almost nothing.
@@ -28,8 +30,16 @@ key = "service"
 func TestRateLimitWrapper(t *testing.T) {
 	t.Parallel()
 	base := baseConfig(t.TempDir(), greeterService("greeter", 1, ""))
+	wasmPath := filepath.Join(t.TempDir(), "ratelimit.wasm")
+	bin, err := os.ReadFile(bins.ratelimit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(wasmPath, bin, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	withLimit := func(burst int) string {
-		return strings.Replace(base, "[server]\n", "[server]\nwrappers = [\"ratelimit\"]\n", 1) + rateLimit(bins.ratelimit, burst)
+		return strings.Replace(base, "[server]\n", "[server]\nwrappers = [\"ratelimit\"]\n", 1) + rateLimit(wasmPath, burst)
 	}
 	m := startMicro(t, withLimit(5))
 	burst := func(n int) (ok, limited int) {
@@ -55,6 +65,30 @@ func TestRateLimitWrapper(t *testing.T) {
 	}
 	if ok, limited := burst(12); ok != 5 || limited != 7 {
 		t.Fatalf("burst of 12 with burst = 5: %d ok, %d limited; want 5 and 7", ok, limited)
+	}
+
+	// A rebuilt .wasm is reloaded live: a fresh instance, a full bucket.
+	tmp := wasmPath + ".new"
+	if err := os.WriteFile(tmp, bin, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, wasmPath); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(m.logs.String(), "wrapper files changed; reloading") {
+			return fmt.Errorf("the rebuilt .wasm is not reloaded yet")
+		}
+		return nil
+	})
+	eventually(t, 30*time.Second, func() error {
+		if ok, _ := burst(1); ok != 1 {
+			return fmt.Errorf("the reloaded wrapper still limits")
+		}
+		return nil
+	})
+	if ok, limited := burst(12); ok != 4 || limited != 8 {
+		t.Fatalf("after the reload (one call used): %d ok, %d limited; want 4 and 8", ok, limited)
 	}
 
 	// A larger burst, live: the wrapper is reloaded with a fresh bucket.
@@ -158,5 +192,72 @@ cooldown = "1s"
 	ok, failures, _ := l.wait()
 	if len(failures) > failedAtTrip+3 {
 		t.Fatalf("%d calls failed in all (of %d); first: %s", len(failures), ok+len(failures), failures[0])
+	}
+}
+
+// TestGuestFaults: guests that trap, loop and eat memory, on inbound calls: each call gets
+// its wrapper's fail-open or fail-closed answer, the log names the wrapper, and micro keeps
+// serving with fresh instances.
+func TestGuestFaults(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	guest := func(name string) string {
+		out := filepath.Join(dir, name+".wasm")
+		if err := wasm.Build(context.Background(), "../host/wasm/testdata/"+name, out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	cfg := baseConfig(t.TempDir(), greeterService("greeter", 1, ""))
+	cfg = strings.Replace(cfg, "[server]\n", "[server]\nwrappers = [\"trap\", \"loop\", \"bomb\"]\n", 1) + fmt.Sprintf(`
+[wrappers.trap]
+path = %q
+on_trap = "closed"
+[wrappers.loop]
+path = %q
+on_trap = "open"
+timeout = "100ms"
+[wrappers.bomb]
+path = %q
+on_trap = "closed"
+memory_limit = "32MiB"
+`, guest("trap"), guest("loop"), guest("bomb"))
+	m := startMicro(t, cfg)
+	good := func() {
+		t.Helper()
+		if r, err := m.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, nil); err != nil || r.status != 200 {
+			t.Fatalf("a plain call after a fault: %v %d %s", err, r.status, r.body)
+		}
+	}
+	good()
+	for _, tc := range []struct {
+		header, value string
+		status        int
+		log           string
+	}{
+		{"X-Trap", "panic", 503, "trap"},
+		{"X-Loop", "1", 200, "loop"},
+		{"X-Bomb", "1", 503, "bomb"},
+		{"X-Trap", "nil", 503, "trap"},
+	} {
+		r, err := m.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, map[string]string{tc.header: tc.value})
+		// A fail-closed wrapper answers 503 at the inbound server; the calling micro tries
+		// the node again (it is the only one) and then answers 502 with that 503's detail.
+		if tc.status == 503 && r.status == 502 {
+			r.status = 503
+		}
+		if err != nil || r.status != tc.status {
+			t.Fatalf("%s: %v %d %s, want %d", tc.header, err, r.status, r.body, tc.status)
+		}
+		if tc.status == 503 && !strings.Contains(string(r.body), "wrapper "+tc.log) {
+			t.Errorf("%s: the error does not name the wrapper: %s", tc.header, r.body)
+		}
+		good()
+		good()
+	}
+	for _, w := range []string{"trap", "loop", "bomb"} {
+		if !strings.Contains(m.logs.String(), "wrapper="+w) {
+			t.Errorf("the log does not name wrapper %s", w)
+		}
 	}
 }
