@@ -317,6 +317,10 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	defer cancel()
 
 	var errs []error
+	// Stop following the registry first: our own deregistration is not news to us.
+	r.regMu.RLock()
+	r.cacheCancel()
+	r.regMu.RUnlock()
 	r.services.deregisterAll(ctx)
 	if err := r.ingressSrv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("ingress drain: %w", err))

@@ -3,10 +3,11 @@
 //
 // It builds micro and the greeter, starts one greeter on loopback, starts micro fronting
 // it (as an app at a fixed address), and then alternates timed rounds of POST
-// /Greeter.Hello straight to the greeter and through micro's ingress. It prints
-// requests per second and p50/p99 latency for both, and their ratios.
+// /Greeter.Hello straight to the greeter and through micro's ingress. With -wrappers, a
+// second micro with both shipped wrappers on (never rejecting) joins the rounds. It prints
+// requests per second and p50/p99 latency for each, and their ratios.
 //
-//	go run ./bench/throughput -c 16 -d 5s -rounds 3
+//	go run ./bench/throughput -c 16 -d 5s -rounds 3 -wrappers
 package main
 
 import (
@@ -32,14 +33,16 @@ func main() {
 	conc := flag.Int("c", 16, "concurrent callers")
 	dur := flag.Duration("d", 5*time.Second, "length of one round")
 	rounds := flag.Int("rounds", 3, "rounds of each kind, alternated")
+	wrappers := flag.Bool("wrappers", false, "also measure a micro with both shipped wrappers on")
 	flag.Parse()
-	if err := run(*conc, *dur, *rounds); err != nil {
+	if err := run(*conc, *dur, *rounds, *wrappers); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
 }
 
-func run(conc int, dur time.Duration, rounds int) error {
+func run(conc int, dur time.Duration, rounds int, wrappers bool) error {
+	var stops []*exec.Cmd
 	dir, err := os.MkdirTemp("", "micro-bench")
 	if err != nil {
 		return err
@@ -65,64 +68,101 @@ func run(conc int, dur time.Duration, rounds int) error {
 	}
 	defer stop(greeter)
 
-	cfg := fmt.Sprintf(`
+	startMicro := func(name, extra string) (string, error) {
+		cfg := fmt.Sprintf(`
 [server]
 ingress = "127.0.0.1:0"
+%s
 [registry]
 dir = %q
 [log]
 level = "warn"
 [services.greeter]
 address = "http://%s"
-`, filepath.Join(dir, "registry"), appAddr)
-	cfgPath := filepath.Join(dir, "micro.toml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		return err
+`, extra, filepath.Join(dir, name, "registry"), appAddr)
+		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
+			return "", err
+		}
+		cfgPath := filepath.Join(dir, name, "micro.toml")
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+			return "", err
+		}
+		micro := exec.Command(microBin, "run", "-c", cfgPath)
+		micro.Stderr = os.Stderr
+		out, err := micro.StdoutPipe()
+		if err != nil {
+			return "", err
+		}
+		if err := micro.Start(); err != nil {
+			return "", err
+		}
+		stops = append(stops, micro)
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err != nil {
+			return "", fmt.Errorf("micro (%s) did not start: %w", name, err)
+		}
+		m := regexp.MustCompile(`on (\S+) \(ingress\)`).FindStringSubmatch(line)
+		if m == nil {
+			return "", fmt.Errorf("unexpected micro output %q", line)
+		}
+		url := "http://" + m[1] + "/greeter/Greeter.Hello"
+		return url, waitOK(url)
 	}
-	micro := exec.Command(microBin, "run", "-c", cfgPath)
-	micro.Stderr = os.Stderr
-	out, err := micro.StdoutPipe()
+	defer func() {
+		for _, c := range stops {
+			stop(c)
+		}
+	}()
+	paths := []struct{ name, url string }{{name: "direct", url: "http://" + appAddr + "/Greeter.Hello"}}
+	via, err := startMicro("plain", "")
 	if err != nil {
 		return err
 	}
-	if err := micro.Start(); err != nil {
-		return err
-	}
-	defer stop(micro)
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		return fmt.Errorf("micro did not start: %w", err)
-	}
-	m := regexp.MustCompile(`on (\S+) \(ingress\)`).FindStringSubmatch(line)
-	if m == nil {
-		return fmt.Errorf("unexpected micro output %q", line)
-	}
-	direct := "http://" + appAddr + "/Greeter.Hello"
-	via := "http://" + m[1] + "/greeter/Greeter.Hello"
-	if err := waitOK(via); err != nil {
-		return err
+	paths = append(paths, struct{ name, url string }{"micro", via})
+	if wrappers {
+		root, _ := os.Getwd()
+		// Both shipped wrappers, set so that they never reject: their cost, not their effect.
+		wrapped, err := startMicro("wrapped", fmt.Sprintf(`wrappers = ["ratelimit"]
+[client]
+wrappers = ["breaker"]
+[wrappers.ratelimit]
+source = %q
+[wrappers.ratelimit.config]
+rate = 1000000
+burst = 1000000
+[wrappers.breaker]
+source = %q
+[wrappers.breaker.config]
+key = "node"
+`, filepath.Join(root, "plugins/wrapper-ratelimit"), filepath.Join(root, "plugins/wrapper-breaker")))
+		if err != nil {
+			return err
+		}
+		paths = append(paths, struct{ name, url string }{"micro+wrappers", wrapped})
 	}
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}}
-	// Warm both paths up.
-	measure(client, direct, conc, dur/5)
-	measure(client, via, conc, dur/5)
-	var d, v []result
+	results := make([][]result, len(paths))
+	for _, p := range paths { // warm up
+		measure(client, p.url, conc, dur/5)
+	}
 	for range rounds {
-		d = append(d, measure(client, direct, conc, dur))
-		v = append(v, measure(client, via, conc, dur))
+		for i, p := range paths {
+			results[i] = append(results[i], measure(client, p.url, conc, dur))
+		}
 	}
 	fmt.Printf("concurrency %d, %d rounds of %v each, alternated\n\n", conc, rounds, dur)
-	fmt.Printf("%-14s %10s %10s %10s %8s\n", "path", "req/s", "p50", "p99", "errors")
-	dr, vr := merge(d), merge(v)
-	for _, r := range []struct {
-		name string
-		r    result
-	}{{"direct", dr}, {"through micro", vr}} {
-		fmt.Printf("%-14s %10.0f %10v %10v %8d\n", r.name, r.r.rps(), r.r.pct(50), r.r.pct(99), r.r.errors)
+	fmt.Printf("%-15s %10s %10s %10s %8s %12s\n", "path", "req/s", "p50", "p99", "errors", "vs direct")
+	base := merge(results[0])
+	for i, p := range paths {
+		r := merge(results[i])
+		fmt.Printf("%-15s %10.0f %10v %10v %8d %11.2fx\n", p.name, r.rps(), r.pct(50), r.pct(99), r.errors, r.rps()/base.rps())
 	}
-	fmt.Printf("\nratio micro/direct: throughput %.2f, p50 %.2f, p99 %.2f\n",
-		vr.rps()/dr.rps(), float64(vr.pct(50))/float64(dr.pct(50)), float64(vr.pct(99))/float64(dr.pct(99)))
+	if wrappers {
+		m, w := merge(results[1]), merge(results[2])
+		fmt.Printf("\nwith both wrappers against without: throughput %.2f, p50 +%v, p99 +%v\n",
+			w.rps()/m.rps(), w.pct(50)-m.pct(50), w.pct(99)-m.pct(99))
+	}
 	return nil
 }
 

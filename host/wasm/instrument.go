@@ -8,20 +8,45 @@ import (
 
 // A guest call that runs past its time limit must be stopped, and wazero's own way
 // (RuntimeConfig.WithCloseOnContextDone) is too slow for a call path measured in
-// nanoseconds: it starts a goroutine for every call, and it leaves native code for Go at
-// the head of every loop iteration, which makes loop-heavy Go guests about five times
-// slower. So the host instruments the guest instead: instrument adds a mutable i32 global,
-// exported as stopExport, and at the head of every loop a check
+// nanoseconds: it starts a goroutine for every call (about 1µs), and it leaves native code
+// for Go at the head of every loop iteration (about 30ns each), which makes loop-heavy Go
+// guests about five times slower. So the host instruments the guest instead. instrument
+// adds two mutable i32 globals, $stop (exported as stopExport) and $fuel, and at the head
+// of every loop:
 //
-//	global.get $stop
-//	if
-//	  unreachable
+//	global.get $fuel        ;; fuel -= 1
+//	i32.const 1
+//	i32.sub
+//	global.set $fuel
+//	global.get $fuel
+//	i32.eqz
+//	if                      ;; every fuelPerCheck iterations:
+//	  i32.const fuelPerCheck
+//	  global.set $fuel
+//	  i32.const 0           ;;   memory.grow 0, which leaves native code for Go
+//	  memory.grow 0
+//	  drop
+//	  global.get $stop      ;;   and stop when told to
+//	  if
+//	    unreachable
+//	  end
 //	end
 //
-// that costs a load and a branch per iteration. The host's watchdog sets the global of an
-// instance whose call ran out of time; the guest then traps at its next loop iteration,
-// and the instance is replaced. Code without a loop always ends quickly, since Wasm has no
-// other way to jump backwards (recursion ends when the stack or the memory runs out).
+// The host's watchdog sets $stop of an instance whose call ran out of time; the guest traps
+// at most fuelPerCheck iterations later, and the instance is replaced. Code without a loop
+// always ends quickly, since Wasm has no other way to jump backwards (recursion ends when
+// the stack or the memory runs out).
+//
+// The memory.grow matters as much as $stop: native code cannot be preempted, so a Go
+// garbage collection that stops the world waits for every goroutine that runs a guest to
+// come back to Go. Without the periodic trip to Go (where wazero calls the memory's Grow
+// method, a preemption point), a looping guest would block the collection, the collection
+// would block the watchdog, and the process would hang.
+//
+// Per loop iteration this costs about as much as an add and a branch.
+
+// fuelPerCheck is how many loop iterations a guest runs between two checks of $stop.
+const fuelPerCheck = 1 << 14
 
 // stopExport is the name of the global that instrument adds.
 const stopExport = "micro.stop"
@@ -30,6 +55,7 @@ const stopExport = "micro.stop"
 const (
 	secCustom    = 0
 	secImport    = 2
+	secMemory    = 5
 	secGlobal    = 6
 	secExport    = 7
 	secStart     = 8
@@ -76,16 +102,21 @@ func instrument(module []byte) ([]byte, error) {
 		sections = append(sections, section{id, payload})
 	}
 
-	// The index of the new global: after the imported and the defined ones.
+	// The indices of the new globals: after the imported and the defined ones.
 	var importedGlobals, definedGlobals uint32
+	hasMemory := false
 	for _, s := range sections {
 		switch s.id {
 		case secImport:
-			n, err := countImportedGlobals(s.payload)
+			n, mems, err := countImports(s.payload)
 			if err != nil {
 				return nil, fmt.Errorf("import section: %w", err)
 			}
 			importedGlobals = n
+			hasMemory = hasMemory || mems > 0
+		case secMemory:
+			r := &reader{b: s.payload}
+			hasMemory = hasMemory || r.u32() > 0
 		case secGlobal:
 			r := &reader{b: s.payload}
 			definedGlobals = r.u32()
@@ -102,8 +133,10 @@ func instrument(module []byte) ([]byte, error) {
 		out = appendU32(out, uint32(len(payload)))
 		out = append(out, payload...)
 	}
-	// The new global: (mut i32) initialized to 0.
-	newGlobal := []byte{0x7f, 0x01, 0x41, 0x00, 0x0b}
+	// The new globals: $stop, (mut i32) 0, and $fuel, (mut i32) fuelPerCheck.
+	newGlobals := []byte{0x7f, 0x01, 0x41, 0x00, 0x0b, 0x7f, 0x01}
+	newGlobals = append(newGlobals, i32ConstBytes(fuelPerCheck)...)
+	newGlobals = append(newGlobals, 0x0b)
 	newExport := appendName(nil, stopExport)
 	newExport = append(newExport, 0x03) // global
 	newExport = appendU32(newExport, stop)
@@ -113,7 +146,7 @@ func instrument(module []byte) ([]byte, error) {
 		// Sections that the module lacks go before the first section ranked after them.
 		if rank, ok := sectionRank[s.id]; ok && s.id != secCustom {
 			if !haveGlobal && rank > sectionRank[secGlobal] {
-				emit(secGlobal, append(appendU32(nil, 1), newGlobal...))
+				emit(secGlobal, append(appendU32(nil, 2), newGlobals...))
 				haveGlobal = true
 			}
 			if !haveExport && rank > sectionRank[secExport] {
@@ -125,9 +158,9 @@ func instrument(module []byte) ([]byte, error) {
 		case secGlobal:
 			r := &reader{b: s.payload}
 			n := r.u32()
-			p := appendU32(nil, n+1)
+			p := appendU32(nil, n+2)
 			p = append(p, s.payload[r.pos:]...)
-			emit(secGlobal, append(p, newGlobal...))
+			emit(secGlobal, append(p, newGlobals...))
 			haveGlobal = true
 		case secExport:
 			p, err := addExport(s.payload, newExport)
@@ -137,7 +170,7 @@ func instrument(module []byte) ([]byte, error) {
 			emit(secExport, p)
 			haveExport = true
 		case secCode:
-			p, err := instrumentCode(s.payload, stop)
+			p, err := instrumentCode(s.payload, stop, hasMemory)
 			if err != nil {
 				return nil, fmt.Errorf("code section: %w", err)
 			}
@@ -147,7 +180,7 @@ func instrument(module []byte) ([]byte, error) {
 		}
 	}
 	if !haveGlobal {
-		emit(secGlobal, append(appendU32(nil, 1), newGlobal...))
+		emit(secGlobal, append(appendU32(nil, 2), newGlobals...))
 	}
 	if !haveExport {
 		emit(secExport, append(appendU32(nil, 1), newExport...))
@@ -155,11 +188,11 @@ func instrument(module []byte) ([]byte, error) {
 	return out, nil
 }
 
-// countImportedGlobals reads an import section.
-func countImportedGlobals(payload []byte) (uint32, error) {
+// countImports reads an import section, and returns how many globals and memories it
+// imports.
+func countImports(payload []byte) (globals, memories uint32, err error) {
 	r := &reader{b: payload}
 	n := r.u32()
-	var globals uint32
 	for i := uint32(0); i < n && r.err == nil; i++ {
 		r.name()
 		r.name()
@@ -171,6 +204,7 @@ func countImportedGlobals(payload []byte) (uint32, error) {
 			r.limits()
 		case 0x02: // memory: limits
 			r.limits()
+			memories++
 		case 0x03: // global: valtype, mutability
 			r.byte()
 			r.byte()
@@ -179,10 +213,10 @@ func countImportedGlobals(payload []byte) (uint32, error) {
 			r.byte()
 			r.u32()
 		default:
-			return 0, fmt.Errorf("import %d: unknown kind %#x", i, kind)
+			return 0, 0, fmt.Errorf("import %d: unknown kind %#x", i, kind)
 		}
 	}
-	return globals, r.err
+	return globals, memories, r.err
 }
 
 // addExport appends an export to an export section, refusing a module that already
@@ -207,14 +241,13 @@ func addExport(payload, export []byte) ([]byte, error) {
 	return append(p, export...), nil
 }
 
-// instrumentCode adds the loop checks to every function body of a code section.
-func instrumentCode(payload []byte, stop uint32) ([]byte, error) {
+// instrumentCode adds the loop checks to every function body of a code section. A module
+// without a memory gets no memory.grow: it is no wrapper, and checkModule says so.
+func instrumentCode(payload []byte, stop uint32, hasMemory bool) ([]byte, error) {
 	r := &reader{b: payload}
 	n := r.u32()
-	out := appendU32(make([]byte, 0, len(payload)+len(payload)/8), n)
-	check := []byte{0x23}
-	check = appendU32(check, stop)
-	check = append(check, 0x04, 0x40, 0x00, 0x0b) // if (empty) unreachable end
+	out := appendU32(make([]byte, 0, len(payload)+len(payload)/4), n)
+	check := loopCheck(stop, stop+1, hasMemory)
 	var body []byte
 	for i := uint32(0); i < n; i++ {
 		size := r.u32()
@@ -464,6 +497,38 @@ func (r *reader) prefixFD() {
 	case 84 <= sub && sub <= 91: // lane loads and stores
 		r.memArg()
 		r.byte()
+	}
+}
+
+// loopCheck is the code added at the head of every loop; see the top of this file.
+func loopCheck(stop, fuel uint32, hasMemory bool) []byte {
+	getFuel := appendU32([]byte{0x23}, fuel)
+	setFuel := appendU32([]byte{0x24}, fuel)
+	c := append([]byte(nil), getFuel...)
+	c = append(c, 0x41, 0x01, 0x6b) // i32.const 1, i32.sub
+	c = append(c, setFuel...)
+	c = append(c, getFuel...)
+	c = append(c, 0x45, 0x04, 0x40) // i32.eqz, if (empty)
+	c = append(c, i32ConstBytes(fuelPerCheck)...)
+	c = append(c, setFuel...)
+	if hasMemory {
+		c = append(c, 0x41, 0x00, 0x40, 0x00, 0x1a) // i32.const 0, memory.grow 0, drop
+	}
+	c = append(c, appendU32([]byte{0x23}, stop)...)
+	c = append(c, 0x04, 0x40, 0x00, 0x0b) // if (empty) unreachable end
+	return append(c, 0x0b)                // end
+}
+
+// i32ConstBytes is the instruction i32.const v.
+func i32ConstBytes(v int32) []byte {
+	b := []byte{0x41}
+	for {
+		c := byte(v & 0x7f)
+		v >>= 7
+		if (v == 0 && c&0x40 == 0) || (v == -1 && c&0x40 != 0) {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
 	}
 }
 

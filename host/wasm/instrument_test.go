@@ -3,6 +3,7 @@ package wasm
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -12,11 +13,10 @@ import (
 )
 
 // loopModule exports "spin", a loop without end, and "count", which loops n times and
-// returns 0. It has no global and no memory; withExport adds an export of count under
-// another name.
+// returns 0. It has a memory and no global; extraExport, if set, exports count under
+// another name too.
 func loopModule(extraExport string) []byte {
 	m := &wasmModule{
-		noMemory: true,
 		funcs: []wasmFunc{
 			{typ: tVoid, body: []byte{0x03, 0x40, 0x0c, 0x00, 0x0b}},
 			{typ: tI32RetI, body: concat(
@@ -59,6 +59,22 @@ func TestInstrumentStopsLoops(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("spin returned before the stop: %v", err)
 	case <-time.After(20 * time.Millisecond):
+	}
+	// A garbage collection stops the world: it must not wait for the loop forever.
+	gc := make(chan struct{})
+	go func() {
+		runtime.GC()
+		close(gc)
+	}()
+	select {
+	case <-gc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a garbage collection waited 30s for a looping guest")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("spin returned before the stop: %v", err)
+	default:
 	}
 	stop.Set(1)
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "unreachable") {
