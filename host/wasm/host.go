@@ -181,8 +181,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.Timeout < 0 {
-		return o, fmt.Errorf("timeout must be positive, got %v", o.Timeout)
+	if o.Timeout < 0 || o.Timeout > time.Hour {
+		return o, fmt.Errorf("timeout must be positive and at most 1h, got %v", o.Timeout)
 	}
 	if c := bytes.TrimSpace(o.Config); len(c) == 0 || string(c) == "null" {
 		o.Config = []byte("{}") // json.Marshal of a nil map gives null

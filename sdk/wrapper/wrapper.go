@@ -10,7 +10,7 @@
 //	func init() {
 //		wrapper.Handle(wrapper.Handler{
 //			OnRequest: func(r wrapper.Request) wrapper.Result {
-//				if r.Header("Authorization") == "" {
+//				if _, ok := r.Header("Authorization"); !ok {
 //					return wrapper.Reject(401, "no credentials")
 //				}
 //				return wrapper.Continue()
