@@ -99,17 +99,7 @@ func TestRegistryHotSwap(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	l := runLoad(ctx, m, 4, nil)
-	waitCalls := func(n int) {
-		t.Helper()
-		before := l.count()
-		eventually(t, 20*time.Second, func() error {
-			if got := l.count() - before; got < n {
-				return fmt.Errorf("%d calls", got)
-			}
-			return nil
-		})
-	}
-	waitCalls(100)
+	l.waitCalls(t, 100)
 	for i, step := range []struct {
 		cfg       string
 		inConsul  int
@@ -130,7 +120,7 @@ func TestRegistryHotSwap(t *testing.T) {
 			}
 			return nil
 		})
-		waitCalls(100)
+		l.waitCalls(t, 100)
 	}
 	cancel()
 	ok, failures, _ := l.wait()
@@ -155,17 +145,7 @@ func TestConsulFailures(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	l := runLoad(ctx, m, 4, nil)
-	waitCalls := func(n int) {
-		t.Helper()
-		before := l.count()
-		eventually(t, 20*time.Second, func() error {
-			if got := l.count() - before; got < n {
-				return fmt.Errorf("%d calls", got)
-			}
-			return nil
-		})
-	}
-	waitCalls(100)
+	l.waitCalls(t, 100)
 
 	// Kill the plugin process.
 	plugin := pluginPID(t, m)
@@ -179,18 +159,18 @@ func TestConsulFailures(t *testing.T) {
 	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitCalls(100)
+	l.waitCalls(t, 100)
 	eventually(t, 20*time.Second, func() error {
 		if p := pluginPIDOrZero(m); p == 0 || p == plugin {
 			return fmt.Errorf("plugin not restarted (pid %d)", p)
 		}
 		return nil
 	})
-	waitCalls(100)
+	l.waitCalls(t, 100)
 
 	// Stop the agent, then bring it back empty: micro's heartbeats restore the nodes.
 	agent.Stop()
-	waitCalls(200)
+	l.waitCalls(t, 200)
 	agent.Restart()
 	eventually(t, 30*time.Second, func() error {
 		if n, _ := passing(agent.Addr, "greeter"); n != 2 {
@@ -198,7 +178,7 @@ func TestConsulFailures(t *testing.T) {
 		}
 		return nil
 	})
-	waitCalls(100)
+	l.waitCalls(t, 100)
 	cancel()
 	ok, failures, _ := l.wait()
 	if len(failures) > 0 {

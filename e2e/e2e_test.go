@@ -29,12 +29,7 @@ func TestKilledMicroNoFailedCall(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	l := runLoad(ctx, a, 4, nil)
-	eventually(t, 10*time.Second, func() error {
-		if n := l.count(); n < 200 {
-			return fmt.Errorf("%d calls so far", n)
-		}
-		return nil
-	})
+	l.waitCalls(t, 200)
 	b.kill(syscall.SIGKILL)
 	killed := time.Now()
 
@@ -46,13 +41,7 @@ func TestKilledMicroNoFailedCall(t *testing.T) {
 		return nil
 	})
 	t.Logf("killed node left the registry after %v", time.Since(killed).Round(10*time.Millisecond))
-	before := l.count()
-	eventually(t, 10*time.Second, func() error {
-		if n := l.count(); n < before+200 {
-			return fmt.Errorf("%d calls after the kill", n-before)
-		}
-		return nil
-	})
+	l.waitCalls(t, 200)
 	cancel()
 	ok, failures, _ := l.wait()
 	if len(failures) > 0 {
@@ -68,12 +57,7 @@ func TestKilledInstanceNoFailedCall(t *testing.T) {
 	m := startMicro(t, baseConfig(t.TempDir(), greeterService("greeter", 2, "")))
 	ctx, cancel := context.WithCancel(context.Background())
 	l := runLoad(ctx, m, 4, nil)
-	eventually(t, 10*time.Second, func() error {
-		if n := l.count(); n < 200 {
-			return fmt.Errorf("%d calls so far", n)
-		}
-		return nil
-	})
+	l.waitCalls(t, 200)
 	kids := m.children()
 	if len(kids) != 2 {
 		t.Fatalf("micro has children %v, want 2 greeter instances", kids)
@@ -90,13 +74,7 @@ func TestKilledInstanceNoFailedCall(t *testing.T) {
 		return nil
 	})
 	m.waitHealthy()
-	before := l.count()
-	eventually(t, 10*time.Second, func() error {
-		if n := l.count(); n < before+200 {
-			return fmt.Errorf("%d calls after the restart", n-before)
-		}
-		return nil
-	})
+	l.waitCalls(t, 200)
 	cancel()
 	ok, failures, seen := l.wait()
 	if len(failures) > 0 {

@@ -370,6 +370,18 @@ func (l *load) record(r reply, err error) {
 	}
 }
 
+// waitCalls waits until n more calls have succeeded.
+func (l *load) waitCalls(t *testing.T, n int) {
+	t.Helper()
+	before := l.count()
+	eventually(t, 20*time.Second, func() error {
+		if got := l.count() - before; got < n {
+			return fmt.Errorf("%d of %d calls", got, n)
+		}
+		return nil
+	})
+}
+
 // count returns the successes so far.
 func (l *load) count() int {
 	l.mu.Lock()

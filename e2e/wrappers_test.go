@@ -134,17 +134,7 @@ cooldown = "1s"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	l := runLoad(ctx, m, 2, nil)
-	waitCalls := func(n int) {
-		t.Helper()
-		before := l.count()
-		eventually(t, 20*time.Second, func() error {
-			if got := l.count() - before; got < n {
-				return fmt.Errorf("%d calls", got)
-			}
-			return nil
-		})
-	}
-	waitCalls(50)
+	l.waitCalls(t, 50)
 
 	// greeter-1 fails: a few calls fail until its breaker opens, then none.
 	if err := os.WriteFile(filepath.Join(failDir, "greeter-1"), nil, 0o644); err != nil {
@@ -163,7 +153,7 @@ cooldown = "1s"
 	if failedAtTrip == 0 || failedAtTrip > 10 {
 		t.Fatalf("%d calls failed before the breaker opened, want 1 to 10 (consecutive_failures = 3, per node)", failedAtTrip)
 	}
-	waitCalls(200)
+	l.waitCalls(t, 200)
 	l.mu.Lock()
 	failedAfter := len(l.failures) - failedAtTrip
 	served1 := l.seen["greeter-1"] - seen1
