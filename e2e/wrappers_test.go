@@ -178,6 +178,16 @@ cooldown = "1s"
 		}
 		return nil
 	})
+
+	// A live edit of the breaker's config reloads it under load, failing no call.
+	m.writeConfig(strings.Replace(cfg, `cooldown = "1s"`, `cooldown = "2s"`, 1))
+	eventually(t, 30*time.Second, func() error {
+		if n := strings.Count(m.logs.String(), `msg="wrapper loaded" wrapper=breaker took=`); n < 2 {
+			return fmt.Errorf("the breaker is not reloaded yet")
+		}
+		return nil
+	})
+	l.waitCalls(t, 100)
 	cancel()
 	ok, failures, _ := l.wait()
 	if len(failures) > failedAtTrip+3 {
