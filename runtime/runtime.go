@@ -58,6 +58,7 @@ type Runtime struct {
 	cache       *cache.Cache
 	cacheCancel context.CancelFunc
 	swapErr     error // the last failed registry switch, until one succeeds or is undone
+	trSwapErr   error // the last failed transport switch, likewise
 
 	sel      *selector.Selector
 	wrappers *wrappers
@@ -69,9 +70,12 @@ type Runtime struct {
 
 	ingressLn  net.Listener
 	ingressSrv *http.Server
-	inboundLn  transport.Listener
-	advertise  string
 	appHTTP    *http.Client
+
+	mux       *transportMux      // dials every node with its address's transport
+	trMu      sync.RWMutex       // guards tr, inboundLn and advertise, which a transport switch replaces
+	inboundLn transport.Listener // where this micro accepts calls now
+	advertise string             // inboundLn's address as registered
 
 	services *services
 
@@ -109,8 +113,13 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	if r.reg, err = r.factories.Registry(ctx, cfg.Registry, r.logger); err != nil {
 		return fmt.Errorf("registry %q: %w", cfg.Registry.Plugin, err)
 	}
-	if r.tr, err = r.factories.Transport(ctx, cfg.Transport, cfg.Server, r.logger); err != nil {
-		return fmt.Errorf("transport %q: %w", cfg.Transport.Plugin, err)
+	httpT, err := r.factories.Transport(ctx, config.Transport{Plugin: "http"}, cfg.Server, r.logger)
+	if err != nil {
+		return fmt.Errorf("transport http: %w", err)
+	}
+	r.mux = newTransportMux(httpT)
+	if r.tr, err = r.openTransport(ctx, cfg.Transport, cfg.Server); err != nil {
+		return err
 	}
 	r.cache = cache.New(r.reg, cache.Options{TTL: cfg.Registry.CacheTTL, EmptyGrace: cfg.Registry.TTL, Logger: r.logger})
 	cacheCtx, cacheCancel := context.WithCancel(bgctx)
@@ -122,7 +131,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 			r.logger.Warn("node ejected", "service", service, "node", node, "for", d)
 		},
 	})
-	r.pool = pool.New(r.tr, poolOptions(cfg))
+	r.pool = pool.New(r.mux, poolOptions(cfg))
 	r.client = client.New(r.sel, r.pool, r.metrics, clientOptions(cfg), r.logger)
 	r.appHTTP = &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
@@ -133,7 +142,10 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	if r.inboundLn, err = r.tr.Listen(ctx, cfg.Server.Inbound); err != nil {
 		return fmt.Errorf("inbound listen on %s (server.inbound): %w", cfg.Server.Inbound, err)
 	}
-	r.advertise = advertiseAddr(cfg.Server.Advertise, r.inboundLn.Addr())
+	r.advertise = r.inboundLn.Addr()
+	if cfg.Transport.Plugin == "http" {
+		r.advertise = advertiseAddr(cfg.Server.Advertise, r.advertise)
+	}
 	if r.ingressLn, err = net.Listen("tcp", cfg.Server.Ingress); err != nil {
 		return fmt.Errorf("ingress listen on %s (server.ingress): %w", cfg.Server.Ingress, err)
 	}
@@ -166,8 +178,9 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 
 	firstCache := r.cache
 	r.goBackground(func() { firstCache.Run(cacheCtx) })
+	firstLn := r.inboundLn
 	r.goBackground(func() {
-		if err := r.inbound.Serve(bgctx, r.inboundLn); err != nil {
+		if err := r.inbound.Serve(bgctx, firstLn); err != nil {
 			r.logger.Error("inbound server stopped", "err", err)
 		}
 	})
@@ -252,7 +265,11 @@ func (r *Runtime) goBackground(f func()) {
 func (r *Runtime) IngressAddr() string { return r.ingressLn.Addr().String() }
 
 // InboundAddr is the address other micro processes reach this one at.
-func (r *Runtime) InboundAddr() string { return r.advertise }
+func (r *Runtime) InboundAddr() string {
+	r.trMu.RLock()
+	defer r.trMu.RUnlock()
+	return r.advertise
+}
 
 // Services names the services this micro fronts, sorted.
 func (r *Runtime) Services() []string { return r.services.names() }
@@ -268,6 +285,19 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	}
 	next := *cfg
 	next.Server, next.Registry, next.Transport = old.Server, old.Registry, old.Transport
+	r.regMu.Lock()
+	r.trSwapErr = nil
+	r.regMu.Unlock()
+	if cfg.Transport != old.Transport {
+		if err := r.swapTransport(ctx, old.Transport, cfg.Transport, old.Server); err != nil {
+			r.logger.Error("transport switch failed; the old transport stays in use", "from", old.Transport.Plugin, "to", cfg.Transport.Plugin, "err", err)
+			r.regMu.Lock()
+			r.trSwapErr = fmt.Errorf("switch to transport %q failed: %w", cfg.Transport.Plugin, err)
+			r.regMu.Unlock()
+		} else {
+			next.Transport = cfg.Transport
+		}
+	}
 	next.Server.MaxBody = cfg.Server.MaxBody
 	next.Server.DrainTimeout = cfg.Server.DrainTimeout
 	next.Server.Wrappers = cfg.Server.Wrappers
@@ -325,7 +355,10 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	if err := r.ingressSrv.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
 	}
-	if err := r.inboundLn.Close(); err != nil {
+	r.trMu.RLock()
+	ln := r.inboundLn
+	r.trMu.RUnlock()
+	if err := ln.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("inbound close: %w", err))
 	}
 	if err := r.inbound.Wait(ctx); err != nil {
@@ -356,8 +389,8 @@ func (r *Runtime) closeAll() {
 	if r.appHTTP != nil {
 		r.appHTTP.CloseIdleConnections()
 	}
-	if r.tr != nil {
-		_ = r.tr.Close()
+	if r.mux != nil {
+		_ = r.mux.Close()
 	}
 	if r.reg != nil {
 		_ = r.reg.Close()
@@ -372,10 +405,13 @@ func (r *Runtime) health() server.Status {
 		st.Errors = append(st.Errors, "registry: "+regErr.Error())
 	}
 	r.regMu.RLock()
-	swapErr, reg := r.swapErr, r.reg
+	swapErr, trSwapErr, reg := r.swapErr, r.trSwapErr, r.reg
 	r.regMu.RUnlock()
 	if swapErr != nil {
 		st.Errors = append(st.Errors, "registry: "+swapErr.Error())
+	}
+	if trSwapErr != nil {
+		st.Errors = append(st.Errors, "transport: "+trSwapErr.Error())
 	}
 	if h, ok := reg.(interface{ Health() error }); ok {
 		if err := h.Health(); err != nil {
@@ -442,9 +478,6 @@ func restartKeys(a, b *config.Config) []string {
 	ra, rb := a.Registry, b.Registry
 	if ra.TTL != rb.TTL || ra.Heartbeat != rb.Heartbeat || ra.CacheTTL != rb.CacheTTL {
 		keys = append(keys, "registry.ttl, registry.heartbeat, registry.cache_ttl")
-	}
-	if a.Transport != b.Transport {
-		keys = append(keys, "transport")
 	}
 	if a.Log != b.Log {
 		keys = append(keys, "log")

@@ -57,8 +57,12 @@ func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context
 		Registry: func(_ context.Context, rc config.Registry, l *slog.Logger) (registry.Registry, error) {
 			return embedded.Open(rc.Dir, embedded.Options{Logger: l})
 		},
-		Transport: func(_ context.Context, _ config.Transport, s config.Server, l *slog.Logger) (transport.Transport, error) {
-			return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: l}), nil
+		Transport: func(_ context.Context, c config.Transport, s config.Server, l *slog.Logger) (transport.Transport, error) {
+			t := httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: l})
+			if c.Plugin == "t2" {
+				return schemed{t}, nil
+			}
+			return t, nil
 		},
 		Wrapper: wf,
 	}, logger)
@@ -334,4 +338,105 @@ func TestWrapperChains(t *testing.T) {
 		t.Error("the kept server wrapper was closed")
 	}
 	sw.mu.Unlock()
+}
+
+// schemed is an HTTP transport whose addresses carry a scheme, as a plugin transport's do
+// ("t2:127.0.0.1:port"), so that the runtime's switch between transports can be tested
+// with real connections.
+type schemed struct{ transport.Transport }
+
+type schemedListener struct{ transport.Listener }
+
+func (l schemedListener) Addr() string { return "t2:" + l.Listener.Addr() }
+
+func (s schemed) Dial(ctx context.Context, addr string) (transport.Conn, error) {
+	return s.Transport.Dial(ctx, strings.TrimPrefix(addr, "t2:"))
+}
+
+func (s schemed) Listen(ctx context.Context, addr string) (transport.Listener, error) {
+	l, err := s.Transport.Listen(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	return schemedListener{l}, nil
+}
+
+// TestTransportSwitchUnderLoad switches the inbound transport from HTTP to t2 and back
+// while calls stream: no call fails, and the nodes are re-registered at the new address.
+func TestTransportSwitchUnderLoad(t *testing.T) {
+	rt, cfg := startWith(t, func(c *config.Config) { c.Server.DrainTimeout = time.Second }, nil)
+	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+	ctx, cancel := context.WithCancel(context.Background())
+	var (
+		mu       sync.Mutex
+		ok, bad  int
+		firstBad string
+		wg       sync.WaitGroup
+	)
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := http.Post(url, "application/json", strings.NewReader(`{}`))
+				mu.Lock()
+				if err != nil || resp.StatusCode != 200 {
+					bad++
+					if firstBad == "" {
+						firstBad = fmt.Sprint(err, resp)
+					}
+				} else {
+					ok++
+				}
+				mu.Unlock()
+				if resp != nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		})
+	}
+	registered := func() string {
+		reg, err := embedded.Open(cfg.Registry.Dir, embedded.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg.Close()
+		svc, err := reg.GetService(context.Background(), "echo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc.Nodes[0].Address
+	}
+	waitCalls := func(n int) {
+		mu.Lock()
+		target := ok + n
+		mu.Unlock()
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			mu.Lock()
+			got := ok
+			mu.Unlock()
+			if got >= target {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("calls stalled at %d", got)
+			}
+			runtime.Gosched()
+		}
+	}
+	waitCalls(50)
+	for _, plugin := range []string{"t2", "http", "t2"} {
+		next := *cfg
+		next.Transport.Plugin = plugin
+		rt.Apply(context.Background(), &next)
+		addr := registered()
+		if strings.HasPrefix(addr, "t2:") != (plugin == "t2") || addr != rt.InboundAddr() {
+			t.Fatalf("after switching to %s the node is registered at %q (inbound %q)", plugin, addr, rt.InboundAddr())
+		}
+		waitCalls(100)
+	}
+	cancel()
+	wg.Wait()
+	if bad > 0 || ok == 0 {
+		t.Fatalf("%d calls failed of %d; first: %s", bad, ok+bad, firstBad)
+	}
 }

@@ -150,7 +150,7 @@ func (s *services) nodeFor(f *fronted, id, instance string) *registry.Node {
 	md["instance"] = instance
 	return &registry.Node{
 		ID:        id,
-		Address:   s.r.advertise,
+		Address:   s.r.InboundAddr(),
 		Version:   f.spec.Version,
 		Metadata:  md,
 		Endpoints: slices.Clone(f.spec.Endpoints),
@@ -211,6 +211,19 @@ func (s *services) service(name string) *registry.Service {
 	}
 	sort.Slice(svc.Nodes, func(i, j int) bool { return svc.Nodes[i].ID < svc.Nodes[j].ID })
 	return svc
+}
+
+// readvertise re-registers every node at micro's current inbound address, after a
+// transport switch.
+func (s *services) readvertise(ctx context.Context) {
+	s.mu.Lock()
+	for _, f := range s.m {
+		for id, n := range f.nodes {
+			f.nodes[id] = appNode{node: s.nodeFor(f, id, n.node.Metadata["instance"]), base: n.base}
+		}
+	}
+	s.mu.Unlock()
+	s.registerAll(ctx)
 }
 
 // setRegistry makes reg the registry of later registrations. A registration in progress

@@ -84,10 +84,20 @@ type Registry struct {
 	SHA256 string `koanf:"sha256"`
 }
 
-// Transport selects the transport between micro processes.
+// Transport selects the transport between micro processes. A change applies live: micro
+// listens on the new transport and re-registers its nodes there, and keeps the old
+// listener for server.drain_timeout.
 type Transport struct {
-	// Plugin names the transport: "http" is the in-process default.
+	// Plugin names the transport: "http" is the in-process default; another name runs the
+	// plugin plugins/transport-{plugin}, e.g. "nats".
 	Plugin string `koanf:"plugin"`
+	// URL is the plugin's backend, e.g. "nats://127.0.0.1:4222"; empty means its default.
+	URL string `koanf:"url"`
+	// Path is the plugin's executable. Empty means micro builds
+	// plugins/transport-{plugin} from source on first use and caches the binary.
+	Path string `koanf:"path"`
+	// SHA256 pins the plugin executable: micro refuses to start a binary with another digest.
+	SHA256 string `koanf:"sha256"`
 }
 
 // Client configures outgoing calls.

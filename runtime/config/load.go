@@ -443,6 +443,8 @@ func (l *Loader) fill(c *Config, raw map[string]any) {
 	c.Registry.Path = resolve(c.Registry.Path)
 	c.Registry.TokenFile = resolve(c.Registry.TokenFile)
 	c.Registry.SHA256 = strings.ToLower(c.Registry.SHA256)
+	c.Transport.Path = resolve(c.Transport.Path)
+	c.Transport.SHA256 = strings.ToLower(c.Transport.SHA256)
 }
 
 // withSources sets the Source of each KeyError in err, a join of Validate's errors, from

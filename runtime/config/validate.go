@@ -52,6 +52,9 @@ func Validate(c *Config) error {
 	v.positive("registry.cache_ttl", c.Registry.CacheTTL)
 
 	v.nonEmpty("transport.plugin", c.Transport.Plugin)
+	if h := c.Transport.SHA256; h != "" && !isSHA256(h) {
+		v.errorf("transport.sha256", "invalid digest %q: want 64 hexadecimal digits", h)
+	}
 
 	cl := c.Client
 	v.strategy("client.strategy", cl.Strategy, false)
