@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the Go code of abi's protocols (abi/*/*.proto) with protoc and the
-# protoc-gen-go and protoc-gen-go-grpc versions pinned in tools/go.mod.
+# Regenerates the Go code of abi's protocols (abi/*/*.proto: registrypb, transportpb) with
+# protoc and the protoc-gen-go and protoc-gen-go-grpc versions pinned in tools/go.mod.
 #
 #   abi/gen.sh
 #

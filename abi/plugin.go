@@ -1,7 +1,7 @@
 // Package abi holds the contracts between micro and its plugins: the go-plugin handshake
-// here, the gRPC protocols of registry plugins in abi/registrypb, and the wrapper ABI in
-// abi/wrapper. It imports nothing of micro's, so that both sides build against the same
-// constants.
+// here, the gRPC protocols of registry plugins in abi/registrypb and of transport plugins
+// in abi/transportpb, and the wrapper ABI in abi/wrapper. It imports nothing of micro's,
+// so that both sides build against the same constants.
 package abi
 
 // The go-plugin handshake. micro starts a plugin with MagicCookieKey=MagicCookieValue in
@@ -25,3 +25,11 @@ const RegistryPlugin = "registry"
 // plugin kind has its own version, so that a change to one protocol does not refuse the
 // plugins of another.
 const RegistryProtocolVersion uint = 1
+
+// TransportPlugin is the name under which a transport plugin serves the transport protocol
+// (abi/transportpb) in its go-plugin plugin set.
+const TransportPlugin = "transport"
+
+// TransportProtocolVersion is the version of the transport protocol, sent in the go-plugin
+// handshake; it changes as RegistryProtocolVersion does, for abi/transportpb.
+const TransportProtocolVersion uint = 1

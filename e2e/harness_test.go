@@ -27,6 +27,7 @@ import (
 // bins holds the binaries TestMain builds.
 var bins struct {
 	micro, greeter, consulPlugin string
+	natsPlugin                   string
 	ratelimit, breaker           string // .wasm
 }
 
@@ -39,7 +40,8 @@ func TestMain(m *testing.M) {
 	bins.micro = filepath.Join(dir, "micro")
 	bins.greeter = filepath.Join(dir, "greeter")
 	bins.consulPlugin = filepath.Join(dir, "registry-consul")
-	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul"} {
+	bins.natsPlugin = filepath.Join(dir, "transport-nats")
+	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -265,6 +267,17 @@ func (m *micro) post(path, body string, header map[string]string) (reply, error)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return reply{status: resp.StatusCode, header: resp.Header, body: b}, err
+}
+
+// servicesRaw returns the ingress's /services answer as it is.
+func (m *micro) servicesRaw() (string, error) {
+	resp, err := http.Get(m.ingress + "/services")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 // services lists the registry's services through the ingress.

@@ -63,7 +63,7 @@ func (f *factories) registry(ctx context.Context, c config.Registry, logger *slo
 		Token:      token,
 	}
 	if pc.Path == "" {
-		dir, err := f.pluginSource("registry-" + c.Plugin)
+		dir, err := f.pluginSource("registry-"+c.Plugin, "registry.path")
 		if err != nil {
 			return nil, err
 		}
@@ -74,23 +74,37 @@ func (f *factories) registry(ctx context.Context, c config.Registry, logger *slo
 
 // pluginSource finds the source of a plugin shipped with micro: plugins/NAME next to the
 // config file, or in the working directory.
-func (f *factories) pluginSource(name string) (string, error) {
+func (f *factories) pluginSource(name, pathKey string) (string, error) {
 	for _, base := range []string{f.base, "."} {
 		dir := filepath.Join(base, "plugins", name)
 		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
 			return filepath.Abs(dir)
 		}
 	}
-	return "", fmt.Errorf("no plugins/%s next to the config file or in the working directory: set registry.path to the plugin's executable", name)
+	return "", fmt.Errorf("no plugins/%s next to the config file or in the working directory: set %s to the plugin's executable", name, pathKey)
 }
 
-// transport opens the transport that [transport] names.
-func (f *factories) transport(_ context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error) {
-	switch c.Plugin {
-	case "http":
+// transport opens the transport that [transport] names: the built-in HTTP transport, or a
+// plugin through host/plugin.
+func (f *factories) transport(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error) {
+	if c.Plugin == "http" {
 		return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: logger}), nil
 	}
-	return nil, fmt.Errorf("unknown transport plugin %q (transport.plugin): available: http", c.Plugin)
+	tc := plugin.TransportConfig{
+		Name:     c.Plugin,
+		Path:     c.Path,
+		CacheDir: filepath.Join(f.cacheDir, "bin"),
+		SHA256:   c.SHA256,
+		URL:      c.URL,
+	}
+	if tc.Path == "" {
+		dir, err := f.pluginSource("transport-"+c.Plugin, "transport.path")
+		if err != nil {
+			return nil, err
+		}
+		tc.SourceDir = dir
+	}
+	return plugin.OpenTransport(ctx, tc, logger)
 }
 
 // wrapper loads the WebAssembly wrapper that [wrappers.NAME] describes, building it from

@@ -18,37 +18,37 @@ import (
 
 // executable returns the plugin's executable: Path, or else the binary built from
 // SourceDir into CacheDir, which it (re)builds when it is missing or stale.
-func executable(ctx context.Context, c Config, log *slog.Logger) (string, error) {
+func executable(ctx context.Context, k kind, c procConfig, log *slog.Logger) (string, error) {
 	if c.Path != "" {
 		path, err := exec.LookPath(c.Path)
 		if err != nil {
-			return "", fmt.Errorf("registry plugin %q: executable: %w", c.Name, err)
+			return "", fmt.Errorf("%s plugin %q: executable: %w", k.name, c.Name, err)
 		}
 		return path, nil
 	}
 	if c.SourceDir == "" || c.CacheDir == "" {
-		return "", fmt.Errorf("registry plugin %q: no executable path, and no source and cache directory to build one", c.Name)
+		return "", fmt.Errorf("%s plugin %q: no executable path, and no source and cache directory to build one", k.name, c.Name)
 	}
-	bin := filepath.Join(c.CacheDir, "registry-"+c.Name)
+	bin := filepath.Join(c.CacheDir, k.name+"-"+c.Name)
 	why, err := stale(bin, c.SourceDir)
 	if err != nil {
-		return "", fmt.Errorf("registry plugin %q: %w", c.Name, err)
+		return "", fmt.Errorf("%s plugin %q: %w", k.name, c.Name, err)
 	}
 	if why == "" {
 		why, err = staleModule(bin, c.SourceDir)
 		if err != nil {
-			return "", fmt.Errorf("registry plugin %q: %w", c.Name, err)
+			return "", fmt.Errorf("%s plugin %q: %w", k.name, c.Name, err)
 		}
 	}
 	if why == "" {
 		return bin, nil
 	}
-	log.Info("building registry plugin", "dir", c.SourceDir, "out", bin, "reason", why)
+	log.Info("building "+k.name+" plugin", "dir", c.SourceDir, "out", bin, "reason", why)
 	start := time.Now()
 	if err := build(ctx, c.SourceDir, bin); err != nil {
-		return "", fmt.Errorf("registry plugin %q: %w", c.Name, err)
+		return "", fmt.Errorf("%s plugin %q: %w", k.name, c.Name, err)
 	}
-	log.Info("built registry plugin", "out", bin, "took", time.Since(start).Round(time.Millisecond))
+	log.Info("built "+k.name+" plugin", "out", bin, "took", time.Since(start).Round(time.Millisecond))
 	return bin, nil
 }
 
@@ -153,18 +153,18 @@ func build(ctx context.Context, dir, bin string) error {
 }
 
 // checkPin returns an error unless the file at path has the sha256 digest want (hex).
-func checkPin(name, path, want string) error {
+func checkPin(k kind, name, path, want string) error {
 	want = strings.ToLower(strings.TrimSpace(want))
 	if b, err := hex.DecodeString(want); err != nil || len(b) != sha256.Size {
-		return fmt.Errorf("registry plugin %q: sha256 pin %q is not 64 hex digits", name, want)
+		return fmt.Errorf("%s plugin %q: sha256 pin %q is not 64 hex digits", k.name, name, want)
 	}
 	got, err := fileSHA256(path)
 	if err != nil {
-		return fmt.Errorf("registry plugin %q: check sha256 pin: %w", name, err)
+		return fmt.Errorf("%s plugin %q: check sha256 pin: %w", k.name, name, err)
 	}
 	if got != want {
-		return fmt.Errorf("registry plugin %q: %s has sha256 %s, but sha256 %s is pinned; refusing to start it",
-			name, path, got, want)
+		return fmt.Errorf("%s plugin %q: %s has sha256 %s, but sha256 %s is pinned; refusing to start it",
+			k.name, name, path, got, want)
 	}
 	return nil
 }

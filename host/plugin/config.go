@@ -3,6 +3,7 @@ package plugin
 import (
 	"fmt"
 	"log/slog"
+	"net/url"
 	"time"
 )
 
@@ -94,8 +95,97 @@ func (c Config) LogValue() slog.Value {
 	)
 }
 
+// proc returns the settings for starting c's process.
+func (c Config) proc() procConfig {
+	return procConfig{
+		Name: c.Name, Path: c.Path, SourceDir: c.SourceDir, CacheDir: c.CacheDir, SHA256: c.SHA256,
+		StartTimeout: c.StartTimeout, env: c.env, restartMin: c.restartMin, restartMax: c.restartMax,
+	}
+}
+
+// TransportConfig says which transport plugin to run and how to initialise it.
+//
+// A TransportConfig never prints or logs the password of its URL.
+type TransportConfig struct {
+	// Name of the plugin, e.g. "nats". It names the plugin in logs and errors and the
+	// binary that a build from source writes ("transport-" + Name).
+	Name string
+	// Path is the plugin's executable. Empty means: build SourceDir into CacheDir.
+	Path string
+	// SourceDir is the Go package of the plugin, e.g. <repo>/plugins/transport-nats; it
+	// is built as Config.SourceDir is.
+	SourceDir string
+	// CacheDir is where a build from source writes the binary.
+	CacheDir string
+	// SHA256 pins the executable's digest (64 hex digits); empty means not pinned.
+	SHA256 string
+
+	// URL of the backend, passed to the plugin's Init, e.g. "nats://127.0.0.1:4222"; ""
+	// for the plugin's default.
+	URL string
+
+	// StartTimeout bounds the plugin's handshake, and then its Init; 0 means
+	// DefaultStartTimeout. (The ctx of Dial and Listen bounds those.)
+	StartTimeout time.Duration
+
+	// env is added to the plugin's environment (tests drive the test plugin with it).
+	env []string
+	// restartMin and restartMax override the restart backoff's bounds (tests).
+	restartMin, restartMax time.Duration
+}
+
+// plainTransportConfig is TransportConfig without its methods, for printing.
+type plainTransportConfig TransportConfig
+
+// redact returns c with the password of its URL replaced.
+func (c TransportConfig) redact() plainTransportConfig {
+	if u, err := url.Parse(c.URL); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			c.URL = u.Redacted()
+		}
+	}
+	return plainTransportConfig(c)
+}
+
+// Format prints c with every fmt verb, with its URL's password redacted.
+func (c TransportConfig) Format(f fmt.State, verb rune) {
+	fmt.Fprintf(f, fmt.FormatString(f, verb), c.redact())
+}
+
+// String returns c as fmt's %+v shows it, with its URL's password redacted.
+func (c TransportConfig) String() string { return fmt.Sprintf("%+v", c.redact()) }
+
+// LogValue logs c's settings, with its URL's password redacted.
+func (c TransportConfig) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("name", c.Name),
+		slog.String("path", c.Path),
+		slog.String("source_dir", c.SourceDir),
+		slog.String("cache_dir", c.CacheDir),
+		slog.String("sha256", c.SHA256),
+		slog.String("url", c.redact().URL),
+		slog.Duration("start_timeout", c.StartTimeout),
+	)
+}
+
+// proc returns the settings for starting c's process.
+func (c TransportConfig) proc() procConfig {
+	return procConfig{
+		Name: c.Name, Path: c.Path, SourceDir: c.SourceDir, CacheDir: c.CacheDir, SHA256: c.SHA256,
+		StartTimeout: c.StartTimeout, env: c.env, restartMin: c.restartMin, restartMax: c.restartMax,
+	}
+}
+
+// procConfig is what every kind of plugin needs to start and supervise its process.
+type procConfig struct {
+	Name, Path, SourceDir, CacheDir, SHA256 string
+	StartTimeout                            time.Duration
+	env                                     []string
+	restartMin, restartMax                  time.Duration
+}
+
 // withDefaults fills in the zero settings.
-func (c Config) withDefaults() Config {
+func (c procConfig) withDefaults() procConfig {
 	if c.StartTimeout <= 0 {
 		c.StartTimeout = DefaultStartTimeout
 	}

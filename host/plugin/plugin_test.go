@@ -48,6 +48,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build testdata/memplugin: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	tcpBin = filepath.Join(dir, "tcpplugin")
+	if out, err := exec.Command("go", "build", "-o", tcpBin, "./testdata/tcpplugin").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build testdata/tcpplugin: %v\n%s", err, out)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

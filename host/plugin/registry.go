@@ -1,8 +1,9 @@
-// Package plugin runs registry plugins: it starts a plugin executable as a go-plugin
-// subprocess (gRPC, AutoMTLS, the handshake of abi) and implements runtime/registry's
-// Registry over it. It builds the executable from source when asked, refuses a binary whose
-// sha256 differs from its pin, forwards the plugin's logs into micro's log, restarts a
-// plugin that crashed, and makes plugins die with micro.
+// Package plugin runs registry and transport plugins: it starts a plugin executable as a
+// go-plugin subprocess (gRPC, AutoMTLS, the handshake of abi) and implements
+// runtime/registry's Registry (OpenRegistry) or runtime/transport's Transport
+// (OpenTransport) over it. It builds the executable from source when asked, refuses a
+// binary whose sha256 differs from its pin, forwards the plugin's logs into micro's log,
+// restarts a plugin that crashed, and makes plugins die with micro.
 package plugin
 
 import (
@@ -10,8 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,12 +22,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// errDown is wrapped by the errors of calls made while the plugin is not running.
-var errDown = errors.New("down")
-
-// errClosed is wrapped by the errors of calls made after Close.
-var errClosed = errors.New("closed")
-
 // Registry is a runtime/registry.Registry served by a plugin process.
 //
 // When the process exits, or stops answering, Registry restarts it in the background with
@@ -37,19 +30,8 @@ var errClosed = errors.New("closed")
 // registry cache serves stale entries, reopens its watch, and its heartbeats restore the
 // registrations of a plugin that lost them.
 type Registry struct {
-	cfg  Config
-	path string
-	log  *slog.Logger
-
-	ctx    context.Context // ends at Close
-	cancel context.CancelFunc
-	kick   chan struct{} // a call saw UNAVAILABLE: check the process
-	wg     sync.WaitGroup
-
-	mu      sync.Mutex
-	cur     *instance // nil while down
-	lastErr error     // why it is down
-	closed  bool
+	cfg Config
+	s   *supervisor
 }
 
 var _ registry.Registry = (*Registry)(nil)
@@ -62,201 +44,47 @@ var _ registry.Registry = (*Registry)(nil)
 // because its backend is unreachable); no process is left running then. The plugin's log
 // lines go to logger with plugin=<cfg.Name>.
 func OpenRegistry(ctx context.Context, cfg Config, logger *slog.Logger) (*Registry, error) {
-	if !validName(cfg.Name) {
-		return nil, fmt.Errorf("registry plugin %q: a name is letters, digits, '.', '_' and '-', not starting with '.'", cfg.Name)
+	if logger != nil && validName(cfg.Name) {
+		logger.With("plugin", cfg.Name).Debug("opening registry plugin", "config", cfg)
 	}
-	cfg = cfg.withDefaults()
-	if logger == nil {
-		logger = slog.New(slog.DiscardHandler)
+	init := func(ctx context.Context, in *instance) error {
+		_, err := in.registry.Init(ctx, &registrypb.InitRequest{
+			Address:    cfg.Address,
+			Datacenter: cfg.Datacenter,
+			Token:      cfg.Token,
+		})
+		return err
 	}
-	log := logger.With("plugin", cfg.Name)
-	log.Debug("opening registry plugin", "config", cfg)
-	path, err := executable(ctx, cfg, log)
+	s, err := openSupervisor(ctx, registryKind, cfg.proc(), logger, init)
 	if err != nil {
 		return nil, err
 	}
-	in, err := start(ctx, cfg, path, log)
-	if err != nil {
-		return nil, err
-	}
-	log.Info("registry plugin started", "path", path, "pid", in.pid)
-	r := &Registry{
-		cfg:  cfg,
-		path: path,
-		log:  log,
-		kick: make(chan struct{}, 1),
-		cur:  in,
-	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.wg.Add(1)
-	go r.supervise(in)
-	return r, nil
-}
-
-// validName reports whether name can name a plugin and its binary.
-func validName(name string) bool {
-	if name == "" || name[0] == '.' {
-		return false
-	}
-	for _, c := range name {
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
-		default:
-			return false
-		}
-	}
-	return true
+	return &Registry{cfg: cfg, s: s}, nil
 }
 
 // Health returns nil while the plugin runs, and else why it does not.
 func (r *Registry) Health() error {
-	_, err := r.current()
+	_, err := r.s.current()
 	return err
 }
 
 // Close stops the plugin and its supervision. It does not deregister anything. Open
 // Watchers end.
 func (r *Registry) Close() error {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return nil
-	}
-	r.closed = true
-	r.mu.Unlock()
-	r.cancel()
-	r.wg.Wait() // the supervisor installs no instance after this
-	r.mu.Lock()
-	in := r.cur
-	r.cur = nil
-	r.mu.Unlock()
-	if in != nil {
-		in.kill()
-	}
-	r.log.Info("registry plugin stopped")
+	r.s.close()
 	return nil
 }
 
 // current returns the running instance, or an error saying why there is none.
-func (r *Registry) current() (*instance, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	switch {
-	case r.closed:
-		return nil, fmt.Errorf("registry plugin %q: %w", r.cfg.Name, errClosed)
-	case r.cur == nil:
-		return nil, fmt.Errorf("registry plugin %q: %w, restarting: %w", r.cfg.Name, errDown, r.lastErr)
-	}
-	return r.cur, nil
-}
+func (r *Registry) current() (*instance, error) { return r.s.current() }
 
 // pid returns the process id of the running plugin, or 0.
-func (r *Registry) pid() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cur == nil {
-		return 0
-	}
-	return r.cur.pid
-}
-
-// supervise restarts the plugin whenever its process exits or stops answering, until
-// Close.
-func (r *Registry) supervise(in *instance) {
-	defer r.wg.Done()
-	backoff := r.cfg.restartMin
-	for {
-		why := r.watchInstance(in)
-		if why == nil {
-			return // closed
-		}
-		r.mu.Lock()
-		r.cur = nil
-		r.lastErr = why
-		r.mu.Unlock()
-		r.log.Error("registry plugin failed; restarting it", "err", why, "pid", in.pid)
-		in.kill()
-		if time.Since(in.started) > r.cfg.restartMax {
-			backoff = r.cfg.restartMin // it ran well for a while
-		}
-		for {
-			// Jitter over [backoff/2, backoff).
-			d := backoff/2 + rand.N(backoff/2+1)
-			backoff = min(backoff*2, r.cfg.restartMax)
-			t := time.NewTimer(d)
-			select {
-			case <-r.ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			next, err := start(r.ctx, r.cfg, r.path, r.log)
-			if err != nil {
-				if r.ctx.Err() != nil {
-					return
-				}
-				r.mu.Lock()
-				r.lastErr = err
-				r.mu.Unlock()
-				r.log.Warn("registry plugin restart failed", "err", err, "retry_in", backoff)
-				continue
-			}
-			r.mu.Lock()
-			if r.closed {
-				r.mu.Unlock()
-				next.kill()
-				return
-			}
-			r.cur, r.lastErr = next, nil
-			r.mu.Unlock()
-			r.log.Info("registry plugin restarted", "pid", next.pid)
-			in = next
-			break
-		}
-	}
-}
-
-// watchInstance waits until in fails, and returns why, or nil when the Registry closes.
-func (r *Registry) watchInstance(in *instance) error {
-	for {
-		select {
-		case <-r.ctx.Done():
-			return nil
-		case <-in.exited:
-			return errors.New("plugin process exited")
-		case <-r.kick:
-			if err := in.ping(r.ctx, r.cfg.StartTimeout); err != nil {
-				if r.ctx.Err() != nil {
-					return nil
-				}
-				// A process that is exiting fails pings before go-plugin reaps it: give it
-				// a moment, for the better reason.
-				t := time.NewTimer(time.Second)
-				defer t.Stop()
-				select {
-				case <-in.exited:
-					return errors.New("plugin process exited")
-				case <-r.ctx.Done():
-					return nil
-				case <-t.C:
-				}
-				return fmt.Errorf("plugin does not answer: %w", rpcError(err))
-			}
-		}
-	}
-}
+func (r *Registry) pid() int { return r.s.pid() }
 
 // failed turns the error of a call to op into micro's, and has the supervisor check the
 // plugin when the call could not reach it or timed out.
 func (r *Registry) failed(op string, err error) error {
-	// UNAVAILABLE: the connection is gone. DEADLINE_EXCEEDED: the plugin may hang. A
-	// health check tells.
-	if code := status.Code(err); code == codes.Unavailable || code == codes.DeadlineExceeded {
-		select {
-		case r.kick <- struct{}{}:
-		default:
-		}
-	}
+	r.s.check(err)
 	return fmt.Errorf("registry plugin %q: %s: %w", r.cfg.Name, op, rpcError(err))
 }
 
@@ -269,7 +97,7 @@ func (r *Registry) Register(ctx context.Context, s *registry.Service, ttl time.D
 	if err != nil {
 		return err
 	}
-	_, err = in.rpc.Register(ctx, &registrypb.RegisterRequest{Service: serviceToProto(s), Ttl: durationpb.New(ttl)})
+	_, err = in.registry.Register(ctx, &registrypb.RegisterRequest{Service: serviceToProto(s), Ttl: durationpb.New(ttl)})
 	if err != nil {
 		return r.failed(fmt.Sprintf("register %q", s.Name), err)
 	}
@@ -285,7 +113,7 @@ func (r *Registry) Deregister(ctx context.Context, s *registry.Service) error {
 	if err != nil {
 		return err
 	}
-	_, err = in.rpc.Deregister(ctx, &registrypb.DeregisterRequest{Service: serviceToProto(s)})
+	_, err = in.registry.Deregister(ctx, &registrypb.DeregisterRequest{Service: serviceToProto(s)})
 	if err != nil {
 		return r.failed(fmt.Sprintf("deregister %q", s.Name), err)
 	}
@@ -299,7 +127,7 @@ func (r *Registry) GetService(ctx context.Context, name string) (*registry.Servi
 	if err != nil {
 		return nil, err
 	}
-	resp, err := in.rpc.GetService(ctx, &registrypb.GetServiceRequest{Name: name})
+	resp, err := in.registry.GetService(ctx, &registrypb.GetServiceRequest{Name: name})
 	if status.Code(err) == codes.NotFound {
 		return nil, fmt.Errorf("registry plugin %q: service %q: %w", r.cfg.Name, name, registry.ErrNotFound)
 	}
@@ -318,7 +146,7 @@ func (r *Registry) ListServices(ctx context.Context) ([]*registry.Service, error
 	if err != nil {
 		return nil, err
 	}
-	resp, err := in.rpc.ListServices(ctx, &registrypb.ListServicesRequest{})
+	resp, err := in.registry.ListServices(ctx, &registrypb.ListServicesRequest{})
 	if err != nil {
 		return nil, r.failed("list services", err)
 	}
@@ -340,15 +168,15 @@ func (r *Registry) Watch(ctx context.Context) (registry.Watcher, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(r.ctx, cancel)
+	stop := context.AfterFunc(r.s.ctx, cancel)
 	// The plugin sends its headers as it starts the watch; one that sends none in
 	// StartTimeout hangs.
 	var hung atomic.Bool
-	timer := time.AfterFunc(r.cfg.StartTimeout, func() {
+	timer := time.AfterFunc(r.s.cfg.StartTimeout, func() {
 		hung.Store(true)
 		cancel()
 	})
-	stream, err := in.rpc.Watch(ctx, &registrypb.WatchRequest{})
+	stream, err := in.registry.Watch(ctx, &registrypb.WatchRequest{})
 	if err == nil {
 		var md metadata.MD
 		if md, err = stream.Header(); err == nil && md == nil {
@@ -363,7 +191,7 @@ func (r *Registry) Watch(ctx context.Context) (registry.Watcher, error) {
 		stop()
 		cancel()
 		if hung.Load() {
-			err = status.Errorf(codes.DeadlineExceeded, "no answer within %v", r.cfg.StartTimeout)
+			err = status.Errorf(codes.DeadlineExceeded, "no answer within %v", r.s.cfg.StartTimeout)
 		}
 		return nil, r.failed("watch", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/microhost/micro/abi"
 	"github.com/microhost/micro/abi/registrypb"
+	"github.com/microhost/micro/abi/transportpb"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -26,15 +26,43 @@ import (
 // (go-plugin itself waits 2s after a successful shutdown request.)
 const killGrace = 3 * time.Second
 
+// kind is one kind of plugin: its protocol's name and version in the handshake.
+type kind struct {
+	// name is the plugin set's entry (abi.RegistryPlugin, ...), and names the kind in
+	// logs and errors ("registry plugin \"consul\"").
+	name string
+	// version is the protocol version.
+	version uint
+	// sdk is the package that plugins of this kind are built against.
+	sdk string
+	// dialOptions are added to go-plugin's gRPC connection.
+	dialOptions []grpc.DialOption
+}
+
+var (
+	registryKind  = kind{name: abi.RegistryPlugin, version: abi.RegistryProtocolVersion, sdk: "sdk/registry"}
+	transportKind = kind{
+		name:    abi.TransportPlugin,
+		version: abi.TransportProtocolVersion,
+		sdk:     "sdk/transport",
+		dialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(transportpb.MaxFrameSize),
+			grpc.MaxCallSendMsgSize(transportpb.MaxFrameSize),
+		)},
+	}
+)
+
 // instance is one running plugin process.
 type instance struct {
-	client  *goplugin.Client
-	rpc     registrypb.RegistryClient
-	health  healthpb.HealthClient
-	exited  <-chan struct{} // closed when the process has exited
-	pid     int
-	started time.Time
-	stop    func() // stops the process and waits for go-plugin's goroutines
+	client    *goplugin.Client
+	conn      *grpc.ClientConn
+	registry  registrypb.RegistryClient
+	transport transportpb.TransportClient
+	health    healthpb.HealthClient
+	exited    <-chan struct{} // closed when the process has exited
+	pid       int
+	started   time.Time
+	stop      func() // stops the process and waits for go-plugin's goroutines
 }
 
 // kill stops the process (asking it first, then by SIGKILL) and waits for go-plugin's
@@ -49,47 +77,43 @@ func (in *instance) ping(ctx context.Context, d time.Duration) error {
 	return err
 }
 
-// grpcPlugin is micro's half of go-plugin's GRPCPlugin for the registry protocol.
+// grpcPlugin is micro's half of go-plugin's GRPCPlugin, for any kind.
 type grpcPlugin struct {
 	goplugin.NetRPCUnsupportedPlugin
+	kind string
 }
 
 // dispensed is what grpcPlugin.GRPCClient hands out.
 type dispensed struct {
-	rpc    registrypb.RegistryClient
-	health healthpb.HealthClient
+	conn   *grpc.ClientConn
 	exited <-chan struct{}
 }
 
-func (grpcPlugin) GRPCServer(*goplugin.GRPCBroker, *grpc.Server) error {
-	return errors.New("the server half of the registry protocol is the plugin's")
+func (p grpcPlugin) GRPCServer(*goplugin.GRPCBroker, *grpc.Server) error {
+	return fmt.Errorf("the server half of the %s protocol is the plugin's", p.kind)
 }
 
 // GRPCClient is handed a context that go-plugin cancels when the process exits.
 func (grpcPlugin) GRPCClient(ctx context.Context, _ *goplugin.GRPCBroker, conn *grpc.ClientConn) (any, error) {
-	return &dispensed{
-		rpc:    registrypb.NewRegistryClient(conn),
-		health: healthpb.NewHealthClient(conn),
-		exited: ctx.Done(),
-	}, nil
+	return &dispensed{conn: conn, exited: ctx.Done()}, nil
 }
 
-// handshake is go-plugin's handshake for the registry protocol.
-func handshake() goplugin.HandshakeConfig {
+// handshake is go-plugin's handshake for k's protocol.
+func (k kind) handshake() goplugin.HandshakeConfig {
 	return goplugin.HandshakeConfig{
-		ProtocolVersion:  abi.RegistryProtocolVersion,
+		ProtocolVersion:  k.version,
 		MagicCookieKey:   abi.MagicCookieKey,
 		MagicCookieValue: abi.MagicCookieValue,
 	}
 }
 
-// start starts the plugin at path, completes the handshake and calls Init. On any error
+// start starts the plugin at path, completes the handshake and calls init. On any error
 // the process is gone when start returns.
-func start(ctx context.Context, c Config, path string, log *slog.Logger) (*instance, error) {
+func start(ctx context.Context, k kind, c procConfig, path string, log *slog.Logger, init func(context.Context, *instance) error) (*instance, error) {
 	var secure *goplugin.SecureConfig
 	if c.SHA256 != "" {
 		// go-plugin checks the digest too, but says only "checksums did not match".
-		if err := checkPin(c.Name, path, c.SHA256); err != nil {
+		if err := checkPin(k, c.Name, path, c.SHA256); err != nil {
 			return nil, err
 		}
 		sum, _ := hex.DecodeString(strings.ToLower(strings.TrimSpace(c.SHA256)))
@@ -104,13 +128,14 @@ func start(ctx context.Context, c Config, path string, log *slog.Logger) (*insta
 	dieWithParent(cmd)
 	out := &tail{max: 8}
 	client := goplugin.NewClient(&goplugin.ClientConfig{
-		HandshakeConfig:  handshake(),
-		Plugins:          goplugin.PluginSet{abi.RegistryPlugin: grpcPlugin{}},
+		HandshakeConfig:  k.handshake(),
+		Plugins:          goplugin.PluginSet{k.name: grpcPlugin{kind: k.name}},
 		Cmd:              cmd,
 		SecureConfig:     secure,
 		AllowedProtocols: []goplugin.Protocol{goplugin.ProtocolGRPC},
 		AutoMTLS:         true,
 		StartTimeout:     c.StartTimeout,
+		GRPCDialOptions:  k.dialOptions,
 		Logger:           newHCLogger(log),
 		Stderr:           out,
 		SyncStdout:       &lineLogger{log: log, stream: "stdout"},
@@ -147,17 +172,17 @@ func start(ctx context.Context, c Config, path string, log *slog.Logger) (*insta
 		killProc()
 		<-started
 		kill()
-		return nil, fmt.Errorf("start registry plugin %q: %w", c.Name, ctx.Err())
+		return nil, fmt.Errorf("start %s plugin %q: %w", k.name, c.Name, ctx.Err())
 	}
 	if err != nil {
 		kill()
-		return nil, startError(c, path, err, out)
+		return nil, startError(k, c, path, err, out)
 	}
 
-	in, err := dispense(client)
+	in, err := dispense(k, client)
 	if err != nil {
 		kill()
-		return nil, fmt.Errorf("registry plugin %q (%s): %w", c.Name, path, err)
+		return nil, fmt.Errorf("%s plugin %q (%s): %w", k.name, c.Name, path, err)
 	}
 	in.stop = kill
 	if rc := client.ReattachConfig(); rc != nil {
@@ -166,37 +191,34 @@ func start(ctx context.Context, c Config, path string, log *slog.Logger) (*insta
 
 	ictx, cancel := context.WithTimeout(ctx, c.StartTimeout)
 	defer cancel()
-	_, err = in.rpc.Init(ictx, &registrypb.InitRequest{
-		Address:    c.Address,
-		Datacenter: c.Datacenter,
-		Token:      c.Token,
-	})
-	if err != nil {
+	if err := init(ictx, in); err != nil {
 		kill()
-		return nil, fmt.Errorf("registry plugin %q: init: %w", c.Name, rpcError(err))
+		return nil, fmt.Errorf("%s plugin %q: init: %w", k.name, c.Name, rpcError(err))
 	}
 	return in, nil
 }
 
-func dispense(client *goplugin.Client) (*instance, error) {
+func dispense(k kind, client *goplugin.Client) (*instance, error) {
 	proto, err := client.Client()
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
-	raw, err := proto.Dispense(abi.RegistryPlugin)
+	raw, err := proto.Dispense(k.name)
 	if err != nil {
-		return nil, fmt.Errorf("the plugin serves no %q plugin: %w", abi.RegistryPlugin, err)
+		return nil, fmt.Errorf("the plugin serves no %q plugin: %w", k.name, err)
 	}
 	d, ok := raw.(*dispensed)
 	if !ok {
 		return nil, fmt.Errorf("dispensed a %T", raw)
 	}
 	return &instance{
-		client:  client,
-		rpc:     d.rpc,
-		health:  d.health,
-		exited:  d.exited,
-		started: time.Now(),
+		client:    client,
+		conn:      d.conn,
+		registry:  registrypb.NewRegistryClient(d.conn),
+		transport: transportpb.NewTransportClient(d.conn),
+		health:    healthpb.NewHealthClient(d.conn),
+		exited:    d.exited,
+		started:   time.Now(),
 	}, nil
 }
 
@@ -208,26 +230,26 @@ var pluginVersion = regexp.MustCompile(`incompatible API version with plugin\. P
 const unrecognized = "Unrecognized remote plugin message: "
 
 // startError explains go-plugin's error from a failed start.
-func startError(c Config, path string, err error, out *tail) error {
+func startError(k kind, c procConfig, path string, err error, out *tail) error {
 	msg := err.Error()
 	if m := pluginVersion.FindStringSubmatch(msg); m != nil {
-		return fmt.Errorf("registry plugin %q speaks protocol %s, micro speaks %d (%s); rebuild the plugin against this micro's sdk/registry",
-			c.Name, m[1], abi.RegistryProtocolVersion, path)
+		return fmt.Errorf("%s plugin %q speaks protocol %s, micro speaks %d (%s); rebuild the plugin against this micro's %s",
+			k.name, c.Name, m[1], k.version, path, k.sdk)
 	}
 	var why string
 	switch {
 	case strings.Contains(msg, "timeout while waiting for plugin to start"):
-		why = fmt.Sprintf("no handshake within %v; is it a micro registry plugin?", c.StartTimeout)
+		why = fmt.Sprintf("no handshake within %v; is it a micro %s plugin?", c.StartTimeout, k.name)
 	case strings.Contains(msg, "plugin exited before we could connect"),
 		strings.Contains(msg, "Failed to read any lines from plugin's stdout"):
 		why = "exited before its handshake"
 	case strings.HasPrefix(msg, unrecognized):
 		first, _, _ := strings.Cut(strings.TrimPrefix(msg, unrecognized), "\n")
-		why = fmt.Sprintf("not a micro registry plugin: its first line on stdout, %q, is not a go-plugin handshake", first)
+		why = fmt.Sprintf("not a micro %s plugin: its first line on stdout, %q, is not a go-plugin handshake", k.name, first)
 	default:
-		return fmt.Errorf("start registry plugin %q (%s): %w%s", c.Name, path, err, out.suffix())
+		return fmt.Errorf("start %s plugin %q (%s): %w%s", k.name, c.Name, path, err, out.suffix())
 	}
-	return fmt.Errorf("registry plugin %q (%s): %s%s", c.Name, path, why, out.suffix())
+	return fmt.Errorf("%s plugin %q (%s): %s%s", k.name, c.Name, path, why, out.suffix())
 }
 
 // tail keeps the last lines that a plugin wrote to its standard error, for errors.

@@ -1,15 +1,9 @@
 package registry
 
 import (
-	"context"
-	"errors"
-	"os"
-	"time"
-
-	"github.com/hashicorp/go-hclog"
-	"github.com/hashicorp/go-plugin"
 	"github.com/microhost/micro/abi"
 	"github.com/microhost/micro/abi/registrypb"
+	"github.com/microhost/micro/sdk/internal/pluginsrv"
 	"google.golang.org/grpc"
 )
 
@@ -24,53 +18,10 @@ import (
 // process changed). Log with Logger, which writes to standard error in the format that
 // micro forwards into its own log.
 func Serve(r Registry) {
-	go exitWithParent(time.Second)
-	plugin.Serve(&plugin.ServeConfig{
-		HandshakeConfig: plugin.HandshakeConfig{
-			ProtocolVersion:  abi.RegistryProtocolVersion,
-			MagicCookieKey:   abi.MagicCookieKey,
-			MagicCookieValue: abi.MagicCookieValue,
-		},
-		Plugins:    plugin.PluginSet{abi.RegistryPlugin: &grpcPlugin{srv: NewServer(r)}},
-		GRPCServer: plugin.DefaultGRPCServer,
-		Logger: hclog.New(&hclog.LoggerOptions{
-			Level:      hclog.Debug,
-			Output:     stderr,
-			JSONFormat: true,
-		}),
+	srv := NewServer(r)
+	pluginsrv.Serve(pluginsrv.Protocol{
+		Name:     abi.RegistryPlugin,
+		Version:  abi.RegistryProtocolVersion,
+		Register: func(s *grpc.Server) { registrypb.RegisterRegistryServer(s, srv) },
 	})
-}
-
-// grpcPlugin is the server half of go-plugin's GRPCPlugin for the registry protocol.
-type grpcPlugin struct {
-	plugin.NetRPCUnsupportedPlugin
-	srv registrypb.RegistryServer
-}
-
-func (p *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	registrypb.RegisterRegistryServer(s, p.srv)
-	return nil
-}
-
-func (p *grpcPlugin) GRPCClient(context.Context, *plugin.GRPCBroker, *grpc.ClientConn) (any, error) {
-	return nil, errors.New("registry plugin: the client half of the protocol is micro's")
-}
-
-// exitWithParent exits the process once its parent process has gone: micro starts
-// plugins as its children, and a plugin whose micro was killed has no one to serve.
-// (On Linux micro also asks the kernel to kill its plugins when it dies; this covers the
-// other systems and the rare case where that does not fire.)
-func exitWithParent(every time.Duration) {
-	parent := os.Getppid()
-	if parent <= 1 {
-		return // started by init or a reaper: there is no parent to outlive
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for range t.C {
-		if os.Getppid() != parent {
-			Logger().Error("micro, the parent process, has gone; exiting", "parent_pid", parent)
-			os.Exit(1)
-		}
-	}
 }
