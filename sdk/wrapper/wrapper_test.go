@@ -69,6 +69,7 @@ func start(t *testing.T, config string, h Handler) (*fake, string) {
 	t.Helper()
 	handler, handleErr, call = nil, nil, request{}
 	lastField, lastHeaders, nextHeader = [fieldError + 1]string{}, [4]struct{ name, value string }{}, 0
+	scratch = make([]byte, 256)
 	f := &fake{config: config, phases: abi.PhaseRequest | abi.PhaseResponse, headers: map[string]string{}}
 	fakeHost = f
 	t.Cleanup(func() { fakeHost = nil })
