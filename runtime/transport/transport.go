@@ -4,6 +4,12 @@
 // A client Conn carries one call at a time: Send a request, then Recv its response; a pool
 // above the transport reuses it for the next call. A server Conn, from Listener.Accept,
 // carries one call: Recv the request, then Send the response.
+//
+// A stream is a Conn whose first request carries HeaderStream = "1". After that first
+// message, both sides Send and Recv any number of messages in either direction, in any
+// order, until one side closes the Conn; the other side's Recv then returns io.EOF. A side
+// that ends the stream because of a failure sends a last message with HeaderStatus set
+// (and a JSON error body) before it closes. A stream Conn is never pooled.
 package transport
 
 import (
@@ -26,6 +32,8 @@ const (
 	HeaderStatus = "Micro-Status"
 	// HeaderCaller names the service or app that made the call, when known.
 	HeaderCaller = "Micro-Caller"
+	// HeaderStream marks the first message of a stream; its value is "1".
+	HeaderStream = "Micro-Stream"
 )
 
 // ErrClosed is returned by operations on a closed Conn or Listener.
