@@ -360,3 +360,29 @@ func nodesOfMicro(t *testing.T, m *micro) string {
 	}
 	return sub[1]
 }
+
+// TestStreamCLI: `micro call --stream` carries messages both ways to the greeter's
+// WebSocket endpoint through two micro processes (ingress, transport, inbound); a stream
+// whose app side dies ends with an error, not a hang.
+func TestStreamCLI(t *testing.T) {
+	t.Parallel()
+	reg := t.TempDir()
+	startMicro(t, baseConfig(reg, greeterService("greeter", 1, "")))
+	caller := startMicro(t, baseConfig(reg, ""))
+	nodesOf(t, caller, "greeter", 1)
+	addr := strings.TrimPrefix(caller.ingress, "http://")
+
+	out, err := exec.Command(bins.micro, "call", "--stream", "-address", addr, "-timeout", "2s", "greeter", "Greeter.Stream", "Ada", "Bo").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"greeting":"Hello, Ada!"`) || !strings.Contains(string(out), `"greeting":"Hello, Bo!"`) || !strings.Contains(string(out), `"seq":2`) {
+		t.Fatalf("micro call --stream: %v\n%s", err, out)
+	}
+
+	start := time.Now()
+	out, err = exec.Command(bins.micro, "call", "--stream", "-address", addr, "greeter", "Greeter.Stream", `{"die":true}`).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "app closed the stream") {
+		t.Fatalf("a stream whose app died: %v\n%s", err, out)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the broken stream took %v to end", took)
+	}
+}

@@ -156,6 +156,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	})
 	r.ingress = server.NewIngress(server.IngressConfig{
 		Caller:   r.client,
+		Streamer: r.client,
 		Recorder: r.metrics,
 		Metrics:  r.metrics.Handler(),
 		Services: r.listServices,

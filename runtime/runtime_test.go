@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	micrort "github.com/microhost/micro/runtime"
+
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/embedded"
@@ -32,6 +34,10 @@ func start(tb testing.TB) (rt *micrort.Runtime, cfg *config.Config) {
 func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context, string, config.Wrapper, *slog.Logger) (wrapper.Wrapper, error)) (rt *micrort.Runtime, cfg *config.Config) {
 	tb.Helper()
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/Echo.Stream" {
+			echoStream(w, r)
+			return
+		}
 		b, _ := io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Path", r.URL.Path)
@@ -438,5 +444,69 @@ func TestTransportSwitchUnderLoad(t *testing.T) {
 	wg.Wait()
 	if bad > 0 || ok == 0 {
 		t.Fatalf("%d calls failed of %d; first: %s", bad, ok+bad, firstBad)
+	}
+}
+
+// echoStream answers each WebSocket message with "echo: " and the message; a message
+// "die" drops the connection without a close frame, as a crashed app would.
+func echoStream(w http.ResponseWriter, r *http.Request) {
+	ws, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer ws.CloseNow()
+	for {
+		typ, b, err := ws.Read(r.Context())
+		if err != nil {
+			return
+		}
+		if string(b) == "die" {
+			return // CloseNow: no close frame
+		}
+		if err := ws.Write(r.Context(), typ, append([]byte("echo: "), b...)); err != nil {
+			return
+		}
+	}
+}
+
+func TestStream(t *testing.T) {
+	rt, _ := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	url := "ws://" + rt.IngressAddr() + "/echo/Echo.Stream"
+	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: http.Header{"Micro-Timeout": {"2s"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []string{"a", "b", "c"} {
+		if err := ws.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_, b, err := ws.Read(ctx)
+		if err != nil || string(b) != "echo: "+msg {
+			t.Fatalf("reply to %q: %q %v", msg, b, err)
+		}
+	}
+	if err := ws.Close(websocket.StatusNormalClosure, ""); err != nil {
+		t.Fatalf("clean close: %v", err)
+	}
+
+	// The app dies mid-stream: the client sees a close with an error, not a hang.
+	ws, _, err = websocket.Dial(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.Write(ctx, websocket.MessageText, []byte("die")); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = ws.Read(ctx)
+	if websocket.CloseStatus(err) != websocket.StatusInternalError || !strings.Contains(err.Error(), "app closed the stream") {
+		t.Fatalf("after the app died: %v (status %v)", err, websocket.CloseStatus(err))
+	}
+
+	// A stream to an unknown service fails at the upgrade with the JSON error.
+	_, resp, err := websocket.Dial(ctx, "ws://"+rt.IngressAddr()+"/nosuch/X.Y", nil)
+	if err == nil || resp == nil || resp.StatusCode != 404 {
+		t.Fatalf("unknown service: %v %v", err, resp)
 	}
 }

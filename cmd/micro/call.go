@@ -55,13 +55,25 @@ func (f *ingressFlags) ingress() (string, error) {
 }
 
 func callCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlags("call", "call [flags] SERVICE ENDPOINT [JSON | -]\n\nCalls ENDPOINT of SERVICE through the ingress of a running micro and prints the reply.\nThe body is JSON from the argument, or from stdin when it is '-'; it defaults to {}.", stderr)
+	fs := newFlags("call", "call [flags] SERVICE ENDPOINT [JSON | -]\n       micro call --stream [flags] SERVICE ENDPOINT [MESSAGE...]\n\n"+
+		"Calls ENDPOINT of SERVICE through the ingress of a running micro and prints the reply.\n"+
+		"The body is JSON from the argument, or from stdin when it is '-'; it defaults to {}.\n\n"+
+		"With --stream, it opens a stream to ENDPOINT (a WebSocket to ws://INGRESS/SERVICE/ENDPOINT),\n"+
+		"sends each MESSAGE, or else each line of stdin, as a text message, and prints each reply on\n"+
+		"its own line as it arrives. Once the input has ended, it closes the stream when no reply\n"+
+		"came for -idle, or ends when the server closes it; a close with an error status exits 1.\n"+
+		"-timeout bounds opening the stream.", stderr)
 	var ing ingressFlags
 	ing.register(fs)
 	timeout := fs.Duration("timeout", 0, "the call's budget, sent as Micro-Timeout (default: client.timeout of the running micro)")
 	verbose := fs.Bool("v", false, "print the status and the node that answered to stderr")
+	var sf streamFlags
+	sf.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if sf.stream {
+		return callStreamCmd(ctx, fs, &ing, &sf, *timeout, *verbose, stdin, stdout, stderr)
 	}
 	if fs.NArg() < 2 || fs.NArg() > 3 {
 		fs.Usage()

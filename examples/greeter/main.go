@@ -13,14 +13,24 @@
 //	POST /Greeter.Fail                   → 500 {"error":…}
 //	POST /Greeter.Call    {"service":"x","endpoint":"Y.Z","body":{…}} → {"instance":…,"reply":…}
 //	POST /Greeter.SetFail {"fail":true}  → makes every Greeter endpoint but SetFail answer 500
+//	GET  /Greeter.Stream                 → a WebSocket; see below
 //	GET  /health                         → 200 ok
 //
 // "budget" echoes the Micro-Timeout header the request carried. GREETER_FAIL=1 starts the
 // greeter in the failing mode that Greeter.SetFail switches. With GREETER_FAIL_DIR set, an
 // instance also fails while a file named after it (MICRO_INSTANCE) exists in that directory.
 //
-// On SIGTERM or SIGINT it stops accepting, finishes the requests in flight (for at most a few
-// seconds) and exits 0.
+// Greeter.Stream is a streaming endpoint: a GET with Upgrade: websocket. For each message it
+// receives, {"name":"Ada"} or just the text Ada, it sends a text message
+// {"greeting":"Hello, Ada!","instance":…,"seq":n}, where n counts the messages of the stream
+// from 1; a message it cannot use gets {"error":…,"instance":…,"seq":n} and the stream goes
+// on. It closes the stream normally when the client closes it. In the failing mode it refuses
+// the upgrade with 500 {"error":…}, as the other endpoints do. For tests, the message
+// {"die":true} makes the greeter drop the TCP connection at once, with no close frame, as if
+// the app had died mid-stream.
+//
+// On SIGTERM or SIGINT it stops accepting, closes open streams with status 1001 (going
+// away), finishes the requests in flight (for at most a few seconds) and exits 0.
 package main
 
 import (
@@ -67,6 +77,7 @@ func run() error {
 	logger.Info("greeter listening", "instance", s.instance, "addr", ln.Addr().String())
 
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv.RegisterOnShutdown(s.endStreams) // Shutdown does not track hijacked connections
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 

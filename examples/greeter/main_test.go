@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // buildGreeter builds this package into a temporary directory and returns the binary's path.
@@ -91,6 +93,17 @@ func TestBinary(t *testing.T) {
 		t.Fatalf("Hello: %d %v", status, out)
 	}
 
+	// A stream open when SIGTERM arrives is closed with 1001 (going away).
+	stream := dialStream(t, "http://"+addr, "2s")
+	if rep := exchange(t, stream, "Ada"); rep.Greeting != "Hello, Ada!" || rep.Instance != "greeter-7" || rep.Seq != 1 {
+		t.Fatalf("stream reply: %+v", rep)
+	}
+	streamEnd := make(chan error, 1)
+	go func() {
+		_, _, err := stream.Read(testCtx(t))
+		streamEnd <- err
+	}()
+
 	// A sleep in flight when SIGTERM arrives still gets its reply.
 	type result struct {
 		status int
@@ -116,6 +129,9 @@ func TestBinary(t *testing.T) {
 	r := <-slept
 	if r.err != nil || r.status != 200 || r.body["greeting"] != "Slept 300ms" {
 		t.Errorf("sleep in flight during SIGTERM: %d %v %v, want 200 Slept 300ms", r.status, r.body, r.err)
+	}
+	if err := <-streamEnd; websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Errorf("stream during SIGTERM: %v, want close status 1001", err)
 	}
 	for range lines { // read stdout to its end before Wait
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -32,6 +34,14 @@ type server struct {
 	failDir  string // when a file named after the instance exists here, it fails too
 	client   *http.Client
 	logger   *slog.Logger
+
+	// Greeter.Stream's streams: stopping ends when the greeter stops (endStreams), which
+	// closes the open streams; streams counts them. streamMu orders streams.Add before
+	// the stop, so that close can wait for the streams.
+	streamMu sync.Mutex
+	stopping context.Context
+	stop     context.CancelFunc
+	streams  sync.WaitGroup
 }
 
 func newServer(instance, ingress string, fail bool, logger *slog.Logger) *server {
@@ -41,12 +51,18 @@ func newServer(instance, ingress string, fail bool, logger *slog.Logger) *server
 		client:   &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}},
 		logger:   logger,
 	}
+	s.stopping, s.stop = context.WithCancel(context.Background())
 	s.fail.Store(fail)
 	return s
 }
 
-// close releases the idle connections to the ingress.
-func (s *server) close() { s.client.CloseIdleConnections() }
+// close ends the open streams and waits for them, and releases the idle connections to
+// the ingress.
+func (s *server) close() {
+	s.endStreams()
+	s.streams.Wait()
+	s.client.CloseIdleConnections()
+}
 
 // handler routes the greeter's endpoints.
 func (s *server) handler() http.Handler {
@@ -61,12 +77,18 @@ func (s *server) handler() http.Handler {
 	for name, h := range endpoints {
 		mux.Handle("POST /"+name, http.MaxBytesHandler(h, maxBody))
 	}
+	mux.Handle("GET /"+streamEndpoint, s.failing(s.stream))
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = io.WriteString(w, "ok")
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		name := strings.TrimPrefix(r.URL.Path, "/")
+		if name == streamEndpoint {
+			w.Header().Set("Allow", http.MethodGet)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s is a WebSocket: it wants GET with Upgrade: websocket, not %s", name, r.Method))
+			return
+		}
 		if _, ok := endpoints[name]; ok {
 			w.Header().Set("Allow", http.MethodPost)
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s wants POST, not %s", name, r.Method))

@@ -411,6 +411,9 @@ func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 		return fmt.Errorf("transport-nats: send to %s: %w", c.addr, net.ErrClosed)
 	default:
 	}
+	if m.Header[transport.HeaderStream] == "1" {
+		return fmt.Errorf("transport-nats: streams are not supported yet: use the http transport for streaming calls")
+	}
 	msg := toNATS(c.subject, m)
 	if err := checkSize(c.nc, msg); err != nil {
 		return err

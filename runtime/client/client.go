@@ -36,6 +36,8 @@ type Pool interface {
 	Get(ctx context.Context, addr string) (transport.Conn, error)
 	// Put gives c back after a call that ended with err; a conn that failed is closed.
 	Put(addr string, c transport.Conn, err error)
+	// Dial returns a new connection that is not pooled, for a stream.
+	Dial(ctx context.Context, addr string) (transport.Conn, error)
 }
 
 // Observer is told about retries; *metrics.Metrics is one.
@@ -222,6 +224,140 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 			c.obs.Retry(req.Service)
 		}
 	}
+}
+
+// Stream opens a stream to a node of req.Service: the same selection, wrappers, retries and
+// budget as Call, for the opening only. On success it returns the open stream Conn, which
+// the caller closes, and the node's ID; when the opening fails it returns the answer that
+// ended it (a rejection, or the node's error) or a *callerr.Error.
+func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, string, *Response, error) {
+	o := c.opts.Load()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
+		defer cancel()
+	}
+	chain := c.chain.Acquire()
+	defer chain.Release()
+
+	var (
+		tried   []string
+		lastErr *callerr.Error
+	)
+	for attempt := 1; attempt <= o.Attempts; attempt++ {
+		remaining, _ := budget.Remaining(ctx, c.now())
+		if remaining < time.Microsecond || ctx.Err() != nil {
+			return nil, "", nil, c.spent(ctx, req, attempt-1, lastErr)
+		}
+		pick, err := c.sel.Select(ctx, req.Service, req.Endpoint, tried)
+		if err != nil {
+			if errors.Is(err, registry.ErrNotFound) {
+				return nil, "", nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
+			}
+			if lastErr != nil {
+				return nil, "", nil, lastErr
+			}
+			return nil, "", nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
+		}
+		node := pick.Node()
+		tried = append(tried, node.ID)
+		call := wrapper.Call{Service: req.Service, Endpoint: req.Endpoint, Node: node.ID, Caller: req.Header[transport.HeaderCaller], Header: req.Header}
+		call.Deadline, _ = ctx.Deadline()
+		var ran wrapper.Ran
+		v := chain.OnRequest(ctx, &call, &ran)
+		if v.Action != wrapper.Continue {
+			pick.Skip()
+			status := v.Status
+			if v.Action == wrapper.RejectNode {
+				status = http.StatusServiceUnavailable
+			}
+			chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
+			resp := rejection(status, "%s", v.Message)
+			for k, val := range v.ReplyHeader {
+				resp.Header[k] = val
+			}
+			return nil, "", resp, nil
+		}
+
+		start := c.now()
+		conn, resp, err := c.open(ctx, req, node, remaining, v.Header)
+		latency := c.now().Sub(start)
+		if conn != nil {
+			pick.Done(latency, false)
+			chain.OnResponse(ctx, &call, &wrapper.Result{Status: http.StatusSwitchingProtocols, Latency: latency}, &ran)
+			return conn, node.ID, nil, nil
+		}
+		failed, retryable := classify(resp, err)
+		pick.Done(latency, failed)
+		r := wrapper.Result{Latency: latency}
+		if err != nil {
+			r.Err = err.Error()
+		} else {
+			r.Status = resp.Status
+		}
+		chain.OnResponse(ctx, &call, &r, &ran)
+		if !retryable {
+			if err != nil {
+				return nil, "", nil, c.failure(ctx, req, node, err)
+			}
+			return nil, "", resp, nil
+		}
+		lastErr = c.failure(ctx, req, node, err)
+		if resp != nil {
+			lastErr = callerr.New(ID, http.StatusBadGateway, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
+			if e, ok := callerr.Parse(resp.Body); ok {
+				lastErr.Detail += ": " + e.Detail
+			}
+		}
+		if lastErr.Code == http.StatusGatewayTimeout || !c.retry.withdraw() || !c.backoff(ctx, o, attempt) {
+			return nil, "", nil, lastErr
+		}
+		if c.obs != nil {
+			c.obs.Retry(req.Service)
+		}
+	}
+	return nil, "", nil, callerr.New(ID, http.StatusBadGateway, "%s (after %d attempts)", lastErr.Detail, o.Attempts)
+}
+
+// open dials node and asks it to open a stream. The node answers its first message with
+// status 101 when the stream is open; any other answer ends the attempt with that answer.
+func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (transport.Conn, *Response, error) {
+	conn, err := c.pool.Dial(ctx, node.Address)
+	if err != nil {
+		return nil, nil, err
+	}
+	h := make(map[string]string, len(req.Header)+len(extra)+5)
+	for k, v := range req.Header {
+		h[k] = v
+	}
+	for k, v := range extra {
+		h[k] = v
+	}
+	h[transport.HeaderService] = req.Service
+	h[transport.HeaderEndpoint] = req.Endpoint
+	h[transport.HeaderNode] = node.ID
+	h[transport.HeaderTimeout] = budget.Format(remaining)
+	h[transport.HeaderStream] = "1"
+	err = conn.Send(ctx, &transport.Message{Header: h, Body: req.Body})
+	var m *transport.Message
+	if err == nil {
+		m, err = conn.Recv(ctx)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
+	if convErr != nil || status < 100 || status > 999 {
+		conn.Close()
+		return nil, nil, errors.New("node answered a stream without a valid " + transport.HeaderStatus + " header")
+	}
+	if status == http.StatusSwitchingProtocols {
+		return conn, nil, nil
+	}
+	conn.Close()
+	delete(m.Header, transport.HeaderStatus)
+	return nil, &Response{Status: status, Header: m.Header, Body: m.Body, Node: node.ID}, nil
 }
 
 // rejection is the answer to a call that a wrapper rejected.

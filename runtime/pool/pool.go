@@ -147,6 +147,16 @@ func (p *Pool) Get(ctx context.Context, addr string) (transport.Conn, error) {
 	return c, nil
 }
 
+// Dial returns a new connection to addr that is not the pool's: for a stream, which is
+// never reused. The caller closes it.
+func (p *Pool) Dial(ctx context.Context, addr string) (transport.Conn, error) {
+	c, err := p.t.Dial(ctx, addr)
+	if err == nil {
+		p.dials.Add(1)
+	}
+	return c, err
+}
+
 // pop takes the newest idle connection for addr. When that one has expired, all older ones
 // have too: they come back in stale for closing and c is nil.
 func (p *Pool) pop(addr string) (c transport.Conn, stale []idleConn, err error) {

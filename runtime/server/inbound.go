@@ -107,6 +107,10 @@ func (in *Inbound) handle(ctx context.Context, conn transport.Conn) {
 		in.reply(ctx, conn, callerr.New(InboundID, status, "%v", err))
 		return
 	}
+	if req.Header[transport.HeaderStream] == "1" {
+		in.stream(ctx, conn, req, start)
+		return
+	}
 	service := req.Header[transport.HeaderService]
 	code, resp := in.forward(ctx, req, start)
 	in.cfg.Recorder.Inbound(service, code, time.Since(start))

@@ -47,7 +47,9 @@ type Status struct {
 
 // IngressConfig wires an Ingress.
 type IngressConfig struct {
-	Caller   Caller
+	Caller Caller
+	// Streamer opens the streams that WebSocket requests ask for; nil refuses them.
+	Streamer Streamer
 	Recorder Recorder
 	// Metrics serves GET /metrics.
 	Metrics http.Handler
@@ -104,6 +106,10 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request) {
 	fail := func(e *callerr.Error) {
 		code = e.Code
 		e.Write(w)
+	}
+	if r.Method == http.MethodGet && isWebSocket(r) {
+		code = in.stream(w, r, service, endpoint)
+		return
 	}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)

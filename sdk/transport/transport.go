@@ -10,6 +10,10 @@ package transport
 
 import "context"
 
+// HeaderStream marks the first message of a stream (value "1"), as runtime/transport
+// defines it. A transport that cannot carry streams refuses such a message.
+const HeaderStream = "Micro-Stream"
+
 // Message is one request or response: a header map and a body.
 type Message struct {
 	Header map[string]string

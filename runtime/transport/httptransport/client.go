@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -48,9 +49,10 @@ type clientConn struct {
 	u    url.URL
 	body bytes.Reader
 
-	pending     bool               // a request was sent and its response not yet read
-	early       *transport.Message // a response read while the request was being written
-	serverClose bool               // the server asked to close the connection
+	pending     bool                   // a request was sent and its response not yet read
+	early       *transport.Message     // a response read while the request was being written
+	serverClose bool                   // the server asked to close the connection
+	st          atomic.Pointer[stream] // set by the Send that opened a stream
 	broken      atomic.Bool
 	closed      atomic.Bool
 }
@@ -60,7 +62,7 @@ type clientConn struct {
 // it be checked without blocking) the server has not closed it or sent anything unasked.
 // A pool calls it before keeping the conn and before handing it out again.
 func (c *clientConn) Reusable() bool {
-	if c.pending || c.serverClose || c.broken.Load() || c.closed.Load() {
+	if c.pending || c.serverClose || c.broken.Load() || c.closed.Load() || c.st.Load() != nil {
 		return false
 	}
 	if c.br.Buffered() > 0 {
@@ -81,7 +83,13 @@ func newClientConn(nc net.Conn, addr string, opts Options) *clientConn {
 // Send writes m as the request POST /{service}/{endpoint}. A Message that cannot be sent (no
 // service or endpoint, a bad header, a body over the limit) fails before anything is written
 // and leaves the conn usable; an I/O error or cancellation breaks it.
+//
+// A Message whose transport.HeaderStream is "1" opens a stream: the request also asks to
+// upgrade the connection, and every later Send and Recv carries one frame.
 func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
+	if st := c.st.Load(); st != nil {
+		return st.send(ctx, m)
+	}
 	if err := c.usable("send to"); err != nil {
 		return err
 	}
@@ -90,6 +98,9 @@ func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 	}
 	if err := c.prepare(m); err != nil {
 		return err
+	}
+	if m.Header[transport.HeaderStream] == "1" {
+		return c.openStream(ctx)
 	}
 	stop := c.arm(ctx, c.nc.SetWriteDeadline)
 	err := c.req.Write(c.bw)
@@ -115,6 +126,38 @@ func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 	return nil
 }
 
+// openStream writes the prepared request as an upgrade to a stream. Its answer is read by
+// the first Recv.
+func (c *clientConn) openStream(ctx context.Context) error {
+	c.hdr["Connection"] = []string{"Upgrade"}
+	c.hdr["Upgrade"] = []string{upgradeToken}
+	stop := c.arm(ctx, c.nc.SetWriteDeadline)
+	err := c.req.Write(c.bw)
+	if err == nil {
+		err = c.bw.Flush()
+	}
+	if !stop() {
+		c.broken.Store(true)
+	}
+	if err != nil {
+		c.broken.Store(true)
+		return c.ioError(ctx, "open stream to", err)
+	}
+	st := newStream(c.nc, c.br, c.bw, c.addr, c.opts)
+	st.handshake = func() (*transport.Message, error) {
+		m, err := c.readResponse(true)
+		if err != nil || m == nil {
+			return nil, err
+		}
+		// Refused: the connection carries nothing more.
+		st.refused.Store(true)
+		_ = c.nc.Close()
+		return m, nil
+	}
+	c.st.Store(st)
+	return nil
+}
+
 // earlyResponse reads a response that the server sent before its side of the connection
 // failed, waiting at most earlyWait.
 func (c *clientConn) earlyResponse(ctx context.Context) (*transport.Message, error) {
@@ -125,7 +168,7 @@ func (c *clientConn) earlyResponse(ctx context.Context) (*transport.Message, err
 	if err := c.nc.SetReadDeadline(d); err != nil {
 		return nil, err
 	}
-	return c.readResponse()
+	return c.readResponse(false)
 }
 
 // prepare fills c.req from m, checking everything that could make the write fail.
@@ -179,7 +222,14 @@ func (c *clientConn) prepare(m *transport.Message) error {
 // Recv reads the response to the last Send. Its Header holds each response header (first
 // value, canonical key) and transport.HeaderStatus, the status code in decimal. Any error
 // breaks the conn, so a late response can never be read as the answer to another call.
+//
+// On a stream, Recv returns the next frame, or io.EOF once the server has closed the
+// stream. A server that refused the stream (any status but 101) has its response returned
+// as a message by the first Recv, and the conn is done: later Recvs return io.EOF.
 func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
+	if st := c.st.Load(); st != nil {
+		return st.recv(ctx)
+	}
 	if m := c.early; m != nil && !c.closed.Load() {
 		c.early, c.pending = nil, false
 		return m, nil
@@ -193,7 +243,7 @@ func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
 	c.pending = false
 	_, hasDeadline := ctx.Deadline()
 	stop := c.arm(ctx, c.nc.SetReadDeadline)
-	m, err := c.readResponse()
+	m, err := c.readResponse(false)
 	if !stop() {
 		c.broken.Store(true)
 	} else if hasDeadline && err == nil {
@@ -207,7 +257,9 @@ func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
 	return m, nil
 }
 
-func (c *clientConn) readResponse() (*transport.Message, error) {
+// readResponse reads a response. With upgrade, a 101 that switches to a stream returns a
+// nil message and no error.
+func (c *clientConn) readResponse(upgrade bool) (*transport.Message, error) {
 	// Bound what the header block may take; the bufio buffer may read ahead into the body.
 	c.lr.n = int64(c.opts.MaxHeaderBytes) + bufSize
 	var resp *http.Response
@@ -224,7 +276,14 @@ func (c *clientConn) readResponse() (*transport.Message, error) {
 			break
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			return nil, fmt.Errorf("unexpected response status %d", resp.StatusCode)
+			if !upgrade {
+				return nil, fmt.Errorf("unexpected response status %d", resp.StatusCode)
+			}
+			if u := resp.Header.Get("Upgrade"); !strings.EqualFold(u, upgradeToken) {
+				return nil, fmt.Errorf("101 response upgrades to %q, want %q", u, upgradeToken)
+			}
+			c.lr.n = -1
+			return nil, nil
 		}
 		// Skip informational responses (100 Continue, 103 Early Hints).
 	}
@@ -275,6 +334,9 @@ func readBody(r io.Reader, n, limit int64) ([]byte, error) {
 func (c *clientConn) Close() error {
 	if !c.closed.CompareAndSwap(false, true) {
 		return nil
+	}
+	if st := c.st.Load(); st != nil {
+		return st.close()
 	}
 	return c.nc.Close()
 }

@@ -75,6 +75,8 @@ func FuzzServerRequest(f *testing.F) {
 		"CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\n\r\n",
 		"POST /a/b HTTP/1.0\r\n\r\n",
 		"\x00\xff garbage",
+		"POST /a/b HTTP/1.1\r\nHost: x\r\nMicro-Stream: 1\r\nConnection: Upgrade\r\nUpgrade: micro-stream/1\r\nContent-Length: 0\r\n\r\n\x00\x00\x00\x01\x00",
+		"POST /a/b HTTP/1.1\r\nHost: x\r\nMicro-Stream: 1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: micro-stream/1\r\nContent-Length: 2\r\n\r\n{}\xff\xff\xff\xff",
 	} {
 		f.Add([]byte(s))
 	}

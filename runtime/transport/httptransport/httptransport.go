@@ -16,6 +16,42 @@
 // above the transport checks. A server Conn is one HTTP request: Listener.Accept yields it,
 // Recv returns the request, and Send writes the response and completes the exchange.
 //
+// # Streams
+//
+// A request Message whose transport.HeaderStream is "1" opens a stream (see package
+// transport). The client's first Send writes it as the request above plus
+// "Connection: Upgrade" and "Upgrade: micro-stream/1", and returns without waiting. The
+// server Conn's Recv returns that request; its first Send, or its second Recv, answers
+// "101 Switching Protocols" (net/http hands over the connection) and from then on both
+// sides exchange frames over the raw connection. The client's first Recv reads the 101 and
+// then a frame; frames the client sends before the 101 arrives are kept. A server that
+// answers anything but 101 refuses the stream: the client's first Recv returns that
+// response as a Message (transport.HeaderStatus set), later Recvs return io.EOF and Sends
+// fail. The server Conn refuses this way when its first Send, before any second Recv,
+// carries a transport.HeaderStatus of 300 or more; after the 101 such a message is an
+// ordinary frame (a failing side's last word). A stream request without the Upgrade
+// headers is a 400 *RequestError. A stream Conn is never Reusable.
+//
+// A frame is
+//
+//	length (4 bytes, big-endian) | count | count × (key, value) | body
+//
+// where count and the length of each key and value are unsigned varints and the body is
+// the rest of the frame. Header names and values obey the same rules as HTTP headers, and
+// keys are kept as sent. A frame whose header block exceeds Options.MaxHeaderBytes or whose
+// body exceeds Options.MaxBody is refused (ErrFrameTooLarge): by Send before anything is
+// written, by Recv as a stream-ending error. A malformed or torn frame ends the stream
+// with an error.
+//
+// One Send and one Recv may run at once on a stream Conn; concurrent Sends serialize, as
+// do concurrent Recvs. Each honours its ctx's deadline and cancellation; a Recv that gives
+// up before a frame begins leaves the stream usable, any other I/O failure ends that
+// direction. Close shuts the write side at once, so that the peer's Recv returns every
+// frame sent and then io.EOF, and makes a Send or Recv in progress fail with
+// transport.ErrClosed; the socket is closed once the peer closes its side, or after 5s, so
+// that unread bytes never make the kernel reset the connection under frames the peer has
+// yet to read. A reset seen at a frame boundary is reported as io.EOF.
+//
 // Hop-by-hop headers (Connection, Keep-Alive, Transfer-Encoding, Upgrade, TE, Trailer,
 // Proxy-Connection), Content-Length, Host and Expect belong to HTTP's framing: they are
 // neither sent from a Message nor reported in one.

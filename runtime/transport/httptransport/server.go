@@ -1,6 +1,8 @@
 package httptransport
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -162,8 +164,19 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	select {
 	case req := <-sc.send:
+		if req.upgrade {
+			sc.result <- sc.hijack(req.ctx)
+			return
+		}
 		sc.result <- sc.write(req)
 	case <-sc.closed:
+		if sc.stream {
+			// A stream closed before it began: the client sees it open and end.
+			if sc.hijack(context.Background()) == nil {
+				_ = sc.st.Load().close()
+			}
+			return
+		}
 		l.log.Debug("httptransport: call closed without a response", "remote", sc.remote)
 		http.Error(w, "transport: call closed without a response", http.StatusBadGateway)
 	case <-r.Context().Done():
@@ -180,6 +193,10 @@ type serverConn struct {
 
 	msg    *transport.Message
 	reqErr error
+	stream bool // the request asked to open a stream
+
+	upMu sync.Mutex             // serializes upgrade
+	st   atomic.Pointer[stream] // set once the connection is a stream
 
 	recvd     atomic.Bool
 	sent      atomic.Bool
@@ -191,9 +208,10 @@ type serverConn struct {
 }
 
 type sendReq struct {
-	ctx    context.Context
-	m      *transport.Message
-	status int
+	ctx     context.Context
+	m       *transport.Message
+	status  int
+	upgrade bool // switch the connection to a stream instead of writing m
 }
 
 var _ transport.Conn = (*serverConn)(nil)
@@ -227,6 +245,16 @@ func (sc *serverConn) readRequest(r *http.Request) bool {
 	if err != nil {
 		sc.reqErr = &RequestError{Status: http.StatusBadRequest, Err: err}
 		return true
+	}
+	upgrade := strings.EqualFold(r.Header.Get("Upgrade"), upgradeToken) &&
+		headerHasToken(r.Header, "Connection", "upgrade")
+	if r.Header.Get(transport.HeaderStream) == "1" {
+		if !upgrade {
+			sc.reqErr = &RequestError{Status: http.StatusBadRequest,
+				Err: fmt.Errorf("stream request without Connection: Upgrade and Upgrade: %s", upgradeToken)}
+			return true
+		}
+		sc.stream = true
 	}
 	h := toMessageHeader(r.Header, 2)
 	h[transport.HeaderService] = service
@@ -290,9 +318,34 @@ func unescapeSegment(s string) (string, error) {
 	return u, nil
 }
 
+// headerHasToken reports whether a comma-separated list in header key holds token.
+func headerHasToken(h http.Header, key, token string) bool {
+	for _, v := range h[key] {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // Recv returns the request. A request that is not a valid call yields a *RequestError. A
 // server Conn carries one request: a second Recv returns io.EOF.
+//
+// On a stream, a second Recv switches the connection to the stream if no Send did yet,
+// and returns the next frame, or io.EOF once the client has closed the stream.
 func (sc *serverConn) Recv(ctx context.Context) (*transport.Message, error) {
+	if sc.stream && sc.recvd.Load() {
+		st, err := sc.upgrade(ctx)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, io.EOF
+			}
+			return nil, fmt.Errorf("httptransport: stream recv from %s: %w", sc.remote, err)
+		}
+		return st.recv(ctx)
+	}
 	select {
 	case <-sc.closed:
 		return nil, fmt.Errorf("httptransport: recv: %w", transport.ErrClosed)
@@ -314,7 +367,40 @@ func (sc *serverConn) Recv(ctx context.Context) (*transport.Message, error) {
 // every other header, and the body. A Message that cannot be sent (a bad status or header,
 // a body over the limit) fails before anything is written and the Conn stays open for
 // another Send.
+//
+// On a stream, Send writes m as a frame, first switching the connection to the stream (101
+// Switching Protocols) if needed. The exception is a first Send, before any second Recv,
+// whose transport.HeaderStatus is 300 or more: it refuses the stream, and is written as a
+// plain HTTP response that ends the Conn.
 func (sc *serverConn) Send(ctx context.Context, m *transport.Message) error {
+	if sc.stream {
+		return sc.sendStream(ctx, m)
+	}
+	return sc.sendResponse(ctx, m)
+}
+
+// sendStream is Send on a stream.
+func (sc *serverConn) sendStream(ctx context.Context, m *transport.Message) error {
+	if refusal(m) && sc.st.Load() == nil {
+		sc.upMu.Lock()
+		if sc.st.Load() == nil {
+			defer sc.upMu.Unlock()
+			return sc.sendResponse(ctx, m)
+		}
+		sc.upMu.Unlock()
+	}
+	st, err := sc.upgrade(ctx)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errors.New("stream already refused by a plain response")
+		}
+		return fmt.Errorf("httptransport: stream send to %s: %w", sc.remote, err)
+	}
+	return st.send(ctx, m)
+}
+
+// sendResponse writes m as the HTTP response.
+func (sc *serverConn) sendResponse(ctx context.Context, m *transport.Message) error {
 	status, err := sc.check(m)
 	if err != nil {
 		return err
@@ -339,6 +425,81 @@ func (sc *serverConn) Send(ctx context.Context, m *transport.Message) error {
 		sc.sent.Store(false)
 		return fmt.Errorf("httptransport: send to %s: %w", sc.remote, ctx.Err())
 	}
+}
+
+// refusal reports whether m, as a stream's first Send, refuses the stream.
+func refusal(m *transport.Message) bool {
+	if m == nil {
+		return false
+	}
+	n, err := strconv.Atoi(m.Header[transport.HeaderStatus])
+	return err == nil && n >= 300
+}
+
+// upgrade switches the connection to a stream once, and returns the stream. It returns
+// io.EOF if a refusal was sent instead.
+func (sc *serverConn) upgrade(ctx context.Context) (*stream, error) {
+	if st := sc.st.Load(); st != nil {
+		return st, nil
+	}
+	sc.upMu.Lock()
+	defer sc.upMu.Unlock()
+	if st := sc.st.Load(); st != nil {
+		return st, nil
+	}
+	if !sc.sent.CompareAndSwap(false, true) {
+		return nil, io.EOF // refused by a plain response
+	}
+	select {
+	case sc.send <- sendReq{ctx: ctx, upgrade: true}:
+	case <-sc.gone:
+		return nil, errClientGone
+	case <-sc.closed:
+		return nil, transport.ErrClosed
+	}
+	if err := <-sc.result; err != nil {
+		return nil, err
+	}
+	st := sc.st.Load()
+	select {
+	case <-sc.closed:
+		_ = st.close() // Close may have run before st was stored
+		return nil, transport.ErrClosed
+	default:
+	}
+	return st, nil
+}
+
+// hijack takes the connection from net/http, answers 101 Switching Protocols, and stores
+// the stream over it in sc.st. It runs on the handler goroutine.
+func (sc *serverConn) hijack(ctx context.Context) error {
+	nc, brw, err := sc.rc.Hijack()
+	if err != nil {
+		return fmt.Errorf("switching to a stream: %w", err)
+	}
+	d, ok := ctx.Deadline()
+	if !ok {
+		d = time.Now().Add(sc.opts.WriteTimeout)
+	}
+	_ = nc.SetWriteDeadline(d)
+	_, err = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + upgradeToken + "\r\n\r\n")
+	if err == nil {
+		err = brw.Flush()
+	}
+	_ = nc.SetWriteDeadline(time.Time{})
+	if err != nil {
+		_ = nc.Close()
+		return fmt.Errorf("switching to a stream: %w", err)
+	}
+	// Read past net/http's reader: keep what it buffered (frames the client sent early),
+	// then read the socket directly.
+	var r io.Reader = nc
+	if n := brw.Reader.Buffered(); n > 0 {
+		early, _ := brw.Reader.Peek(n)
+		r = io.MultiReader(bytes.NewReader(bytes.Clone(early)), nc)
+	}
+	sc.st.Store(newStream(nc, bufio.NewReaderSize(r, bufSize), bufio.NewWriterSize(nc, bufSize), sc.remote, sc.opts))
+	return nil
 }
 
 // check validates m as a response and returns its status.
@@ -425,8 +586,13 @@ func (sc *serverConn) write(req sendReq) error {
 }
 
 // Close ends the call. Before a Send, the client is answered 502.
+//
+// On a stream, Close ends the stream: the client's Recv returns io.EOF.
 func (sc *serverConn) Close() error {
 	sc.closeOnce.Do(func() { close(sc.closed) })
+	if st := sc.st.Load(); st != nil {
+		return st.close()
+	}
 	return nil
 }
 
