@@ -7,7 +7,10 @@
 // second micro with both shipped wrappers on (never rejecting) joins the rounds. It prints
 // requests per second and p50/p99 latency for each, and their ratios.
 //
-//	go run ./bench/throughput -c 16 -d 5s -rounds 3 -wrappers
+// With -nats, calls between two micro processes over HTTP and over the NATS transport
+// plugin (with an in-process NATS server) join the rounds.
+//
+//	go run ./bench/throughput -c 16 -d 5s -rounds 3 -wrappers -nats
 package main
 
 import (
@@ -27,6 +30,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
 )
 
 func main() {
@@ -34,22 +39,23 @@ func main() {
 	dur := flag.Duration("d", 5*time.Second, "length of one round")
 	rounds := flag.Int("rounds", 3, "rounds of each kind, alternated")
 	wrappers := flag.Bool("wrappers", false, "also measure a micro with both shipped wrappers on")
+	nats := flag.Bool("nats", false, "also measure calls between two micros over HTTP and over the NATS transport plugin")
 	flag.Parse()
-	if err := run(*conc, *dur, *rounds, *wrappers); err != nil {
+	if err := run(*conc, *dur, *rounds, *wrappers, *nats); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
 }
 
-func run(conc int, dur time.Duration, rounds int, wrappers bool) error {
+func run(conc int, dur time.Duration, rounds int, wrappers, nats bool) error {
 	var stops []*exec.Cmd
 	dir, err := os.MkdirTemp("", "micro-bench")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	microBin, greeterBin := filepath.Join(dir, "micro"), filepath.Join(dir, "greeter")
-	for out, pkg := range map[string]string{microBin: "./cmd/micro", greeterBin: "./examples/greeter"} {
+	microBin, greeterBin, natsBin := filepath.Join(dir, "micro"), filepath.Join(dir, "greeter"), filepath.Join(dir, "transport-nats")
+	for out, pkg := range map[string]string{microBin: "./cmd/micro", greeterBin: "./examples/greeter", natsBin: "./plugins/transport-nats"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -68,18 +74,10 @@ func run(conc int, dur time.Duration, rounds int, wrappers bool) error {
 	}
 	defer stop(greeter)
 
-	startMicro := func(name, extra string) (string, error) {
-		cfg := fmt.Sprintf(`
-[server]
-ingress = "127.0.0.1:0"
-%s
-[registry]
-dir = %q
-[log]
-level = "warn"
-[services.greeter]
-address = "http://%s"
-`, extra, filepath.Join(dir, name, "registry"), appAddr)
+	// launch starts a micro on the config body (sections after [server]), each in a
+	// directory of its own, and returns the URL of greeter's Hello at its ingress.
+	launch := func(name, server, body string) (string, error) {
+		cfg := fmt.Sprintf("[server]\ningress = \"127.0.0.1:0\"\n%s\n[log]\nlevel = \"warn\"\n%s", server, body)
 		if err := os.MkdirAll(filepath.Join(dir, name), 0o755); err != nil {
 			return "", err
 		}
@@ -108,13 +106,21 @@ address = "http://%s"
 		url := "http://" + m[1] + "/greeter/Greeter.Hello"
 		return url, waitOK(url)
 	}
+	var shutdowns []func() // run after the micros stopped
 	defer func() {
 		for _, c := range stops {
 			stop(c)
 		}
+		for _, f := range shutdowns {
+			f()
+		}
 	}()
+	registry := func(name string) string {
+		return fmt.Sprintf("[registry]\ndir = %q\n", filepath.Join(dir, name, "registry"))
+	}
+	fronts := fmt.Sprintf("[services.greeter]\naddress = \"http://%s\"\n", appAddr)
 	paths := []struct{ name, url string }{{name: "direct", url: "http://" + appAddr + "/Greeter.Hello"}}
-	via, err := startMicro("plain", "")
+	via, err := launch("plain", "", registry("plain")+fronts)
 	if err != nil {
 		return err
 	}
@@ -122,7 +128,7 @@ address = "http://%s"
 	if wrappers {
 		root, _ := os.Getwd()
 		// Both shipped wrappers, set so that they never reject: their cost, not their effect.
-		wrapped, err := startMicro("wrapped", fmt.Sprintf(`wrappers = ["ratelimit"]
+		wrapped, err := launch("wrapped", `wrappers = ["ratelimit"]`, registry("wrapped")+fronts+fmt.Sprintf(`
 [client]
 wrappers = ["breaker"]
 [wrappers.ratelimit]
@@ -139,6 +145,35 @@ key = "node"
 			return err
 		}
 		paths = append(paths, struct{ name, url string }{"micro+wrappers", wrapped})
+	}
+	if nats {
+		// Two micros each: one fronts the greeter, the other (fronting nothing) is called,
+		// so every call crosses the transport between two processes.
+		if _, err := launch("http-server", "", registry("http")+fronts); err != nil {
+			return err
+		}
+		viaHTTP, err := launch("http-client", "", registry("http"))
+		if err != nil {
+			return err
+		}
+		ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
+		if err != nil {
+			return err
+		}
+		go ns.Start()
+		shutdowns = append(shutdowns, ns.Shutdown)
+		if !ns.ReadyForConnections(10 * time.Second) {
+			return fmt.Errorf("nats server not ready")
+		}
+		tr := fmt.Sprintf("[transport]\nplugin = \"nats\"\nurl = %q\npath = %q\n", ns.ClientURL(), natsBin)
+		if _, err := launch("nats-server", "", registry("nats")+tr+fronts); err != nil {
+			return err
+		}
+		viaNATS, err := launch("nats-client", "", registry("nats")+tr)
+		if err != nil {
+			return err
+		}
+		paths = append(paths, struct{ name, url string }{"2 micros, http", viaHTTP}, struct{ name, url string }{"2 micros, nats", viaNATS})
 	}
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}}
