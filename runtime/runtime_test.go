@@ -510,3 +510,37 @@ func TestStream(t *testing.T) {
 		t.Fatalf("unknown service: %v %v", err, resp)
 	}
 }
+
+// BenchmarkStream sends messages down one stream (WebSocket → ingress → HTTP transport →
+// inbound → app WebSocket) and reads their echoes, pipelined: one op is one message each
+// way.
+func BenchmarkStream(b *testing.B) {
+	rt, _ := start(b)
+	ctx := context.Background()
+	ws, _, err := websocket.Dial(ctx, "ws://"+rt.IngressAddr()+"/echo/Echo.Stream", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ws.CloseNow()
+	msg := []byte(`{"name":"Ada"}`)
+	b.ReportAllocs()
+	b.ResetTimer()
+	errc := make(chan error, 1)
+	go func() {
+		for range b.N {
+			if err := ws.Write(ctx, websocket.MessageText, msg); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	for range b.N {
+		if _, _, err := ws.Read(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+}
