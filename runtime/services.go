@@ -44,6 +44,9 @@ type fronted struct {
 type appNode struct {
 	node *registry.Node
 	base string
+	// registered is set once a registration that included the node succeeded; health
+	// counts only such nodes, so "ready" means callers can find it.
+	registered bool
 }
 
 func newServices(r *Runtime, reg config.Registry) *services {
@@ -67,7 +70,7 @@ func (s *services) apply(ctx context.Context, specs map[string]config.Service) e
 		case !labelsEqual(f.spec, spec):
 			f.spec = spec
 			for id, n := range f.nodes {
-				f.nodes[id] = appNode{node: s.nodeFor(f, id, n.node.Metadata["instance"]), base: n.base}
+				f.nodes[id] = appNode{node: s.nodeFor(f, id, n.node.Metadata["instance"]), base: n.base, registered: n.registered}
 			}
 			s.r.logger.Info("service labels changed", "service", name, "version", spec.Version)
 		}
@@ -219,7 +222,7 @@ func (s *services) readvertise(ctx context.Context) {
 	s.mu.Lock()
 	for _, f := range s.m {
 		for id, n := range f.nodes {
-			f.nodes[id] = appNode{node: s.nodeFor(f, id, n.node.Metadata["instance"]), base: n.base}
+			f.nodes[id] = appNode{node: s.nodeFor(f, id, n.node.Metadata["instance"]), base: n.base, registered: n.registered}
 		}
 	}
 	s.mu.Unlock()
@@ -271,6 +274,14 @@ func (s *services) register(ctx context.Context, name string) {
 	s.mu.Lock()
 	prev := s.regErr
 	s.regErr = err
+	if f := s.m[name]; err == nil && f != nil {
+		for _, n := range svc.Nodes {
+			if an, ok := f.nodes[n.ID]; ok && an.node == n {
+				an.registered = true
+				f.nodes[n.ID] = an
+			}
+		}
+	}
 	s.mu.Unlock()
 	switch {
 	case err != nil && prev == nil:
@@ -380,7 +391,12 @@ func (s *services) status() (map[string]int, error) {
 	defer s.mu.RUnlock()
 	out := make(map[string]int, len(s.m))
 	for name, f := range s.m {
-		out[name] = len(f.nodes)
+		out[name] = 0
+		for _, n := range f.nodes {
+			if n.registered {
+				out[name]++
+			}
+		}
 	}
 	return out, s.regErr
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -163,5 +164,154 @@ func TestOverGRPC(t *testing.T) {
 	_ = ds.Send(&transportpb.DialFrame{Frame: &transportpb.DialFrame_Addr{Addr: "127.0.0.1:1"}})
 	if _, err := ds.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Errorf("dial of a bad address: %v, want UNAVAILABLE naming it", err)
+	}
+}
+
+// TestStreamOverGRPC runs streams between two plugin instances through the sdk's plugin
+// server: messages both ways, a server that ends with an error message and closes, and a
+// client that closes.
+func TestStreamOverGRPC(t *testing.T) {
+	s := natstest.Start(t)
+	server := pluginClient(t, s.URL)
+	client := pluginClient(t, s.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	ls, err := server.Listen(ctx, &transportpb.ListenRequest{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := ls.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := first.GetAddr()
+	// The server side, as micro drives a Serve stream: greet, echo every message, and
+	// answer "bye" with an error message and a close. ended says how each stream ended.
+	ended := make(chan string, 2)
+	go func() {
+		for {
+			a, err := ls.Recv()
+			if err != nil {
+				return
+			}
+			go func(id uint64) {
+				st, err := server.Serve(ctx)
+				if err != nil {
+					ended <- err.Error()
+					return
+				}
+				_ = st.Send(&transportpb.ServeFrame{Frame: &transportpb.ServeFrame_ConnId{ConnId: id}})
+				if f, err := st.Recv(); err != nil || f.GetConnected() == nil {
+					ended <- fmt.Sprintf("want connected, got %v, %v", f, err)
+					return
+				}
+				f, err := st.Recv()
+				if err != nil || f.GetMessage().GetHeader()[transport.HeaderStream] != "1" {
+					ended <- fmt.Sprintf("want the open message, got %v, %v", f, err)
+					return
+				}
+				send := func(h map[string]string, body string) {
+					_ = st.Send(&transportpb.ServeFrame{Frame: &transportpb.ServeFrame_Message{Message: &transportpb.Message{Header: h, Body: []byte(body)}}})
+				}
+				send(nil, "welcome")
+				for {
+					f, err := st.Recv()
+					if errors.Is(err, io.EOF) {
+						ended <- "client closed"
+						return
+					}
+					if err != nil {
+						ended <- err.Error()
+						return
+					}
+					body := string(f.GetMessage().GetBody())
+					if body == "bye" {
+						send(map[string]string{"Micro-Status": "500"}, `{"detail":"bye"}`)
+						_ = st.CloseSend()
+						_, err := st.Recv()
+						ended <- fmt.Sprintf("server closed: %v", err)
+						return
+					}
+					send(nil, strings.ToUpper(body))
+				}
+			}(a.GetConnId())
+		}
+	}()
+
+	open := func() transportpb.Transport_DialClient {
+		t.Helper()
+		ds, err := client.Dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ds.Send(&transportpb.DialFrame{Frame: &transportpb.DialFrame_Addr{Addr: addr}}); err != nil {
+			t.Fatal(err)
+		}
+		if f, err := ds.Recv(); err != nil || f.GetConnected() == nil {
+			t.Fatalf("dial: want connected, got %v, %v", f, err)
+		}
+		send(t, ds, map[string]string{transport.HeaderStream: "1"}, "")
+		if f, err := ds.Recv(); err != nil || string(f.GetMessage().GetBody()) != "welcome" {
+			t.Fatalf("want the greeting, got %v, %v", f, err)
+		}
+		return ds
+	}
+
+	// Several messages each way, then the server's error and close.
+	ds := open()
+	words := []string{"a", "bb", "ccc"}
+	for _, w := range words {
+		send(t, ds, nil, w)
+	}
+	for _, w := range words {
+		f, err := ds.Recv()
+		if err != nil || string(f.GetMessage().GetBody()) != strings.ToUpper(w) {
+			t.Fatalf("want %q, got %v, %v", strings.ToUpper(w), f, err)
+		}
+	}
+	send(t, ds, nil, "bye")
+	f, err := ds.Recv()
+	if err != nil || f.GetMessage().GetHeader()["Micro-Status"] != "500" {
+		t.Fatalf("want the error message, got %v, %v", f, err)
+	}
+	if _, err := ds.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the server closed: %v, want io.EOF", err)
+	}
+	if got := <-ended; got != "server closed: EOF" {
+		t.Errorf("server stream ended: %s", got)
+	}
+
+	// The client closes: the server's stream ends cleanly.
+	ds = open()
+	_ = ds.CloseSend()
+	if got := <-ended; got != "client closed" {
+		t.Errorf("server stream ended: %s, want client closed", got)
+	}
+	if _, err := ds.Recv(); !errors.Is(err, io.EOF) {
+		t.Errorf("client stream after its close: %v, want io.EOF", err)
+	}
+
+	// A stream to a node that is not there: UNAVAILABLE, saying no responders.
+	ds, err = client.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ds.Send(&transportpb.DialFrame{Frame: &transportpb.DialFrame_Addr{Addr: "nats:micro.inbound.gone"}})
+	if f, err := ds.Recv(); err != nil || f.GetConnected() == nil {
+		t.Fatalf("dial: want connected, got %v, %v", f, err)
+	}
+	send(t, ds, map[string]string{transport.HeaderStream: "1"}, "")
+	if _, err := ds.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no responders") {
+		t.Errorf("stream to a gone node: %v, want UNAVAILABLE with no responders", err)
+	}
+}
+
+// send sends a message frame on a Dial stream.
+func send(t *testing.T, ds transportpb.Transport_DialClient, h map[string]string, body string) {
+	t.Helper()
+	err := ds.Send(&transportpb.DialFrame{Frame: &transportpb.DialFrame_Message{Message: &transportpb.Message{Header: h, Body: []byte(body)}}})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

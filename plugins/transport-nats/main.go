@@ -15,6 +15,14 @@
 // restarts; calls made meanwhile wait in a reconnect buffer until their budget ends.
 // Messages larger than the server's max_payload (1 MiB by default) are refused with an
 // error that says so. A URL's password is never logged.
+//
+// A stream (a first message with Micro-Stream: 1) runs on two inboxes, one per side: the
+// client publishes the first message with its inbox as the reply subject and waits, within
+// that Send's ctx, for the accepted conn's acknowledgement, whose reply subject is the
+// server's inbox; after that each side publishes to the other's inbox, with credit-based
+// flow control (a 4 MiB window each way) so that NATS never drops a message for a slow
+// reader, and Close publishes an end marker, on which the peer's Recv returns io.EOF. See
+// stream.go and the README.
 package main
 
 import "github.com/microhost/micro/sdk/transport"

@@ -293,7 +293,17 @@ func (l *listener) Accept(ctx context.Context) (transport.Conn, error) {
 		if m.Reply == "" {
 			continue
 		}
-		return newServerConn(l.nc, m), nil
+		if m.Header.Get(transport.HeaderStream) != "1" {
+			return newServerConn(l.nc, m), nil
+		}
+		st, err := acceptStream(l.nc, l.Addr(), m)
+		if err != nil {
+			// The client's open fails by its budget; the listener carries on.
+			continue
+		}
+		c := newServerConn(l.nc, m)
+		c.st = st
+		return c, nil
 	}
 }
 
@@ -318,11 +328,12 @@ func (l *listener) Close() error {
 
 // serverConn is one accepted call: Recv returns the request, Send answers it once, and
 // then Recv returns io.EOF (the call is over). Recv and Send may run concurrently, as the
-// plugin server's pump runs them. Streams will add more messages each way on subjects of
-// the conn's own.
+// plugin server's pump runs them. A stream (st != nil) carries any number of messages
+// each way after the request, until either side closes (see stream.go).
 type serverConn struct {
 	nc    *nats.Conn
-	reply string // the request's reply subject
+	reply string  // the request's reply subject
+	st    *stream // nil for a call
 
 	mu      sync.Mutex
 	req     *nats.Msg // nil once received
@@ -346,6 +357,13 @@ func (c *serverConn) Recv(ctx context.Context) (*transport.Message, error) {
 	if req != nil {
 		return fromNATS(req), nil
 	}
+	if c.st != nil {
+		msg, err := c.st.recv(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return fromNATS(msg), nil
+	}
 	select {
 	case <-c.done:
 		return nil, io.EOF
@@ -358,6 +376,9 @@ func (c *serverConn) Recv(ctx context.Context) (*transport.Message, error) {
 func (c *serverConn) Send(ctx context.Context, m *transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	if c.st != nil {
+		return c.st.send(ctx, toNATS("", m))
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -376,15 +397,23 @@ func (c *serverConn) Send(ctx context.Context, m *transport.Message) error {
 	return nil
 }
 
-// Close ends the call. A call closed without a reply leaves its caller to its budget.
+// Close ends the call. A call closed without a reply leaves its caller to its budget. A
+// stream's peer is told, and its Recv returns io.EOF.
 func (c *serverConn) Close() error {
 	c.doneOnce.Do(func() { close(c.done) })
+	if c.st != nil {
+		return c.st.close()
+	}
 	return nil
 }
 
 // clientConn carries one call at a time to a listener's subject: Send hands the request to
 // Recv, which sends it as a NATS request and waits for the reply. Recv may be called
 // before Send (the plugin server's pump waits in Recv); it then waits for the request.
+//
+// A first message with HeaderStream = "1" makes the conn a stream for good: that Send
+// opens it and waits, within its ctx, for the listener to acknowledge; later Sends and
+// Recvs carry messages until either side closes (see stream.go).
 type clientConn struct {
 	nc      *nats.Conn
 	addr    string
@@ -393,11 +422,55 @@ type clientConn struct {
 	pending   chan *nats.Msg // holds at most one request that Recv has not taken
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	sendMu   sync.Mutex    // serialises Send, and so the opening of a stream
+	opening  bool          // a stream's first message was sent (under sendMu)
+	opened   chan struct{} // closed once the stream is open or failed to open
+	stMu     sync.Mutex
+	st       *stream // the open stream; set (under stMu) before opened is closed
+	openErr  error   // why the stream did not open; set before opened is closed
+	isClosed bool    // Close was called (under stMu)
 }
 
 func newClientConn(nc *nats.Conn, addr, subject string) *clientConn {
 	return &clientConn{nc: nc, addr: addr, subject: subject,
-		pending: make(chan *nats.Msg, 1), closed: make(chan struct{})}
+		pending: make(chan *nats.Msg, 1), closed: make(chan struct{}), opened: make(chan struct{})}
+}
+
+// sendStream opens the stream with m, or sends m on the stream opened before.
+func (c *clientConn) sendStream(ctx context.Context, m *transport.Message) error {
+	if c.opening { // the open has completed: it does so under sendMu
+		if c.openErr != nil {
+			return c.openErr
+		}
+		return c.st.send(ctx, toNATS("", m))
+	}
+	c.opening = true
+	octx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // Close ends the wait for the acknowledgement
+		select {
+		case <-c.closed:
+			cancel()
+		case <-octx.Done():
+		}
+	}()
+	st, err := openStream(octx, c.nc, c.addr, toNATS(c.subject, m))
+	c.stMu.Lock()
+	if c.isClosed { // closed while opening: tell the listener
+		if st != nil {
+			_ = st.close()
+		}
+		err = fmt.Errorf("transport-nats: open stream to %s: %w", c.addr, net.ErrClosed)
+	}
+	if err != nil {
+		c.openErr = err
+	} else {
+		c.st = st
+	}
+	c.stMu.Unlock()
+	close(c.opened)
+	return err
 }
 
 // Send hands m to Recv as the request of the next call, after checking that NATS will
@@ -411,8 +484,13 @@ func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 		return fmt.Errorf("transport-nats: send to %s: %w", c.addr, net.ErrClosed)
 	default:
 	}
-	if m.Header[transport.HeaderStream] == "1" {
-		return fmt.Errorf("transport-nats: streams are not supported yet: use the http transport for streaming calls")
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if c.opening || (m != nil && m.Header[transport.HeaderStream] == "1") {
+		if len(c.pending) > 0 {
+			return fmt.Errorf("transport-nats: send to %s: a call is in progress; a stream needs a conn of its own", c.addr)
+		}
+		return c.sendStream(ctx, m)
 	}
 	msg := toNATS(c.subject, m)
 	if err := checkSize(c.nc, msg); err != nil {
@@ -432,6 +510,15 @@ func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
 	var msg *nats.Msg
 	select {
 	case msg = <-c.pending:
+	case <-c.opened:
+		if c.openErr != nil {
+			return nil, c.openErr
+		}
+		m, err := c.st.recv(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return fromNATS(m), nil
 	case <-c.closed:
 		return nil, fmt.Errorf("transport-nats: receive from %s: %w", c.addr, net.ErrClosed)
 	case <-ctx.Done():
@@ -454,9 +541,17 @@ func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
 	return fromNATS(resp), nil
 }
 
-// Close ends the conn: a Recv waiting for a request returns. It holds no NATS resources.
+// Close ends the conn: a Recv waiting for a request returns. A call's conn holds no NATS
+// resources; a stream's tells the listener (its Recv returns io.EOF) and unsubscribes.
 func (c *clientConn) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })
+	c.stMu.Lock()
+	c.isClosed = true
+	st := c.st
+	c.stMu.Unlock()
+	if st != nil {
+		return st.close()
+	}
 	return nil
 }
 

@@ -143,6 +143,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		if err != nil {
 			switch {
 			case errors.Is(err, registry.ErrNotFound):
+				c.logger.Debug("service not found", "service", req.Service, "err", err)
 				return nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
 			case lastErr != nil:
 				return nil, lastErr
