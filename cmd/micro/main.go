@@ -28,6 +28,7 @@ const usage = `micro is a runtime for resilient service-to-service calls.
 Usage:
   micro run [flags]                         start micro on micro.toml
   micro call [flags] SERVICE ENDPOINT [JSON] call a service through a running micro
+  micro call --stream SERVICE ENDPOINT [MSG...]  open a stream (WebSocket) to a service
   micro services [flags]                    list registered services and their nodes
   micro wrapper new|build [flags] ARG       write a new wrapper project, or build one to .wasm
   micro version                             print the version
