@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,4 +74,80 @@ func TestTransportSwitch(t *testing.T) {
 		t.Fatalf("%d of %d calls failed over the transport switches; first: %s", len(failures), ok+len(failures), failures[0])
 	}
 	t.Logf("%d calls over 2 transport switches, none failed", ok)
+}
+
+// TestTransportPluginKilled: the caller's NATS transport plugin is SIGKILLed while calls
+// stream: calls in flight end with 502 or 504 within their budget, never hang; the plugin
+// is restarted and calls succeed again.
+func TestTransportPluginKilled(t *testing.T) {
+	t.Parallel()
+	nats := natstest.Start(t)
+	reg := t.TempDir()
+	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
+	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
+	nodesOf(t, caller, "greeter", 1)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var (
+		mu       sync.Mutex
+		ok       int
+		bad      []string
+		slowest  time.Duration
+		counting sync.WaitGroup
+	)
+	for range 4 {
+		counting.Go(func() {
+			for ctx.Err() == nil {
+				start := time.Now()
+				r, err := caller.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, map[string]string{"Micro-Timeout": "1s"})
+				took := time.Since(start)
+				mu.Lock()
+				slowest = max(slowest, took)
+				switch {
+				case err != nil:
+					bad = append(bad, err.Error())
+				case r.status == 200:
+					ok++
+				case r.status == 502 || r.status == 504:
+				default:
+					bad = append(bad, fmt.Sprintf("%d %s", r.status, r.body))
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return ok }
+	waitOK := func(n int) {
+		t.Helper()
+		before := count()
+		eventually(t, 30*time.Second, func() error {
+			if got := count() - before; got < n {
+				return fmt.Errorf("%d successful calls", got)
+			}
+			return nil
+		})
+	}
+	waitOK(50)
+	var plugin int
+	for _, pid := range caller.children() {
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "transport-nats") {
+			plugin = pid
+		}
+	}
+	if plugin == 0 {
+		t.Fatal("no transport plugin under the caller's micro")
+	}
+	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitOK(100) // the plugin came back and calls succeed again
+	cancel()
+	counting.Wait()
+	if len(bad) > 0 {
+		t.Fatalf("%d calls ended otherwise than 200, 502 or 504; first: %s", len(bad), bad[0])
+	}
+	if slowest > 3*time.Second {
+		t.Errorf("a call took %v with a 1s budget", slowest)
+	}
 }
