@@ -76,6 +76,71 @@ func TestTransportSwitch(t *testing.T) {
 	t.Logf("%d calls over 2 transport switches, none failed", ok)
 }
 
+// budgetLoad streams calls with a budget and sorts the outcomes: 200s, the clean failures
+// a broken transport may give (502, 504), and anything else; it keeps the slowest call.
+type budgetLoad struct {
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	ok      int
+	bad     []string
+	slowest time.Duration
+}
+
+func runBudgetLoad(ctx context.Context, m *micro, workers int, budget string) *budgetLoad {
+	l := &budgetLoad{}
+	for range workers {
+		l.wg.Go(func() {
+			for ctx.Err() == nil {
+				start := time.Now()
+				r, err := m.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, map[string]string{"Micro-Timeout": budget})
+				took := time.Since(start)
+				l.mu.Lock()
+				l.slowest = max(l.slowest, took)
+				switch {
+				case err != nil:
+					l.bad = append(l.bad, err.Error())
+				case r.status == 200:
+					l.ok++
+				case r.status == 502 || r.status == 504:
+				default:
+					l.bad = append(l.bad, fmt.Sprintf("%d %s", r.status, r.body))
+				}
+				l.mu.Unlock()
+			}
+		})
+	}
+	return l
+}
+
+// waitOK waits until n more calls have succeeded.
+func (l *budgetLoad) waitOK(t *testing.T, n int) {
+	t.Helper()
+	l.mu.Lock()
+	before := l.ok
+	l.mu.Unlock()
+	eventually(t, 30*time.Second, func() error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if got := l.ok - before; got < n {
+			return fmt.Errorf("%d successful calls", got)
+		}
+		return nil
+	})
+}
+
+// check waits for the workers and fails t on a call that ended otherwise than 200, 502 or
+// 504, or that ran far past its budget.
+func (l *budgetLoad) check(t *testing.T, budget time.Duration) {
+	t.Helper()
+	l.wg.Wait()
+	if len(l.bad) > 0 {
+		t.Fatalf("%d calls ended otherwise than 200, 502 or 504; first: %s", len(l.bad), l.bad[0])
+	}
+	if l.slowest > budget+2*time.Second {
+		t.Errorf("a call took %v with a %v budget", l.slowest, budget)
+	}
+}
+
 // TestTransportPluginKilled: the caller's NATS transport plugin is SIGKILLed while calls
 // stream: calls in flight end with 502 or 504 within their budget, never hang; the plugin
 // is restarted and calls succeed again.
@@ -89,46 +154,8 @@ func TestTransportPluginKilled(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var (
-		mu       sync.Mutex
-		ok       int
-		bad      []string
-		slowest  time.Duration
-		counting sync.WaitGroup
-	)
-	for range 4 {
-		counting.Go(func() {
-			for ctx.Err() == nil {
-				start := time.Now()
-				r, err := caller.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, map[string]string{"Micro-Timeout": "1s"})
-				took := time.Since(start)
-				mu.Lock()
-				slowest = max(slowest, took)
-				switch {
-				case err != nil:
-					bad = append(bad, err.Error())
-				case r.status == 200:
-					ok++
-				case r.status == 502 || r.status == 504:
-				default:
-					bad = append(bad, fmt.Sprintf("%d %s", r.status, r.body))
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	count := func() int { mu.Lock(); defer mu.Unlock(); return ok }
-	waitOK := func(n int) {
-		t.Helper()
-		before := count()
-		eventually(t, 30*time.Second, func() error {
-			if got := count() - before; got < n {
-				return fmt.Errorf("%d successful calls", got)
-			}
-			return nil
-		})
-	}
-	waitOK(50)
+	l := runBudgetLoad(ctx, caller, 4, "1s")
+	l.waitOK(t, 50)
 	var plugin int
 	for _, pid := range caller.children() {
 		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "transport-nats") {
@@ -141,13 +168,35 @@ func TestTransportPluginKilled(t *testing.T) {
 	if err := syscall.Kill(plugin, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitOK(100) // the plugin came back and calls succeed again
+	l.waitOK(t, 100) // the plugin came back and calls succeed again
 	cancel()
-	counting.Wait()
-	if len(bad) > 0 {
-		t.Fatalf("%d calls ended otherwise than 200, 502 or 504; first: %s", len(bad), bad[0])
-	}
-	if slowest > 3*time.Second {
-		t.Errorf("a call took %v with a 1s budget", slowest)
-	}
+	l.check(t, time.Second)
+}
+
+// TestNATSServerRestart: the NATS server goes away and comes back on the same port while
+// calls stream between two micros: nothing hangs past its budget, failures are 502 or 504,
+// and calls succeed again once the server is back.
+func TestNATSServerRestart(t *testing.T) {
+	t.Parallel()
+	nats := natstest.Start(t)
+	reg := t.TempDir()
+	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
+	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
+	nodesOf(t, caller, "greeter", 1)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := runBudgetLoad(ctx, caller, 4, "500ms")
+	l.waitOK(t, 50)
+	nats.Stop()
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(caller.logs.String(), "disconnected from NATS") {
+			return fmt.Errorf("the plugin has not noticed the outage yet")
+		}
+		return nil
+	})
+	nats.Restart()
+	l.waitOK(t, 100)
+	cancel()
+	l.check(t, 500*time.Millisecond)
 }
