@@ -153,32 +153,32 @@ func BenchmarkCallThroughMicro(b *testing.B) {
 	})
 }
 
-// TestRegistrySwapUnderLoad switches between two embedded registries (two directories)
-// while calls stream, both ways: no call fails, and the services move.
-func TestRegistrySwapUnderLoad(t *testing.T) {
-	rt, cfg := start(t)
-	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+// load is a steady stream of calls from 4 goroutines to url, counting outcomes.
+type load struct {
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	ok, bad  int
+	firstBad string
+}
+
+func startLoad(url string) *load {
 	ctx, cancel := context.WithCancel(context.Background())
-	var (
-		mu       sync.Mutex
-		ok, bad  int
-		firstBad string
-		wg       sync.WaitGroup
-	)
+	l := &load{cancel: cancel}
 	for range 4 {
-		wg.Go(func() {
+		l.wg.Go(func() {
 			for ctx.Err() == nil {
 				resp, err := http.Post(url, "application/json", strings.NewReader(`{}`))
-				mu.Lock()
+				l.mu.Lock()
 				if err != nil || resp.StatusCode != 200 {
-					bad++
-					if firstBad == "" {
-						firstBad = fmt.Sprint(err, resp)
+					l.bad++
+					if l.firstBad == "" {
+						l.firstBad = fmt.Sprint(err, resp)
 					}
 				} else {
-					ok++
+					l.ok++
 				}
-				mu.Unlock()
+				l.mu.Unlock()
 				if resp != nil {
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
@@ -186,6 +186,45 @@ func TestRegistrySwapUnderLoad(t *testing.T) {
 			}
 		})
 	}
+	return l
+}
+
+// waitCalls waits until n more calls have succeeded.
+func (l *load) waitCalls(t *testing.T, n int) {
+	t.Helper()
+	l.mu.Lock()
+	target := l.ok + n
+	l.mu.Unlock()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		l.mu.Lock()
+		got := l.ok
+		l.mu.Unlock()
+		if got >= target {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls stalled at %d", got)
+		}
+		runtime.Gosched()
+	}
+}
+
+// stop ends the load and fails t if any call failed.
+func (l *load) stop(t *testing.T) {
+	t.Helper()
+	l.cancel()
+	l.wg.Wait()
+	if l.bad > 0 || l.ok == 0 {
+		t.Fatalf("%d calls failed of %d; first: %s", l.bad, l.ok+l.bad, l.firstBad)
+	}
+}
+
+// TestRegistrySwapUnderLoad switches between two embedded registries (two directories)
+// while calls stream, both ways: no call fails, and the services move.
+func TestRegistrySwapUnderLoad(t *testing.T) {
+	rt, cfg := start(t)
+	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
+	l := startLoad(url)
 	first := cfg.Registry.Dir
 	second := t.TempDir()
 	for i, dir := range []string{second, first, second} {
@@ -210,28 +249,9 @@ func TestRegistrySwapUnderLoad(t *testing.T) {
 			t.Errorf("switch %d: echo still in the old registry", i)
 		}
 		reg.Close()
-		// Let calls run on the new registry before the next switch.
-		mu.Lock()
-		target := ok + 50
-		mu.Unlock()
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			mu.Lock()
-			n := ok
-			mu.Unlock()
-			if n >= target {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("switch %d: calls stalled at %d", i, n)
-			}
-			runtime.Gosched()
-		}
+		l.waitCalls(t, 50) // calls run on the new registry before the next switch
 	}
-	cancel()
-	wg.Wait()
-	if bad > 0 || ok == 0 {
-		t.Fatalf("%d calls failed of %d; first: %s", bad, ok+bad, firstBad)
-	}
+	l.stop(t)
 }
 
 // goWrapper is a native wrapper for tests of the chain logic: it rejects calls that carry
@@ -372,34 +392,7 @@ func (s schemed) Listen(ctx context.Context, addr string) (transport.Listener, e
 func TestTransportSwitchUnderLoad(t *testing.T) {
 	rt, cfg := startWith(t, func(c *config.Config) { c.Server.DrainTimeout = time.Second }, nil)
 	url := "http://" + rt.IngressAddr() + "/echo/Echo.Say"
-	ctx, cancel := context.WithCancel(context.Background())
-	var (
-		mu       sync.Mutex
-		ok, bad  int
-		firstBad string
-		wg       sync.WaitGroup
-	)
-	for range 4 {
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				resp, err := http.Post(url, "application/json", strings.NewReader(`{}`))
-				mu.Lock()
-				if err != nil || resp.StatusCode != 200 {
-					bad++
-					if firstBad == "" {
-						firstBad = fmt.Sprint(err, resp)
-					}
-				} else {
-					ok++
-				}
-				mu.Unlock()
-				if resp != nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-			}
-		})
-	}
+	l := startLoad(url)
 	registered := func() string {
 		reg, err := embedded.Open(cfg.Registry.Dir, embedded.Options{})
 		if err != nil {
@@ -412,24 +405,7 @@ func TestTransportSwitchUnderLoad(t *testing.T) {
 		}
 		return svc.Nodes[0].Address
 	}
-	waitCalls := func(n int) {
-		mu.Lock()
-		target := ok + n
-		mu.Unlock()
-		for deadline := time.Now().Add(10 * time.Second); ; {
-			mu.Lock()
-			got := ok
-			mu.Unlock()
-			if got >= target {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("calls stalled at %d", got)
-			}
-			runtime.Gosched()
-		}
-	}
-	waitCalls(50)
+	l.waitCalls(t, 50)
 	for _, plugin := range []string{"t2", "http", "t2"} {
 		next := *cfg
 		next.Transport.Plugin = plugin
@@ -438,13 +414,9 @@ func TestTransportSwitchUnderLoad(t *testing.T) {
 		if strings.HasPrefix(addr, "t2:") != (plugin == "t2") || addr != rt.InboundAddr() {
 			t.Fatalf("after switching to %s the node is registered at %q (inbound %q)", plugin, addr, rt.InboundAddr())
 		}
-		waitCalls(100)
+		l.waitCalls(t, 100)
 	}
-	cancel()
-	wg.Wait()
-	if bad > 0 || ok == 0 {
-		t.Fatalf("%d calls failed of %d; first: %s", bad, ok+bad, firstBad)
-	}
+	l.stop(t)
 }
 
 // echoStream answers each WebSocket message with "echo: " and the message; a message
