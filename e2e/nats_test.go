@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -199,4 +200,20 @@ func TestNATSServerRestart(t *testing.T) {
 	l.waitOK(t, 100)
 	cancel()
 	l.check(t, 500*time.Millisecond)
+}
+
+// TestNATSStream: a stream between two micros over the NATS transport plugin carries
+// messages both ways to the greeter's WebSocket endpoint.
+func TestNATSStream(t *testing.T) {
+	t.Parallel()
+	nats := natstest.Start(t)
+	reg := t.TempDir()
+	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
+	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
+	nodesOf(t, caller, "greeter", 1)
+	out, err := exec.Command(bins.micro, "call", "--stream", "-address", strings.TrimPrefix(caller.ingress, "http://"),
+		"-timeout", "2s", "greeter", "Greeter.Stream", "Ada", "Bo", "Cy").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"greeting":"Hello, Cy!"`) || !strings.Contains(string(out), `"seq":3`) {
+		t.Fatalf("micro call --stream over nats: %v\n%s", err, out)
+	}
 }

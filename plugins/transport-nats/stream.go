@@ -28,9 +28,10 @@ import (
 //     has at most streamWindow bytes (each message counting its body, headers and
 //     msgOverhead) that the peer's Recv has not yet returned (plus one message of up to
 //     the max payload). The receiver tells the
-//     sender how many bytes it has consumed in all (header Micro-Nats-Stream: credit,
-//     Micro-Nats-Credit: <bytes>) each time another quarter of the window is consumed; a
-//     Send waits for credit, within its ctx.
+//     sender the number of the last message it consumed (header Micro-Nats-Stream:
+//     credit, Micro-Nats-Credit: <seq>) each time another quarter of the window is
+//     consumed; the sender maps it to the bytes it had sent up to it. A Send waits for
+//     credit, within its ctx.
 //   - Every message after the first carries its number (Micro-Nats-Seq: 1, 2, …). NATS
 //     delivers at most once: a message lost on the way (the server restarted) shows as
 //     a gap, and the receiver's Recv fails saying so instead of skipping it.
@@ -98,10 +99,15 @@ type stream struct {
 	seq      int64         // messages sent (under sendMu, not mu)
 	recvSeq  int64         // messages received
 	sent     int64         // bytes sent, as msgCost counts them
-	credit   int64         // bytes the peer has consumed, as it last said
-	consumed int64         // bytes recv has returned
-	told     int64         // consumed, as last told to the peer
+	credit   int64         // bytes sent in the messages the peer has consumed, as it last said
+	inflight []sentMark    // messages sent that the peer has not said it consumed
+	consumed int64         // bytes recv has returned, as msgCost counts them here
+	told     int64         // consumed, when the peer was last told
+	doneSeq  int64         // the number of the last message recv returned
 }
+
+// sentMark is a message sent: its number, and s.sent once it was sent.
+type sentMark struct{ seq, sent int64 }
 
 // newStream subscribes to a fresh inbox and returns the stream on it. peer is the peer's
 // inbox, or "" for a client that waits for the acknowledgement.
@@ -134,10 +140,17 @@ func (s *stream) handle(msg *nats.Msg) {
 		}
 		return
 	case ctlCredit:
+		// The peer has consumed every message up to number n.
 		n, err := strconv.ParseInt(msg.Header.Get(creditHeader), 10, 64)
-		if err == nil && n > s.credit {
-			s.credit = n
+		if err != nil {
+			return
 		}
+		i := 0
+		for i < len(s.inflight) && s.inflight[i].seq <= n {
+			s.credit = s.inflight[i].sent
+			i++
+		}
+		s.inflight = s.inflight[i:]
 		return
 	case ctlEnd:
 		s.ended = true
@@ -178,11 +191,11 @@ func (s *stream) send(ctx context.Context, msg *nats.Msg) error {
 	if msg.Header == nil {
 		msg.Header = make(nats.Header, 1)
 	}
+	cost := msgCost(msg)                                             // without the number, as the receiver counts it
 	msg.Header[seqHeader] = []string{strconv.FormatInt(s.seq+1, 10)} // s.seq is ours under sendMu
 	if err := checkSize(s.nc, msg); err != nil {
 		return err
 	}
-	cost := msgCost(msg)
 	for {
 		s.mu.Lock()
 		closed, ended, endErr, wake := s.closed, s.ended, s.endErr, s.wake
@@ -197,8 +210,9 @@ func (s *stream) send(ctx context.Context, msg *nats.Msg) error {
 			return fmt.Errorf("transport-nats: stream send to %s: the peer closed the stream: %w", s.addr, net.ErrClosed)
 		}
 		// Below a sixteenth of the window in flight, a message goes whatever its size:
-		// a receiver that has consumed everything may not have said so for that much
-		// (see recv), and a larger message must not wait for credit that never comes.
+		// a receiver that has consumed everything may not have said so for a
+		// thirty-second, as it counts (see recv; its count can be a little below ours),
+		// and a larger message must not wait for credit that never comes.
 		if inFlight < streamWindow/16 || inFlight+cost <= streamWindow {
 			break
 		}
@@ -211,6 +225,7 @@ func (s *stream) send(ctx context.Context, msg *nats.Msg) error {
 	s.mu.Lock()
 	msg.Subject = s.peer
 	s.sent += cost
+	s.inflight = append(s.inflight, sentMark{seq: s.seq + 1, sent: s.sent})
 	s.mu.Unlock()
 	if err := s.nc.PublishMsg(msg); err != nil {
 		return fmt.Errorf("transport-nats: stream send to %s: %w", s.addr, err)
@@ -233,14 +248,16 @@ func (s *stream) recv(ctx context.Context) (*nats.Msg, error) {
 			s.queue[0] = nil
 			s.queue = s.queue[1:]
 			s.consumed += msgCost(msg)
-			// Credit goes out for each quarter of the window consumed, and, so that a
-			// sender never waits for it in vain, when the queue runs dry with a
-			// sixteenth or more untold (send lets a message go below that).
+			s.doneSeq = s.recvSeq - int64(len(s.queue))
+			// Credit (the number of the last message consumed) goes out for each quarter
+			// of the window consumed, and, so that a sender never waits for it in vain,
+			// when the queue runs dry with a thirty-second or more untold (send lets a
+			// message go below a sixteenth).
 			var credit *nats.Msg
-			if s.consumed-s.told >= streamWindow/4 || len(s.queue) == 0 && s.consumed-s.told >= streamWindow/16 {
+			if s.consumed-s.told >= streamWindow/4 || len(s.queue) == 0 && s.consumed-s.told >= streamWindow/32 {
 				s.told = s.consumed
 				credit = ctlMsg(s.peer, "", ctlCredit)
-				credit.Header.Set(creditHeader, strconv.FormatInt(s.consumed, 10))
+				credit.Header.Set(creditHeader, strconv.FormatInt(s.doneSeq, 10))
 			}
 			s.mu.Unlock()
 			if credit != nil {

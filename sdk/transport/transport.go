@@ -4,8 +4,9 @@
 //
 // A transport moves Messages. A client Conn from Dial carries one call at a time: Send the
 // request, Recv the response; micro pools it for later calls. A server Conn from
-// Listener.Accept carries one call: Recv the request, Send the response. Streams (later)
-// send several messages each way on one Conn.
+// Listener.Accept carries one call: Recv the request, Send the response. A stream, opened
+// by a first message carrying HeaderStream, sends any number of messages each way on one
+// Conn until a side closes it; the other side's Recv then returns io.EOF.
 package transport
 
 import "context"
