@@ -174,11 +174,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		case wrapper.Reject:
 			pick.Skip()
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: v.Status, Err: v.Message}, &ran)
-			resp := rejection(v.Status, "%s", v.Message)
-			for k, val := range v.ReplyHeader {
-				resp.Header[k] = val
-			}
-			return resp, nil
+			return rejected(v.Status, v), nil
 		}
 
 		start := c.now()
@@ -204,10 +200,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		}
 		lastErr = c.failure(ctx, req, node, err)
 		if resp != nil {
-			lastErr = callerr.New(ID, http.StatusBadGateway, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
-			if e, ok := callerr.Parse(resp.Body); ok {
-				lastErr.Detail += ": " + e.Detail
-			}
+			lastErr = answered(req, node, resp)
 		}
 		if lastErr.Code == http.StatusGatewayTimeout {
 			return nil, lastErr
@@ -273,11 +266,7 @@ func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, stri
 				status = http.StatusServiceUnavailable
 			}
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
-			resp := rejection(status, "%s", v.Message)
-			for k, val := range v.ReplyHeader {
-				resp.Header[k] = val
-			}
-			return nil, "", resp, nil
+			return nil, "", rejected(status, v), nil
 		}
 
 		start := c.now()
@@ -305,10 +294,7 @@ func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, stri
 		}
 		lastErr = c.failure(ctx, req, node, err)
 		if resp != nil {
-			lastErr = callerr.New(ID, http.StatusBadGateway, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
-			if e, ok := callerr.Parse(resp.Body); ok {
-				lastErr.Detail += ": " + e.Detail
-			}
+			lastErr = answered(req, node, resp)
 		}
 		if lastErr.Code == http.StatusGatewayTimeout || !c.retry.withdraw() || !c.backoff(ctx, o, attempt) {
 			return nil, "", nil, lastErr
@@ -327,17 +313,7 @@ func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, re
 	if err != nil {
 		return nil, nil, err
 	}
-	h := make(map[string]string, len(req.Header)+len(extra)+5)
-	for k, v := range req.Header {
-		h[k] = v
-	}
-	for k, v := range extra {
-		h[k] = v
-	}
-	h[transport.HeaderService] = req.Service
-	h[transport.HeaderEndpoint] = req.Endpoint
-	h[transport.HeaderNode] = node.ID
-	h[transport.HeaderTimeout] = budget.Format(remaining)
+	h := header(req, node, remaining, extra)
 	h[transport.HeaderStream] = "1"
 	err = conn.Send(ctx, &transport.Message{Header: h, Body: req.Body})
 	var m *transport.Message
@@ -361,6 +337,41 @@ func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, re
 	return nil, &Response{Status: status, Header: m.Header, Body: m.Body, Node: node.ID}, nil
 }
 
+// header is the message header of an attempt on node: the request's headers, those a
+// wrapper added, and micro's routing and budget headers.
+func header(req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) map[string]string {
+	h := make(map[string]string, len(req.Header)+len(extra)+5)
+	for k, v := range req.Header {
+		h[k] = v
+	}
+	for k, v := range extra {
+		h[k] = v
+	}
+	h[transport.HeaderService] = req.Service
+	h[transport.HeaderEndpoint] = req.Endpoint
+	h[transport.HeaderNode] = node.ID
+	h[transport.HeaderTimeout] = budget.Format(remaining)
+	return h
+}
+
+// answered is the error of an attempt whose node answered with a retryable status.
+func answered(req *Request, node *registry.Node, resp *Response) *callerr.Error {
+	e := callerr.New(ID, http.StatusBadGateway, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
+	if inner, ok := callerr.Parse(resp.Body); ok {
+		e.Detail += ": " + inner.Detail
+	}
+	return e
+}
+
+// rejected is the answer to a call that a wrapper's verdict v rejected with status.
+func rejected(status int, v wrapper.Verdict) *Response {
+	resp := rejection(status, "%s", v.Message)
+	for k, val := range v.ReplyHeader {
+		resp.Header[k] = val
+	}
+	return resp
+}
+
 // rejection is the answer to a call that a wrapper rejected.
 func rejection(status int, format string, args ...any) *Response {
 	e := callerr.New(ID, status, format, args...)
@@ -373,18 +384,7 @@ func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node,
 	if err != nil {
 		return nil, err
 	}
-	h := make(map[string]string, len(req.Header)+len(extra)+4)
-	for k, v := range req.Header {
-		h[k] = v
-	}
-	for k, v := range extra {
-		h[k] = v
-	}
-	h[transport.HeaderService] = req.Service
-	h[transport.HeaderEndpoint] = req.Endpoint
-	h[transport.HeaderNode] = node.ID
-	h[transport.HeaderTimeout] = budget.Format(remaining)
-
+	h := header(req, node, remaining, extra)
 	err = conn.Send(ctx, &transport.Message{Header: h, Body: req.Body})
 	var m *transport.Message
 	if err == nil {
