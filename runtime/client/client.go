@@ -261,10 +261,7 @@ func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, stri
 		v := chain.OnRequest(ctx, &call, &ran)
 		if v.Action != wrapper.Continue {
 			pick.Skip()
-			status := v.Status
-			if v.Action == wrapper.RejectNode {
-				status = http.StatusServiceUnavailable
-			}
+			status := v.RejectStatus()
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 			return nil, "", rejected(status, v), nil
 		}

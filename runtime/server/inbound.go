@@ -158,10 +158,7 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, start ti
 			req.Header[k] = val
 		}
 	default:
-		status := v.Status
-		if v.Action == wrapper.RejectNode {
-			status = http.StatusServiceUnavailable
-		}
+		status := v.RejectStatus()
 		chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 		m := errorMessage(callerr.New(InboundID, status, "%s", v.Message))
 		for k, val := range v.ReplyHeader {

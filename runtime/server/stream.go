@@ -189,10 +189,7 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 	var ran wrapper.Ran
 	v := chain.OnRequest(openCtx, &call, &ran)
 	if v.Action != wrapper.Continue {
-		status := v.Status
-		if v.Action == wrapper.RejectNode {
-			status = http.StatusServiceUnavailable
-		}
+		status := v.RejectStatus()
 		chain.OnResponse(openCtx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 		chain.Release()
 		fail(callerr.New(InboundID, status, "%s", v.Message), v.ReplyHeader)

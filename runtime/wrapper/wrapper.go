@@ -56,6 +56,15 @@ type Verdict struct {
 	ReplyHeader map[string]string
 }
 
+// RejectStatus is the HTTP status a refused call answers with: Status for Reject, and 503
+// for RejectNode where there is no other node to try (server side, streams).
+func (v Verdict) RejectStatus() int {
+	if v.Action == RejectNode {
+		return 503
+	}
+	return v.Status
+}
+
 // Result is the outcome of a call, as OnResponse sees it.
 type Result struct {
 	// Status is the HTTP status the caller gets, or 0 when no answer came.
