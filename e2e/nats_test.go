@@ -29,6 +29,18 @@ func withTransport(cfg, section string) string {
 	return strings.Replace(cfg, "[client]", strings.TrimPrefix(section, "\n")+"\n[client]", 1)
 }
 
+// natsPair starts a NATS server and two micros on the NATS transport that share a registry:
+// one fronts greeter, the caller fronts nothing. It returns once the caller sees greeter.
+func natsPair(t *testing.T) (*natstest.Server, *micro) {
+	t.Helper()
+	nats := natstest.Start(t)
+	reg := t.TempDir()
+	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
+	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
+	nodesOf(t, caller, "greeter", 1)
+	return nats, caller
+}
+
 // TestNATSTwoMicros: two micro processes that share only a NATS server and a registry call
 // each other's services by name over the NATS transport plugin.
 func TestNATSTwoMicros(t *testing.T) {
@@ -147,11 +159,7 @@ func (l *budgetLoad) check(t *testing.T, budget time.Duration) {
 // is restarted and calls succeed again.
 func TestTransportPluginKilled(t *testing.T) {
 	t.Parallel()
-	nats := natstest.Start(t)
-	reg := t.TempDir()
-	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
-	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
-	nodesOf(t, caller, "greeter", 1)
+	_, caller := natsPair(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -179,11 +187,7 @@ func TestTransportPluginKilled(t *testing.T) {
 // and calls succeed again once the server is back.
 func TestNATSServerRestart(t *testing.T) {
 	t.Parallel()
-	nats := natstest.Start(t)
-	reg := t.TempDir()
-	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
-	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
-	nodesOf(t, caller, "greeter", 1)
+	nats, caller := natsPair(t)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -206,11 +210,7 @@ func TestNATSServerRestart(t *testing.T) {
 // messages both ways to the greeter's WebSocket endpoint.
 func TestNATSStream(t *testing.T) {
 	t.Parallel()
-	nats := natstest.Start(t)
-	reg := t.TempDir()
-	startMicro(t, withTransport(baseConfig(reg, greeterService("greeter", 1, "")), natsTransport(nats.URL)))
-	caller := startMicro(t, withTransport(baseConfig(reg, ""), natsTransport(nats.URL)))
-	nodesOf(t, caller, "greeter", 1)
+	_, caller := natsPair(t)
 	out, err := exec.Command(bins.micro, "call", "--stream", "-address", strings.TrimPrefix(caller.ingress, "http://"),
 		"-timeout", "2s", "greeter", "Greeter.Stream", "Ada", "Bo", "Cy").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), `"greeting":"Hello, Cy!"`) || !strings.Contains(string(out), `"seq":3`) {
