@@ -18,7 +18,19 @@
 // the nodes of a killed process for longer.
 //
 // Every process that opens the directory must be trusted: an entry names where calls go.
-// Open creates the directory readable by its owner only.
+// Open therefore refuses a directory owned by another user. It creates missing directories
+// readable by their owner only, and it warns when the directory is writable by other users,
+// who could then add nodes; that is a warning only, for a directory that was chosen
+// explicitly. The fallback location in the shared temporary directory (see DefaultDir) is
+// another matter, since any user may create it first: there, a directory that is writable by
+// other users, or a symbolic link, is refused too.
+//
+// Whatever is in the directory is still treated as untrusted input: a file that is not an
+// entry (a symbolic link, which is never followed, a named pipe, a device, a socket, a file
+// too large, corrupt or truncated, in place of a node entry or of a service directory) is
+// skipped, with one warning that names it and says why, and never blocks or crashes a
+// reader. The registry removes only regular files that its own user owns: its own temporary
+// files left over from a crash, and entries long expired or unreadable.
 package embedded
 
 import (
@@ -28,9 +40,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
-	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +58,9 @@ const DefaultScanInterval = time.Second
 // Writers keep a temporary file for microseconds, and replace an entry only by renaming, so
 // such a file is left over from a crash or written by someone else.
 const staleGrace = time.Minute
+
+// unreadableMsg is the message of the log line about a file that is skipped.
+const unreadableMsg = "embedded registry: skipping unreadable entry"
 
 // ErrClosed is returned by the methods of a Registry after Close, and by Watcher.Next when
 // the Registry was closed.
@@ -70,63 +83,58 @@ type Options struct {
 // Registry is a registry.Registry kept in a directory. It is safe for concurrent use, and any
 // number of Registry values, in one process or many, may share a directory.
 type Registry struct {
-	dir  string
-	log  *slog.Logger
-	scan time.Duration
+	dir string
+	// private is the per-user directory in the shared temporary directory that holds dir,
+	// when dir is the fallback location of DefaultDir, and "" otherwise. It gets the
+	// strict checks of prepare.
+	private string
+	log     *slog.Logger
+	scan    time.Duration
 
 	// noEvents makes watchers poll instead of using file-system events, as they do when
 	// those are unavailable. Tests set it to cover that path.
 	noEvents bool
+	// maxWatched and maxKnown bound what each watcher keeps (see the constants of the same
+	// names). Tests lower them.
+	maxWatched, maxKnown int
 
 	mu       sync.Mutex
 	closed   bool
 	watchers map[*watcher]struct{}
 
-	warnMu sync.Mutex
-	warned map[string]time.Time // unreadable entries already logged, with their mod time
+	warned *warnings // files already warned about
 }
 
 var _ registry.Registry = (*Registry)(nil)
 
-// DefaultDir returns the directory that Open uses when given none: micro/registry under the
-// user's cache directory, or under a per-user directory in the temporary directory when
-// there is no cache directory.
-func DefaultDir() string {
-	if d, err := os.UserCacheDir(); err == nil {
-		return filepath.Join(d, "micro", "registry")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("micro-%d", os.Getuid()), "registry")
-}
-
-// Open returns a Registry kept in dir, creating dir (mode 0700) if needed. An empty dir means
-// DefaultDir.
+// Open returns a Registry kept in dir, creating dir (mode 0700, with any missing parents) if
+// needed. An empty dir means DefaultDir. It refuses a directory that is owned by another
+// user; for the fallback location of DefaultDir in the shared temporary directory, it also
+// refuses a directory that is writable by other users or is a symbolic link, and the same of
+// the micro-<uid> directory that holds it. See the package documentation.
 func Open(dir string, opts Options) (*Registry, error) {
-	if dir == "" {
-		dir = DefaultDir()
-	}
 	if opts.ScanInterval < 0 {
 		return nil, fmt.Errorf("embedded registry: scan interval %v is negative", opts.ScanInterval)
+	}
+	var private string
+	if dir == "" {
+		dir, private = defaultDir()
 	}
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("embedded registry: directory %q: %w", dir, err)
 	}
-	if err := os.MkdirAll(abs, 0o700); err != nil {
-		return nil, fmt.Errorf("embedded registry: %w", err)
-	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		return nil, fmt.Errorf("embedded registry: %w", err)
-	}
-	if !fi.IsDir() {
-		return nil, fmt.Errorf("embedded registry: %s is not a directory", abs)
-	}
 	r := &Registry{
-		dir:      abs,
-		log:      opts.Logger,
-		scan:     opts.ScanInterval,
-		watchers: make(map[*watcher]struct{}),
-		warned:   make(map[string]time.Time),
+		dir:        abs,
+		log:        opts.Logger,
+		scan:       opts.ScanInterval,
+		maxWatched: maxWatched,
+		maxKnown:   maxKnown,
+		watchers:   make(map[*watcher]struct{}),
+		warned:     newWarnings(maxWarned),
+	}
+	if private != "" {
+		r.private = filepath.Dir(abs)
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -134,9 +142,13 @@ func Open(dir string, opts Options) (*Registry, error) {
 	if r.scan == 0 {
 		r.scan = DefaultScanInterval
 	}
-	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0 {
+	fi, err := r.prepare()
+	if err != nil {
+		return nil, fmt.Errorf("embedded registry: %w", err)
+	}
+	if fi.perm()&0o022 != 0 {
 		r.log.Warn("embedded registry: directory is writable by other users, who can add nodes",
-			"dir", abs, "mode", fi.Mode().Perm())
+			"dir", abs, "mode", fi.perm())
 	}
 	return r, nil
 }
@@ -147,6 +159,8 @@ func (r *Registry) Dir() string { return r.dir }
 // Register writes an entry for each node of s that expires ttl from now, replacing the
 // node's previous entry. ttl must be positive. Service name and node IDs must be plain file
 // names (see the package documentation); they are all checked before anything is written.
+// It fails when something other than a directory, a symbolic link included, has the name of
+// the service.
 func (r *Registry) Register(ctx context.Context, s *registry.Service, ttl time.Duration) error {
 	if err := r.check(ctx); err != nil {
 		return err
@@ -160,10 +174,19 @@ func (r *Registry) Register(ctx context.Context, s *registry.Service, ttl time.D
 	if len(s.Nodes) == 0 {
 		return nil
 	}
-	dir := filepath.Join(r.dir, s.Name)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	root, err := r.openRoot(true)
+	if err != nil {
 		return fmt.Errorf("embedded registry: register %q: %w", s.Name, err)
 	}
+	defer root.close()
+	if err := root.mkdir(s.Name); err != nil {
+		return fmt.Errorf("embedded registry: register %q: %w", s.Name, err)
+	}
+	sd, err := root.openDir(s.Name)
+	if err != nil {
+		return fmt.Errorf("embedded registry: register %q: %w", s.Name, err)
+	}
+	defer sd.close()
 	now := time.Now().UnixNano()
 	expires := now + int64(ttl)
 	if expires < now { // overflow: a ttl of centuries
@@ -177,7 +200,7 @@ func (r *Registry) Register(ctx context.Context, s *registry.Service, ttl time.D
 		}
 		data, err := encodeRecord(record{Service: s.Name, Node: n, TTL: ttl, Expires: expires})
 		if err == nil {
-			err = writeEntry(dir, n.ID+".json", data)
+			err = sd.writeFile(n.ID+".json", data)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("embedded registry: register %s/%s: %w", s.Name, n.ID, err))
@@ -187,7 +210,8 @@ func (r *Registry) Register(ctx context.Context, s *registry.Service, ttl time.D
 }
 
 // Deregister removes the entries of the nodes of s. Nodes that are not registered are
-// ignored.
+// ignored. Something in place of an entry that the registry cannot have written (a symbolic
+// link, a named pipe, a file of another user...) is not removed, and is reported as an error.
 func (r *Registry) Deregister(ctx context.Context, s *registry.Service) error {
 	if err := r.check(ctx); err != nil {
 		return err
@@ -195,9 +219,26 @@ func (r *Registry) Deregister(ctx context.Context, s *registry.Service) error {
 	if err := checkService(s); err != nil {
 		return fmt.Errorf("embedded registry: deregister: %w", err)
 	}
+	root, err := r.openRoot(false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("embedded registry: deregister %q: %w", s.Name, err)
+	}
+	defer root.close()
+	sd, err := r.openService(root, s.Name)
+	if sd == nil {
+		return err // nil when there is no such service directory
+	}
+	defer sd.close()
 	var errs []error
 	for _, n := range s.Nodes {
-		err := os.Remove(filepath.Join(r.dir, s.Name, n.ID+".json"))
+		name := n.ID + ".json"
+		fi, err := sd.lstat(name)
+		if err == nil {
+			err = sd.remove(name, fi)
+		}
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("embedded registry: deregister %s/%s: %w", s.Name, n.ID, err))
 		}
@@ -215,9 +256,18 @@ func (r *Registry) GetService(ctx context.Context, name string) (*registry.Servi
 	if err := checkName("service name", name); err != nil {
 		return nil, fmt.Errorf("embedded registry: %w: %w", registry.ErrNotFound, err)
 	}
-	recs, err := r.readService(name, time.Now().UnixNano())
-	if err != nil {
-		return nil, err
+	var recs []record
+	root, err := r.openRoot(false)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("embedded registry: %w", err)
+	default:
+		recs, err = r.readService(root, name, time.Now().UnixNano())
+		root.close()
+		if err != nil {
+			return nil, err
+		}
 	}
 	if len(recs) == 0 {
 		return nil, fmt.Errorf("embedded registry: service %q: %w", name, registry.ErrNotFound)
@@ -226,26 +276,40 @@ func (r *Registry) GetService(ctx context.Context, name string) (*registry.Servi
 }
 
 // ListServices returns every service with at least one live node, sorted by name, each with
-// its live nodes sorted by ID.
+// its live nodes sorted by ID. Unreadable entries are logged and skipped.
 func (r *Registry) ListServices(ctx context.Context) ([]*registry.Service, error) {
 	if err := r.check(ctx); err != nil {
 		return nil, err
 	}
-	names, err := r.serviceNames()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now().UnixNano()
 	out := []*registry.Service{}
-	for _, name := range names {
-		recs, err := r.readService(name, now)
-		if err != nil {
-			return nil, err
+	root, err := r.openRoot(false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("embedded registry: %w", err)
+	}
+	defer root.close()
+	now := time.Now().UnixNano()
+	var rerr error
+	err = root.each(func(name string, _ fs.FileMode) bool {
+		if checkName("service name", name) != nil {
+			return true
 		}
+		var recs []record
+		recs, rerr = r.readService(root, name, now)
 		if len(recs) > 0 {
 			out = append(out, toService(name, recs))
 		}
+		return rerr == nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded registry: %w", err)
 	}
+	if rerr != nil {
+		return nil, rerr
+	}
+	slices.SortFunc(out, func(a, b *registry.Service) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
@@ -298,121 +362,129 @@ func checkService(s *registry.Service) error {
 	return nil
 }
 
-// serviceNames lists the directories that may hold services, sorted.
-func (r *Registry) serviceNames() ([]string, error) {
-	ents, err := os.ReadDir(r.dir)
-	if errors.Is(err, fs.ErrNotExist) {
+// openService opens the directory of the named service in root. When there is none, or
+// something else has its name, or it may not be read (both of which are logged), it returns
+// neither a directory nor an error: the service has no nodes.
+func (r *Registry) openService(root *dir, name string) (*dir, error) {
+	sd, err := root.openDir(name)
+	var wrong *wrongTypeError
+	switch {
+	case err == nil:
+		return sd, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, nil
+	case errors.As(err, &wrong):
+		r.warnOnce(unreadableMsg, wrong.path, wrong.info.mod, err)
+		return nil, nil
+	case errors.Is(err, fs.ErrPermission):
+		fi, _ := root.lstat(name)
+		r.warnOnce(unreadableMsg, root.join(name), fi.mod, err)
 		return nil, nil
 	}
-	if err != nil {
-		return nil, fmt.Errorf("embedded registry: %w", err)
-	}
-	names := make([]string, 0, len(ents))
-	for _, e := range ents {
-		if e.IsDir() && checkName("service name", e.Name()) == nil {
-			names = append(names, e.Name())
-		}
-	}
-	return names, nil
+	return nil, fmt.Errorf("embedded registry: service %q: %w", name, err)
 }
 
 // readService returns the entries of the named service that are live at now (Unix
 // nanoseconds), sorted by node ID.
-func (r *Registry) readService(name string, now int64) ([]record, error) {
-	dir := filepath.Join(r.dir, name)
-	ents, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+func (r *Registry) readService(root *dir, name string, now int64) ([]record, error) {
+	sd, err := r.openService(root, name)
+	if sd == nil {
+		return nil, err
 	}
-	if err != nil {
-		return nil, fmt.Errorf("embedded registry: service %q: %w", name, err)
-	}
-	recs := make([]record, 0, len(ents))
-	for _, e := range ents {
-		if e.IsDir() {
-			continue
+	defer sd.close()
+	var recs []record
+	err = sd.each(func(file string, _ fs.FileMode) bool {
+		if strings.HasPrefix(file, ".") {
+			if isTempName(file) {
+				r.tidyTemp(sd, file, now)
+			}
+			return true
 		}
-		if strings.HasPrefix(e.Name(), ".") {
-			r.tidyHidden(dir, e, now)
-			continue
-		}
-		id, ok := strings.CutSuffix(e.Name(), ".json")
+		id, ok := strings.CutSuffix(file, ".json")
 		if !ok || checkName("node ID", id) != nil {
-			continue
+			return true
 		}
-		if rec, ok := r.readNode(name, id, now); ok {
+		if rec, ok := r.readNode(sd, name, id, now); ok {
 			recs = append(recs, rec)
 		}
+		return true
+	})
+	if err != nil {
+		return nil, fmt.Errorf("embedded registry: service %q: %w", name, err)
 	}
 	slices.SortFunc(recs, func(a, b record) int { return strings.Compare(a.Node.ID, b.Node.ID) })
 	return recs, nil
 }
 
-// readNode returns the entry of one node if it is live at now (Unix nanoseconds). Unreadable
-// entries are logged and skipped, and removed once older than staleGrace. Expired entries
-// are skipped, and removed once they have been expired for another TTL.
-func (r *Registry) readNode(service, id string, now int64) (record, bool) {
-	path := filepath.Join(r.dir, service, id+".json")
-	data, fi, err := readEntry(path)
+// readNode returns the entry of one node from its service directory sd if it is live at now
+// (Unix nanoseconds). Unreadable entries are logged and skipped, and removed once older than
+// staleGrace if the registry may remove them. Expired entries are skipped, and removed once
+// they have been expired for another TTL.
+func (r *Registry) readNode(sd *dir, service, id string, now int64) (record, bool) {
+	name := id + ".json"
+	data, fi, err := sd.readFile(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return record{}, false
 	}
 	var rec record
 	if err == nil {
 		rec, err = decodeRecord(data)
-	}
-	if err == nil && (rec.Service != service || rec.Node.ID != id) {
-		err = fmt.Errorf("entry is for node %q of service %q", rec.Node.ID, rec.Service)
+		if err == nil && (rec.Service != service || rec.Node.ID != id) {
+			err = fmt.Errorf("entry is for node %q of service %q", rec.Node.ID, rec.Service)
+		}
+		if err != nil {
+			err = fmt.Errorf("%s: %w", sd.join(name), err)
+		}
 	}
 	switch {
 	case errors.Is(err, errForeignVersion):
-		r.log.Debug("embedded registry: skipping entry of another format", "file", path, "err", err)
+		r.log.Debug("embedded registry: skipping entry of another format", "file", sd.join(name), "err", err)
 		return record{}, false
 	case err != nil:
-		r.unreadable(path, fi, err)
-		if fi != nil && now-fi.ModTime().UnixNano() > int64(staleGrace) && removeIfSame(path, fi) {
-			r.warnMu.Lock()
-			delete(r.warned, path)
-			r.warnMu.Unlock()
+		path := sd.join(name)
+		var mod time.Time
+		if fi != nil {
+			mod = fi.mod
+		}
+		r.warnOnce(unreadableMsg, path, mod, err)
+		if fi != nil && now-fi.mod.UnixNano() > int64(staleGrace) && sd.removeIfSame(name, *fi) {
+			r.warned.forget(path)
 			r.log.Info("embedded registry: removed unreadable entry", "file", path)
 		}
 		return record{}, false
 	case rec.Expires <= now:
-		if now-rec.Expires > int64(rec.TTL) && removeIfSame(path, fi) {
-			r.log.Debug("embedded registry: removed expired entry", "file", path)
+		if now-rec.Expires > int64(rec.TTL) && sd.removeIfSame(name, *fi) {
+			r.log.Debug("embedded registry: removed expired entry", "file", sd.join(name))
 		}
 		return record{}, false
 	}
 	return rec, true
 }
 
-// unreadable logs an unreadable entry: as a warning the first time, and at debug level when
-// the same file is read again, as watchers do every scan until the file is removed.
-func (r *Registry) unreadable(path string, fi os.FileInfo, err error) {
-	var mod time.Time
-	if fi != nil {
-		mod = fi.ModTime()
+// warnOnce logs msg about the file at path, last modified at mod, and the error err that it
+// causes: as a warning the first time, and at debug level when the same unchanged file is
+// found again, as watchers do every scan until the file is removed.
+func (r *Registry) warnOnce(msg, path string, mod time.Time, err error) {
+	warn, overflow := r.warned.note(path, mod, time.Now())
+	if overflow {
+		r.log.Warn("embedded registry: too many bad files to keep track of; logging further ones at debug level",
+			"dir", r.dir, "max", r.warned.max)
 	}
-	r.warnMu.Lock()
-	last, seen := r.warned[path]
-	r.warned[path] = mod
-	r.warnMu.Unlock()
-	level := slog.LevelWarn
-	if seen && last.Equal(mod) {
-		level = slog.LevelDebug
+	level := slog.LevelDebug
+	if warn {
+		level = slog.LevelWarn
 	}
-	r.log.Log(context.Background(), level, "embedded registry: skipping unreadable entry", "file", path, "err", err)
+	r.log.Log(context.Background(), level, msg, "file", path, "err", err)
 }
 
-// tidyHidden removes a temporary file that a writer left behind when it crashed.
-func (r *Registry) tidyHidden(dir string, e fs.DirEntry, now int64) {
-	fi, err := e.Info()
-	if err != nil || !fi.Mode().IsRegular() || now-fi.ModTime().UnixNano() <= int64(staleGrace) {
+// tidyTemp removes a temporary file that a writer left behind when it crashed.
+func (r *Registry) tidyTemp(sd *dir, name string, now int64) {
+	fi, err := sd.lstat(name)
+	if err != nil || now-fi.mod.UnixNano() <= int64(staleGrace) {
 		return
 	}
-	path := filepath.Join(dir, e.Name())
-	if removeIfSame(path, fi) {
-		r.log.Debug("embedded registry: removed stale temporary file", "file", path)
+	if sd.removeIfSame(name, fi) {
+		r.log.Debug("embedded registry: removed stale temporary file", "file", sd.join(name))
 	}
 }
 

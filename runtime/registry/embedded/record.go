@@ -4,9 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -116,67 +113,4 @@ func checkName(kind, s string) error {
 
 func badNameRune(r rune) bool {
 	return r == '/' || r == '\\' || r < 0x20 || (r >= 0x7f && r < 0xa0)
-}
-
-// readEntry reads an entry file, up to maxRecordSize bytes. It returns the file's info too, so
-// that a caller who removes the file can check that it removes the file it read.
-func readEntry(path string) ([]byte, os.FileInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fi, fmt.Errorf("not a regular file (%v)", fi.Mode().Type())
-	}
-	if fi.Size() > maxRecordSize {
-		return nil, fi, fmt.Errorf("%d bytes, more than %d", fi.Size(), maxRecordSize)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
-	if err != nil {
-		return nil, fi, err
-	}
-	if len(data) > maxRecordSize {
-		return nil, fi, fmt.Errorf("more than %d bytes", maxRecordSize)
-	}
-	return data, fi, nil
-}
-
-// writeEntry replaces dir/name with data atomically: readers see the old contents or the new,
-// never a part. The data is not fsynced: entries live for a TTL, so after a power loss every
-// entry has expired anyway, and a torn file is then skipped as unreadable and later removed.
-func writeEntry(dir, name string, data []byte) error {
-	f, err := os.CreateTemp(dir, "."+name+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
-}
-
-// removeIfSame removes path if it is still the file described by seen. A writer who replaced
-// it in the meantime (a heartbeat) keeps its new file. The check and the removal are two
-// steps, so a replacement that lands between them is lost; callers only remove files that
-// have been dead for a while, where that is unlikely and costs at most one heartbeat.
-func removeIfSame(path string, seen os.FileInfo) bool {
-	cur, err := os.Lstat(path)
-	if err != nil || !os.SameFile(cur, seen) {
-		return false
-	}
-	return os.Remove(path) == nil
 }

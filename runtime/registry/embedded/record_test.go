@@ -2,6 +2,7 @@ package embedded
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,6 +31,16 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add([]byte(`{"v":1,"service":"s","ttl_ns":1,"expires_unix_ns":1,"node":{"id":"a/b"}}`))
 	f.Add([]byte(`{"v":2,"service":"s"}`))
 	f.Add([]byte(`{"v":1,"service":"s","ttl_ns":1,"expires_unix_ns":1,"node":{"id":"n","metadata":{}}} x`))
+	// What anyone who can write to the directory might put there.
+	f.Add([]byte(`{"v":1,"service":"s","ttl_ns":9223372036854775807,"expires_unix_ns":9223372036854775807,"node":{"id":"n"}}`))
+	f.Add([]byte(`{"v":1,"service":"s","ttl_ns":-1,"expires_unix_ns":1,"node":{"id":"n"}}`))
+	f.Add([]byte(`{"v":1,"service":"s","ttl_ns":1e3,"expires_unix_ns":1,"node":{"id":"n"}}`))
+	f.Add([]byte(`{"v":1,"service":"s","service":".hidden","ttl_ns":1,"expires_unix_ns":1,"node":{"id":"n"}}`))
+	f.Add([]byte(`{"V":1,"SERVICE":"s","ttl_ns":1,"expires_unix_ns":1,"node":{"id":"n\u0000"}}`))
+	f.Add([]byte(`{"v":1,"service":"s\ud800","ttl_ns":1,"expires_unix_ns":1,"node":{"id":"n"}}`))
+	f.Add([]byte(`{"v":1,"service":"s","ttl_ns":1,"expires_unix_ns":1,"node":{"id":"n","address":{},"endpoints":"x"}}`))
+	f.Add([]byte(strings.Repeat("[", 10000) + strings.Repeat("]", 10000)))
+	f.Add([]byte("\xef\xbb\xbf{}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		rec, err := decodeRecord(data)
 		if err != nil {

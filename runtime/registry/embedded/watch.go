@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -75,10 +77,14 @@ type watcher struct {
 	ctx context.Context
 	fs  *fsnotify.Watcher // nil when polling
 
-	// Owned by run once it starts.
+	// Owned by run once it starts. The maps are bounded, for the directory may be flooded:
+	// watched by maxWatched and known by maxKnown.
 	watched  map[string]bool              // directories under watch: "" is the root, others services
 	known    map[string]map[string]record // live nodes by service and ID, as last reported
+	nodes    int                          // how many nodes known holds
 	lastScan time.Time
+	// Whether a trouble of each kind was logged as a warning; the next are at debug level.
+	watchTrouble, knownTrouble bool
 
 	events   chan registry.Event
 	stopOnce sync.Once
@@ -209,9 +215,19 @@ func (w *watcher) handle(ev fsnotify.Event) bool {
 			delete(w.watched, service)
 		}
 		if ev.Has(fsnotify.Create) {
-			w.watch(service)
+			// A symbolic link is not followed, nor is anything else watched.
+			if fi, err := os.Lstat(ev.Name); err == nil && fi.IsDir() {
+				w.watch(service)
+			}
 		}
-		return w.syncService(service, true)
+		root, ok := w.openRoot()
+		if !ok {
+			return true
+		}
+		if root != nil {
+			defer root.close()
+		}
+		return w.syncService(root, service, true)
 	}
 	id, ok := strings.CutSuffix(file, ".json")
 	if !ok || checkName("node ID", id) != nil {
@@ -261,24 +277,56 @@ func (w *watcher) scan() bool { return w.resync(true) == nil }
 func (w *watcher) resync(emit bool) error {
 	w.lastScan = time.Now()
 	w.watch("")
-	names, err := w.r.serviceNames()
-	if err != nil {
+	root, err := w.r.openRoot(false)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		if !emit {
-			return err
+			return fmt.Errorf("embedded registry: watch: %w", err)
 		}
-		w.r.log.Warn("embedded registry: watch", "err", err)
+		w.r.warnOnce(watchMsg, w.r.dir, time.Time{}, err)
 		return nil
 	}
-	present := make(map[string]bool, len(names))
-	for _, name := range names {
-		present[name] = true
-		w.watch(name)
-		if !w.syncService(name, emit) {
+	// The names of this scan that are known or watched, to tell which of those are gone.
+	// Bounded as known and watched are.
+	seen := make(map[string]bool)
+	if root != nil {
+		defer root.close()
+		stopping := false
+		err := root.each(func(name string, typ fs.FileMode) bool {
+			if checkName("service name", name) != nil {
+				return true
+			}
+			if typ.IsDir() {
+				w.watch(name)
+			} else if w.watched[name] {
+				w.unwatch(name) // replaced by something else
+			}
+			if !w.syncService(root, name, emit) {
+				stopping = true
+				return false
+			}
+			if _, ok := w.known[name]; ok || w.watched[name] {
+				seen[name] = true
+			}
+			return true
+		})
+		if stopping {
 			return errStopping
+		}
+		if err != nil {
+			if !emit {
+				return fmt.Errorf("embedded registry: watch: %w", err)
+			}
+			w.r.warnOnce(watchMsg, w.r.dir, time.Time{}, err)
+			return nil
+		}
+	}
+	for name := range w.watched {
+		if name != "" && !seen[name] {
+			w.unwatch(name)
 		}
 	}
 	for name := range w.known {
-		if !present[name] && !w.syncService(name, emit) {
+		if !seen[name] && !w.syncService(root, name, emit) {
 			return errStopping
 		}
 	}
@@ -288,15 +336,35 @@ func (w *watcher) resync(emit bool) error {
 // errStopping ends a resync because the watch ends.
 var errStopping = errors.New("embedded registry: watch ending")
 
+// watchMsg is the message of the log line about a directory that a watcher cannot read.
+const watchMsg = "embedded registry: watch"
+
+// maxWatched bounds how many service directories a watcher puts under file-system watch (the
+// root is watched besides): each costs an inotify watch, of which a user has a limited number,
+// and an entry in watcher.watched, and the directory may be flooded. The rest are followed
+// by scans only.
+const maxWatched = 1024
+
 // watch adds a file-system watch on the root ("") or a service directory, unless it has one.
+// The caller has checked that a service's name is a directory and not a symbolic link.
 func (w *watcher) watch(service string) {
 	if w.fs == nil || w.watched[service] {
 		return
 	}
+	if services := len(w.watched); service != "" {
+		if w.watched[""] {
+			services--
+		}
+		if services >= w.r.maxWatched {
+			w.trouble(&w.watchTrouble, "embedded registry: too many service directories to watch; relying on scans for the rest",
+				"max", w.r.maxWatched)
+			return
+		}
+	}
 	path := filepath.Join(w.r.dir, service)
 	if err := w.fs.Add(path); err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
-			w.r.log.Warn("embedded registry: cannot watch directory; relying on scans",
+			w.trouble(&w.watchTrouble, "embedded registry: cannot watch directory; relying on scans",
 				"dir", path, "err", err)
 		}
 		return
@@ -304,18 +372,69 @@ func (w *watcher) watch(service string) {
 	w.watched[service] = true
 }
 
-// syncService rereads a service and reports its changed nodes when emit is set.
-func (w *watcher) syncService(service string, emit bool) bool {
-	recs, err := w.r.readService(service, time.Now().UnixNano())
+// unwatch removes the file-system watch of a service directory that is gone.
+func (w *watcher) unwatch(service string) {
+	delete(w.watched, service)
+	w.fs.Remove(filepath.Join(w.r.dir, service)) // an error means the watch went with the directory
+}
+
+// trouble logs a problem that may recur at every scan: as a warning the first time, when
+// *warned is false, and at debug level afterwards.
+func (w *watcher) trouble(warned *bool, msg string, args ...any) {
+	level := slog.LevelDebug
+	if !*warned {
+		level, *warned = slog.LevelWarn, true
+	}
+	w.r.log.Log(context.Background(), level, msg, args...)
+}
+
+// maxKnown bounds how many nodes a watcher keeps track of, in watcher.known, for the directory
+// may be flooded with entries. Nodes past it are not reported.
+const maxKnown = 1 << 14
+
+// openRoot opens the registry directory for a watcher. It returns nil when the directory is
+// gone, and false when it cannot be opened otherwise, which it logs.
+func (w *watcher) openRoot() (*dir, bool) {
+	root, err := w.r.openRoot(false)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, true
+	}
 	if err != nil {
-		w.r.log.Warn("embedded registry: watch", "err", err)
-		return true
+		w.r.warnOnce(watchMsg, w.r.dir, time.Time{}, err)
+		return nil, false
+	}
+	return root, true
+}
+
+// tooManyNodes logs that a node of service is not reported, for the watcher keeps track of
+// maxKnown nodes already.
+func (w *watcher) tooManyNodes(service string) {
+	w.trouble(&w.knownTrouble, "embedded registry: watch: too many nodes to keep track of; not reporting the rest",
+		"max", w.r.maxKnown, "service", service)
+}
+
+// syncService rereads a service in root, which is nil when there is no root, and reports its
+// changed nodes when emit is set.
+func (w *watcher) syncService(root *dir, service string, emit bool) bool {
+	var recs []record
+	if root != nil {
+		var err error
+		recs, err = w.r.readService(root, service, time.Now().UnixNano())
+		if err != nil {
+			w.r.warnOnce(watchMsg, root.join(service), time.Time{}, err)
+			return true
+		}
 	}
 	old := w.known[service]
+	if room := w.r.maxKnown - (w.nodes - len(old)); len(recs) > room {
+		w.tooManyNodes(service)
+		recs = recs[:room]
+	}
 	next := make(map[string]record, len(recs))
 	for _, rec := range recs {
 		next[rec.Node.ID] = rec
 	}
+	w.nodes += len(next) - len(old)
 	if len(next) == 0 {
 		delete(w.known, service)
 	} else {
@@ -339,27 +458,55 @@ func (w *watcher) syncService(service string, emit bool) bool {
 	return true
 }
 
-// syncNode rereads one node and reports it if it changed.
+// syncNode rereads one node and reports it if it changed. A node that cannot be read is
+// gone, as it is for GetService.
 func (w *watcher) syncNode(service, id string) bool {
-	rec, live := w.r.readNode(service, id, time.Now().UnixNano())
+	rec, live := w.readNode(service, id)
 	prev, had := w.known[service][id]
+	if live && !had && w.nodes >= w.r.maxKnown {
+		w.tooManyNodes(service)
+		live = false
+	}
 	switch {
 	case live:
 		if w.known[service] == nil {
 			w.known[service] = make(map[string]record)
 		}
 		w.known[service][id] = rec
-		if !had || !reflect.DeepEqual(prev.Node, rec.Node) {
+		if !had {
+			w.nodes++
+			return w.emit(registry.EventUpdate, service, rec.Node)
+		}
+		if !reflect.DeepEqual(prev.Node, rec.Node) {
 			return w.emit(registry.EventUpdate, service, rec.Node)
 		}
 	case had:
 		delete(w.known[service], id)
+		w.nodes--
 		if len(w.known[service]) == 0 {
 			delete(w.known, service)
 		}
 		return w.emit(registry.EventDelete, service, prev.Node)
 	}
 	return true
+}
+
+// readNode rereads one node, and reports whether it is live.
+func (w *watcher) readNode(service, id string) (record, bool) {
+	root, _ := w.openRoot()
+	if root == nil {
+		return record{}, false
+	}
+	defer root.close()
+	sd, err := w.r.openService(root, service)
+	if sd == nil {
+		if err != nil {
+			w.r.warnOnce(watchMsg, root.join(service), time.Time{}, err)
+		}
+		return record{}, false
+	}
+	defer sd.close()
+	return w.r.readNode(sd, service, id, time.Now().UnixNano())
 }
 
 func (w *watcher) closeFS() {
