@@ -80,6 +80,14 @@ const (
 	// ImportGetLatency returns how long the attempt took, in nanoseconds: () -> (i64). Phase
 	// on_response only.
 	ImportGetLatency = "get_latency"
+	// ImportGetFault reports whether the call's outcome counts against the node: () -> (i32),
+	// 1 when it does, 0 when it does not. Phase on_response only. An outcome is the node's
+	// fault when the node could not be reached, timed out, or its app answered with a 5xx
+	// on its own; a caller's mistake (a 4xx), a call that micro refused or a wrapper
+	// rejected, and a timeout that the caller chose (a budget shorter than micro's default)
+	// are not. A breaker should count only faults. It was added to version 1: a guest that
+	// does not import it works as before.
+	ImportGetFault = "get_fault"
 	// ImportSetPhases says which phases the guest wants: (mask i32) -> (), a set of Phase
 	// bits. Phase on_init only. Without it the host calls both; a guest that leaves out
 	// [PhaseResponse] saves the host a call per request.

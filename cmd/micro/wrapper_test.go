@@ -363,11 +363,11 @@ func TestShippedWrappers(t *testing.T) {
 			if v := w.OnRequest(ctx, c); v.Action != wrapper.Continue {
 				t.Fatalf("closed breaker: %+v", v)
 			}
-			w.OnResponse(ctx, c, &wrapper.Result{Status: 503, Latency: time.Millisecond})
+			w.OnResponse(ctx, c, &wrapper.Result{Status: 503, Latency: time.Millisecond, Fault: true})
 		}
 		v := w.OnRequest(ctx, newCall("n1", nil))
-		if v.Action != wrapper.RejectNode || v.Message != "breaker open for node n1" {
-			t.Fatalf("after 2 failures: %+v, want the node rejected", v)
+		if v.Action != wrapper.RejectNode || v.Message != "breaker open for node n1, endpoint Greeter.Hello" {
+			t.Fatalf("after 2 failures: %+v, want the node rejected for the endpoint", v)
 		}
 		if v := w.OnRequest(ctx, newCall("n2", nil)); v.Action != wrapper.Continue {
 			t.Fatalf("another node: %+v", v)
@@ -376,7 +376,7 @@ func TestShippedWrappers(t *testing.T) {
 		ws := load(t, h, "breaker", mod, `{"key": "service", "consecutive_failures": 1, "cooldown": "1h"}`)
 		c := newCall("n1", nil)
 		ws.OnRequest(ctx, c)
-		ws.OnResponse(ctx, c, &wrapper.Result{Err: "connection refused", Latency: time.Millisecond})
+		ws.OnResponse(ctx, c, &wrapper.Result{Err: "connection refused", Latency: time.Millisecond, Fault: true})
 		v = ws.OnRequest(ctx, newCall("n2", nil))
 		if v.Action != wrapper.Reject || v.Status != 503 || v.Message != "breaker open for service greeter" {
 			t.Fatalf("per service, after a failure: %+v, want a 503 rejection", v)

@@ -232,6 +232,15 @@ var hostFuncs = []hostFunc{
 			inst.needPhase(abi.ImportGetLatency, phaseResponse)
 			stack[0] = uint64(int64(inst.st.result.Latency))
 		}},
+	{abi.ImportGetFault, nil, []api.ValueType{i32},
+		func(ctx context.Context, _ api.Module, stack []uint64) {
+			inst := instanceFrom(ctx)
+			inst.needPhase(abi.ImportGetFault, phaseResponse)
+			stack[0] = 0
+			if inst.st.result.Fault {
+				stack[0] = 1
+			}
+		}},
 	{abi.ImportSetPhases, []api.ValueType{i32}, nil,
 		func(ctx context.Context, _ api.Module, stack []uint64) {
 			const fn = abi.ImportSetPhases

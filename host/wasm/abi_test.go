@@ -75,7 +75,7 @@ func (p *probe) in(ph phase) {
 		call: &wrapper.Call{Service: "greeter", Endpoint: "Greeter.Hello", Node: "n1", Caller: "app",
 			Header:   map[string]string{"X-Test": "value", "Micro-Timeout": "1s"},
 			Deadline: time.Now().Add(time.Hour)},
-		result: &wrapper.Result{Status: 502, Err: "connection refused", Latency: 7 * time.Millisecond},
+		result: &wrapper.Result{Status: 502, Err: "connection refused", Latency: 7 * time.Millisecond, Fault: true},
 	}
 	if ph == phaseInit || ph == phaseIdle {
 		p.inst.st.call, p.inst.st.result = nil, nil
@@ -187,6 +187,7 @@ func TestABIPhases(t *testing.T) {
 		{abi.ImportGetStatus, nil, []phase{phaseResponse}},
 		{abi.ImportGetError, []uint64{0, 10}, []phase{phaseResponse}},
 		{abi.ImportGetLatency, nil, []phase{phaseResponse}},
+		{abi.ImportGetFault, nil, []phase{phaseResponse}},
 		{abi.ImportSetPhases, []uint64{1}, []phase{phaseInit}},
 		{abi.ImportGetConfig, []uint64{0, 10}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 		{abi.ImportLog, []uint64{0, 0, 0}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
@@ -219,6 +220,13 @@ func TestABIPhases(t *testing.T) {
 	}
 	if n, _ := p.call(abi.ImportGetError, 0, 100); p.get(0, uint32(n)) != "connection refused" {
 		t.Errorf("get_error = %q", p.get(0, uint32(n)))
+	}
+	if f, err := p.call(abi.ImportGetFault); f != 1 || err != nil {
+		t.Errorf("get_fault of a fault = %d, %v; want 1", f, err)
+	}
+	p.inst.st.result = &wrapper.Result{Status: 404, Latency: time.Millisecond}
+	if f, err := p.call(abi.ImportGetFault); f != 0 || err != nil {
+		t.Errorf("get_fault of a 404 that is no fault = %d, %v; want 0", f, err)
 	}
 }
 

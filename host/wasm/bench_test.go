@@ -48,7 +48,7 @@ func (e *nativeEcho) OnRequest(_ context.Context, c *wrapper.Call) wrapper.Verdi
 }
 func (e *nativeEcho) OnResponse(_ context.Context, c *wrapper.Call, r *wrapper.Result) {
 	e.responses++
-	e.last = fmt.Sprintf("%d|%s|%s|%s|%d", r.Status, r.Err, c.Service, c.Node, e.responses)
+	e.last = fmt.Sprintf("%d|%s|%t|%s|%s|%d", r.Status, r.Err, r.Fault, c.Service, c.Node, e.responses)
 }
 func (*nativeEcho) Close(context.Context) error { return nil }
 

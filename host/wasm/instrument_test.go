@@ -1,6 +1,7 @@
 package wasm
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"runtime"
@@ -82,6 +83,136 @@ func TestInstrumentStopsLoops(t *testing.T) {
 	}
 }
 
+// twiceBody is the body of twice, function index self: (i32) -> i32, twice(0) = 1 and
+// twice(n) = twice(n-1) + twice(n-1). It returns 2^n (mod 2^32) after 2^(n+1)-1 calls,
+// recursing without a loop and no deeper than n.
+func twiceBody(self uint32) []byte {
+	return concat(
+		localGet(0), []byte{0x45, 0x04, 0x7f}, // if n == 0 (result i32)
+		i32Const(1),
+		[]byte{0x05}, // else
+		localGet(0), i32Const(1), []byte{0x6b}, call(self),
+		localGet(0), i32Const(1), []byte{0x6b}, call(self),
+		[]byte{0x6a, 0x0b}) // i32.add, end
+}
+
+// endlessTwice is an argument of twice that makes it run for minutes: 2^36 calls, at a few
+// nanoseconds each.
+const endlessTwice = 35
+
+// recursionModule exports "twice" (see twiceBody), and "run", which stores 1 at address 0
+// of its memory, then returns twice(n). It has no loop.
+func recursionModule() []byte {
+	return (&wasmModule{
+		funcs: []wasmFunc{
+			{typ: tI32RetI, body: twiceBody(0)},
+			{typ: tI32RetI, body: concat(i32Const(0), i32Const(1), []byte{0x3a, 0x00, 0x00}, localGet(0), call(0))},
+		},
+		exports: []wasmExport{{"twice", 0, 0}, {"run", 0, 1}},
+	}).bytes()
+}
+
+// TestInstrumentStopsRecursion checks that a guest that recurses without a loop is stopped
+// as a looping one is, and does not hold up a garbage collection meanwhile.
+func TestInstrumentStopsRecursion(t *testing.T) {
+	ctx := context.Background()
+	rt := wazero.NewRuntime(ctx)
+	defer rt.Close(ctx)
+	b, err := instrument(recursionModule())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mod, err := rt.Instantiate(ctx, b)
+	if err != nil {
+		t.Fatalf("the instrumented module does not instantiate: %v", err)
+	}
+	stop, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
+	if !ok {
+		t.Fatalf("no mutable global %s", stopExport)
+	}
+	if res, err := mod.ExportedFunction("twice").Call(ctx, 10); err != nil || res[0] != 1024 {
+		t.Fatalf("twice(10) = %v, %v: a recursion that ends must run as before", res, err)
+	}
+	// start calls run(endlessTwice) and returns once the guest runs.
+	start := func() chan error {
+		mod.Memory().WriteByte(0, 0)
+		done := make(chan error, 1)
+		go func() {
+			_, err := mod.ExportedFunction("run").Call(ctx, endlessTwice)
+			done <- err
+		}()
+		waitFor(t, func() bool {
+			b, _ := mod.Memory().ReadByte(0)
+			return b == 1
+		})
+		return done
+	}
+	stopped := func(done chan error) {
+		t.Helper()
+		stop.Set(1)
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "unreachable") {
+				t.Fatalf("run after the stop: %v, want an unreachable trap", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("run(%d) still ran 10s after the stop, and would for minutes", endlessTwice)
+		}
+		stop.Set(0)
+	}
+	stopped(start())
+
+	// A garbage collection stops the world: it must not wait for the recursion.
+	done := start()
+	gc := make(chan struct{})
+	go func() {
+		runtime.GC()
+		close(gc)
+	}()
+	select {
+	case <-gc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a garbage collection waited 30s for a recursing guest")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("run returned before the stop: %v", err)
+	default:
+	}
+	stopped(done)
+}
+
+// TestInstrumentEntryChecks checks which function bodies get a check at their entry: all
+// but those that reach a loop, whose check runs on entry, before they can branch or call.
+func TestInstrumentEntryChecks(t *testing.T) {
+	check := fuelCheck(0, 1, true)
+	for _, tc := range []struct {
+		name  string
+		body  []byte
+		entry bool
+	}{
+		{"empty", nil, true},
+		{"constant", i32Const(0), true},
+		{"recursion", twiceBody(0), true},
+		{"loop first", []byte{0x03, 0x40, 0x0b}, false},
+		{"blocks, then a loop", []byte{0x02, 0x40, 0x02, 0x40, 0x03, 0x40, 0x0b, 0x0b, 0x0b}, false},
+		{"as Go starts a function", []byte{0x23, 0x00, 0x21, 0x00, 0x02, 0x40, 0x03, 0x40, 0x0b, 0x0b}, false},
+		{"a call before the loop", concat(call(0), []byte{0x03, 0x40, 0x0b}), true},
+		{"a branch before the loop", []byte{0x02, 0x40, 0x0c, 0x00, 0x03, 0x40, 0x0b, 0x0b}, true},
+		{"an if before the loop", concat(i32Const(1), []byte{0x04, 0x40, 0x0b, 0x03, 0x40, 0x0b}), true},
+	} {
+		code := concat([]byte{0x00}, tc.body, []byte{0x0b}) // no locals
+		out, err := instrumentBody(nil, code, 2, check)
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if got := bytes.HasPrefix(out[1:], check); got != tc.entry {
+			t.Errorf("%s: entry check %v, want %v (instrumented: % x)", tc.name, got, tc.entry, out)
+		}
+	}
+}
+
 func TestInstrumentRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -120,6 +251,7 @@ func TestInstrumentGoGuest(t *testing.T) {
 // bytes in a row with the LEB128 continuation bit) are only given to instrument.
 func FuzzInstrument(f *testing.F) {
 	f.Add(loopModule(""))
+	f.Add(recursionModule())
 	f.Add(minimalGuest(nil))
 	f.Add(probeModule())
 	f.Add(withImport("env", "g", tVoid))
@@ -209,6 +341,41 @@ func BenchmarkLoopChecks(b *testing.B) {
 				for b.Loop() {
 					stack[0] = n
 					if err := count.CallWithStack(ctx, stack); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+		rt.Close(ctx)
+	}
+}
+
+// BenchmarkEntryChecks measures the checks at function entries, on one call of twice(n),
+// which makes 2^(n+1)-1 calls of a function without a loop: unchecked, and instrumented.
+func BenchmarkEntryChecks(b *testing.B) {
+	ctx := context.Background()
+	for _, instrumented := range []bool{false, true} {
+		rt := wazero.NewRuntime(ctx)
+		wasm := recursionModule()
+		name := "unchecked"
+		if instrumented {
+			var err error
+			if wasm, err = instrument(wasm); err != nil {
+				b.Fatal(err)
+			}
+			name = "instrumented"
+		}
+		mod, err := rt.Instantiate(ctx, wasm)
+		if err != nil {
+			b.Fatal(err)
+		}
+		twice := mod.ExportedFunction("twice")
+		for _, n := range []uint64{0, 10} {
+			b.Run(fmt.Sprintf("%s/calls=%d", name, 1<<(n+1)-1), func(b *testing.B) {
+				stack := []uint64{0}
+				for b.Loop() {
+					stack[0] = n
+					if err := twice.CallWithStack(ctx, stack); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -25,12 +25,20 @@ type wasmExport struct {
 	index uint32
 }
 
+// wasmData is an active data segment: bytes copied into the memory at offset when the
+// module is instantiated.
+type wasmData struct {
+	offset uint32
+	bytes  []byte
+}
+
 // wasmModule is a module with imported functions, defined functions, one memory (unless
-// noMemory) and exports. Function indices count the imports first.
+// noMemory), exports and data segments. Function indices count the imports first.
 type wasmModule struct {
 	imports  []wasmImport
 	funcs    []wasmFunc
 	exports  []wasmExport
+	data     []wasmData
 	memPages uint32
 	noMemory bool
 }
@@ -107,7 +115,7 @@ func (m *wasmModule) bytes() []byte {
 		types = append(types, e)
 		return uint64(len(types) - 1)
 	}
-	var imports, funcIdx, codes, exports [][]byte
+	var imports, funcIdx, codes, exports, data [][]byte
 	for _, im := range m.imports {
 		imports = append(imports, concat(wasmName(im.module), wasmName(im.name), []byte{0x00}, uleb(typeIndex(im.typ))))
 	}
@@ -118,6 +126,10 @@ func (m *wasmModule) bytes() []byte {
 	}
 	for _, e := range m.exports {
 		exports = append(exports, concat(wasmName(e.name), []byte{e.kind}, uleb(uint64(e.index))))
+	}
+	for _, d := range m.data {
+		// Active, memory 0, at i32.const offset.
+		data = append(data, concat([]byte{0x00}, i32Const(int32(d.offset)), []byte{0x0b}, uleb(uint64(len(d.bytes))), d.bytes))
 	}
 	out := []byte{0x00, 'a', 's', 'm', 0x01, 0x00, 0x00, 0x00}
 	out = append(out, section(1, vec(types))...)
@@ -136,6 +148,9 @@ func (m *wasmModule) bytes() []byte {
 		out = append(out, section(7, vec(exports))...)
 	}
 	out = append(out, section(10, vec(codes))...)
+	if len(data) > 0 {
+		out = append(out, section(11, vec(data))...)
+	}
 	return out
 }
 

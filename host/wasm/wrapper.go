@@ -95,8 +95,8 @@ type instance struct {
 	st         callState
 	phases     int32
 
-	// stop is the global that instrument added: set to 1, it traps the guest at its next
-	// loop iteration.
+	// stop is the global that instrument added: set to 1, it traps the guest within
+	// fuelPerCheck loop iterations and function entries.
 	stop api.MutableGlobal
 	// deadline is when the running guest call must end, on the watchdog's clock; 0 when
 	// no call runs; -1 once the watchdog (or a halt) has set stop.
@@ -125,7 +125,7 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 	if err != nil {
 		return nil, err
 	}
-	// No WithCloseOnContextDone: instrument's loop checks stop guests (see there).
+	// No WithCloseOnContextDone: instrument's checks stop guests (see there).
 	rc := wazero.NewRuntimeConfig().
 		WithCompilationCache(h.cache).
 		WithMemoryLimitPages(uint32(o.MemoryLimit / wasmPageSize))
@@ -161,12 +161,12 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 	instrumented, err := instrument(wasm)
 	if err != nil {
 		// wazero's error says best what is wrong with a module that is not Wasm at all.
-		if _, cerr := rt.CompileModule(ctx, wasm); cerr != nil {
+		if _, cerr := compile(ctx, rt, wasm); cerr != nil {
 			return nil, fmt.Errorf("not a valid wasm module: %w", cerr)
 		}
 		return nil, fmt.Errorf("cannot instrument the module: %w", err)
 	}
-	if w.compiled, err = rt.CompileModule(ctx, instrumented); err != nil {
+	if w.compiled, err = compile(ctx, rt, instrumented); err != nil {
 		if strings.Contains(err.Error(), "section memory") && strings.Contains(err.Error(), "over limit") {
 			return nil, fmt.Errorf("memory limit of %d bytes is below what the module needs: %w", o.MemoryLimit, err)
 		}
@@ -350,7 +350,7 @@ func (inst *instance) call(f api.Function, limit time.Duration) (uint64, error) 
 	inst.stack[0] = 0
 	err := f.CallWithStack(inst.ctx, inst.stack[:])
 	if !inst.deadline.CompareAndSwap(deadline, 0) {
-		// The watchdog set stop, so the instance would trap at its next loop.
+		// The watchdog set stop, so the instance would trap at its next check.
 		inst.stopped = true
 		if err == nil {
 			err = errStopped
@@ -699,4 +699,16 @@ func (lw *lineWriter) emit() {
 	case lw.lines == maxOutputLines+1:
 		lw.logger.Log(context.Background(), lw.level, "(more output of this guest call is not logged)", "stream", lw.stream)
 	}
+}
+
+// compile compiles a module with rt. wazero panics on some malformed modules (v1.12.0: a
+// call to a function whose type index is out of range) rather than returning an error, and
+// a broken .wasm must not crash micro: such a panic is an error too.
+func compile(ctx context.Context, rt wazero.Runtime, bin []byte) (m wazero.CompiledModule, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			m, err = nil, fmt.Errorf("the module is malformed (wazero: %v)", p)
+		}
+	}()
+	return rt.CompileModule(ctx, bin)
 }

@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tetratelabs/wazero/api"
+
+	abi "github.com/microhost/micro/abi/wrapper"
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
@@ -45,7 +48,10 @@ func TestEchoSeesTheCall(t *testing.T) {
 		t.Fatalf("first call: got %+v, want %+v", v, want)
 	}
 	w.OnResponse(ctx, c, &wrapper.Result{Status: 200, Latency: 3 * time.Millisecond})
-	w.OnResponse(ctx, c, &wrapper.Result{Err: "dial tcp: connection refused"})
+	if got := w.OnRequest(ctx, c).Header["X-Last"]; got != "200||false|greeter|greeter-1|1" {
+		t.Errorf("X-Last = %q: OnResponse did not see the outcome", got)
+	}
+	w.OnResponse(ctx, c, &wrapper.Result{Err: "dial tcp: connection refused", Fault: true})
 
 	// A call without a deadline, with a lower-case header name, and a spent budget.
 	c2 := newCall(map[string]string{"x-test": "lower"})
@@ -54,7 +60,7 @@ func TestEchoSeesTheCall(t *testing.T) {
 	if got := v.Header["X-Echo"]; got != "t1|greeter|Greeter.Hello|greeter-1|app|lower|none" {
 		t.Errorf("no deadline: X-Echo = %q", got)
 	}
-	if got := v.Header["X-Last"]; got != "0|dial tcp: connection refused|greeter|greeter-1|2" {
+	if got := v.Header["X-Last"]; got != "0|dial tcp: connection refused|true|greeter|greeter-1|2" {
 		t.Errorf("X-Last = %q: OnResponse did not see the outcome", got)
 	}
 	c3 := newCall(nil)
@@ -292,7 +298,7 @@ func TestOnResponseAfterTheCallEnded(t *testing.T) {
 	w.OnRequest(ctx, c)
 	cancel()
 	w.OnResponse(ctx, c, &wrapper.Result{Err: "budget spent"})
-	if got := w.OnRequest(context.Background(), c).Header["X-Last"]; got != "0|budget spent|greeter|greeter-1|1" {
+	if got := w.OnRequest(context.Background(), c).Header["X-Last"]; got != "0|budget spent|false|greeter|greeter-1|1" {
 		t.Errorf("X-Last = %q: the outcome of a call whose context ended was not delivered", got)
 	}
 }
@@ -348,6 +354,9 @@ func TestMalformedModules(t *testing.T) {
 	}{
 		{"not wasm", []byte("\x7fELF not wasm at all"), "not a valid wasm module"},
 		{"empty", nil, "not a valid wasm module"},
+		// wazero v1.12.0 panics on a call to a function whose type index is out of range.
+		{"wazero panics", []byte("\x00asm\x01\x00\x00\x00\x01\x04\x01\x60\x00\x00\x03\x03\x02\x00\x05\x0a\x09\x02\x04\x00\x10\x01\x0b\x02\x00\x0b"),
+			"the module is malformed (wazero: runtime error: index out of range"},
 		{"wrong signature", minimalGuest(func(m *wasmModule) { m.setExport("on_request", 5) }),
 			"malformed wrapper module: export on_request is (i32) -> (i32), want () -> (i32)"},
 		{"missing export", minimalGuest(func(m *wasmModule) { m.dropExport("on_request") }),
@@ -360,6 +369,7 @@ func TestMalformedModules(t *testing.T) {
 			"not a micro wrapper: the module does not export micro_wrapper_abi_v1"},
 		{"unknown import", withImport("micro", "get_everything", tRetI32), "imports micro.get_everything, which micro does not provide"},
 		{"wrong import type", withImport("micro", "get_budget", tRetI32), "imports micro.get_budget as () -> (i32), but it is () -> (i64)"},
+		{"wrong get_fault type", withImport("micro", "get_fault", tVoid), "imports micro.get_fault as () -> (), but it is () -> (i32)"},
 		{"foreign import", withImport("env", "abort", tVoid), "imports env.abort: only micro and wasi_snapshot_preview1 are provided"},
 		{"init fails", minimalGuest(func(m *wasmModule) { m.funcs[2].body = i32Const(7) }), "init: on_init returned 7"},
 		{"init traps", minimalGuest(func(m *wasmModule) { m.funcs[2].body = []byte{0x00} }), "init: guest trapped: wasm error: unreachable"},
@@ -434,5 +444,93 @@ func TestClose(t *testing.T) {
 	}
 	if _, err := h.Load(context.Background(), "pass", guests["pass"], Options{}); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Errorf("Load after Host.Close: %v", err)
+	}
+}
+
+// recursiveGuest is a complete wrapper guest, hand-assembled, with no loop: its on_request
+// continues, except for a call with the header X-Recurse, for which it first computes
+// twice(endlessTwice), minutes of exponential recursion (see twiceBody).
+func recursiveGuest() []byte {
+	const name = "X-Recurse"
+	return minimalGuest(func(m *wasmModule) {
+		m.imports = []wasmImport{{abi.ModuleName, abi.ImportGetHeader,
+			funcType{params: []api.ValueType{i32, i32, i32, i32}, results: []api.ValueType{i32}}}}
+		for i := range m.exports {
+			if m.exports[i].kind == 0 {
+				m.exports[i].index++
+			}
+		}
+		twice := uint32(len(m.imports) + len(m.funcs))
+		m.funcs = append(m.funcs, wasmFunc{typ: tI32RetI, body: twiceBody(twice)})
+		m.funcs[3].body = concat(
+			i32Const(0), i32Const(int32(len(name))), i32Const(64), i32Const(0), call(0), // get_header(name, buf of 0 bytes)
+			i32Const(0), []byte{0x4e, 0x04, 0x40}, // if the length >= 0: the header is there
+			i32Const(endlessTwice), call(twice), []byte{0x1a}, // drop twice(endlessTwice)
+			[]byte{0x0b},
+			i32Const(abi.ResultContinue))
+		m.data = []wasmData{{0, []byte(name)}}
+	})
+}
+
+// TestRecursionStopped checks that the time limit stops a guest whose on_request recurses
+// without a loop: the call gets the on_trap verdict soon after the limit, rather than
+// after the minutes the recursion would take; the instance is replaced, and later calls
+// work.
+func TestRecursionStopped(t *testing.T) {
+	const limit = 50 * time.Millisecond
+	for _, onTrap := range []string{OnTrapOpen, OnTrapClosed} {
+		t.Run(onTrap, func(t *testing.T) {
+			h, logs := newTestHost(t)
+			ctx := context.Background()
+			w, err := h.Load(ctx, "recurse", recursiveGuest(), Options{Timeout: limit, OnTrap: onTrap})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := w.OnRequest(ctx, newCall(nil)); !verdictEqual(v, wrapper.Verdict{}) {
+				t.Fatalf("a call without X-Recurse: %+v, want a plain Continue", v)
+			}
+			first := w.slots[0].inst
+
+			done := make(chan wrapper.Verdict, 1)
+			start := time.Now()
+			go func() { done <- w.OnRequest(ctx, newCall(map[string]string{"X-Recurse": "1"})) }()
+			var v wrapper.Verdict
+			select {
+			case v = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("the recursing call still ran 10s after its time limit of %v, and would for minutes", limit)
+			}
+			if took := time.Since(start); took < limit {
+				t.Errorf("the recursing call returned after %v, before its time limit of %v", took, limit)
+			}
+			const reason = "guest stopped: it ran longer than its time limit of 50ms"
+			switch onTrap {
+			case OnTrapOpen:
+				if !verdictEqual(v, wrapper.Verdict{Action: wrapper.Continue}) {
+					t.Errorf("fail open: got %+v, want a plain Continue", v)
+				}
+			case OnTrapClosed:
+				if want := "wrapper recurse failed: " + reason; v.Action != wrapper.Reject || v.Status != 503 || v.Message != want {
+					t.Errorf("fail closed: got %+v, want a 503 with %q", v, want)
+				}
+			}
+			if l := logs.find("wrapper guest failed", "wrapper=recurse", "phase=on_request", reason); l == "" {
+				t.Errorf("no log of the failure:\n%s", strings.Join(logs.lines(), "\n"))
+			}
+
+			// Later calls run on a new instance.
+			for i := range 3 {
+				if v := w.OnRequest(ctx, newCall(nil)); !verdictEqual(v, wrapper.Verdict{}) {
+					t.Fatalf("call %d after the stop: %+v, want a plain Continue", i+1, v)
+				}
+				w.OnResponse(ctx, newCall(nil), &wrapper.Result{Status: 200})
+			}
+			if w.slots[0].inst == first || w.slots[0].inst == nil {
+				t.Error("the stopped instance was not replaced")
+			}
+			if l := logs.find("wrapper instance replaced", "wrapper=recurse"); l == "" {
+				t.Errorf("no log of the replacement:\n%s", strings.Join(logs.lines(), "\n"))
+			}
+		})
 	}
 }

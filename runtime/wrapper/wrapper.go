@@ -73,6 +73,10 @@ type Result struct {
 	Err string
 	// Latency is how long the attempt took.
 	Latency time.Duration
+	// Fault reports that the outcome counts against the node: it could not be reached, it
+	// timed out, or its app failed on its own (a 5xx). A caller's mistake, a request micro
+	// refused, or a rejection by a wrapper is never a fault. Breakers count only faults.
+	Fault bool
 }
 
 // Wrapper is one middleware. Its methods are safe for concurrent use. A wrapper that fails

@@ -16,6 +16,7 @@ type hostABI interface {
 	setReject(status int32, message string)
 	getStatus() int32
 	getLatency() int64
+	getFault() int32
 	setPhases(mask int32)
 	log(level int32, message string)
 	fail(message string)
@@ -40,6 +41,7 @@ func hostSetReplyHeader(name, value string)       { theHost().setReplyHeader(nam
 func hostSetReject(status int32, message string)  { theHost().setReject(status, message) }
 func hostGetStatus() int32                        { return theHost().getStatus() }
 func hostGetLatency() int64                       { return theHost().getLatency() }
+func hostGetFault() int32                         { return theHost().getFault() }
 func hostSetPhases(mask int32)                    { theHost().setPhases(mask) }
 func hostLog(level int32, message string)         { theHost().log(level, message) }
 func hostFail(message string)                     { theHost().fail(message) }

@@ -57,6 +57,9 @@ func importGetStatus() int32
 //go:wasmimport micro get_latency
 func importGetLatency() int64
 
+//go:wasmimport micro get_fault
+func importGetFault() int32
+
 //go:wasmimport micro set_phases
 func importSetPhases(mask int32)
 
@@ -99,6 +102,7 @@ func hostSetReplyHeader(name, value string)      { importSetReplyHeader(name, va
 func hostSetReject(status int32, message string) { importSetReject(status, message) }
 func hostGetStatus() int32                       { return importGetStatus() }
 func hostGetLatency() int64                      { return importGetLatency() }
+func hostGetFault() int32                        { return importGetFault() }
 func hostSetPhases(mask int32)                   { importSetPhases(mask) }
 func hostLog(level int32, message string)        { importLog(level, message) }
 

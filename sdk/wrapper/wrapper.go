@@ -75,6 +75,11 @@ type Response interface {
 	Err() string
 	// Latency is how long the attempt took.
 	Latency() time.Duration
+	// Fault reports whether the outcome counts against the node: it could not be reached,
+	// it timed out, or its app answered with a 5xx on its own. A caller's mistake (a 4xx),
+	// a call that micro refused or a wrapper rejected, and a timeout that the caller chose
+	// are not faults, whatever their status. A breaker should count only faults.
+	Fault() bool
 }
 
 // Result is OnRequest's decision. Make one with [Continue], [Reject] or [RejectNode].
@@ -272,6 +277,7 @@ func (r *request) SetHeader(name, value string) { hostSetHeader(name, value) }
 func (r *request) Status() int                  { return int(hostGetStatus()) }
 func (r *request) Err() string                  { return readField(fieldError) }
 func (r *request) Latency() time.Duration       { return time.Duration(hostGetLatency()) }
+func (r *request) Fault() bool                  { return hostGetFault() != 0 }
 
 // scratch is the buffer the host writes values into; it grows to the largest value read.
 var scratch = make([]byte, 256)
@@ -346,6 +352,7 @@ func readConfig() []byte {
 //	hostSetReject(status int32, message string)
 //	hostGetStatus() int32
 //	hostGetLatency() int64
+//	hostGetFault() int32
 //	hostSetPhases(mask int32)
 //	hostLog(level int32, message string)
 //	hostFail(message string) // does not return

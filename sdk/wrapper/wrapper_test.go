@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -23,6 +24,7 @@ type fake struct {
 	budget      int64
 	status      int32
 	latency     int64
+	fault       int32
 	setHeaders  [][2]string
 	setReply    [][2]string
 	rejected    *[2]any
@@ -56,6 +58,7 @@ func (f *fake) setReplyHeader(n, v string)         { f.setReply = append(f.setRe
 func (f *fake) setReject(status int32, msg string) { f.rejected = &[2]any{status, msg} }
 func (f *fake) getStatus() int32                   { return f.status }
 func (f *fake) getLatency() int64                  { return f.latency }
+func (f *fake) getFault() int32                    { return f.fault }
 func (f *fake) setPhases(mask int32)               { f.phases = mask }
 func (f *fake) log(level int32, msg string)        { f.logs = append(f.logs, msg) }
 
@@ -186,7 +189,7 @@ func TestRequest(t *testing.T) {
 			return Continue()
 		},
 		OnResponse: func(r Response) {
-			seen = append(seen, r.Err(), time.Duration(r.Status()).String(), r.Latency().String())
+			seen = append(seen, r.Err(), time.Duration(r.Status()).String(), r.Latency().String(), strconv.FormatBool(r.Fault()))
 		},
 	})
 	f.fields = [fieldError + 1]string{"greeter", "Greeter.Hello", "node-1", strings.Repeat("c", 300), "refused"}
@@ -205,11 +208,17 @@ func TestRequest(t *testing.T) {
 	if !slices.Equal(f.setHeaders, [][2]string{{"X-Out", "1"}}) {
 		t.Errorf("headers set: %v", f.setHeaders)
 	}
-	f.status, f.latency = 2, int64(time.Millisecond)
+	f.status, f.latency, f.fault = 2, int64(time.Millisecond), 1
 	seen = nil
 	onResponse()
-	if !slices.Equal(seen, []string{"refused", "2ns", "1ms"}) {
+	if !slices.Equal(seen, []string{"refused", "2ns", "1ms", "true"}) {
 		t.Errorf("the response: %q", seen)
+	}
+	f.status, f.fault = 404, 0
+	seen = nil
+	onResponse()
+	if !slices.Equal(seen, []string{"refused", "404ns", "1ms", "false"}) {
+		t.Errorf("a response that is no fault: %q", seen)
 	}
 
 	f.headers["X-Test"] = "reject"
@@ -284,7 +293,7 @@ func TestABINames(t *testing.T) {
 	known := map[string]bool{}
 	for _, name := range []string{abi.ImportGetConfig, abi.ImportGetService, abi.ImportGetEndpoint, abi.ImportGetNode,
 		abi.ImportGetCaller, abi.ImportGetHeader, abi.ImportGetBudget, abi.ImportSetHeader, abi.ImportSetReplyHeader,
-		abi.ImportSetReject, abi.ImportGetStatus, abi.ImportGetError, abi.ImportGetLatency, abi.ImportSetPhases,
+		abi.ImportSetReject, abi.ImportGetStatus, abi.ImportGetError, abi.ImportGetLatency, abi.ImportGetFault, abi.ImportSetPhases,
 		abi.ImportLog, abi.ImportFail} {
 		known[name] = true
 	}

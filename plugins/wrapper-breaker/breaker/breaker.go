@@ -1,6 +1,6 @@
-// Package breaker is the logic of micro's circuit-breaker wrapper: one breaker per node
-// or per service, each closed, open or half-open, built on sony/gobreaker's two-step
-// breaker.
+// Package breaker is the logic of micro's circuit-breaker wrapper: one breaker per node and
+// endpoint, per node or per service, each closed, open or half-open, built on
+// sony/gobreaker's two-step breaker.
 //
 // A breaker trips when, over a rolling interval, the failure ratio reaches failure_ratio
 // after at least min_requests outcomes, or when consecutive_failures calls in a row fail.
@@ -10,6 +10,26 @@
 // It is plain Go with no dependency on the WebAssembly SDK, so it is tested on the host;
 // the wrapper's main package glues it to sdk/wrapper. Breakers is not safe for concurrent
 // use: the wrapper host serializes calls into one guest instance.
+//
+// # What fails
+//
+// Only the node's faults fail, as micro reports them (Outcome.Fault): the node could not
+// be reached, it timed out, or its app answered with a 5xx on its own. failure_statuses,
+// when set, narrows the faults that fail to those with a listed status (each a 5xx) and
+// those that got no answer (status 0); it never makes an outcome fail that is not a
+// fault. An outcome that is not a fault never fails, whatever its status: it succeeds
+// when the node answered (a caller's 4xx, say, or a 5xx that failure_statuses leaves
+// out), and counts as neither success nor failure when no answer came (a timeout that
+// the caller chose, a call that a later wrapper rejected), since it tells nothing of the
+// node.
+//
+// # Keys
+//
+// With key "node_endpoint" (the default) each node has a breaker per endpoint, and an open
+// one refuses that node for that endpoint only: the client tries another node, and the
+// node goes on serving its other endpoints. With "node", one breaker covers all of a
+// node's endpoints. With "service", an open breaker fails every call to the service with
+// 503.
 //
 // # Matching a response to its request
 //
@@ -23,7 +43,8 @@
 // are interchangeable, and calls of different generations are told apart by their start
 // times, so a slow response from before the breaker tripped is not taken for a half-open
 // probe's. A pending call that gets no outcome within its budget (plus a second, and at
-// most five minutes) is dropped as neither success nor failure, so a lost probe cannot hold a breaker half-open.
+// most five minutes) is dropped as neither success nor failure, so a lost probe cannot
+// hold a breaker half-open.
 package breaker
 
 import (
@@ -40,9 +61,16 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
+// The values of Config.Key.
+const (
+	KeyNodeEndpoint = "node_endpoint"
+	KeyNode         = "node"
+	KeyService      = "service"
+)
+
 // Defaults of the config fields.
 const (
-	DefaultKey                 = "node"
+	DefaultKey                 = KeyNodeEndpoint
 	DefaultFailureRatio        = 0.5
 	DefaultMinRequests         = 10
 	DefaultInterval            = 10 * time.Second
@@ -89,8 +117,10 @@ func (d Duration) MarshalJSON() ([]byte, error) {
 // Config is the wrapper's table in micro.toml, as the guest receives it (JSON). Decode it
 // over DefaultConfig so that fields left out keep their defaults.
 type Config struct {
-	// Key is what a breaker belongs to: "node" (the client skips a node whose breaker is
-	// open) or "service" (calls to a service whose breaker is open fail fast with 503).
+	// Key is what a breaker belongs to: KeyNodeEndpoint, a node and an endpoint (the
+	// client skips a node for an endpoint whose breaker is open); KeyNode, a node (the
+	// client skips a node whose breaker is open); or KeyService, a service (calls to a
+	// service whose breaker is open fail fast with 503).
 	Key string `json:"key"`
 	// FailureRatio trips the breaker when at least this share of the outcomes over
 	// Interval failed, once there are MinRequests of them. 0 turns this off.
@@ -107,9 +137,10 @@ type Config struct {
 	// HalfOpenMax is how many probe calls a half-open breaker lets through; that many
 	// successes close it.
 	HalfOpenMax int `json:"half_open_max"`
-	// FailureStatuses are the statuses that count as failures. Empty means every status
-	// from 500 up. A call that got no answer (status 0: a connect error, a timeout)
-	// always fails.
+	// FailureStatuses narrows the faults that count as failures to those with one of
+	// these statuses, each from 500 to 599, and those that got no answer (status 0: the
+	// node could not be reached, or timed out). Empty means every fault. An outcome that
+	// is not the node's fault never fails.
 	FailureStatuses []int `json:"failure_statuses"`
 	// MaxKeys bounds how many breakers are kept; past it the least recently used one is
 	// dropped.
@@ -133,8 +164,10 @@ func DefaultConfig() Config {
 // Validate returns an error naming each field that is wrong.
 func (c Config) Validate() error {
 	var errs []error
-	if c.Key != "node" && c.Key != "service" {
-		errs = append(errs, fmt.Errorf(`key: unknown key %q (want "node" or "service")`, c.Key))
+	switch c.Key {
+	case KeyNodeEndpoint, KeyNode, KeyService:
+	default:
+		errs = append(errs, fmt.Errorf("key: unknown key %q (want %q, %q or %q)", c.Key, KeyNodeEndpoint, KeyNode, KeyService))
 	}
 	if math.IsNaN(c.FailureRatio) || c.FailureRatio < 0 || c.FailureRatio > 1 {
 		errs = append(errs, fmt.Errorf("failure_ratio: %v is not a ratio (want 0 < ratio <= 1, or 0 to turn it off)", c.FailureRatio))
@@ -158,8 +191,8 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("half_open_max: %d is out of range (want >= 1)", c.HalfOpenMax))
 	}
 	for i, s := range c.FailureStatuses {
-		if s < 100 || s > 599 {
-			errs = append(errs, fmt.Errorf("failure_statuses[%d]: %d is not an HTTP status", i, s))
+		if s < 500 || s > 599 {
+			errs = append(errs, fmt.Errorf("failure_statuses[%d]: %d is not a 5xx status (only the node's faults fail, and a fault's status is 500 to 599, or 0 without an answer)", i, s))
 		}
 	}
 	if c.MaxKeys < 1 {
@@ -172,6 +205,7 @@ func (c Config) Validate() error {
 // satisfies it.
 type Call interface {
 	Service() string
+	Endpoint() string
 	Node() string
 	// Budget is the time the call has left.
 	Budget() time.Duration
@@ -182,40 +216,49 @@ type Outcome interface {
 	Call
 	// Status is the HTTP status, or 0 when no answer came (a connect error, a timeout).
 	Status() int
+	// Err says why no answer came (a connect error, a timeout, a rejection by a later
+	// wrapper), or is "" when one came.
+	Err() string
 	// Latency is how long the call took.
 	Latency() time.Duration
+	// Fault reports whether the outcome counts against the node.
+	Fault() bool
 }
 
 // Decision is the verdict of Breakers on one call.
 type Decision struct {
 	// Allowed reports whether the call may go on.
 	Allowed bool
-	// NodeOnly reports that the rejection is for the selected node only (key "node"): the
-	// client should try another node.
+	// NodeOnly reports that the rejection is for the selected node only (key
+	// "node_endpoint" or "node"): the client should try another node.
 	NodeOnly bool
 	// Status is the status of a rejection for a whole service (503).
 	Status int
-	// Message explains a rejection, e.g. "breaker open for node greeter-1".
+	// Message explains a rejection, e.g. "breaker open for node greeter-1, endpoint
+	// Greeter.Hello".
 	Message string
 }
 
-// StateChange is called when a key's breaker changes state.
-type StateChange func(key string, from, to gobreaker.State)
+// StateChange is called when a breaker changes state. name says what the breaker is for,
+// e.g. "node greeter-1, endpoint Greeter.Hello" or "service greeter".
+type StateChange func(name string, from, to gobreaker.State)
 
 // Breakers holds one breaker per key.
 type Breakers struct {
 	cfg      Config
-	byNode   bool
-	failing  map[int]bool // nil: every status >= 500
+	failing  map[int]bool // nil: every fault
 	onChange StateChange
 
-	entries map[string]*list.Element // of *entry
-	lru     list.List                // front is most recently used
+	entries map[key]*list.Element // of *entry
+	lru     list.List             // front is most recently used
 }
+
+// key identifies a breaker. Only the fields of the config's Key are set.
+type key struct{ node, endpoint, service string }
 
 // entry is one key's breaker and its calls waiting for an outcome.
 type entry struct {
-	key     string
+	key     key
 	cb      *gobreaker.TwoStepCircuitBreaker[struct{}]
 	pending []pending // in the order allowed
 	// nextExpiry is the earliest expiry in pending, or zero when there is none.
@@ -235,6 +278,9 @@ var (
 	// errNoOutcome is the outcome of a call whose outcome never came: excluded from the
 	// counts.
 	errNoOutcome = errors.New("no outcome")
+	// errNoAnswer is the outcome of a call that got no answer through no fault of the
+	// node's: excluded from the counts.
+	errNoAnswer = errors.New("no answer, not the node's fault")
 )
 
 // New returns Breakers for a config, or an error naming the fields that are wrong.
@@ -245,9 +291,8 @@ func New(c Config, onChange StateChange) (*Breakers, error) {
 	}
 	b := &Breakers{
 		cfg:      c,
-		byNode:   c.Key == "node",
 		onChange: onChange,
-		entries:  make(map[string]*list.Element),
+		entries:  make(map[key]*list.Element),
 	}
 	if len(c.FailureStatuses) > 0 {
 		b.failing = make(map[int]bool, len(c.FailureStatuses))
@@ -258,34 +303,44 @@ func New(c Config, onChange StateChange) (*Breakers, error) {
 	return b, nil
 }
 
-// Key returns the breaker key of a call: its node or its service.
-func (b *Breakers) Key(c Call) string {
-	if b.byNode {
-		return c.Node()
+// key returns the key of a call's breaker.
+func (b *Breakers) key(c Call) key {
+	switch b.cfg.Key {
+	case KeyService:
+		return key{service: c.Service()}
+	case KeyNode:
+		return key{node: c.Node()}
 	}
-	return c.Service()
+	return key{node: c.Node(), endpoint: c.Endpoint()}
+}
+
+// name says what the breaker of k is for, in messages and logs.
+func (b *Breakers) name(k key) string {
+	switch b.cfg.Key {
+	case KeyService:
+		return "service " + k.service
+	case KeyNode:
+		return "node " + k.node
+	}
+	return "node " + k.node + ", endpoint " + k.endpoint
 }
 
 // OnRequest decides about a call at time now: it goes on unless its key's breaker is open,
 // or half-open with its probes all in flight.
 func (b *Breakers) OnRequest(c Call, now time.Time) Decision {
-	key := b.Key(c)
-	e := b.entry(key, true)
+	k := b.key(c)
+	e := b.entry(k, true)
 	e.expire(now)
 	done, err := e.cb.Allow()
 	if err != nil {
-		d := Decision{NodeOnly: b.byNode}
-		if !b.byNode {
+		d := Decision{NodeOnly: b.cfg.Key != KeyService}
+		if !d.NodeOnly {
 			d.Status = 503
 		}
-		what := "service"
-		if b.byNode {
-			what = "node"
-		}
 		if errors.Is(err, gobreaker.ErrTooManyRequests) {
-			d.Message = fmt.Sprintf("breaker half-open for %s %s, its probes are in flight", what, key)
+			d.Message = fmt.Sprintf("breaker half-open for %s; its probes are in flight", b.name(k))
 		} else {
-			d.Message = fmt.Sprintf("breaker open for %s %s", what, key)
+			d.Message = "breaker open for " + b.name(k)
 		}
 		return d
 	}
@@ -308,7 +363,7 @@ func (b *Breakers) OnRequest(c Call, now time.Time) Decision {
 
 // OnResponse records the outcome of a call that OnRequest allowed, at time now.
 func (b *Breakers) OnResponse(o Outcome, now time.Time) {
-	e := b.entry(b.Key(o), false)
+	e := b.entry(b.key(o), false)
 	if e == nil {
 		return // dropped since, or never allowed here
 	}
@@ -319,16 +374,12 @@ func (b *Breakers) OnResponse(o Outcome, now time.Time) {
 	i := nearest(e.pending, now.Add(-o.Latency()))
 	done := e.pending[i].done
 	e.pending = slices.Delete(e.pending, i, i+1)
-	if b.failed(o) {
-		done(errFailed)
-	} else {
-		done(nil)
-	}
+	done(b.judge(o))
 }
 
-// State returns the state of key's breaker; a key with no breaker is closed.
-func (b *Breakers) State(key string) gobreaker.State {
-	if e := b.entry(key, false); e != nil {
+// State returns the state of the breaker of a call; a call with no breaker yet is closed.
+func (b *Breakers) State(c Call) gobreaker.State {
+	if e := b.entry(b.key(c), false); e != nil {
 		return e.cb.State()
 	}
 	return gobreaker.StateClosed
@@ -337,31 +388,34 @@ func (b *Breakers) State(key string) gobreaker.State {
 // Len returns how many keys have a breaker.
 func (b *Breakers) Len() int { return len(b.entries) }
 
-// Pending returns how many allowed calls of key wait for their outcome.
-func (b *Breakers) Pending(key string) int {
-	if e := b.entry(key, false); e != nil {
+// Pending returns how many allowed calls with the breaker of c wait for their outcome.
+func (b *Breakers) Pending(c Call) int {
+	if e := b.entry(b.key(c), false); e != nil {
 		return len(e.pending)
 	}
 	return 0
 }
 
-// failed reports whether an outcome counts as a failure.
-func (b *Breakers) failed(o Outcome) bool {
+// judge returns what an outcome counts as (see the package doc): errFailed for a failure,
+// nil for a success, errNoAnswer for neither.
+func (b *Breakers) judge(o Outcome) error {
 	s := o.Status()
 	switch {
-	case s == 0:
-		return true // no answer came: a connect error, a timeout
-	case b.failing == nil:
-		return s >= 500
-	default:
-		return b.failing[s]
+	case o.Fault():
+		if b.failing == nil || s == 0 || b.failing[s] {
+			return errFailed
+		}
+		return nil
+	case s == 0 || o.Err() != "":
+		return errNoAnswer
 	}
+	return nil
 }
 
-// entry returns key's entry, making it (and dropping the least recently used entry past
+// entry returns k's entry, making it (and dropping the least recently used entry past
 // MaxKeys) when there is none and create is set.
-func (b *Breakers) entry(key string, create bool) *entry {
-	if el, ok := b.entries[key]; ok {
+func (b *Breakers) entry(k key, create bool) *entry {
+	if el, ok := b.entries[k]; ok {
 		b.lru.MoveToFront(el)
 		return el.Value.(*entry)
 	}
@@ -373,16 +427,16 @@ func (b *Breakers) entry(key string, create bool) *entry {
 		delete(b.entries, oldest.Value.(*entry).key)
 		b.lru.Remove(oldest)
 	}
-	e := &entry{key: key, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings(key))}
-	b.entries[key] = b.lru.PushFront(e)
+	e := &entry{key: k, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings(b.name(k)))}
+	b.entries[k] = b.lru.PushFront(e)
 	return e
 }
 
-// settings returns gobreaker's settings for key's breaker.
-func (b *Breakers) settings(key string) gobreaker.Settings {
+// settings returns gobreaker's settings for the breaker called name.
+func (b *Breakers) settings(name string) gobreaker.Settings {
 	c := b.cfg
 	s := gobreaker.Settings{
-		Name:        key,
+		Name:        name,
 		MaxRequests: uint32(c.HalfOpenMax),
 		Interval:    time.Duration(c.Interval),
 		Timeout:     time.Duration(c.Cooldown),
@@ -394,7 +448,7 @@ func (b *Breakers) settings(key string) gobreaker.Settings {
 			return c.FailureRatio > 0 && outcomes >= uint32(c.MinRequests) &&
 				float64(n.TotalFailures) >= c.FailureRatio*float64(outcomes)
 		},
-		IsExcluded: func(err error) bool { return errors.Is(err, errNoOutcome) },
+		IsExcluded: func(err error) bool { return errors.Is(err, errNoOutcome) || errors.Is(err, errNoAnswer) },
 	}
 	// A rolling window: outcomes leave it a bucket at a time, and the breaker's
 	// generation (which drops the outcomes of calls in flight) changes only with its
@@ -403,7 +457,7 @@ func (b *Breakers) settings(key string) gobreaker.Settings {
 		s.BucketPeriod = period
 	}
 	if b.onChange != nil {
-		s.OnStateChange = func(_ string, from, to gobreaker.State) { b.onChange(key, from, to) }
+		s.OnStateChange = func(_ string, from, to gobreaker.State) { b.onChange(name, from, to) }
 	}
 	return s
 }

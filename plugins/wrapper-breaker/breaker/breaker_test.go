@@ -13,25 +13,44 @@ import (
 
 // call is a Call and an Outcome with fixed fields.
 type call struct {
-	service, node string
-	budget        time.Duration
-	status        int // 0: no answer
-	latency       time.Duration
+	service, endpoint, node string
+	budget                  time.Duration
+	status                  int // 0: no answer
+	err                     string
+	latency                 time.Duration
+	fault                   bool
 }
 
 func (c call) Service() string        { return c.service }
+func (c call) Endpoint() string       { return c.endpoint }
 func (c call) Node() string           { return c.node }
 func (c call) Budget() time.Duration  { return c.budget }
 func (c call) Status() int            { return c.status }
+func (c call) Err() string            { return c.err }
 func (c call) Latency() time.Duration { return c.latency }
+func (c call) Fault() bool            { return c.fault }
 
 var (
 	t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	ok = call{status: 200}
-	ko = call{status: 500}
+	ko = call{status: 500, fault: true}
 )
 
-func on(node string, c call) call { c.node, c.service = node, "greeter"; return c }
+// on returns c as a call to node, of service greeter, to endpoint Greeter.Hello unless c
+// names another.
+func on(node string, c call) call {
+	c.node, c.service = node, "greeter"
+	if c.endpoint == "" {
+		c.endpoint = "Greeter.Hello"
+	}
+	return c
+}
+
+// state returns the state of the breaker of a call to node, as on makes it.
+func state(b *Breakers, node string) gobreaker.State { return b.State(on(node, ok)) }
+
+// waiting returns how many calls to node, as on makes them, wait for their outcome.
+func waiting(b *Breakers, node string) int { return b.Pending(on(node, ok)) }
 
 // config returns the defaults changed by a JSON object, decoded as the guest does.
 func config(t *testing.T, js string) Config {
@@ -73,12 +92,12 @@ func do(b *Breakers, node string, outcome call, now time.Time) bool {
 
 // waitState polls key's state until it is want, failing after a deadline. State moves
 // from open to half-open on a real clock (gobreaker's), so this waits out a cooldown.
-func waitState(t *testing.T, b *Breakers, key string, want gobreaker.State) {
+func waitState(t *testing.T, b *Breakers, node string, want gobreaker.State) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
-	for b.State(key) != want {
+	for state(b, node) != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("state of %s is %v, want %v", key, b.State(key), want)
+			t.Fatalf("state of %s is %v, want %v", node, state(b, node), want)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -96,11 +115,11 @@ func TestTripsOnRatio(t *testing.T) {
 		}
 	}
 	// 4 of 9 failed; the 10th outcome, a failure, makes 5 of 10.
-	if s := b.State("n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
 		t.Fatalf("state after 4 failures in 9 = %v, want closed", s)
 	}
 	do(b, "n1", ko, t0)
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state after 5 failures in 10 = %v, want open", s)
 	}
 }
@@ -114,7 +133,7 @@ func TestRatioBelowThreshold(t *testing.T) {
 			outcome = ko
 		}
 		do(b, "n1", outcome, t0)
-		if s := b.State("n1"); s != gobreaker.StateClosed {
+		if s := state(b, "n1"); s != gobreaker.StateClosed {
 			t.Fatalf("state after call %d = %v, want closed at a third failing", i+1, s)
 		}
 	}
@@ -124,12 +143,12 @@ func TestStaysClosedBelowMinRequests(t *testing.T) {
 	b := mustNew(t, config(t, `{"failure_ratio": 0.5, "min_requests": 10, "consecutive_failures": 0}`))
 	for i := range 9 {
 		do(b, "n1", ko, t0)
-		if s := b.State("n1"); s != gobreaker.StateClosed {
+		if s := state(b, "n1"); s != gobreaker.StateClosed {
 			t.Fatalf("state after %d failures = %v, want closed below min_requests 10", i+1, s)
 		}
 	}
 	do(b, "n1", ko, t0)
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state after 10 failures = %v, want open", s)
 	}
 }
@@ -144,20 +163,30 @@ func TestTripsOnConsecutive(t *testing.T) {
 	do(b, "n1", ok, t0) // breaks the run
 	do(b, "n1", ko, t0)
 	do(b, "n1", ko, t0)
-	if s := b.State("n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
 		t.Fatalf("state after runs of 2 failures = %v, want closed", s)
 	}
 	do(b, "n1", ko, t0)
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state after 3 failures in a row = %v, want open", s)
 	}
 }
 
 func TestOpenRejects(t *testing.T) {
+	t.Run("node_endpoint", func(t *testing.T) {
+		b := mustNew(t, config(t, `{"key": "node_endpoint", "consecutive_failures": 1, "cooldown": "1h"}`))
+		do(b, "n1", ko, t0)
+		d := b.OnRequest(on("n1", ok), t0)
+		want := Decision{NodeOnly: true, Message: "breaker open for node n1, endpoint Greeter.Hello"}
+		if d != want {
+			t.Fatalf("decision = %+v, want %+v", d, want)
+		}
+	})
 	t.Run("node", func(t *testing.T) {
 		b := mustNew(t, config(t, `{"key": "node", "consecutive_failures": 1, "cooldown": "1h"}`))
 		do(b, "n1", ko, t0)
-		d := b.OnRequest(on("n1", ok), t0)
+		// Every endpoint of the node is refused.
+		d := b.OnRequest(on("n1", call{endpoint: "Greeter.Other"}), t0)
 		want := Decision{NodeOnly: true, Message: "breaker open for node n1"}
 		if d != want {
 			t.Fatalf("decision = %+v, want %+v", d, want)
@@ -178,6 +207,36 @@ func TestOpenRejects(t *testing.T) {
 	})
 }
 
+// With the default key, a node's failing endpoint trips a breaker that refuses that node
+// for that endpoint only: the node serves its other endpoints, and other nodes serve it.
+func TestPerNodeEndpointIsolation(t *testing.T) {
+	if DefaultConfig().Key != KeyNodeEndpoint {
+		t.Fatalf("default key %q, want %q", DefaultConfig().Key, KeyNodeEndpoint)
+	}
+	b := mustNew(t, config(t, `{"consecutive_failures": 2, "cooldown": "1h"}`))
+	bad := call{endpoint: "Greeter.Fail"}
+	failing := bad
+	failing.status, failing.fault = 500, true
+	do(b, "n1", failing, t0)
+	do(b, "n1", failing, t0)
+	if s := b.State(on("n1", bad)); s != gobreaker.StateOpen {
+		t.Fatalf("n1 for Greeter.Fail = %v, want open", s)
+	}
+	d := b.OnRequest(on("n1", bad), t0)
+	if want := (Decision{NodeOnly: true, Message: "breaker open for node n1, endpoint Greeter.Fail"}); d != want {
+		t.Fatalf("decision = %+v, want %+v", d, want)
+	}
+	if !do(b, "n1", ok, t0) {
+		t.Fatal("n1 refused for Greeter.Hello after its Greeter.Fail breaker tripped")
+	}
+	if !do(b, "n2", bad, t0) {
+		t.Fatal("n2 refused for Greeter.Fail after n1's breaker for it tripped")
+	}
+	if b.Len() != 3 {
+		t.Fatalf("Len = %d, want 3 breakers: (n1, Greeter.Fail), (n1, Greeter.Hello), (n2, Greeter.Fail)", b.Len())
+	}
+}
+
 func TestPerNodeIsolation(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 2, "cooldown": "1h"}`))
 	do(b, "n1", ko, t0)
@@ -186,7 +245,7 @@ func TestPerNodeIsolation(t *testing.T) {
 		t.Fatal("n2 refused after n1 tripped")
 	}
 	do(b, "n2", ko, t0) // one failure on n2 is not two
-	if s := b.State("n2"); s != gobreaker.StateClosed {
+	if s := state(b, "n2"); s != gobreaker.StateClosed {
 		t.Fatalf("n2 = %v, want closed", s)
 	}
 	if b.OnRequest(on("n1", ok), t0).Allowed {
@@ -208,7 +267,7 @@ func TestHalfOpenProbeSuccessCloses(t *testing.T) {
 		t.Fatalf("a second call while the probe is in flight: %+v, want a node rejection", d)
 	}
 	b.OnResponse(probe, t0)
-	if s := b.State("n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
 		t.Fatalf("state after a good probe = %v, want closed", s)
 	}
 	if !do(b, "n1", ok, t0) {
@@ -220,10 +279,10 @@ func TestHalfOpenProbeFailureReopens(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "20ms"}`))
 	do(b, "n1", ko, t0)
 	waitState(t, b, "n1", gobreaker.StateHalfOpen)
-	if !do(b, "n1", call{status: 0}, t0) {
+	if !do(b, "n1", call{status: 0, err: "connection refused", fault: true}, t0) {
 		t.Fatal("probe refused")
 	}
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state after a failed probe = %v, want open", s)
 	}
 	// It is half-open again after another cooldown.
@@ -244,12 +303,12 @@ func TestHalfOpenMax(t *testing.T) {
 		t.Fatal("a fourth probe allowed with half_open_max 3")
 	}
 	for i, p := range probes {
-		if s := b.State("n1"); s != gobreaker.StateHalfOpen {
+		if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
 			t.Fatalf("state after %d good probes = %v, want half-open", i, s)
 		}
 		b.OnResponse(p, t0)
 	}
-	if s := b.State("n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
 		t.Fatalf("state after 3 good probes = %v, want closed", s)
 	}
 }
@@ -263,13 +322,13 @@ func TestStaleResponseIsNotTheProbe(t *testing.T) {
 	}
 	do(b, "n1", ko, t0.Add(time.Millisecond))
 	do(b, "n1", ko, t0.Add(2*time.Millisecond))
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state = %v, want open", s)
 	}
 	waitState(t, b, "n1", gobreaker.StateHalfOpen)
 
 	tProbe := t0.Add(10 * time.Second)
-	probe := on("n1", call{status: 500, latency: 5 * time.Millisecond})
+	probe := on("n1", call{status: 500, latency: 5 * time.Millisecond, fault: true})
 	if !b.OnRequest(probe, tProbe).Allowed {
 		t.Fatal("probe refused")
 	}
@@ -277,10 +336,10 @@ func TestStaleResponseIsNotTheProbe(t *testing.T) {
 	tSlow := tProbe.Add(time.Millisecond)
 	slow.latency = tSlow.Sub(t0)
 	b.OnResponse(slow, tSlow)
-	if s := b.State("n1"); s != gobreaker.StateHalfOpen {
+	if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
 		t.Fatalf("state after the stale answer = %v, want still half-open", s)
 	}
-	if n := b.Pending("n1"); n != 1 {
+	if n := waiting(b, "n1"); n != 1 {
 		t.Fatalf("pending = %d, want 1 (the probe)", n)
 	}
 	if b.OnRequest(on("n1", ok), tSlow).Allowed {
@@ -288,7 +347,7 @@ func TestStaleResponseIsNotTheProbe(t *testing.T) {
 	}
 	// The probe's own (failed) answer reopens the breaker.
 	b.OnResponse(probe, tProbe.Add(probe.latency))
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state after the failed probe = %v, want open", s)
 	}
 }
@@ -298,7 +357,7 @@ func TestOutOfOrderOutcomes(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 0, "failure_ratio": 1, "min_requests": 4}`))
 	calls := make([]call, 4)
 	for i := range calls {
-		calls[i] = on("n1", call{status: 502, budget: time.Minute})
+		calls[i] = on("n1", call{status: 502, budget: time.Minute, fault: true})
 		if !b.OnRequest(calls[i], t0.Add(time.Duration(i)*time.Millisecond)).Allowed {
 			t.Fatal("refused")
 		}
@@ -309,10 +368,10 @@ func TestOutOfOrderOutcomes(t *testing.T) {
 		c.latency = end.Sub(t0.Add(time.Duration(i) * time.Millisecond))
 		b.OnResponse(c, end)
 	}
-	if n := b.Pending("n1"); n != 0 {
+	if n := waiting(b, "n1"); n != 0 {
 		t.Fatalf("pending = %d, want 0", n)
 	}
-	if s := b.State("n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
 		t.Fatalf("state after 4 of 4 failed = %v, want open", s)
 	}
 }
@@ -333,63 +392,107 @@ func TestLostProbeExpires(t *testing.T) {
 	if !b.OnRequest(on("n1", ok), later).Allowed {
 		t.Fatal("second probe refused after the first's budget and grace")
 	}
-	if s := b.State("n1"); s != gobreaker.StateHalfOpen {
+	if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
 		t.Fatalf("state = %v, want half-open (a lost probe is neither success nor failure)", s)
 	}
 }
 
-func TestFailureStatuses(t *testing.T) {
+// TestWhatFails checks which outcomes fail: the node's faults only, narrowed by
+// failure_statuses when it is set.
+func TestWhatFails(t *testing.T) {
 	tests := []struct {
 		statuses string
 		outcome  call
 		fails    bool
 	}{
 		{`[]`, call{status: 200}, false},
+		{`[]`, call{status: 404}, false},
 		{`[]`, call{status: 429}, false},
-		{`[]`, call{status: 499}, false},
-		{`[]`, call{status: 500}, true},
-		{`[]`, call{status: 504}, true},
-		{`[]`, call{status: 0}, true},
-		{`[503, 429]`, call{status: 500}, false},
-		{`[503, 429]`, call{status: 503}, true},
-		{`[503, 429]`, call{status: 429}, true},
-		{`[503, 429]`, call{status: 0}, true},
+		{`[]`, call{status: 500, fault: true}, true},
+		{`[]`, call{status: 504, fault: true}, true},
+		{`[]`, call{status: 0, err: "connection refused", fault: true}, true},
+		// Not the node's fault, whatever the status: micro's own answers, a timeout the
+		// caller chose, a rejection by a later wrapper.
+		{`[]`, call{status: 503}, false},
+		{`[]`, call{status: 504}, false},
+		{`[]`, call{status: 0, err: "context deadline exceeded"}, false},
+		{`[]`, call{status: 503, err: "rejected by wrapper auth"}, false},
+		{`[503]`, call{status: 500, fault: true}, false},
+		{`[503]`, call{status: 503, fault: true}, true},
+		{`[503]`, call{status: 0, err: "timeout", fault: true}, true},
+		{`[503]`, call{status: 503}, false},
+		{`[503]`, call{status: 0, err: "timeout"}, false},
 	}
 	for _, tt := range tests {
 		b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "1h", "failure_statuses": `+tt.statuses+`}`))
 		do(b, "n1", tt.outcome, t0)
-		if got := b.State("n1") == gobreaker.StateOpen; got != tt.fails {
+		if got := state(b, "n1") == gobreaker.StateOpen; got != tt.fails {
 			t.Errorf("failure_statuses %s, outcome %+v: counted as failure = %v, want %v", tt.statuses, tt.outcome, got, tt.fails)
 		}
+	}
+}
+
+// TestOutcomesThatAreNoFault checks what an outcome that is not the node's fault counts
+// as: a success when the node answered, and nothing when no answer came.
+func TestOutcomesThatAreNoFault(t *testing.T) {
+	b := mustNew(t, config(t, `{"consecutive_failures": 2, "failure_ratio": 0, "cooldown": "20ms"}`))
+	// An answer breaks a run of failures, as any success does.
+	do(b, "n1", ko, t0)
+	do(b, "n1", call{status: 404}, t0)
+	do(b, "n1", ko, t0)
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
+		t.Fatalf("state after failure, 404, failure = %v, want closed", s)
+	}
+	// No answer does not.
+	do(b, "n1", call{status: 0, err: "context deadline exceeded"}, t0)
+	do(b, "n1", call{status: 429, err: "rejected by wrapper ratelimit"}, t0)
+	do(b, "n1", ko, t0)
+	if s := state(b, "n1"); s != gobreaker.StateOpen {
+		t.Fatalf("state after failure, two calls without an answer, failure = %v, want open", s)
+	}
+	// A half-open breaker's probe without an answer closes nothing, and frees its place
+	// for another probe.
+	waitState(t, b, "n1", gobreaker.StateHalfOpen)
+	if !do(b, "n1", call{status: 0, err: "context canceled"}, t0) {
+		t.Fatal("probe refused")
+	}
+	if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
+		t.Fatalf("state after a probe without an answer = %v, want half-open", s)
+	}
+	if !do(b, "n1", ok, t0) {
+		t.Fatal("a second probe refused after the first got no answer")
+	}
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
+		t.Fatalf("state after a good probe = %v, want closed", s)
 	}
 }
 
 func TestRollingInterval(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 2, "interval": "50ms"}`))
 	do(b, "n1", ko, t0)
-	cb := b.entries["n1"].Value.(*entry).cb
+	cb := b.entries[b.key(on("n1", ok))].Value.(*entry).cb
 	// The failure leaves the window once the interval has passed.
 	deadline := time.Now().Add(10 * time.Second)
-	for b.State("n1") == gobreaker.StateClosed && cb.Counts().ConsecutiveFailures != 0 { // State rolls the window
+	for state(b, "n1") == gobreaker.StateClosed && cb.Counts().ConsecutiveFailures != 0 { // State rolls the window
 		if time.Now().After(deadline) {
 			t.Fatal("the failure never left the 50ms window")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	do(b, "n1", ko, t0)
-	if s := b.State("n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
 		t.Fatalf("state = %v, want closed: the first failure was out of the window", s)
 	}
 }
 
 func TestStateChange(t *testing.T) {
 	type change struct {
-		key      string
+		name     string
 		from, to gobreaker.State
 	}
 	var got []change
-	b, err := New(config(t, `{"consecutive_failures": 1, "cooldown": "20ms"}`), func(key string, from, to gobreaker.State) {
-		got = append(got, change{key, from, to})
+	b, err := New(config(t, `{"consecutive_failures": 1, "cooldown": "20ms"}`), func(name string, from, to gobreaker.State) {
+		got = append(got, change{name, from, to})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -397,10 +500,11 @@ func TestStateChange(t *testing.T) {
 	do(b, "n1", ko, t0)
 	waitState(t, b, "n1", gobreaker.StateHalfOpen)
 	do(b, "n1", ok, t0)
+	const name = "node n1, endpoint Greeter.Hello"
 	want := []change{
-		{"n1", gobreaker.StateClosed, gobreaker.StateOpen},
-		{"n1", gobreaker.StateOpen, gobreaker.StateHalfOpen},
-		{"n1", gobreaker.StateHalfOpen, gobreaker.StateClosed},
+		{name, gobreaker.StateClosed, gobreaker.StateOpen},
+		{name, gobreaker.StateOpen, gobreaker.StateHalfOpen},
+		{name, gobreaker.StateHalfOpen, gobreaker.StateClosed},
 	}
 	if len(got) != len(want) {
 		t.Fatalf("changes = %v, want %v", got, want)
@@ -465,7 +569,8 @@ func TestConfig(t *testing.T) {
 		{`{"consecutive_failures": 0, "failure_ratio": 0}`, "never trip"},
 		{`{"cooldown": "0s"}`, "cooldown:"},
 		{`{"half_open_max": 0}`, "half_open_max:"},
-		{`{"failure_statuses": [500, 42]}`, "failure_statuses[1]: 42"},
+		{`{"failure_statuses": [500, 42]}`, "failure_statuses[1]: 42 is not a 5xx status"},
+		{`{"failure_statuses": [503, 429]}`, "failure_statuses[1]: 429 is not a 5xx status"},
 		{`{"max_keys": 0}`, "max_keys:"},
 	} {
 		_, err := New(config(t, tt.js), nil)
@@ -494,11 +599,11 @@ func TestHugeBudget(t *testing.T) {
 	b := mustNew(t, DefaultConfig())
 	b.OnRequest(on("n1", call{budget: time.Duration(math.MaxInt64)}), t0)
 	b.OnRequest(on("n1", call{budget: time.Second}), t0.Add(time.Minute))
-	if n := b.Pending("n1"); n != 2 {
+	if n := waiting(b, "n1"); n != 2 {
 		t.Fatalf("pending a minute on = %d, want 2", n)
 	}
 	b.OnRequest(on("n1", call{budget: time.Second}), t0.Add(maxPendingWait+pendingGrace))
-	if n := b.Pending("n1"); n != 1 {
+	if n := waiting(b, "n1"); n != 1 {
 		t.Fatalf("pending after the bound = %d, want 1", n)
 	}
 }
@@ -510,14 +615,14 @@ func TestPendingBound(t *testing.T) {
 	for range maxPending {
 		b.OnRequest(c, t0)
 	}
-	if n := b.Pending("n1"); n != maxPending {
+	if n := waiting(b, "n1"); n != maxPending {
 		t.Fatalf("pending = %d, want %d", n, maxPending)
 	}
 	b.OnRequest(c, t0)
-	if n, want := b.Pending("n1"), maxPending/2+1; n != want {
+	if n, want := waiting(b, "n1"), maxPending/2+1; n != want {
 		t.Fatalf("pending past the bound = %d, want %d", n, want)
 	}
-	if s := b.State("n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1"); s != gobreaker.StateClosed {
 		t.Fatalf("state = %v, want closed: lost outcomes are not failures", s)
 	}
 }

@@ -70,7 +70,7 @@ func onRequest(r wrapper.Request) wrapper.Result {
 
 func onResponse(r wrapper.Response) {
 	responses++
-	last = fmt.Sprintf("%d|%s|%s|%s|%d", r.Status(), r.Err(), r.Service(), r.Node(), responses)
+	last = fmt.Sprintf("%d|%s|%t|%s|%s|%d", r.Status(), r.Err(), r.Fault(), r.Service(), r.Node(), responses)
 	if r.Latency() < 0 {
 		panic("negative latency")
 	}
