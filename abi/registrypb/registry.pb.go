@@ -92,7 +92,10 @@ type Node struct {
 	// metadata holds labels such as zone=a.
 	Metadata map[string]string `protobuf:"bytes,4,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// endpoints the node serves; empty means any.
-	Endpoints     []string `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	Endpoints []string `protobuf:"bytes,5,rep,name=endpoints,proto3" json:"endpoints,omitempty"`
+	// idempotent lists the endpoints that are safe to repeat: a caller may retry a call to
+	// one of them on another node even when the call may have reached the app.
+	Idempotent    []string `protobuf:"bytes,6,rep,name=idempotent,proto3" json:"idempotent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,6 +161,13 @@ func (x *Node) GetMetadata() map[string]string {
 func (x *Node) GetEndpoints() []string {
 	if x != nil {
 		return x.Endpoints
+	}
+	return nil
+}
+
+func (x *Node) GetIdempotent() []string {
+	if x != nil {
+		return x.Idempotent
 	}
 	return nil
 }
@@ -754,13 +764,16 @@ var File_abi_registrypb_registry_proto protoreflect.FileDescriptor
 
 const file_abi_registrypb_registry_proto_rawDesc = "" +
 	"\n" +
-	"\x1dabi/registrypb/registry.proto\x12\x11micro.registry.v1\x1a\x1egoogle/protobuf/duration.proto\"\xe8\x01\n" +
+	"\x1dabi/registrypb/registry.proto\x12\x11micro.registry.v1\x1a\x1egoogle/protobuf/duration.proto\"\x88\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12A\n" +
 	"\bmetadata\x18\x04 \x03(\v2%.micro.registry.v1.Node.MetadataEntryR\bmetadata\x12\x1c\n" +
-	"\tendpoints\x18\x05 \x03(\tR\tendpoints\x1a;\n" +
+	"\tendpoints\x18\x05 \x03(\tR\tendpoints\x12\x1e\n" +
+	"\n" +
+	"idempotent\x18\x06 \x03(\tR\n" +
+	"idempotent\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"L\n" +

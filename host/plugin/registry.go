@@ -270,11 +270,12 @@ func serviceToProto(s *registry.Service) *registrypb.Service {
 			continue
 		}
 		p.Nodes = append(p.Nodes, &registrypb.Node{
-			Id:        n.ID,
-			Address:   n.Address,
-			Version:   n.Version,
-			Metadata:  n.Metadata,
-			Endpoints: n.Endpoints,
+			Id:         n.ID,
+			Address:    n.Address,
+			Version:    n.Version,
+			Metadata:   n.Metadata,
+			Endpoints:  n.Endpoints,
+			Idempotent: n.Idempotent,
 		})
 	}
 	return p
@@ -292,10 +293,11 @@ func serviceFromProto(p *registrypb.Service) *registry.Service {
 
 func nodeFromProto(n *registrypb.Node) *registry.Node {
 	return &registry.Node{
-		ID:        n.GetId(),
-		Address:   n.GetAddress(),
-		Version:   n.GetVersion(),
-		Metadata:  n.GetMetadata(),
-		Endpoints: n.GetEndpoints(),
+		ID:         n.GetId(),
+		Address:    n.GetAddress(),
+		Version:    n.GetVersion(),
+		Metadata:   n.GetMetadata(),
+		Endpoints:  n.GetEndpoints(),
+		Idempotent: n.GetIdempotent(),
 	}
 }

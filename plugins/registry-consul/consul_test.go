@@ -94,7 +94,8 @@ func TestConsul(t *testing.T) {
 		r := newRegistry(t, cfg, nil)
 		svc := &registry.Service{Name: "greeter", Nodes: []*registry.Node{
 			{ID: "greeter-2", Address: "127.0.0.1:9002", Version: "1.1.0",
-				Metadata: map[string]string{"zone": "b"}, Endpoints: []string{"Greeter.Hello", "Greeter.Bye"}},
+				Metadata: map[string]string{"zone": "b"}, Endpoints: []string{"Greeter.Hello", "Greeter.Bye"},
+				Idempotent: []string{"Greeter.Hello"}},
 			{ID: "greeter-1", Address: "[::1]:9001", Version: "1.0.0"},
 		}}
 		if err := r.Register(ctx, svc, 30*time.Second); err != nil {

@@ -10,18 +10,20 @@ import (
 	"github.com/microhost/micro/sdk/registry"
 )
 
-// How a node's version and endpoints are kept in Consul's service Meta, next to the node's
-// own metadata, whose keys are stored as they are.
+// How a node's version, endpoints and idempotent endpoints are kept in Consul's service
+// Meta, next to the node's own metadata, whose keys are stored as they are.
 //
 // Consul limits Meta (agent/structs.ValidateServiceMetadata): at most 64 pairs, keys of at
 // most 128 characters matching [a-zA-Z0-9_-]+ and not starting with "consul-", values of at
 // most 512 characters. The endpoints list is comma-joined and split over as many
 // micro_endpoints, micro_endpoints_2, micro_endpoints_3, ... values as it needs, so a node
-// with many endpoints still fits. Metadata that breaks a rule is refused with an error naming
+// with many endpoints still fits; the idempotent endpoints go the same way into
+// micro_idempotent, micro_idempotent_2, ... Metadata that breaks a rule is refused with an error naming
 // the key, before Consul is asked.
 const (
-	metaVersion   = "micro_version"
-	metaEndpoints = "micro_endpoints"
+	metaVersion    = "micro_version"
+	metaEndpoints  = "micro_endpoints"
+	metaIdempotent = "micro_idempotent"
 
 	metaMaxPairs       = 64
 	metaKeyMaxLength   = 128
@@ -37,7 +39,7 @@ func encodeMeta(n *registry.Node) (map[string]string, error) {
 			return nil, err
 		}
 		if isReservedKey(k) {
-			return nil, fmt.Errorf("metadata key %q: reserved for micro's own use (%s, %s*)", k, metaVersion, metaEndpoints)
+			return nil, fmt.Errorf("metadata key %q: reserved for micro's own use (%s, %s*, %s*)", k, metaVersion, metaEndpoints, metaIdempotent)
 		}
 		meta[k] = v
 	}
@@ -47,12 +49,17 @@ func encodeMeta(n *registry.Node) (map[string]string, error) {
 		}
 		meta[metaVersion] = n.Version
 	}
-	chunks, err := chunkEndpoints(n.Endpoints)
-	if err != nil {
-		return nil, err
-	}
-	for i, c := range chunks {
-		meta[endpointsKey(i)] = c
+	for _, list := range []struct {
+		key       string
+		endpoints []string
+	}{{metaEndpoints, n.Endpoints}, {metaIdempotent, n.Idempotent}} {
+		chunks, err := chunkEndpoints(list.endpoints)
+		if err != nil {
+			return nil, err
+		}
+		for i, c := range chunks {
+			meta[chunkKey(list.key, i)] = c
+		}
 	}
 	if len(meta) > metaMaxPairs {
 		return nil, fmt.Errorf("metadata: %d Consul meta pairs with version and endpoints, more than Consul's limit of %d", len(meta), metaMaxPairs)
@@ -63,16 +70,8 @@ func encodeMeta(n *registry.Node) (map[string]string, error) {
 // decodeMeta splits Consul service Meta into a node's metadata, version and endpoints.
 func decodeMeta(meta map[string]string, n *registry.Node) {
 	n.Version = meta[metaVersion]
-	n.Endpoints = nil
-	for i := 0; ; i++ {
-		v, ok := meta[endpointsKey(i)]
-		if !ok {
-			break
-		}
-		if v != "" {
-			n.Endpoints = append(n.Endpoints, strings.Split(v, ",")...)
-		}
-	}
+	n.Endpoints = joinChunks(meta, metaEndpoints)
+	n.Idempotent = joinChunks(meta, metaIdempotent)
 	n.Metadata = nil
 	for k, v := range meta {
 		if isReservedKey(k) {
@@ -133,21 +132,36 @@ func chunkEndpoints(endpoints []string) ([]string, error) {
 	return chunks, nil
 }
 
-// endpointsKey is the meta key of the i-th (from 0) endpoints chunk.
-func endpointsKey(i int) string {
+// chunkKey is the meta key of the i-th (from 0) chunk of the list kept under key.
+func chunkKey(key string, i int) string {
 	if i == 0 {
-		return metaEndpoints
+		return key
 	}
-	return metaEndpoints + "_" + strconv.Itoa(i+1)
+	return key + "_" + strconv.Itoa(i+1)
+}
+
+// joinChunks returns the list kept in meta under key and its numbered chunks.
+func joinChunks(meta map[string]string, key string) []string {
+	var out []string
+	for i := 0; ; i++ {
+		v, ok := meta[chunkKey(key, i)]
+		if !ok {
+			return out
+		}
+		if v != "" {
+			out = append(out, strings.Split(v, ",")...)
+		}
+	}
 }
 
 // isReservedKey reports whether k is one of the keys micro keeps its own fields in.
 func isReservedKey(k string) bool {
-	return k == metaVersion || strings.HasPrefix(k, metaEndpoints)
+	return k == metaVersion || strings.HasPrefix(k, metaEndpoints) || strings.HasPrefix(k, metaIdempotent)
 }
 
 // equalNodes reports whether two nodes hold the same record.
 func equalNodes(a, b *registry.Node) bool {
 	return a.ID == b.ID && a.Address == b.Address && a.Version == b.Version &&
-		maps.Equal(a.Metadata, b.Metadata) && slices.Equal(a.Endpoints, b.Endpoints)
+		maps.Equal(a.Metadata, b.Metadata) && slices.Equal(a.Endpoints, b.Endpoints) &&
+		slices.Equal(a.Idempotent, b.Idempotent)
 }

@@ -21,6 +21,8 @@ func TestMetaRoundTrip(t *testing.T) {
 		{ID: "b", Version: "1.2.3"},
 		{ID: "c", Metadata: map[string]string{"zone": "a", "Weird-Key_9": ""}, Endpoints: []string{"Greeter.Hello"}},
 		{ID: "d", Version: "2", Endpoints: many},
+		{ID: "e", Endpoints: []string{"Greeter.Hello", "Greeter.Bye"}, Idempotent: []string{"Greeter.Hello"}},
+		{ID: "f", Idempotent: many},
 	} {
 		meta, err := encodeMeta(n)
 		if err != nil {

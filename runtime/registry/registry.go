@@ -24,6 +24,9 @@ type Node struct {
 	Metadata map[string]string `json:"metadata,omitempty"`
 	// Endpoints this node serves, e.g. "Greeter.Hello". Empty means any endpoint.
 	Endpoints []string `json:"endpoints,omitempty"`
+	// Idempotent lists the endpoints the service declares safe to repeat: a call to one of
+	// them may be retried on another node even when it may have reached the app.
+	Idempotent []string `json:"idempotent,omitempty"`
 }
 
 // Service is a named service and its live nodes.

@@ -15,6 +15,8 @@ type Node struct {
 	Version   string
 	Metadata  map[string]string
 	Endpoints []string
+	// Idempotent lists the endpoints that are safe to repeat on another node.
+	Idempotent []string
 }
 
 // Service is a named service and its live nodes.

@@ -178,21 +178,23 @@ func serviceToProto(s *Service) *registrypb.Service {
 
 func nodeFromProto(p *registrypb.Node) *Node {
 	return &Node{
-		ID:        p.GetId(),
-		Address:   p.GetAddress(),
-		Version:   p.GetVersion(),
-		Metadata:  p.GetMetadata(),
-		Endpoints: p.GetEndpoints(),
+		ID:         p.GetId(),
+		Address:    p.GetAddress(),
+		Version:    p.GetVersion(),
+		Metadata:   p.GetMetadata(),
+		Endpoints:  p.GetEndpoints(),
+		Idempotent: p.GetIdempotent(),
 	}
 }
 
 func nodeToProto(n *Node) *registrypb.Node {
 	return &registrypb.Node{
-		Id:        n.ID,
-		Address:   n.Address,
-		Version:   n.Version,
-		Metadata:  n.Metadata,
-		Endpoints: n.Endpoints,
+		Id:         n.ID,
+		Address:    n.Address,
+		Version:    n.Version,
+		Metadata:   n.Metadata,
+		Endpoints:  n.Endpoints,
+		Idempotent: n.Idempotent,
 	}
 }
 
