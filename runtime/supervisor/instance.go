@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -268,6 +269,7 @@ type proc struct {
 	err        error         // cmd.Wait's error; read after exited is closed
 	outputDone chan struct{} // closed when the output readers have ended
 	outputs    []*os.File    // read ends of the output pipes
+	lifeline   *os.File      // the write end of the keeper's lifeline; nil without a keeper
 }
 
 // launch starts a process of pl as instance index, on a fresh port.
@@ -291,8 +293,7 @@ func (g *Group) launch(pl *plan, index int) (Instance, *proc, error) {
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		outR.Close()
-		outW.Close()
+		closeFiles(outR, outW)
 		return inst, nil, fmt.Errorf("making a pipe: %w", err)
 	}
 	cmd := &exec.Cmd{
@@ -304,13 +305,25 @@ func (g *Group) launch(pl *plan, index int) (Instance, *proc, error) {
 		Stderr:      errW,
 		SysProcAttr: sysProcAttr(),
 	}
+	// The keeper's lifeline. os.Pipe makes both ends close-on-exec, so micro alone holds the
+	// write end, and the lifeline breaks as soon as micro is gone.
+	var lifeR, lifeW *os.File
+	if pl.keeper != nil {
+		if lifeR, lifeW, err = os.Pipe(); err != nil {
+			closeFiles(outR, outW, errR, errW)
+			return inst, nil, fmt.Errorf("making a pipe: %w", err)
+		}
+		cmd.Path = pl.keeperPath
+		cmd.Args = slices.Concat(pl.keeper, []string{pl.path}, pl.Command)
+		cmd.ExtraFiles = []*os.File{lifeR} // fd lifelineFD in the keeper
+		// No Pdeathsig: the keeper must outlive micro to kill its group.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	}
 	err = cmd.Start()
-	outW.Close()
-	errW.Close()
+	closeFiles(outW, errW, lifeR)
 	if err != nil {
-		outR.Close()
-		errR.Close()
-		return inst, nil, fmt.Errorf("starting %q: %w", pl.Command[0], err)
+		closeFiles(outR, errR, lifeW)
+		return inst, nil, fmt.Errorf("starting %q: %w", cmd.Args[0], err)
 	}
 	inst.PID = cmd.Process.Pid
 	p := &proc{
@@ -318,6 +331,7 @@ func (g *Group) launch(pl *plan, index int) (Instance, *proc, error) {
 		exited:     make(chan struct{}),
 		outputDone: make(chan struct{}),
 		outputs:    []*os.File{outR, errR},
+		lifeline:   lifeW,
 	}
 	g.log.Info("instance started", "instance", inst.ID, "pid", inst.PID, "addr", inst.Addr)
 
@@ -339,11 +353,12 @@ func (g *Group) launch(pl *plan, index int) (Instance, *proc, error) {
 	return inst, p, nil
 }
 
-// finish cleans up after p has exited: it kills what is left of its process group and ends
-// the reading of its output.
+// finish cleans up after p has exited: it kills what is left of its process group, drops the
+// lifeline of its keeper, and ends the reading of its output.
 func (g *Group) finish(p *proc) {
 	<-p.exited
 	_ = signalGroup(p.pid, syscall.SIGKILL)
+	closeFiles(p.lifeline)
 	t := time.NewTimer(outputGrace)
 	select {
 	case <-p.outputDone:
@@ -354,6 +369,15 @@ func (g *Group) finish(p *proc) {
 		f.Close() // ends a read that is still waiting
 	}
 	<-p.outputDone
+}
+
+// closeFiles closes each of fs that is not nil.
+func closeFiles(fs ...*os.File) {
+	for _, f := range fs {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // logLines logs each line that r yields as one record at info level.

@@ -7,13 +7,19 @@ import (
 	"syscall"
 )
 
-// sysProcAttr puts an instance in its own process group and has the kernel kill it when
-// micro dies.
+// sysProcAttr puts an app started without a keeper in its own process group and has the
+// kernel kill it, but not the processes it started, when micro dies.
 //
 // Pdeathsig fires when the thread that started the child exits; the Go runtime only ends a
 // thread when a goroutine exits while locked to it, so in micro that means micro's death.
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+}
+
+// appProcAttr has the kernel kill a keeper's app when the keeper dies. The app stays in the
+// keeper's process group.
+func appProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 // signalGroup sends sig to the process group pgid.
@@ -25,9 +31,12 @@ func signalGroup(pgid int, sig syscall.Signal) error {
 // member that outlived its parent is reaped by init, and an init that does not reap (as in
 // some containers) would otherwise keep the group alive forever.
 func groupAlive(pgid int) bool {
-	if syscall.Kill(-pgid, 0) != nil {
-		return false
-	}
+	return syscall.Kill(-pgid, 0) == nil && othersAlive(pgid, 0)
+}
+
+// othersAlive reports whether process group pgid has a live member other than process self,
+// as groupAlive counts them. It reports true when it cannot read /proc.
+func othersAlive(pgid, self int) bool {
 	d, err := os.Open("/proc")
 	if err != nil {
 		return true
@@ -37,8 +46,9 @@ func groupAlive(pgid int) bool {
 	if err != nil {
 		return true
 	}
+	skip := strconv.Itoa(self)
 	for _, name := range names {
-		if name[0] < '0' || name[0] > '9' {
+		if name[0] < '0' || name[0] > '9' || name == skip {
 			continue
 		}
 		stat, err := os.ReadFile("/proc/" + name + "/stat")

@@ -4,9 +4,14 @@ package supervisor
 
 import "syscall"
 
-// sysProcAttr puts an instance in its own process group.
+// sysProcAttr puts an app started without a keeper in its own process group.
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
+}
+
+// appProcAttr keeps a keeper's app in the keeper's process group.
+func appProcAttr() *syscall.SysProcAttr {
+	return nil
 }
 
 // signalGroup sends sig to the process group pgid.
@@ -17,4 +22,10 @@ func signalGroup(pgid int, sig syscall.Signal) error {
 // groupAlive reports whether process group pgid has a member.
 func groupAlive(pgid int) bool {
 	return syscall.Kill(-pgid, 0) == nil
+}
+
+// othersAlive reports whether process group pgid has a live member other than process self.
+// Without /proc it cannot tell the members apart, so it reports false.
+func othersAlive(pgid, self int) bool {
+	return false
 }

@@ -9,7 +9,10 @@
 // instance's process group, then SIGKILL after Options.StopTimeout.
 //
 // Instances run in their own process group, so that a wrapper such as `go run` and the app it
-// starts get the same signals. On Linux they are also killed when micro dies.
+// starts get the same signals. With Options.Keeper set, the leader of that group is a keeper
+// (see Keep) that starts the app and kills the whole group when micro dies, however it dies,
+// so that no process an instance started outlives micro. Without a keeper the app leads its
+// group itself, and on Linux the kernel kills it, but not its own children, when micro dies.
 package supervisor
 
 import (
@@ -55,7 +58,8 @@ type Instance struct {
 	Index int
 	// Addr is the host:port the instance listens on. A restart picks a new port.
 	Addr string
-	// PID is the process ID of Command; its process group has the same ID.
+	// PID is the process ID of the leader of the instance's process group, which has the
+	// same ID: the keeper when Options.Keeper is set, else the process of Command.
 	PID int
 }
 
@@ -91,6 +95,12 @@ type Options struct {
 	// ResetAfter is how long an instance must stay ready for its next restart to start
 	// again from BackoffBase. Default 10s.
 	ResetAfter time.Duration
+	// Keeper is the argv of a program that calls Keep with the rest of its arguments, e.g.
+	// micro's own executable and its hidden keeper command. When it is set, each instance
+	// runs under a keeper, which kills the instance's whole process group when micro dies.
+	// Keeper[0] is looked up in PATH when it has no slash, and a relative path is taken from
+	// micro's working directory. Empty starts apps directly.
+	Keeper []string
 }
 
 // ErrStopped is returned by the methods of a Group that has been stopped.
@@ -185,7 +195,7 @@ func (g *Group) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	pl, err := resolve(spec)
+	pl, err := resolve(spec, g.opts.Keeper)
 	if err != nil {
 		return err
 	}
@@ -308,7 +318,7 @@ func (g *Group) update(ctx context.Context, spec Spec) error {
 	if spec.Service != old.Service {
 		return fmt.Errorf("supervisor: service %q: update names service %q: a Group cannot change its service", old.Service, spec.Service)
 	}
-	pl, err := resolve(spec)
+	pl, err := resolve(spec, g.opts.Keeper)
 	if err != nil {
 		return err
 	}
@@ -522,12 +532,15 @@ func (g *Group) notifyLocked() {
 // plan is a checked Spec with its command resolved.
 type plan struct {
 	Spec
-	path string   // Command[0], resolved
-	env  []string // micro's environment with Spec.Env over it
+	path       string   // Command[0], resolved
+	env        []string // micro's environment with Spec.Env over it
+	keeper     []string // Options.Keeper; nil starts the app directly
+	keeperPath string   // keeper[0], resolved
 }
 
-// resolve checks spec and resolves its command. Errors name the bad input.
-func resolve(spec Spec) (*plan, error) {
+// resolve checks spec and resolves its command and, when there is one, the keeper that runs
+// it. Errors name the bad input.
+func resolve(spec Spec, keeper []string) (*plan, error) {
 	fail := func(format string, args ...any) (*plan, error) {
 		return nil, fmt.Errorf("supervisor: service %q: "+format, append([]any{spec.Service}, args...)...)
 	}
@@ -572,7 +585,14 @@ func resolve(spec Spec) (*plan, error) {
 	spec.Command = slices.Clone(spec.Command)
 	spec.Env = maps.Clone(spec.Env)
 	spec.Instances = max(spec.Instances, 1)
-	return &plan{Spec: spec, path: path, env: env}, nil
+	pl := &plan{Spec: spec, path: path, env: env}
+	if len(keeper) > 0 {
+		if pl.keeperPath, err = lookPath(keeper[0]); err != nil {
+			return fail("keeper %q: %w", keeper[0], err)
+		}
+		pl.keeper = keeper
+	}
+	return pl, nil
 }
 
 // sameProcess reports whether instances of p and q run the same thing, so that a change

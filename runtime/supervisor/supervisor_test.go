@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -25,7 +26,27 @@ import (
 // greeterBin is the example greeter, built once by TestMain.
 var greeterBin string
 
+// As its first argument, keeperArg makes the test binary a keeper (see testKeeper), and
+// slowAppArg an app that is slow to stop (see slowAppMain).
+const (
+	keeperArg  = "supervisor-test-keeper"
+	slowAppArg = "supervisor-test-slow-app"
+)
+
 func TestMain(m *testing.M) {
+	// Arguments before the helper's env, which the processes that the helper starts inherit.
+	switch {
+	case len(os.Args) > 1 && os.Args[1] == keeperArg:
+		code, err := Keep(os.Args[2:])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "keeper:", err)
+			os.Exit(1)
+		}
+		os.Exit(code)
+	case len(os.Args) > 1 && os.Args[1] == slowAppArg:
+		slowAppMain()
+		return
+	}
 	if os.Getenv("SUPERVISOR_TEST_HELPER") != "" {
 		helperMain()
 		return
@@ -47,22 +68,57 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// helperMain plays micro for TestChildDiesWithParent: it runs one greeter, prints its PID and
-// waits to be killed.
+// helperMain plays micro for TestChildDiesWithParent and the TestKeeperDiesWithMicro tests: it
+// runs one instance of the argv in HELPER_COMMAND (JSON), under a keeper with HELPER_KEEPER=1,
+// prints the instance's PID and address, and waits to be killed. On SIGTERM it stops the
+// instance, as micro does.
 func helperMain() {
-	g := New(Spec{Service: "greeter", Command: []string{os.Getenv("GREETER_BIN")}, Health: "/health"}, Options{})
+	fail := func(err error) {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	spec := Spec{Service: "app", Health: "/health"}
+	if err := json.Unmarshal([]byte(os.Getenv("HELPER_COMMAND")), &spec.Command); err != nil {
+		fail(err)
+	}
+	var opts Options
+	if os.Getenv("HELPER_KEEPER") == "1" {
+		var err error
+		if opts.Keeper, err = testKeeper(); err != nil {
+			fail(err)
+		}
+	}
+	g := New(spec, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := g.Start(ctx); err != nil {
-		fmt.Println("error:", err)
-		os.Exit(1)
+		fail(err)
 	}
 	if err := g.WaitReady(ctx); err != nil {
-		fmt.Println("error:", err)
+		fail(err)
+	}
+	term, stopTerm := signal.NotifyContext(ctx, syscall.SIGTERM)
+	defer stopTerm()
+	inst := g.Instances()[0]
+	fmt.Println("pid", inst.PID, "addr", inst.Addr)
+	<-term.Done()
+	if ctx.Err() == nil {
+		_ = g.Stop(ctx)
+	}
+}
+
+// slowAppMain is an app that is slow to stop: it answers every request on $PORT with 200
+// and ignores SIGTERM, until it is killed.
+func slowAppMain() {
+	signal.Ignore(syscall.SIGTERM)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "slow app:", err)
 		os.Exit(1)
 	}
-	fmt.Println("pid", g.Instances()[0].PID)
-	<-ctx.Done()
+	err = http.Serve(ln, http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	fmt.Fprintln(os.Stderr, "slow app:", err)
+	os.Exit(1)
 }
 
 // events records a Group's callbacks.
@@ -251,14 +307,39 @@ func stop(t *testing.T, g *Group) {
 	}
 }
 
+// testKeeper is the keeper argv that runs the test binary as a keeper.
+func testKeeper() ([]string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return []string{self, keeperArg}, nil
+}
+
+// wrapped is a command that runs app (an argv) as a child of a shell, as `go run` runs the
+// program it builds: in the same process group, with the shell as the process that micro
+// started, and which SIGTERM ends at once.
+func wrapped(app ...string) []string {
+	return append([]string{"/bin/sh", "-c", `"$@" & wait`, "sh"}, app...)
+}
+
 func greeterSpec(n int) Spec {
 	return Spec{Service: "greeter", Command: []string{greeterBin}, Instances: n, Health: "/health"}
 }
 
 func TestSuperviseGreeter(t *testing.T) {
+	t.Run("direct", func(t *testing.T) { testSuperviseGreeter(t, nil) })
+	t.Run("keeper", func(t *testing.T) { testSuperviseGreeter(t, mustKeeper(t)) })
+}
+
+// testSuperviseGreeter runs two greeters, kills one and stops them, with keeper as
+// Options.Keeper. Under a keeper, it is the app that is killed, not its keeper.
+func testSuperviseGreeter(t *testing.T, keeper []string) {
 	var logs logBuffer
 	ev := newEvents()
-	g := New(greeterSpec(2), ev.options(logs.logger()))
+	opts := ev.options(logs.logger())
+	opts.Keeper = keeper
+	g := New(greeterSpec(2), opts)
 	if err := g.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +364,11 @@ func TestSuperviseGreeter(t *testing.T) {
 
 	// Kill one instance: it is reported down at once and comes back on a new process.
 	victim := insts[0]
-	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+	app := victim.PID
+	if keeper != nil {
+		app = childOf(t, victim.PID)
+	}
+	if err := syscall.Kill(app, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	ev.wait(t, "OnDown for the killed instance", func() bool { return len(ev.down) == 1 })
@@ -307,10 +392,21 @@ func TestSuperviseGreeter(t *testing.T) {
 
 	// Stop: each instance is reported down while it still serves, then all processes are gone.
 	insts = g.Instances()
+	var apps []int
+	if keeper != nil {
+		for _, inst := range insts {
+			apps = append(apps, childOf(t, inst.PID))
+		}
+	}
 	stop(t, g)
 	for _, inst := range insts {
 		if !errors.Is(syscall.Kill(inst.PID, 0), syscall.ESRCH) {
 			t.Errorf("instance %s (pid %d) still exists after Stop", inst.ID, inst.PID)
+		}
+	}
+	for _, pid := range apps {
+		if !gone(pid) {
+			t.Errorf("app process %d still runs after Stop", pid)
 		}
 	}
 	ev.mu.Lock()
@@ -538,7 +634,7 @@ func TestStopContext(t *testing.T) {
 // stop reaches the app, and an app left behind by a dead wrapper is killed.
 func TestWrapperProcessGroup(t *testing.T) {
 	ev := newEvents()
-	spec := Spec{Service: "wrapped", Command: []string{"/bin/sh", "-c", `"$0" & wait`, greeterBin}, Health: "/health"}
+	spec := Spec{Service: "wrapped", Command: wrapped(greeterBin), Health: "/health"}
 	g := New(spec, ev.options(nil))
 	if err := g.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -652,12 +748,169 @@ func TestChildDiesWithParent(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the kernel kills children with their parent on Linux only (Pdeathsig)")
 	}
+	micro, pid, _ := startHelper(t, false, greeterBin)
+	if err := micro.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, pid)
+}
+
+// When micro dies, even by SIGKILL, the keeper kills every process of its instance's group:
+// the shell that micro's Pdeathsig alone would kill, and the greeter that it started too.
+func TestKeeperDiesWithMicro(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("lists process groups through /proc")
+	}
+	micro, pid, addr := startHelper(t, true, wrapped(greeterBin)...)
+	members := groupMembers(pid)
+	t.Cleanup(func() { _ = signalGroup(pid, syscall.SIGKILL) })
+	if len(members) < 3 {
+		t.Fatalf("process group %d has %v, want the keeper, the shell and the greeter", pid, members)
+	}
+	if err := micro.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range members {
+		waitGone(t, p)
+	}
+	if groupAlive(pid) {
+		t.Errorf("process group %d has live members: %v", pid, groupMembers(pid))
+	}
+	waitRefused(t, addr)
+}
+
+// When micro dies during a stop, the keeper still kills what is left of its group: here an
+// app that ignores SIGTERM, started by a shell that SIGTERM ended, as `go run` is.
+func TestKeeperDiesWithMicroWhileStopping(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the keeper waits for the rest of its group on Linux only")
+	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	micro, pid, _ := startHelper(t, true, wrapped(self, slowAppArg)...)
+	t.Cleanup(func() { _ = signalGroup(pid, syscall.SIGKILL) })
+	shell := childOf(t, pid)
+	members := groupMembers(pid)
+	if len(members) < 3 {
+		t.Fatalf("process group %d has %v, want the keeper, the shell and the app", pid, members)
+	}
+	if err := micro.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, shell) // the stop is under way
+	if gone(pid) {
+		t.Fatalf("the keeper exited while the app it kept still ran")
+	}
+	if err := micro.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range members {
+		waitGone(t, p)
+	}
+}
+
+// A stop under a keeper is as graceful as without: the app gets SIGTERM and exits 0, and so
+// does its keeper.
+func TestKeeperGracefulStop(t *testing.T) {
+	var logs logBuffer
+	ev := newEvents()
+	opts := ev.options(logs.logger())
+	opts.Keeper = mustKeeper(t)
+	g := New(greeterSpec(1), opts)
+	if err := g.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.WaitReady(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	inst := g.Instances()[0]
+	app := childOf(t, inst.PID)
+	stop(t, g)
+	waitLog(t, &logs, "greeter stopping", "instance=greeter-1", "stream=stdout")
+	waitLog(t, &logs, "instance stopped", "instance=greeter-1", `status="exit status 0"`)
+	if strings.Contains(logs.String(), "did not stop in time") {
+		t.Errorf("the instance was killed:\n%s", logs.String())
+	}
+	if !gone(app) || !gone(inst.PID) {
+		t.Errorf("app %d or keeper %d still runs after Stop", app, inst.PID)
+	}
+}
+
+// A keeper exits as its app did, so failures are reported, logged and restarted as without.
+func TestKeeperExitStatus(t *testing.T) {
+	for _, tc := range []struct{ script, want string }{
+		{"echo boom >&2; exit 3", "exit status 3"},
+		{"kill -TERM $$", "signal: terminated"},
+		{"kill -USR1 $$", "exit status 138"}, // 128 + SIGUSR1, which a Go keeper cannot die of
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			var logs logBuffer
+			ev := newEvents()
+			opts := ev.options(logs.logger())
+			opts.Keeper = mustKeeper(t)
+			g := New(Spec{Service: "crasher", Command: []string{"/bin/sh", "-c", tc.script}}, opts)
+			if err := g.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			ev.wait(t, "a failure and its restart's", func() bool { return len(ev.fails) >= 2 })
+			stop(t, g)
+			ev.mu.Lock()
+			defer ev.mu.Unlock()
+			for _, f := range ev.fails {
+				if !strings.Contains(f.err.Error(), "exited before it was ready: "+tc.want) {
+					t.Errorf("failure: %v, want %s", f.err, tc.want)
+				}
+			}
+			if tc.want == "exit status 3" {
+				waitLog(t, &logs, "msg=boom", "instance=crasher-1", "stream=stderr")
+			}
+		})
+	}
+}
+
+// The keeper refuses to run by hand: without a lifeline, or outside a process group of its
+// own, which it would kill.
+func TestKeeperByHand(t *testing.T) {
+	keeper := mustKeeper(t)
+	cmd := exec.Command(keeper[0], keeper[1], "/bin/true", "true")
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "no lifeline on fd 3") || !strings.Contains(string(out), "not by hand") {
+		t.Errorf("keeper without a lifeline: %v, %q; want a failure that says it has no lifeline", err, out)
+	}
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	cmd = exec.Command(keeper[0], keeper[1], "/bin/true", "true")
+	cmd.ExtraFiles = []*os.File{r}
+	out, err := cmd.CombinedOutput()
+	r.Close()
+	if err == nil || !strings.Contains(string(out), "not the leader of its own") {
+		t.Errorf("keeper in micro's process group: %v, %q; want a failure that says so", err, out)
+	}
+}
+
+// startHelper starts the test binary as micro (helperMain) running app, under a keeper when
+// keeper is set, and returns it with the instance's PID and address once the instance is
+// ready. The helper is killed at the end of the test.
+func startHelper(t *testing.T, keeper bool, app ...string) (micro *exec.Cmd, pid int, addr string) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	command, err := json.Marshal(app)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(self, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "SUPERVISOR_TEST_HELPER=1", "GREETER_BIN="+greeterBin)
+	cmd.Env = append(os.Environ(), "SUPERVISOR_TEST_HELPER=1", "HELPER_COMMAND="+string(command))
+	if keeper {
+		cmd.Env = append(cmd.Env, "HELPER_KEEPER=1")
+	}
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -666,22 +919,74 @@ func TestChildDiesWithParent(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
-	}()
+	})
 	line, err := readLine(out)
 	if err != nil {
 		t.Fatalf("helper: %v", err)
 	}
-	var pid int
-	if _, err := fmt.Sscanf(line, "pid %d", &pid); err != nil {
+	if _, err := fmt.Sscanf(line, "pid %d addr %s", &pid, &addr); err != nil {
 		t.Fatalf("helper said %q", line)
 	}
-	if err := cmd.Process.Kill(); err != nil {
+	return cmd, pid, addr
+}
+
+func mustKeeper(t *testing.T) []string {
+	t.Helper()
+	keeper, err := testKeeper()
+	if err != nil {
 		t.Fatal(err)
 	}
-	waitGone(t, pid)
+	return keeper
+}
+
+// childOf returns the PID of the only child of process pid, as a keeper has.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kids = append(kids, strings.Fields(string(b))...)
+	}
+	if len(kids) != 1 {
+		t.Fatalf("process %d has children %v, want one", pid, kids)
+	}
+	child, err := strconv.Atoi(kids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return child
+}
+
+// groupMembers lists the live processes of process group pgid.
+func groupMembers(pgid int) []int {
+	names, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var pids []int
+	for _, name := range names {
+		stat, err := os.ReadFile(name)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid pgrp …
+		i := bytes.LastIndexByte(stat, ')')
+		f := bytes.Fields(stat[i+1:])
+		if len(f) < 3 || f[0][0] == 'Z' || f[0][0] == 'X' || string(f[2]) != strconv.Itoa(pgid) {
+			continue
+		}
+		if pid, err := strconv.Atoi(string(bytes.Fields(stat)[0])); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func readLine(r io.Reader) (string, error) {
