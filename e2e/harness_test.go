@@ -28,6 +28,7 @@ import (
 var bins struct {
 	micro, greeter, consulPlugin string
 	natsPlugin                   string
+	counter                      string // e2e/testdata/counter
 	ratelimit, breaker           string // .wasm
 }
 
@@ -41,7 +42,8 @@ func TestMain(m *testing.M) {
 	bins.greeter = filepath.Join(dir, "greeter")
 	bins.consulPlugin = filepath.Join(dir, "registry-consul")
 	bins.natsPlugin = filepath.Join(dir, "transport-nats")
-	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats"} {
+	bins.counter = filepath.Join(dir, "counter")
+	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats", bins.counter: "./testdata/counter"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -68,6 +70,7 @@ type micro struct {
 	cmd     *exec.Cmd
 	cfgPath string
 	ingress string // base URL
+	inbound string // host:port
 	logs    *syncBuffer
 	done    chan struct{}
 	exitErr error
@@ -116,7 +119,8 @@ level = "debug"
 %s`, regDir, extra)
 }
 
-// greeterService declares a greeter service run from the test's greeter binary.
+// greeterService declares a greeter service run from the test's greeter binary. As in the
+// repo's micro.toml, Greeter.Hello and Greeter.Sleep are declared safe to repeat.
 func greeterService(name string, instances int, extra string) string {
 	return fmt.Sprintf(`
 [services.%s]
@@ -125,6 +129,7 @@ metadata = { zone = "a" }
 command = [%q]
 instances = %d
 health = "/health"
+idempotent = ["Greeter.Hello", "Greeter.Sleep"]
 %s`, name, bins.greeter, instances, extra)
 }
 
@@ -176,6 +181,7 @@ func startMicro(t *testing.T, cfg string) *micro {
 			t.Fatalf("unexpected first line: %q", line)
 		}
 		m.ingress = "http://" + sub[1]
+		m.inbound = sub[2]
 	case <-m.done:
 		t.Fatalf("micro exited at start: %v\n%s", m.exitErr, m.logs)
 	case <-time.After(60 * time.Second):

@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -112,8 +114,11 @@ func TestRateLimitWrapper(t *testing.T) {
 	})
 }
 
-// TestBreakerWrapper: an instance made to fail trips its per-node breaker; later calls skip
-// it with no failed call, and it closes again after the instance recovers.
+// TestBreakerWrapper: breakers count only the nodes' faults, one breaker per node and
+// endpoint. A caller's mistakes and the timeouts it chose open none; an endpoint that fails
+// on every node opens its breakers while the nodes go on serving their other endpoints. An
+// instance made to fail trips its breaker; later calls skip it with no failed call, and it
+// closes again after the instance recovers.
 func TestBreakerWrapper(t *testing.T) {
 	t.Parallel()
 	failDir := t.TempDir()
@@ -124,7 +129,7 @@ attempts = 1`, 1) + fmt.Sprintf(`
 [wrappers.breaker]
 path = %q
 [wrappers.breaker.config]
-key = "node"
+key = "node_endpoint"
 consecutive_failures = 3
 min_requests = 1000
 cooldown = "1s"
@@ -136,13 +141,61 @@ cooldown = "1s"
 	l := runLoad(ctx, m, 2, nil)
 	l.waitCalls(t, 50)
 
-	// greeter-1 fails: a few calls fail until its breaker opens, then none.
+	// Not the nodes' faults: bad requests, and calls whose caller gave them less time than
+	// they need (more than consecutive_failures on one node, whichever it is).
+	for range 7 {
+		if r, err := m.call("greeter", "Greeter.Hello", `{}`, nil); err != nil || r.status != 400 {
+			t.Fatalf("a bad request: %v %d %s, want 400", err, r.status, r.body)
+		}
+		r, err := m.call("greeter", "Greeter.Sleep", `{"ms": 3000}`, map[string]string{"Micro-Timeout": "100ms"})
+		if err != nil || r.status != 504 {
+			t.Fatalf("a call that outlives its caller's budget: %v %d %s, want 504", err, r.status, r.body)
+		}
+	}
+	if strings.Contains(m.logs.String(), "-> open") {
+		t.Fatalf("a breaker opened on outcomes that were not the nodes' faults:\n%s", m.logs.String())
+	}
+
+	// Greeter.Fail fails on every node: its breakers open, one per node, and the nodes go
+	// on serving Greeter.Hello to the load.
+	eventually(t, 20*time.Second, func() error {
+		r, err := m.call("greeter", "Greeter.Fail", `{}`, nil)
+		if err != nil {
+			return err
+		}
+		if n := strings.Count(m.logs.String(), "endpoint Greeter.Fail: closed -> open"); n < 2 {
+			return fmt.Errorf("%d breakers for Greeter.Fail opened, want 2 (the last call: %d %s)", n, r.status, r.body)
+		}
+		return nil
+	})
+	l.mu.Lock()
+	seen := maps.Clone(l.seen)
+	l.mu.Unlock()
+	eventually(t, 20*time.Second, func() error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for _, inst := range []string{"greeter-1", "greeter-2"} {
+			if l.seen[inst] == seen[inst] {
+				return fmt.Errorf("%s served no Greeter.Hello since its breaker for Greeter.Fail opened (served: %v)", inst, l.seen)
+			}
+		}
+		return nil
+	})
+	l.waitCalls(t, 100)
+	l.mu.Lock()
+	failures := slices.Clone(l.failures)
+	l.mu.Unlock()
+	if len(failures) > 0 {
+		t.Fatalf("%d calls of Greeter.Hello failed while Greeter.Fail's breakers were open; first: %s", len(failures), failures[0])
+	}
+
+	// greeter-1 fails: a few calls fail until its breaker for Greeter.Hello opens, then none.
 	if err := os.WriteFile(filepath.Join(failDir, "greeter-1"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 20*time.Second, func() error {
-		if !strings.Contains(m.logs.String(), "-> open") {
-			return fmt.Errorf("no breaker opened yet")
+		if !strings.Contains(m.logs.String(), "endpoint Greeter.Hello: closed -> open") {
+			return fmt.Errorf("no breaker for Greeter.Hello opened yet")
 		}
 		return nil
 	})
@@ -151,7 +204,7 @@ cooldown = "1s"
 	seen1 := l.seen["greeter-1"]
 	l.mu.Unlock()
 	if failedAtTrip == 0 || failedAtTrip > 10 {
-		t.Fatalf("%d calls failed before the breaker opened, want 1 to 10 (consecutive_failures = 3, per node)", failedAtTrip)
+		t.Fatalf("%d calls failed before the breaker opened, want 1 to 10 (consecutive_failures = 3, per node and endpoint)", failedAtTrip)
 	}
 	l.waitCalls(t, 200)
 	l.mu.Lock()

@@ -41,6 +41,9 @@ type Factories struct {
 	// Wrapper loads the wrapper that [wrappers.NAME] describes. It may be nil when no
 	// wrapper is configured.
 	Wrapper func(ctx context.Context, name string, c config.Wrapper, logger *slog.Logger) (wrapper.Wrapper, error)
+	// Keeper is the argv that runs a keeper around each app instance, so that no process
+	// of an app outlives micro (see supervisor.Options.Keeper). Empty starts apps directly.
+	Keeper []string
 }
 
 // Runtime is one running micro process.
@@ -88,13 +91,26 @@ type Runtime struct {
 func New(cfg *config.Config, f Factories, logger *slog.Logger) *Runtime {
 	var id [3]byte
 	_, _ = rand.Read(id[:])
-	return &Runtime{
+	r := &Runtime{
 		factories: f,
 		logger:    logger,
-		metrics:   metrics.New(),
 		procID:    hex.EncodeToString(id[:]),
 		cfg:       cfg,
 	}
+	r.metrics = metrics.New(metrics.Options{KnownService: r.knownService})
+	return r
+}
+
+// knownService reports whether name is a service that this micro fronts or that the
+// registry listed when asked: a name that may be a metric label.
+func (r *Runtime) knownService(name string) bool {
+	if r.services != nil && r.services.fronts(name) {
+		return true
+	}
+	r.regMu.RLock()
+	c := r.cache
+	r.regMu.RUnlock()
+	return c != nil && c.Known(name)
 }
 
 // Start opens the registry and transport, binds the listeners, and starts the fronted
@@ -126,9 +142,13 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	r.cacheCancel = cacheCancel
 	r.sel = selector.New(r.cache, policy(cfg), selector.Options{
 		Logger: r.logger,
-		OnEject: func(service, node string, d time.Duration) {
+		OnEject: func(service, node, endpoint string, d time.Duration) {
 			r.metrics.Eject(service)
-			r.logger.Warn("node ejected", "service", service, "node", node, "for", d)
+			if endpoint == "" {
+				r.logger.Warn("node ejected", "service", service, "node", node, "for", d)
+			} else {
+				r.logger.Warn("node ejected for an endpoint", "service", service, "node", node, "endpoint", endpoint, "for", d)
+			}
 		},
 	})
 	r.pool = pool.New(r.mux, poolOptions(cfg))
@@ -152,20 +172,24 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 
 	r.services = newServices(r, cfg.Registry)
 	r.inbound = server.NewInbound(server.InboundConfig{
-		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, MaxBody: int64(cfg.Server.MaxBody),
+		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Settings: serverSettings(cfg),
 	})
 	r.ingress = server.NewIngress(server.IngressConfig{
-		Caller:   r.client,
-		Streamer: r.client,
-		Recorder: r.metrics,
-		Metrics:  r.metrics.Handler(),
-		Services: r.listServices,
-		Health:   r.health,
-		MaxBody:  int64(cfg.Server.MaxBody),
+		Caller:       r.client,
+		Streamer:     r.client,
+		Recorder:     r.metrics,
+		Metrics:      r.metrics.Handler(),
+		Services:     r.listServices,
+		Health:       r.health,
+		Logger:       r.logger,
+		Settings:     serverSettings(cfg),
+		BodyTimeout:  cfg.Server.BodyTimeout,
+		WriteTimeout: cfg.Server.WriteTimeout,
 	})
 	r.ingressSrv = &http.Server{
 		Handler:           r.ingress,
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: cfg.Server.HeaderTimeout,
+		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
 	}
@@ -302,6 +326,11 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	next.Server.MaxBody = cfg.Server.MaxBody
 	next.Server.DrainTimeout = cfg.Server.DrainTimeout
 	next.Server.Wrappers = cfg.Server.Wrappers
+	next.Server.MaxInflight = cfg.Server.MaxInflight
+	next.Server.StreamIdleTimeout = cfg.Server.StreamIdleTimeout
+	next.Server.CheckOrigin = cfg.Server.CheckOrigin
+	next.Server.AllowedHosts = cfg.Server.AllowedHosts
+	next.Server.AllowedOrigins = cfg.Server.AllowedOrigins
 
 	r.regMu.Lock()
 	r.swapErr = nil // a config whose registry matches the running one undoes a failed switch
@@ -325,8 +354,8 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 		r.client.SetOptions(clientOptions(&next))
 		r.pool.SetOptions(poolOptions(&next))
 	}
-	r.ingress.SetMaxBody(int64(next.Server.MaxBody))
-	r.inbound.SetMaxBody(int64(next.Server.MaxBody))
+	r.ingress.Set(serverSettings(&next))
+	r.inbound.Set(serverSettings(&next))
 	if err := r.services.apply(ctx, next.Services); err != nil {
 		r.logger.Error("config reload: services", "err", err)
 	}
@@ -449,10 +478,25 @@ func policy(cfg *config.Config) selector.Policy {
 	return p
 }
 
+// serverSettings are the settings of the ingress and inbound servers in cfg.
+func serverSettings(cfg *config.Config) server.Settings {
+	s := cfg.Server
+	return server.Settings{
+		MaxBody:        int64(s.MaxBody),
+		MaxInflight:    s.MaxInflight,
+		MaxBudget:      cfg.Client.MaxTimeout,
+		StreamIdle:     s.StreamIdleTimeout,
+		CheckOrigin:    s.CheckOrigin,
+		AllowedHosts:   s.AllowedHosts,
+		AllowedOrigins: s.AllowedOrigins,
+	}
+}
+
 func clientOptions(cfg *config.Config) client.Options {
 	c := cfg.Client
 	return client.Options{
 		Timeout:           c.Timeout,
+		AttemptTimeout:    c.AttemptTimeout,
 		Attempts:          c.Attempts,
 		Backoff:           c.Backoff,
 		BackoffMax:        c.BackoffMax,
@@ -473,8 +517,10 @@ func poolOptions(cfg *config.Config) pool.Options {
 func restartKeys(a, b *config.Config) []string {
 	var keys []string
 	sa, sb := a.Server, b.Server
-	if sa.Ingress != sb.Ingress || sa.Inbound != sb.Inbound || sa.Advertise != sb.Advertise {
-		keys = append(keys, "server")
+	if sa.Ingress != sb.Ingress || sa.Inbound != sb.Inbound || sa.Advertise != sb.Advertise ||
+		sa.HeaderTimeout != sb.HeaderTimeout || sa.BodyTimeout != sb.BodyTimeout ||
+		sa.WriteTimeout != sb.WriteTimeout || sa.IdleTimeout != sb.IdleTimeout {
+		keys = append(keys, "server.ingress, server.inbound, server.advertise, server.*_timeout")
 	}
 	ra, rb := a.Registry, b.Registry
 	if ra.TTL != rb.TTL || ra.Heartbeat != rb.Heartbeat || ra.CacheTTL != rb.CacheTTL {

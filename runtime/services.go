@@ -131,6 +131,7 @@ func (s *services) start(ctx context.Context, f *fronted) error {
 		Logger:  s.r.logger,
 		OnReady: func(inst supervisor.Instance) { s.instanceReady(f, inst) },
 		OnDown:  func(inst supervisor.Instance, err error) { s.instanceDown(f, inst, err) },
+		Keeper:  s.r.factories.Keeper,
 	})
 	f.group = g
 	if err := g.Start(ctx); err != nil {
@@ -152,11 +153,12 @@ func (s *services) nodeFor(f *fronted, id, instance string) *registry.Node {
 	}
 	md["instance"] = instance
 	return &registry.Node{
-		ID:        id,
-		Address:   s.r.InboundAddr(),
-		Version:   f.spec.Version,
-		Metadata:  md,
-		Endpoints: slices.Clone(f.spec.Endpoints),
+		ID:         id,
+		Address:    s.r.InboundAddr(),
+		Version:    f.spec.Version,
+		Metadata:   md,
+		Endpoints:  slices.Clone(f.spec.Endpoints),
+		Idempotent: slices.Clone(f.spec.Idempotent),
 	}
 }
 
@@ -379,6 +381,14 @@ func (s *services) Resolve(service, nodeID string) (string, bool) {
 	return "", false
 }
 
+// fronts reports whether this micro fronts the named service.
+func (s *services) fronts(name string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, ok := s.m[name]
+	return ok
+}
+
 func (s *services) names() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -409,5 +419,6 @@ func appChanged(a, b config.Service) bool {
 
 // labelsEqual reports whether two specs register the same labels.
 func labelsEqual(a, b config.Service) bool {
-	return a.Version == b.Version && maps.Equal(a.Metadata, b.Metadata) && slices.Equal(a.Endpoints, b.Endpoints)
+	return a.Version == b.Version && maps.Equal(a.Metadata, b.Metadata) &&
+		slices.Equal(a.Endpoints, b.Endpoints) && slices.Equal(a.Idempotent, b.Idempotent)
 }

@@ -88,7 +88,14 @@ func (f *factories) pluginSource(name, pathKey string) (string, error) {
 // plugin through host/plugin.
 func (f *factories) transport(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error) {
 	if c.Plugin == "http" {
-		return httptransport.New(httptransport.Options{MaxBody: int64(s.MaxBody), Logger: logger}), nil
+		return httptransport.New(httptransport.Options{
+			MaxBody:           int64(s.MaxBody),
+			ReadHeaderTimeout: s.HeaderTimeout,
+			BodyTimeout:       s.BodyTimeout,
+			WriteTimeout:      s.WriteTimeout,
+			IdleTimeout:       s.IdleTimeout,
+			Logger:            logger,
+		}), nil
 	}
 	tc := plugin.TransportConfig{
 		Name:     c.Plugin,

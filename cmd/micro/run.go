@@ -59,12 +59,16 @@ Settings are layered: defaults, then the file, then MICRO_SECTION_KEY env variab
 	}
 	logger := newLogger(cfg.Log, stderr)
 
+	keeper, err := keeperArgv()
+	if err != nil {
+		return err
+	}
 	f, err := newFactories(*path)
 	if err != nil {
 		return err
 	}
 	defer f.close(context.Background())
-	rt := micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Wrapper: f.wrapper}, logger)
+	rt := micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Wrapper: f.wrapper, Keeper: keeper}, logger)
 	if err := rt.Start(ctx); err != nil {
 		return err
 	}

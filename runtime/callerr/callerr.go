@@ -19,11 +19,24 @@ type Error struct {
 	Detail string `json:"detail"`
 	// Status is the HTTP status text of Code.
 	Status string `json:"status"`
+	// RetryAfter, when set, is the Retry-After header of the answer, in seconds.
+	RetryAfter string `json:"-"`
 }
+
+// StatusClientClosed is the status of a call whose caller went away before its answer
+// (nginx's 499). No one reads the answer; metrics and logs count it apart from failures.
+const StatusClientClosed = 499
 
 // New returns an Error with the given code, its status text, and a formatted detail.
 func New(id string, code int, format string, args ...any) *Error {
-	return &Error{ID: id, Code: code, Detail: fmt.Sprintf(format, args...), Status: http.StatusText(code)}
+	return &Error{ID: id, Code: code, Detail: fmt.Sprintf(format, args...), Status: statusText(code)}
+}
+
+func statusText(code int) string {
+	if code == StatusClientClosed {
+		return "Client Closed Request"
+	}
+	return http.StatusText(code)
 }
 
 func (e *Error) Error() string {
@@ -40,6 +53,9 @@ func (e *Error) JSON() []byte {
 func (e *Error) Write(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if e.RetryAfter != "" {
+		w.Header().Set("Retry-After", e.RetryAfter)
+	}
 	w.WriteHeader(e.Code)
 	_, _ = w.Write(append(e.JSON(), '\n'))
 }

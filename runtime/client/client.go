@@ -6,6 +6,7 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -55,6 +56,9 @@ type Options struct {
 	Backoff time.Duration
 	// BackoffMax caps one backoff.
 	BackoffMax time.Duration
+	// AttemptTimeout bounds one attempt of a call that is safe to repeat, when another
+	// attempt may follow; 0 gives each attempt the whole remaining budget.
+	AttemptTimeout time.Duration
 	// RetryRatio and RetryMinPerSecond form the retry budget.
 	RetryRatio        float64
 	RetryMinPerSecond float64
@@ -67,6 +71,9 @@ type Request struct {
 	// Header is sent as it is; the client sets the Micro-* routing and budget headers.
 	Header map[string]string
 	Body   []byte
+	// Idempotent declares the call safe to repeat, as if its endpoint were declared
+	// idempotent.
+	Idempotent bool
 }
 
 // Response is the answer of the node that served the call.
@@ -114,30 +121,31 @@ func (c *Client) SetOptions(o Options) {
 }
 
 // Call sends req to a node of req.Service and returns the first answer that is not worth
-// retrying. Failures are *callerr.Error values: 404 unknown service, 503 no node,
-// 502 upstream failed after retries, 504 budget spent. A rejection by a client wrapper is
-// returned as a Response carrying the rejection's status and JSON error.
+// retrying. Failures are *callerr.Error values: 400 a request that cannot be sent,
+// 404 unknown service, 503 no node, 502 upstream failed, 504 budget spent. A rejection by a
+// client wrapper is returned as a Response carrying the rejection's status and JSON error.
+//
+// A call runs at most once on an app unless it is safe to repeat: another node is tried
+// when the attempt provably never reached an app (no connection, a request not sent, or
+// micro at the node refused it before its app), and otherwise only when the node declares
+// the endpoint idempotent or the request is marked Idempotent.
 func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 	o := c.opts.Load()
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
-		defer cancel()
-	}
+	ctx, cancel, countTimeouts := c.budget(ctx, o)
+	defer cancel()
 	c.retry.deposit()
 	chain := c.chain.Acquire()
 	defer chain.Release()
-
 	var (
 		triedBuf [8]string
 		tried    = triedBuf[:0]
 		refused  []string // nodes a wrapper refused for this call
-		lastErr  *callerr.Error
+		last     *attemptResult
 	)
 	for attempt := 1; ; attempt++ {
 		remaining, _ := budget.Remaining(ctx, c.now())
 		if remaining < time.Microsecond || ctx.Err() != nil {
-			return nil, c.spent(ctx, req, attempt-1, lastErr)
+			return nil, c.spent(ctx, req, attempt-1, last)
 		}
 		pick, err := c.sel.Select(ctx, req.Service, req.Endpoint, tried)
 		if err != nil {
@@ -145,15 +153,14 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 			case errors.Is(err, registry.ErrNotFound):
 				c.logger.Debug("service not found", "service", req.Service, "err", err)
 				return nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
-			case lastErr != nil:
-				return nil, lastErr
+			case last != nil:
+				return nil, last.err
 			default:
 				return nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
 			}
 		}
 		node := pick.Node()
 		tried = append(tried, node.ID)
-
 		call := wrapper.Call{
 			Service: req.Service, Endpoint: req.Endpoint, Node: node.ID,
 			Caller: req.Header[transport.HeaderCaller], Header: req.Header,
@@ -176,48 +183,93 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: v.Status, Err: v.Message}, &ran)
 			return rejected(v.Status, v), nil
 		}
-
+		repeatable := req.Idempotent || slices.Contains(node.Idempotent, req.Endpoint)
+		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
+		if limited {
+			remaining = o.AttemptTimeout
+		}
 		start := c.now()
-		resp, err := c.attempt(ctx, req, node, remaining, v.Header)
+		resp, sent, err := c.attempt(actx, req, node, remaining, v.Header)
 		latency := c.now().Sub(start)
-		failed, retryable := classify(resp, err)
-		pick.Done(latency, failed)
+		r := c.judge(ctx, actx, limited, resp, sent, err, countTimeouts)
+		acancel()
+		pick.Done(latency, r.health)
 		if chain != nil {
-			r := wrapper.Result{Latency: latency}
+			wr := wrapper.Result{Latency: latency, Fault: r.health != selector.Success}
 			if resp != nil {
-				r.Status = resp.Status
+				wr.Status = resp.Status
 			} else {
-				r.Err = err.Error()
+				wr.Err = err.Error()
 			}
-			chain.OnResponse(ctx, &call, &r, &ran)
+			chain.OnResponse(ctx, &call, &wr, &ran)
 		}
-		if !retryable {
-			if err != nil {
-				return nil, c.failure(ctx, req, node, err)
+		if r.retry == never || (r.retry == ifRepeatable && !repeatable) {
+			if resp != nil && (r.retry == never || resp.Header[transport.HeaderError] == "") {
+				resp.Node, resp.Attempts = node.ID, attempt
+				return resp, nil
 			}
-			resp.Node, resp.Attempts = node.ID, attempt
-			return resp, nil
+			e := c.failure(ctx, req, node, resp, err)
+			if r.retry == ifRepeatable && e.Code != http.StatusGatewayTimeout {
+				e.Detail += notRetried(req)
+			}
+			return nil, e
 		}
-		lastErr = c.failure(ctx, req, node, err)
-		if resp != nil {
-			lastErr = answered(req, node, resp)
-		}
-		if lastErr.Code == http.StatusGatewayTimeout {
-			return nil, lastErr
+		r.err = c.failure(ctx, req, node, resp, err)
+		last = &r
+		if r.err.Code == http.StatusGatewayTimeout && c.expired(ctx) {
+			return nil, r.err
 		}
 		if attempt >= o.Attempts {
-			return nil, callerr.New(ID, http.StatusBadGateway, "%s (after %d attempts)", lastErr.Detail, attempt)
+			return nil, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
 		}
 		if !c.retry.withdraw() {
-			return nil, callerr.New(ID, http.StatusBadGateway, "%s (retry budget exhausted)", lastErr.Detail)
+			return nil, gaveUp(req, last, "retry budget exhausted")
 		}
 		if !c.backoff(ctx, o, attempt) {
-			return nil, c.spent(ctx, req, attempt, lastErr)
+			return nil, c.spent(ctx, req, attempt, last)
 		}
 		if c.obs != nil {
 			c.obs.Retry(req.Service)
 		}
 	}
+}
+
+// budget gives ctx the client's default budget when it has no deadline. It reports whether
+// a timeout counts against the node: a caller that asked for less than the default budget
+// chose to give up early, and that is no fault of the node's.
+func (c *Client) budget(ctx context.Context, o *Options) (context.Context, context.CancelFunc, bool) {
+	if dl, ok := ctx.Deadline(); ok {
+		return ctx, func() {}, dl.Sub(c.now()) >= o.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	return ctx, cancel, true
+}
+
+// attemptContext bounds an attempt that may be followed by another, on a call that is safe
+// to repeat, by Options.AttemptTimeout. It reports whether it did.
+func (c *Client) attemptContext(ctx context.Context, o *Options, repeatable bool, attempt int, remaining time.Duration) (context.Context, context.CancelFunc, bool) {
+	if o.AttemptTimeout <= 0 || !repeatable || attempt >= o.Attempts || o.AttemptTimeout >= remaining {
+		return ctx, func() {}, false
+	}
+	actx, cancel := context.WithTimeout(ctx, o.AttemptTimeout)
+	return actx, cancel, true
+}
+
+// gaveUp is the error of a call that stops retrying: 503 when the last node refused it for
+// want of capacity (with its Retry-After), 502 otherwise.
+func gaveUp(req *Request, last *attemptResult, why string) *callerr.Error {
+	code := http.StatusBadGateway
+	if last.refused {
+		code = http.StatusServiceUnavailable
+	}
+	e := callerr.New(ID, code, "%s (%s)", last.err.Detail, why)
+	e.RetryAfter = last.retryAfter
+	return e
+}
+
+// notRetried explains why a failed call that may have reached an app was not retried.
+func notRetried(req *Request) string {
+	return fmt.Sprintf("; not retried on another node, since the call may have reached the app and %s.%s is not declared idempotent", req.Service, req.Endpoint)
 }
 
 // Stream opens a stream to a node of req.Service: the same selection, wrappers, retries and
@@ -226,32 +278,29 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 // ended it (a rejection, or the node's error) or a *callerr.Error.
 func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, string, *Response, error) {
 	o := c.opts.Load()
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, o.Timeout)
-		defer cancel()
-	}
+	ctx, cancel, countTimeouts := c.budget(ctx, o)
+	defer cancel()
 	chain := c.chain.Acquire()
 	defer chain.Release()
-
 	var (
-		tried   []string
-		lastErr *callerr.Error
+		tried []string
+		last  *attemptResult
 	)
-	for attempt := 1; attempt <= o.Attempts; attempt++ {
+	for attempt := 1; ; attempt++ {
 		remaining, _ := budget.Remaining(ctx, c.now())
 		if remaining < time.Microsecond || ctx.Err() != nil {
-			return nil, "", nil, c.spent(ctx, req, attempt-1, lastErr)
+			return nil, "", nil, c.spent(ctx, req, attempt-1, last)
 		}
 		pick, err := c.sel.Select(ctx, req.Service, req.Endpoint, tried)
 		if err != nil {
-			if errors.Is(err, registry.ErrNotFound) {
+			switch {
+			case errors.Is(err, registry.ErrNotFound):
 				return nil, "", nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
+			case last != nil:
+				return nil, "", nil, last.err
+			default:
+				return nil, "", nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
 			}
-			if lastErr != nil {
-				return nil, "", nil, lastErr
-			}
-			return nil, "", nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
 		}
 		node := pick.Node()
 		tried = append(tried, node.ID)
@@ -265,73 +314,89 @@ func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, stri
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 			return nil, "", rejected(status, v), nil
 		}
-
+		repeatable := req.Idempotent || slices.Contains(node.Idempotent, req.Endpoint)
+		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
+		if limited {
+			remaining = o.AttemptTimeout
+		}
 		start := c.now()
-		conn, resp, err := c.open(ctx, req, node, remaining, v.Header)
+		conn, resp, sent, err := c.open(actx, req, node, remaining, v.Header)
 		latency := c.now().Sub(start)
 		if conn != nil {
-			pick.Done(latency, false)
+			acancel()
+			pick.Done(latency, selector.Success)
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: http.StatusSwitchingProtocols, Latency: latency}, &ran)
 			return conn, node.ID, nil, nil
 		}
-		failed, retryable := classify(resp, err)
-		pick.Done(latency, failed)
-		r := wrapper.Result{Latency: latency}
+		r := c.judge(ctx, actx, limited, resp, sent, err, countTimeouts)
+		acancel()
+		pick.Done(latency, r.health)
+		wr := wrapper.Result{Latency: latency, Fault: r.health != selector.Success}
 		if err != nil {
-			r.Err = err.Error()
+			wr.Err = err.Error()
 		} else {
-			r.Status = resp.Status
+			wr.Status = resp.Status
 		}
-		chain.OnResponse(ctx, &call, &r, &ran)
-		if !retryable {
-			if err != nil {
-				return nil, "", nil, c.failure(ctx, req, node, err)
+		chain.OnResponse(ctx, &call, &wr, &ran)
+		if r.retry == never || (r.retry == ifRepeatable && !repeatable) {
+			if resp != nil && (r.retry == never || resp.Header[transport.HeaderError] == "") {
+				resp.Node = node.ID
+				return nil, "", resp, nil
 			}
-			return nil, "", resp, nil
+			e := c.failure(ctx, req, node, resp, err)
+			if r.retry == ifRepeatable && e.Code != http.StatusGatewayTimeout {
+				e.Detail += notRetried(req)
+			}
+			return nil, "", nil, e
 		}
-		lastErr = c.failure(ctx, req, node, err)
-		if resp != nil {
-			lastErr = answered(req, node, resp)
-		}
-		if lastErr.Code == http.StatusGatewayTimeout || !c.retry.withdraw() || !c.backoff(ctx, o, attempt) {
-			return nil, "", nil, lastErr
+		r.err = c.failure(ctx, req, node, resp, err)
+		last = &r
+		switch {
+		case r.err.Code == http.StatusGatewayTimeout && c.expired(ctx):
+			return nil, "", nil, r.err
+		case attempt >= o.Attempts:
+			return nil, "", nil, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
+		case !c.retry.withdraw():
+			return nil, "", nil, gaveUp(req, last, "retry budget exhausted")
+		case !c.backoff(ctx, o, attempt):
+			return nil, "", nil, c.spent(ctx, req, attempt, last)
 		}
 		if c.obs != nil {
 			c.obs.Retry(req.Service)
 		}
 	}
-	return nil, "", nil, callerr.New(ID, http.StatusBadGateway, "%s (after %d attempts)", lastErr.Detail, o.Attempts)
 }
 
 // open dials node and asks it to open a stream. The node answers its first message with
 // status 101 when the stream is open; any other answer ends the attempt with that answer.
-func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (transport.Conn, *Response, error) {
-	conn, err := c.pool.Dial(ctx, node.Address)
+// sent reports whether the request was sent, so that the node may have acted on it.
+func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (conn transport.Conn, resp *Response, sent bool, err error) {
+	conn, err = c.pool.Dial(ctx, node.Address)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
 	h := header(req, node, remaining, extra)
 	h[transport.HeaderStream] = "1"
-	err = conn.Send(ctx, &transport.Message{Header: h, Body: req.Body})
-	var m *transport.Message
-	if err == nil {
-		m, err = conn.Recv(ctx)
+	if err := conn.Send(ctx, &transport.Message{Header: h, Body: req.Body}); err != nil {
+		conn.Close()
+		return nil, nil, false, err
 	}
+	m, err := conn.Recv(ctx)
 	if err != nil {
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, true, err
 	}
 	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
 	if convErr != nil || status < 100 || status > 999 {
 		conn.Close()
-		return nil, nil, errors.New("node answered a stream without a valid " + transport.HeaderStatus + " header")
+		return nil, nil, true, errors.New("node answered a stream without a valid " + transport.HeaderStatus + " header")
 	}
 	if status == http.StatusSwitchingProtocols {
-		return conn, nil, nil
+		return conn, nil, true, nil
 	}
 	conn.Close()
 	delete(m.Header, transport.HeaderStatus)
-	return nil, &Response{Status: status, Header: m.Header, Body: m.Body, Node: node.ID}, nil
+	return nil, &Response{Status: status, Header: m.Header, Body: m.Body, Node: node.ID}, true, nil
 }
 
 // header is the message header of an attempt on node: the request's headers, those a
@@ -351,15 +416,6 @@ func header(req *Request, node *registry.Node, remaining time.Duration, extra ma
 	return h
 }
 
-// answered is the error of an attempt whose node answered with a retryable status.
-func answered(req *Request, node *registry.Node, resp *Response) *callerr.Error {
-	e := callerr.New(ID, http.StatusBadGateway, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
-	if inner, ok := callerr.Parse(resp.Body); ok {
-		e.Detail += ": " + inner.Detail
-	}
-	return e
-}
-
 // rejected is the answer to a call that a wrapper's verdict v rejected with status.
 func rejected(status int, v wrapper.Verdict) *Response {
 	resp := rejection(status, "%s", v.Message)
@@ -375,47 +431,132 @@ func rejection(status int, format string, args ...any) *Response {
 	return &Response{Status: status, Header: map[string]string{"Content-Type": "application/json"}, Body: e.JSON()}
 }
 
-// attempt makes one attempt on node with the remaining budget.
-func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (*Response, error) {
+// attempt makes one attempt on node with the remaining budget. sent reports whether the
+// request was sent, so that the node may have acted on it; an error before that (no
+// connection, a failed Send) means it cannot have.
+func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (resp *Response, sent bool, err error) {
 	conn, err := c.pool.Get(ctx, node.Address)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	h := header(req, node, remaining, extra)
-	err = conn.Send(ctx, &transport.Message{Header: h, Body: req.Body})
-	var m *transport.Message
-	if err == nil {
-		m, err = conn.Recv(ctx)
+	if err := conn.Send(ctx, &transport.Message{Header: h, Body: req.Body}); err != nil {
+		c.pool.Put(node.Address, conn, err)
+		return nil, false, err
 	}
+	m, err := conn.Recv(ctx)
 	c.pool.Put(node.Address, conn, err)
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
 	if convErr != nil || status < 100 || status > 999 {
-		return nil, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
+		return nil, true, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
 	}
 	delete(m.Header, transport.HeaderStatus)
-	return &Response{Status: status, Header: m.Header, Body: m.Body}, nil
+	return &Response{Status: status, Header: m.Header, Body: m.Body}, true, nil
 }
 
-// classify says whether an attempt counts as a node failure, and whether another node may
-// be tried: on connect errors and 502, 503 and 504, as DESIGN.md's retry policy says.
-func classify(resp *Response, err error) (failed, retryable bool) {
+// retryRule says when another node may take a call whose attempt failed.
+type retryRule uint8
+
+const (
+	// never: no other node would do better, or the budget is spent.
+	never retryRule = iota
+	// always: the attempt provably never reached an app.
+	always
+	// ifRepeatable: the attempt may have reached an app, so only a call that is safe to
+	// repeat may run again elsewhere.
+	ifRepeatable
+)
+
+// attemptResult is what one attempt's outcome means for the node and for the call.
+type attemptResult struct {
+	// health is what the attempt counts for in the node's health: only the node's own
+	// faults count, never a caller's.
+	health selector.Outcome
+	retry  retryRule
+	// refused is set when micro at the node refused the call for want of capacity, and
+	// retryAfter is its Retry-After.
+	refused    bool
+	retryAfter string
+	// err is the caller's error, should the call end here.
+	err *callerr.Error
+}
+
+// judge reads the outcome of an attempt: its answer resp, or its error err (sent reporting
+// whether the request went out). actx is the attempt's context, limited set when it had a
+// deadline of its own; countTimeouts is set when a timeout of the call's budget counts
+// against the node.
+func (c *Client) judge(ctx, actx context.Context, limited bool, resp *Response, sent bool, err error, countTimeouts bool) attemptResult {
+	slow := selector.Success
+	if countTimeouts || limited {
+		slow = selector.EndpointFailure
+	}
 	if err != nil {
-		return true, true
+		var me *transport.MessageError
+		switch {
+		case errors.As(err, &me):
+			return attemptResult{health: selector.Success, retry: never}
+		case errors.Is(ctx.Err(), context.Canceled):
+			return attemptResult{health: selector.Success, retry: never} // the caller went away
+		case c.expired(ctx):
+			return attemptResult{health: slow, retry: never}
+		case c.expired(actx):
+			return attemptResult{health: selector.EndpointFailure, retry: ifRepeatable}
+		case !sent || transport.IsConnectError(err):
+			return attemptResult{health: selector.NodeFailure, retry: always}
+		}
+		return attemptResult{health: selector.NodeFailure, retry: ifRepeatable}
 	}
-	switch resp.Status {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-		return true, true
+	switch resp.Header[transport.HeaderError] {
+	case "": // the app's own answer
+		switch resp.Status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return attemptResult{health: selector.EndpointFailure, retry: ifRepeatable}
+		}
+		if resp.Status >= 500 {
+			return attemptResult{health: selector.EndpointFailure, retry: never}
+		}
+		return attemptResult{health: selector.Success, retry: never}
+	case transport.ErrorRefused:
+		return attemptResult{health: selector.Success, retry: always, refused: true, retryAfter: resp.Header["Retry-After"]}
+	case transport.ErrorUnavailable:
+		return attemptResult{health: selector.NodeFailure, retry: always}
+	case transport.ErrorApp:
+		return attemptResult{health: selector.EndpointFailure, retry: ifRepeatable}
+	case transport.ErrorTimeout:
+		return attemptResult{health: slow, retry: ifRepeatable}
+	case transport.ErrorReply:
+		return attemptResult{health: selector.Success, retry: ifRepeatable}
 	}
-	return resp.Status >= 500, false
+	return attemptResult{health: selector.Success, retry: never}
 }
 
-// failure turns a transport error on node into the caller's error.
-func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, err error) *callerr.Error {
-	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+// failure is the caller's error for an attempt on node that failed with err, or that the
+// node's micro answered with resp in place of its app.
+func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, resp *Response, err error) *callerr.Error {
+	if resp != nil {
+		code := http.StatusBadGateway
+		if resp.Status >= 500 && resp.Status <= 599 {
+			code = resp.Status
+		}
+		e := callerr.New(ID, code, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
+		if inner, ok := callerr.Parse(resp.Body); ok {
+			e.Detail += ": " + inner.Detail
+		}
+		return e
+	}
+	var me *transport.MessageError
+	switch {
+	case errors.As(err, &me):
+		return callerr.New(ID, http.StatusBadRequest, "the request to %s.%s cannot be sent: %v", req.Service, req.Endpoint, me.Err)
+	case errors.Is(ctx.Err(), context.Canceled):
+		return callerr.New(ID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", req.Service, req.Endpoint)
+	case c.expired(ctx):
 		return callerr.New(ID, http.StatusGatewayTimeout, "budget spent waiting for node %s of %q", node.ID, req.Service)
+	case errors.Is(err, context.DeadlineExceeded):
+		return callerr.New(ID, http.StatusGatewayTimeout, "node %s of %q gave no answer within the attempt timeout (client.attempt_timeout)", node.ID, req.Service)
 	}
 	if e := new(callerr.Error); errors.As(err, &e) {
 		return e
@@ -423,11 +564,24 @@ func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node,
 	return callerr.New(ID, http.StatusBadGateway, "node %s of %q failed: %v", node.ID, req.Service, err)
 }
 
+// expired reports whether ctx has ended or its deadline has passed. A transport's I/O
+// deadline fires at the context's deadline, and may do so a moment before ctx.Err says so.
+func (c *Client) expired(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !c.now().Before(dl)
+}
+
 // spent is the error of a call whose budget ran out before it could finish.
-func (c *Client) spent(ctx context.Context, req *Request, attempts int, last *callerr.Error) *callerr.Error {
+func (c *Client) spent(ctx context.Context, req *Request, attempts int, last *attemptResult) *callerr.Error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return callerr.New(ID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", req.Service, req.Endpoint)
+	}
 	detail := ""
 	if last != nil {
-		detail = "; last error: " + last.Detail
+		detail = "; last error: " + last.err.Detail
 	}
 	return callerr.New(ID, http.StatusGatewayTimeout, "budget for %s.%s spent after %d attempts%s", req.Service, req.Endpoint, attempts, detail)
 }

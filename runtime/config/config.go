@@ -53,6 +53,33 @@ type Server struct {
 	// Wrappers names the [wrappers] that run on inbound calls, in order, before a call is
 	// forwarded to its app. It applies live.
 	Wrappers []string `koanf:"wrappers"`
+	// MaxInflight bounds the calls (and open streams) that the ingress, and apart from it
+	// the inbound server, serve at once; past it a call is answered 503 with Retry-After at
+	// once. It applies live.
+	MaxInflight int `koanf:"max_inflight"`
+	// HeaderTimeout bounds how long a listener waits for a request's headers.
+	HeaderTimeout time.Duration `koanf:"header_timeout"`
+	// BodyTimeout bounds how long a listener waits for a request's body once its headers
+	// have arrived.
+	BodyTimeout time.Duration `koanf:"body_timeout"`
+	// WriteTimeout bounds the writing of a response once the call has its answer.
+	WriteTimeout time.Duration `koanf:"write_timeout"`
+	// IdleTimeout is how long a listener keeps an idle keep-alive connection open.
+	IdleTimeout time.Duration `koanf:"idle_timeout"`
+	// StreamIdleTimeout closes a stream that carried no message either way for this long.
+	// It applies live, to streams opened afterwards.
+	StreamIdleTimeout time.Duration `koanf:"stream_idle_timeout"`
+	// CheckOrigin makes the ingress refuse, with 403, a request whose Host is not one of
+	// its own names or whose Origin is another site's: what a web page would send. Turn it
+	// off only for an ingress that is meant to be called from browsers of other sites.
+	// It applies live.
+	CheckOrigin bool `koanf:"check_origin"`
+	// AllowedHosts adds host names (without port) that the ingress answers to, besides
+	// localhost and IP addresses. It applies live.
+	AllowedHosts []string `koanf:"allowed_hosts"`
+	// AllowedOrigins adds origins, such as "https://app.example.com", whose pages may call
+	// the ingress. It applies live.
+	AllowedOrigins []string `koanf:"allowed_origins"`
 }
 
 // Registry selects and configures the registry.
@@ -106,6 +133,13 @@ type Client struct {
 	Strategy string `koanf:"strategy"`
 	// Timeout is the budget of a call that carries no Micro-Timeout header.
 	Timeout time.Duration `koanf:"timeout"`
+	// MaxTimeout is the longest budget a caller may ask for with Micro-Timeout. The
+	// ingress refuses a longer one with 400; the inbound server cuts a longer one to it.
+	MaxTimeout time.Duration `koanf:"max_timeout"`
+	// AttemptTimeout bounds one attempt of a call that is safe to repeat (its endpoint is
+	// declared idempotent, or the caller says so), so that a node that hangs leaves budget
+	// for another; 0 gives every attempt the whole remaining budget.
+	AttemptTimeout time.Duration `koanf:"attempt_timeout"`
 	// Attempts is the most attempts one call makes, the first included.
 	Attempts int `koanf:"attempts"`
 	// Backoff is the base of the jittered exponential backoff between attempts.
@@ -177,6 +211,11 @@ type Service struct {
 	Metadata map[string]string `koanf:"metadata"`
 	// Endpoints the service serves; empty means any.
 	Endpoints []string `koanf:"endpoints"`
+	// Idempotent lists the endpoints that are safe to repeat: a failed call to one of them
+	// may be retried on another node even when it may have reached the app. It travels with
+	// the registration, so callers learn it. Calls to other endpoints run at most once
+	// unless they provably never reached an app.
+	Idempotent []string `koanf:"idempotent"`
 	// Address is the base URL of an app that runs on its own, e.g. "http://127.0.0.1:9000".
 	// Exactly one of Address and Command is set.
 	Address string `koanf:"address"`

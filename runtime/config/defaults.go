@@ -8,10 +8,17 @@ import "time"
 func Default() Config {
 	return Config{
 		Server: Server{
-			Ingress:      "127.0.0.1:8080",
-			Inbound:      "127.0.0.1:0",
-			MaxBody:      4 << 20,
-			DrainTimeout: 10 * time.Second,
+			Ingress:           "127.0.0.1:8080",
+			Inbound:           "127.0.0.1:0",
+			MaxBody:           4 << 20,
+			DrainTimeout:      10 * time.Second,
+			MaxInflight:       1024,
+			HeaderTimeout:     10 * time.Second,
+			BodyTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       90 * time.Second,
+			StreamIdleTimeout: 5 * time.Minute,
+			CheckOrigin:       true,
 		},
 		Registry: Registry{
 			Plugin:    "embedded",
@@ -23,6 +30,7 @@ func Default() Config {
 		Client: Client{
 			Strategy:    StrategyP2CEWMA,
 			Timeout:     5 * time.Second,
+			MaxTimeout:  60 * time.Second,
 			Attempts:    3,
 			Backoff:     25 * time.Millisecond,
 			BackoffMax:  250 * time.Millisecond,

@@ -43,11 +43,13 @@ func loadErr(t *testing.T, l *Loader) string {
 func TestDefault(t *testing.T) {
 	c := Default()
 	want := Config{
-		Server:    Server{Ingress: "127.0.0.1:8080", Inbound: "127.0.0.1:0", MaxBody: 4 << 20, DrainTimeout: 10 * time.Second},
+		Server: Server{Ingress: "127.0.0.1:8080", Inbound: "127.0.0.1:0", MaxBody: 4 << 20, DrainTimeout: 10 * time.Second,
+			MaxInflight: 1024, HeaderTimeout: 10 * time.Second, BodyTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+			IdleTimeout: 90 * time.Second, StreamIdleTimeout: 5 * time.Minute, CheckOrigin: true},
 		Registry:  Registry{Plugin: "embedded", TTL: 10 * time.Second, Heartbeat: 3 * time.Second, CacheTTL: 30 * time.Second},
 		Transport: Transport{Plugin: "http"},
 		Client: Client{
-			Strategy: "p2c_ewma", Timeout: 5 * time.Second, Attempts: 3,
+			Strategy: "p2c_ewma", Timeout: 5 * time.Second, MaxTimeout: time.Minute, Attempts: 3,
 			Backoff: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond,
 			RetryBudget: RetryBudget{Ratio: 0.2, MinPerSecond: 10},
 			Pool:        Pool{MaxIdle: 16, IdleTTL: time.Minute},
@@ -100,8 +102,8 @@ func TestLoadExampleFile(t *testing.T) {
 			Instances: 2,
 			Version:   "1.0.0",
 			Metadata:  map[string]string{"zone": "eu-1"},
-			Endpoints: []string{"Greeter.Hello"},
-			Health:    "/health",
+			Endpoints: []string{"Greeter.Hello"}, Idempotent: []string{"Greeter.Hello"},
+			Health: "/health",
 		},
 		"billing": {Address: "http://127.0.0.1:9000", Instances: 1},
 	}
@@ -114,7 +116,7 @@ func TestLoadExampleFile(t *testing.T) {
 	breaker := DefaultWrapper()
 	breaker.Source = filepath.Join(dir, "plugins", "wrapper-breaker")
 	breaker.Config = map[string]any{
-		"key": "node", "failure_ratio": 0.5, "min_requests": int64(10),
+		"key": "node_endpoint", "failure_ratio": 0.5, "min_requests": int64(10),
 		"consecutive_failures": int64(5), "cooldown": "5s",
 	}
 	want.Wrappers = map[string]Wrapper{"ratelimit": ratelimit, "breaker": breaker}

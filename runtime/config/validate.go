@@ -39,6 +39,24 @@ func Validate(c *Config) error {
 	}
 	v.nonNegative("server.drain_timeout", c.Server.DrainTimeout)
 	v.wrapperList("server.wrappers", c.Server.Wrappers, c.Wrappers)
+	if c.Server.MaxInflight < 1 {
+		v.errorf("server.max_inflight", "must be at least 1, got %d", c.Server.MaxInflight)
+	}
+	v.positive("server.header_timeout", c.Server.HeaderTimeout)
+	v.positive("server.body_timeout", c.Server.BodyTimeout)
+	v.positive("server.write_timeout", c.Server.WriteTimeout)
+	v.positive("server.idle_timeout", c.Server.IdleTimeout)
+	v.positive("server.stream_idle_timeout", c.Server.StreamIdleTimeout)
+	for i, h := range c.Server.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, ":/ ") || h != strings.ToLower(h) {
+			v.errorf("server.allowed_hosts", "invalid host %q (element %d): want a lower-case host name without port, such as \"micro.internal\"", h, i)
+		}
+	}
+	for i, o := range c.Server.AllowedOrigins {
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			v.errorf("server.allowed_origins", "invalid origin %q (element %d): want scheme://host[:port], such as \"https://app.example.com\"", o, i)
+		}
+	}
 
 	v.plugin("registry.plugin", c.Registry.Plugin)
 	if h := c.Registry.SHA256; h != "" && !isSHA256(h) {
@@ -59,6 +77,11 @@ func Validate(c *Config) error {
 	cl := c.Client
 	v.strategy("client.strategy", cl.Strategy, false)
 	v.positive("client.timeout", cl.Timeout)
+	v.positive("client.max_timeout", cl.MaxTimeout)
+	if cl.Timeout > 0 && cl.MaxTimeout > 0 && cl.MaxTimeout < cl.Timeout {
+		v.errorf("client.max_timeout", "must be at least client.timeout (%s), got %s", cl.Timeout, cl.MaxTimeout)
+	}
+	v.nonNegative("client.attempt_timeout", cl.AttemptTimeout)
 	if cl.Attempts < 1 || cl.Attempts > MaxAttempts {
 		v.errorf("client.attempts", "must be from 1 to %d, got %d", MaxAttempts, cl.Attempts)
 	}
@@ -77,6 +100,11 @@ func Validate(c *Config) error {
 		v.errorf("client.pool.max_idle", "must be at least 0, got %d", cl.Pool.MaxIdle)
 	}
 	v.positive("client.pool.idle_ttl", cl.Pool.IdleTTL)
+	if cl.Pool.IdleTTL > 0 && c.Server.IdleTimeout > 0 && cl.Pool.IdleTTL >= c.Server.IdleTimeout {
+		// Otherwise a server may close a connection as a client reuses it, and a call that
+		// is not safe to repeat would fail rather than go elsewhere.
+		v.errorf("client.pool.idle_ttl", "must be less than server.idle_timeout (%s), got %s", c.Server.IdleTimeout, cl.Pool.IdleTTL)
+	}
 	if cl.Ejection.ConsecutiveFailures < 1 {
 		v.errorf("client.ejection.consecutive_failures", "must be at least 1, got %d", cl.Ejection.ConsecutiveFailures)
 	}
@@ -343,6 +371,14 @@ func (v *validator) service(name string, s Service) {
 	for i, e := range s.Endpoints {
 		if e == "" || strings.Contains(e, "/") {
 			v.errorf(key+".endpoints", "invalid endpoint %q (element %d): want a non-empty name without '/'", e, i)
+		}
+	}
+	for i, e := range s.Idempotent {
+		switch {
+		case e == "" || strings.Contains(e, "/"):
+			v.errorf(key+".idempotent", "invalid endpoint %q (element %d): want a non-empty name without '/'", e, i)
+		case len(s.Endpoints) > 0 && !slices.Contains(s.Endpoints, e):
+			v.errorf(key+".idempotent", "endpoint %q (element %d) is not one of the service's endpoints", e, i)
 		}
 	}
 	switch {

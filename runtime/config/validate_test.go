@@ -67,7 +67,12 @@ func TestValidateAcceptsValid(t *testing.T) {
 	c.Client.RetryBudget = RetryBudget{Ratio: 1, MinPerSecond: 0}
 	c.Client.Ejection.MaxPercent = 0
 	c.Routes["greeter"] = Route{Version: "1.0.0"}
-	c.Services["a_b.c-d"] = Service{Address: "http://[::1]:9000/prefix", Instances: 1}
+	c.Services["a_b.c-d"] = Service{Address: "http://[::1]:9000/prefix", Instances: 1, Idempotent: []string{"Any.Thing"}}
+	c.Services["greeter"] = Service{Command: []string{"app"}, Instances: 2, Endpoints: []string{"Greeter.Hello"}, Idempotent: []string{"Greeter.Hello"}}
+	c.Server.AllowedHosts = []string{"micro.internal", "localhost.example"}
+	c.Server.AllowedOrigins = []string{"https://app.example.com", "http://127.0.0.1:3000"}
+	c.Server.CheckOrigin = false
+	c.Client.AttemptTimeout = 100 * time.Millisecond
 	c.Registry.Plugin = "consul"
 	c.Registry.SHA256 = strings.Repeat("aF09", 16)
 	c.Registry.Address = "127.0.0.1:8500"
@@ -119,6 +124,29 @@ func TestValidateRules(t *testing.T) {
 		{"advertise port 0", func(c *Config) { c.Server.Advertise = "h:0" }, "server.advertise", "other than 0"},
 		{"max body", func(c *Config) { c.Server.MaxBody = 0 }, "server.max_body", "more than 0"},
 		{"drain negative", func(c *Config) { c.Server.DrainTimeout = -time.Second }, "server.drain_timeout", "negative"},
+		{"max inflight", func(c *Config) { c.Server.MaxInflight = 0 }, "server.max_inflight", "at least 1, got 0"},
+		{"header timeout", func(c *Config) { c.Server.HeaderTimeout = 0 }, "server.header_timeout", "more than 0"},
+		{"body timeout", func(c *Config) { c.Server.BodyTimeout = 0 }, "server.body_timeout", "more than 0"},
+		{"write timeout", func(c *Config) { c.Server.WriteTimeout = 0 }, "server.write_timeout", "more than 0"},
+		{"idle timeout", func(c *Config) { c.Server.IdleTimeout = 0 }, "server.idle_timeout", "more than 0"},
+		{"pool idle ttl >= idle timeout", func(c *Config) { c.Client.Pool.IdleTTL = c.Server.IdleTimeout }, "client.pool.idle_ttl", "less than server.idle_timeout (1m30s), got 1m30s"},
+		{"stream idle timeout", func(c *Config) { c.Server.StreamIdleTimeout = 0 }, "server.stream_idle_timeout", "more than 0"},
+		{"allowed host with port", func(c *Config) { c.Server.AllowedHosts = []string{"micro.internal:8080"} }, "server.allowed_hosts", `invalid host "micro.internal:8080" (element 0)`},
+		{"allowed host upper case", func(c *Config) { c.Server.AllowedHosts = []string{"ok", "Micro"} }, "server.allowed_hosts", `invalid host "Micro" (element 1)`},
+		{"allowed origin path", func(c *Config) { c.Server.AllowedOrigins = []string{"https://app.example.com/x"} }, "server.allowed_origins", `invalid origin "https://app.example.com/x"`},
+		{"allowed origin scheme", func(c *Config) { c.Server.AllowedOrigins = []string{"app.example.com"} }, "server.allowed_origins", "want scheme://host[:port]"},
+		{"max timeout < timeout", func(c *Config) { c.Client.MaxTimeout = time.Second }, "client.max_timeout", "at least client.timeout (5s), got 1s"},
+		{"attempt timeout", func(c *Config) { c.Client.AttemptTimeout = -time.Second }, "client.attempt_timeout", "negative"},
+		{"idempotent not an endpoint", func(c *Config) {
+			s := c.Services["greeter"]
+			s.Idempotent = []string{"Greeter.Bye"}
+			c.Services["greeter"] = s
+		}, "services.greeter.idempotent", `endpoint "Greeter.Bye" (element 0) is not one of the service's endpoints`},
+		{"idempotent slash", func(c *Config) {
+			s := c.Services["billing"]
+			s.Idempotent = []string{"a/b"}
+			c.Services["billing"] = s
+		}, "services.billing.idempotent", `invalid endpoint "a/b"`},
 		{"registry plugin", func(c *Config) { c.Registry.Plugin = " " }, "registry.plugin", "must not be empty"},
 		{"registry ttl", func(c *Config) { c.Registry.TTL = 0 }, "registry.ttl", "more than 0"},
 		{"heartbeat >= ttl", func(c *Config) { c.Registry.Heartbeat = c.Registry.TTL }, "registry.heartbeat", "less than registry.ttl (10s), got 10s"},

@@ -1,5 +1,10 @@
 // Package metrics holds micro's Prometheus metrics, per service: calls and their status
 // codes, latency, retries and ejections, on the client side and the inbound side.
+//
+// Label values come from callers (a service name in a path, a status from an app), so they
+// are bounded: a service is its own label only when Options.KnownService knows it, and a
+// status code only when it is a known HTTP status; everything else shares the label
+// Other. Junk traffic cannot grow the number of series.
 package metrics
 
 import (
@@ -12,9 +17,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Other is the label value of every service or status code that is not known.
+const Other = "other"
+
+// Options configures Metrics.
+type Options struct {
+	// KnownService reports whether a service name is real (registered, or fronted here),
+	// so that it may be a label value. Nil knows none.
+	KnownService func(name string) bool
+}
+
 // Metrics is one micro process's set of metrics, on a registry of its own.
 type Metrics struct {
-	reg *prometheus.Registry
+	reg   *prometheus.Registry
+	known func(name string) bool
 
 	calls     *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
@@ -25,10 +41,11 @@ type Metrics struct {
 }
 
 // New registers micro's metrics, and the Go and process collectors, on a new registry.
-func New() *Metrics {
+func New(opts Options) *Metrics {
 	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
+		reg:   prometheus.NewRegistry(),
+		known: opts.KnownService,
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "micro_client_calls_total",
 			Help: "Calls made through the ingress, by called service and final HTTP status code.",
@@ -71,18 +88,36 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Call records a finished client call.
 func (m *Metrics) Call(service string, code int, d time.Duration) {
-	m.calls.WithLabelValues(service, strconv.Itoa(code)).Inc()
+	service = m.service(service)
+	m.calls.WithLabelValues(service, codeLabel(code)).Inc()
 	m.latency.WithLabelValues(service).Observe(d.Seconds())
 }
 
 // Retry records an attempt beyond the first.
-func (m *Metrics) Retry(service string) { m.retries.WithLabelValues(service).Inc() }
+func (m *Metrics) Retry(service string) { m.retries.WithLabelValues(m.service(service)).Inc() }
 
 // Eject records a node's ejection.
-func (m *Metrics) Eject(service string) { m.ejections.WithLabelValues(service).Inc() }
+func (m *Metrics) Eject(service string) { m.ejections.WithLabelValues(m.service(service)).Inc() }
 
 // Inbound records a finished inbound call.
 func (m *Metrics) Inbound(service string, code int, d time.Duration) {
-	m.inCalls.WithLabelValues(service, strconv.Itoa(code)).Inc()
+	service = m.service(service)
+	m.inCalls.WithLabelValues(service, codeLabel(code)).Inc()
 	m.inLatency.WithLabelValues(service).Observe(d.Seconds())
+}
+
+// service is the label value of a service name.
+func (m *Metrics) service(name string) string {
+	if name == "" || m.known == nil || !m.known(name) {
+		return Other
+	}
+	return name
+}
+
+// codeLabel is the label value of a status code: the code, when it is a known HTTP status.
+func codeLabel(code int) string {
+	if http.StatusText(code) == "" && code != 499 {
+		return Other
+	}
+	return strconv.Itoa(code)
 }

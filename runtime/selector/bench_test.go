@@ -101,7 +101,7 @@ func BenchmarkSelect(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					p.Done(time.Millisecond, false)
+					p.Done(time.Millisecond, Success)
 				}
 			})
 		}
@@ -123,7 +123,7 @@ func BenchmarkSelectParallel(b *testing.B) {
 						b.Error(err)
 						return
 					}
-					p.Done(time.Millisecond, false)
+					p.Done(time.Millisecond, Success)
 				}
 			})
 		})
@@ -145,7 +145,7 @@ func TestSelectDoesNotAllocate(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				p.Done(time.Millisecond, false)
+				p.Done(time.Millisecond, Success)
 			})
 			if allocs != 0 {
 				t.Errorf("%s/%s: Select+Done allocates %v times, want 0", strategy, bc.name, allocs)

@@ -6,6 +6,10 @@
 // a strategy: p2c_ewma (the default), round_robin or random. Every Pick reports back through
 // Done, which feeds the latency estimate and outlier ejection.
 //
+// Failures are counted per node and endpoint: a node whose app fails one endpoint is ejected
+// for that endpoint only, and keeps serving the others. A failure of the node itself (it
+// cannot be reached, or has no app to serve) counts for the whole node.
+//
 // On a cache hit, Select and Done allocate nothing.
 package selector
 
@@ -39,9 +43,9 @@ type Source interface {
 type Options struct {
 	// Logger receives ejections and policy problems. Nil discards them.
 	Logger *slog.Logger
-	// OnEject, when set, is called each time a node is ejected, with how long it is out.
-	// It must not block.
-	OnEject func(service, nodeID string, d time.Duration)
+	// OnEject, when set, is called each time a node is ejected, with the endpoint it is
+	// ejected for ("" for the whole node) and how long it is out. It must not block.
+	OnEject func(service, nodeID, endpoint string, d time.Duration)
 	// Now returns the current time; tests set it. Nil means time.Now.
 	Now func() time.Time
 }
@@ -61,7 +65,7 @@ const unsampledPenalty = float64(time.Hour)
 type Selector struct {
 	src     atomic.Pointer[sourceBox]
 	log     *slog.Logger
-	onEject func(service, nodeID string, d time.Duration)
+	onEject func(service, nodeID, endpoint string, d time.Duration)
 	clock   func() int64 // monotonic nanoseconds, always ≥ 1
 
 	pol atomic.Pointer[policy]
@@ -119,19 +123,36 @@ func (s *Selector) SetPolicy(p Policy) error {
 // Pick is the node chosen for one attempt of a call. Call Done exactly once when the
 // attempt ends.
 type Pick struct {
-	node *registry.Node
-	st   *nodeState
-	svc  *service
-	at   int64 // clock time of the Select
+	node     *registry.Node
+	st       *nodeState
+	svc      *service
+	endpoint string
+	at       int64 // clock time of the Select
 }
 
 // Node returns the chosen node. It is part of a registry snapshot: do not modify it.
 func (p Pick) Node() *registry.Node { return p.node }
 
-// Done reports how the attempt went: its latency, and whether it failed in a way that
-// counts against the node (a connection error or a 5xx from it). A success resets the
-// node's consecutive failures; enough failures in a row eject it.
-func (p Pick) Done(latency time.Duration, failed bool) {
+// Outcome is how an attempt went, as far as the node's health is concerned.
+type Outcome uint8
+
+// The outcomes.
+const (
+	// Success: the node did its part, whatever the call's status. A caller's mistake (a
+	// 4xx) or a call that micro refused is a success for the node's health.
+	Success Outcome = iota
+	// EndpointFailure: the node's app failed the call's endpoint (a 5xx of its own, or no
+	// answer in time). It counts against the node for that endpoint only.
+	EndpointFailure
+	// NodeFailure: the node itself failed (it could not be reached, or had no app to serve
+	// the call). It counts against the node for every endpoint.
+	NodeFailure
+)
+
+// Done reports how the attempt went: its latency, and its outcome. A success resets the
+// consecutive failures of the node and of its endpoint; enough failures in a row eject the
+// node, for the endpoint or as a whole.
+func (p Pick) Done(latency time.Duration, o Outcome) {
 	st := p.st
 	if st == nil {
 		return
@@ -141,15 +162,28 @@ func (p Pick) Done(latency time.Duration, failed bool) {
 	latency = max(latency, 0)
 	now := p.at + int64(latency)
 
-	st.observe(float64(latency), now, pol.decay, failed)
-	if !failed {
-		if st.failures.Load() != 0 { // no write, so no cache-line traffic, while healthy
-			st.failures.Store(0)
+	st.observe(float64(latency), now, pol.decay, o != Success)
+	var h *health
+	switch o {
+	case Success:
+		st.node.succeeded()
+		if h := st.endpointHealth(p.endpoint); h != nil {
+			h.succeeded()
 		}
 		return
+	case NodeFailure:
+		h = &st.node
+	default:
+		if h = st.endpointHealth(p.endpoint); h == nil {
+			h = p.svc.addEndpoint(st, p.endpoint)
+		}
 	}
-	if st.failures.Add(1) >= int64(pol.ej.ConsecutiveFailures) && st.ejectedUntil.Load() <= now {
-		p.svc.eject(st, now, pol)
+	if h.failures.Add(1) >= int64(pol.ej.ConsecutiveFailures) && h.ejectedUntil.Load() <= now {
+		scope := p.endpoint
+		if o == NodeFailure {
+			scope = ""
+		}
+		p.svc.eject(st, h, scope, now, pol)
 	}
 }
 
@@ -216,7 +250,7 @@ func (s *Selector) Select(ctx context.Context, service, endpoint string, tried [
 		}
 	}
 	m.st.inflight.Add(1)
-	return Pick{node: m.node, st: m.st, svc: svc, at: now}, nil
+	return Pick{node: m.node, st: m.st, svc: svc, endpoint: endpoint, at: now}, nil
 }
 
 func noNodes(service, endpoint string) error {
@@ -420,7 +454,7 @@ func (v *view) candidates(dst []*member, g *group, endpoint string, tried []stri
 func (g *group) collect(dst []*member, endpoint string, tried []string, skipTried bool, now int64) []*member {
 	for i := range g.members {
 		m := &g.members[i]
-		if m.st.ejectedUntil.Load() > now {
+		if m.st.out(endpoint, now) {
 			continue
 		}
 		if endpoint != "" && len(m.node.Endpoints) > 0 && !slices.Contains(m.node.Endpoints, endpoint) {
@@ -442,8 +476,26 @@ type nodeState struct {
 	// time of the last sample; stamp 0 means no sample yet. Written under mu, read without.
 	ewma  atomic.Uint64
 	stamp atomic.Int64
-	// ejectedUntil is the clock time the node's ejection ends; 0 or past means it is in.
-	// Written under service.mu.
+	// node is the health of the node as a whole: failures to reach it or to find an app.
+	node health
+	// endpoints holds the health of each endpoint whose app failed here, at most
+	// maxEndpoints of them; the failures of further endpoints share overflow. The map is
+	// replaced, never modified, under service.mu.
+	endpoints atomic.Pointer[map[string]*health]
+	overflow  health
+
+	// Guarded by service.mu:
+	goneSince int64 // clock time the node left the registry, 0 while present
+}
+
+// maxEndpoints bounds the endpoints whose health a node keeps apart. Endpoint names come
+// from callers, so without a bound a caller could grow the map at will.
+const maxEndpoints = 64
+
+// health is the failure record of a node, or of one endpoint of a node.
+type health struct {
+	// ejectedUntil is the clock time the ejection ends; 0 or past means it is in. Written
+	// under service.mu.
 	ejectedUntil atomic.Int64
 	// failures counts consecutive failures; a success resets it.
 	failures atomic.Int64
@@ -451,7 +503,55 @@ type nodeState struct {
 	// Guarded by service.mu:
 	ejections int   // ejections so far, for the growing out-time
 	lastOut   int64 // when the last ejection ended
-	goneSince int64 // clock time the node left the registry, 0 while present
+}
+
+// succeeded resets the consecutive failures.
+func (h *health) succeeded() {
+	if h.failures.Load() != 0 { // no write, so no cache-line traffic, while healthy
+		h.failures.Store(0)
+	}
+}
+
+// endpointHealth returns the health kept for endpoint, or nil when there is none.
+func (st *nodeState) endpointHealth(endpoint string) *health {
+	m := st.endpoints.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[endpoint]
+}
+
+// out reports whether the node is ejected at now, as a whole or for endpoint.
+func (st *nodeState) out(endpoint string, now int64) bool {
+	if st.node.ejectedUntil.Load() > now {
+		return true
+	}
+	h := st.endpointHealth(endpoint)
+	return h != nil && h.ejectedUntil.Load() > now
+}
+
+// addEndpoint returns the health of endpoint at st, making it, or the overflow health when
+// st keeps maxEndpoints already.
+func (svc *service) addEndpoint(st *nodeState, endpoint string) *health {
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	old := st.endpoints.Load()
+	if old != nil {
+		if h := (*old)[endpoint]; h != nil {
+			return h
+		}
+		if len(*old) >= maxEndpoints {
+			return &st.overflow
+		}
+	}
+	next := make(map[string]*health, 1)
+	if old != nil {
+		next = maps.Clone(*old)
+	}
+	h := new(health)
+	next[endpoint] = h
+	st.endpoints.Store(&next)
+	return h
 }
 
 // observe feeds one latency sample into the peak EWMA: a sample above the estimate replaces
@@ -518,9 +618,10 @@ func decayFactor(dt int64, decay float64) float64 {
 	return math.Exp(-x)
 }
 
-// eject takes st out of selection if its failures still call for it and the service's cap
-// on ejected nodes allows it.
-func (svc *service) eject(st *nodeState, now int64, pol *policy) {
+// eject takes st out of selection, for endpoint or as a whole when endpoint is "", if the
+// failures in h still call for it and the service's cap on ejected nodes allows it. The cap
+// counts the nodes that are out for the same endpoint (or as a whole).
+func (svc *service) eject(st *nodeState, h *health, endpoint string, now int64, pol *policy) {
 	svc.mu.Lock()
 	v := svc.view.Load()
 	out, member := 0, false
@@ -528,32 +629,35 @@ func (svc *service) eject(st *nodeState, now int64, pol *policy) {
 		if n == st {
 			member = true
 		}
-		if n.ejectedUntil.Load() > now {
+		if n.node.ejectedUntil.Load() > now || (endpoint != "" && n.out(endpoint, now)) {
 			out++
 		}
 	}
 	if !member || (out+1)*100 > pol.ej.MaxPercent*len(v.all) ||
-		st.failures.Load() < int64(pol.ej.ConsecutiveFailures) || st.ejectedUntil.Load() > now {
+		h.failures.Load() < int64(pol.ej.ConsecutiveFailures) || h.ejectedUntil.Load() > now {
 		svc.mu.Unlock()
 		return
 	}
-	if st.lastOut != 0 && now-st.lastOut >= int64(pol.ej.Max) {
-		st.ejections = 0 // in for a while since its last ejection: start over
+	if h.lastOut != 0 && now-h.lastOut >= int64(pol.ej.Max) {
+		h.ejections = 0 // in for a while since its last ejection: start over
 	}
-	st.ejections++
+	h.ejections++
 	d := pol.ej.Max
-	if st.ejections <= int(pol.ej.Max/pol.ej.Base) {
-		d = pol.ej.Base * time.Duration(st.ejections)
+	if h.ejections <= int(pol.ej.Max/pol.ej.Base) {
+		d = pol.ej.Base * time.Duration(h.ejections)
 	}
-	st.ejectedUntil.Store(now + int64(d))
-	st.lastOut = now + int64(d)
+	h.ejectedUntil.Store(now + int64(d))
+	h.lastOut = now + int64(d)
 	svc.outUntil.Store(max(svc.outUntil.Load(), now+int64(d)))
-	st.failures.Store(0)
-	n := st.ejections
+	h.failures.Store(0)
+	n := h.ejections
 	svc.mu.Unlock()
-
-	svc.sel.log.Info("node ejected", "service", svc.name, "node", st.id, "for", d, "ejections", n)
+	if endpoint == "" {
+		svc.sel.log.Info("node ejected", "service", svc.name, "node", st.id, "for", d, "ejections", n)
+	} else {
+		svc.sel.log.Info("node ejected for an endpoint", "service", svc.name, "node", st.id, "endpoint", endpoint, "for", d, "ejections", n)
+	}
 	if f := svc.sel.onEject; f != nil {
-		f(svc.name, st.id, d)
+		f(svc.name, st.id, endpoint, d)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -94,13 +95,13 @@ func (c *fakeClock) Advance(d time.Duration) {
 }
 
 // pick selects and completes at once with the given outcome, returning the node ID.
-func pick(t *testing.T, s *Selector, service, endpoint string, tried []string, latency time.Duration, failed bool) string {
+func pick(t *testing.T, s *Selector, service, endpoint string, tried []string, latency time.Duration, o Outcome) string {
 	t.Helper()
 	p, err := s.Select(context.Background(), service, endpoint, tried)
 	if err != nil {
 		t.Fatalf("Select(%q, %q, %v): %v", service, endpoint, tried, err)
 	}
-	p.Done(latency, failed)
+	p.Done(latency, o)
 	return p.Node().ID
 }
 
@@ -109,7 +110,7 @@ func counts(t *testing.T, s *Selector, service, endpoint string, n int) map[stri
 	t.Helper()
 	c := make(map[string]int)
 	for range n {
-		c[pick(t, s, service, endpoint, nil, time.Millisecond, false)]++
+		c[pick(t, s, service, endpoint, nil, time.Millisecond, Success)]++
 	}
 	return c
 }
@@ -119,7 +120,7 @@ func TestRoundRobinAlternatesAcrossCalls(t *testing.T) {
 	s := New(src, Policy{Strategy: StrategyRoundRobin}, Options{})
 	var got []string
 	for range 9 {
-		got = append(got, pick(t, s, "svc", "", nil, time.Millisecond, false))
+		got = append(got, pick(t, s, "svc", "", nil, time.Millisecond, Success))
 	}
 	for i := range got {
 		if i >= 1 && got[i] == got[i-1] {
@@ -165,7 +166,7 @@ func TestP2CPrefersFasterNode(t *testing.T) {
 		}
 		id := p.Node().ID
 		c[id]++
-		p.Done(latency[id], false)
+		p.Done(latency[id], Success)
 		clk.Advance(time.Millisecond)
 	}
 	// Until both have a sample, an unsampled node costs nothing, so the slow one is
@@ -180,22 +181,22 @@ func TestP2CWeighsInFlight(t *testing.T) {
 	s := New(source("svc", mkNode("a"), mkNode("b")), Policy{}, Options{Now: clk.Now})
 	// Both sampled: a at 1ms, b at 5ms.
 	pa, _ := s.Select(context.Background(), "svc", "", []string{"b"})
-	pa.Done(time.Millisecond, false)
+	pa.Done(time.Millisecond, Success)
 	pb, _ := s.Select(context.Background(), "svc", "", []string{"a"})
-	pb.Done(5*time.Millisecond, false)
+	pb.Done(5*time.Millisecond, Success)
 	// Ten calls in flight on a make it cost 11ms against b's 5ms.
 	var held []Pick
 	for range 10 {
 		p, _ := s.Select(context.Background(), "svc", "", []string{"b"})
 		held = append(held, p)
 	}
-	if id := pick(t, s, "svc", "", nil, 0, false); id != "b" {
+	if id := pick(t, s, "svc", "", nil, 0, Success); id != "b" {
 		t.Fatalf("with 10 calls in flight on a, p2c picked %s, want b", id)
 	}
 	for _, p := range held {
-		p.Done(time.Millisecond, false)
+		p.Done(time.Millisecond, Success)
 	}
-	if id := pick(t, s, "svc", "", nil, time.Millisecond, false); id != "a" {
+	if id := pick(t, s, "svc", "", nil, time.Millisecond, Success); id != "a" {
 		t.Fatalf("with nothing in flight, p2c picked %s, want a", id)
 	}
 }
@@ -203,9 +204,9 @@ func TestP2CWeighsInFlight(t *testing.T) {
 func TestP2CRetriesSlowNodeAfterDecay(t *testing.T) {
 	clk := newFakeClock()
 	s := New(source("svc", mkNode("fast"), mkNode("slow")), Policy{}, Options{Now: clk.Now})
-	pick(t, s, "svc", "", []string{"slow"}, time.Millisecond, false)
-	pick(t, s, "svc", "", []string{"fast"}, time.Second, false) // one bad sample
-	if id := pick(t, s, "svc", "", nil, time.Millisecond, false); id != "fast" {
+	pick(t, s, "svc", "", []string{"slow"}, time.Millisecond, Success)
+	pick(t, s, "svc", "", []string{"fast"}, time.Second, Success) // one bad sample
+	if id := pick(t, s, "svc", "", nil, time.Millisecond, Success); id != "fast" {
 		t.Fatalf("picked %s right after slow's bad sample, want fast", id)
 	}
 	// Fast keeps answering; slow's estimate decays toward zero (decay 10s) until it is
@@ -213,7 +214,7 @@ func TestP2CRetriesSlowNodeAfterDecay(t *testing.T) {
 	sawSlow := false
 	for range 120 {
 		clk.Advance(time.Second)
-		if pick(t, s, "svc", "", nil, time.Millisecond, false) == "slow" {
+		if pick(t, s, "svc", "", nil, time.Millisecond, Success) == "slow" {
 			sawSlow = true
 			break
 		}
@@ -227,7 +228,7 @@ func TestP2CGivesNewNodesTraffic(t *testing.T) {
 	src := source("svc", mkNode("a"), mkNode("b"))
 	s := New(src, Policy{}, Options{})
 	for range 100 {
-		pick(t, s, "svc", "", nil, time.Millisecond, false)
+		pick(t, s, "svc", "", nil, time.Millisecond, Success)
 	}
 	src.set("svc", mkNode("a"), mkNode("b"), mkNode("new"))
 	if c := counts(t, s, "svc", "", 10); c["new"] == 0 {
@@ -320,7 +321,7 @@ func TestCanaryFallsBackWhenChosenVersionUnavailable(t *testing.T) {
 	s := New(src, Policy{Routes: map[string]Route{"svc": {Weights: map[string]int{"1": 1, "2": 99}}}}, Options{})
 	// The call already tried the canary: its retry goes to the stable version.
 	for range 100 {
-		if id := pick(t, s, "svc", "", []string{"c1"}, time.Millisecond, false); id != "s1" {
+		if id := pick(t, s, "svc", "", []string{"c1"}, time.Millisecond, Success); id != "s1" {
 			t.Fatalf("retry after the canary picked %s, want s1", id)
 		}
 	}
@@ -341,14 +342,14 @@ func TestTriedExclusion(t *testing.T) {
 		t.Run(strategy, func(t *testing.T) {
 			s := New(source("svc", mkNodes(3)...), Policy{Strategy: strategy}, Options{})
 			for range 100 {
-				if id := pick(t, s, "svc", "", []string{"n00", "n02"}, time.Millisecond, false); id != "n01" {
+				if id := pick(t, s, "svc", "", []string{"n00", "n02"}, time.Millisecond, Success); id != "n01" {
 					t.Fatalf("picked %s, want the one untried node n01", id)
 				}
 			}
 			c := make(map[string]int)
 			for range 300 {
-				c[pick(t, s, "svc", "", []string{"n01", "n00"}, time.Millisecond, false)]++
-				c[pick(t, s, "svc", "", []string{"n02"}, time.Millisecond, false)]++
+				c[pick(t, s, "svc", "", []string{"n01", "n00"}, time.Millisecond, Success)]++
+				c[pick(t, s, "svc", "", []string{"n02"}, time.Millisecond, Success)]++
 			}
 			if c["n02"] != 300 || c["n00"]+c["n01"] != 300 {
 				t.Fatalf("tried nodes were picked: %v", c)
@@ -357,7 +358,7 @@ func TestTriedExclusion(t *testing.T) {
 			all := []string{"n00", "n01", "n02"}
 			seen := make(map[string]bool)
 			for range 300 {
-				seen[pick(t, s, "svc", "", all, time.Millisecond, false)] = true
+				seen[pick(t, s, "svc", "", all, time.Millisecond, Success)] = true
 			}
 			if len(seen) != 3 {
 				t.Fatalf("with every node tried, picked only %v", seen)
@@ -367,8 +368,8 @@ func TestTriedExclusion(t *testing.T) {
 }
 
 type ejectEvent struct {
-	service, node string
-	d             time.Duration
+	service, node, endpoint string
+	d                       time.Duration
 }
 
 type ejectLog struct {
@@ -376,9 +377,9 @@ type ejectLog struct {
 	got []ejectEvent
 }
 
-func (l *ejectLog) record(service, node string, d time.Duration) {
+func (l *ejectLog) record(service, node, endpoint string, d time.Duration) {
 	l.mu.Lock()
-	l.got = append(l.got, ejectEvent{service, node, d})
+	l.got = append(l.got, ejectEvent{service, node, endpoint, d})
 	l.mu.Unlock()
 }
 
@@ -386,6 +387,99 @@ func (l *ejectLog) all() []ejectEvent {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]ejectEvent(nil), l.got...)
+}
+
+// failEndpointN makes n calls to endpoint on node id of svc that its app fails, steering
+// with tried.
+func failEndpointN(t *testing.T, s *Selector, nodes []string, id, endpoint string, n int) {
+	t.Helper()
+	others := slices.DeleteFunc(slices.Clone(nodes), func(o string) bool { return o == id })
+	for range n {
+		if got := pick(t, s, "svc", endpoint, others, time.Millisecond, EndpointFailure); got != id {
+			t.Fatalf("steering a failure to %s picked %s", id, got)
+		}
+	}
+}
+
+// TestEjectionPerEndpoint: a node whose app fails one endpoint is ejected for that endpoint
+// only and keeps serving the others; a failure of the node itself ejects it for all.
+func TestEjectionPerEndpoint(t *testing.T) {
+	clk := newFakeClock()
+	log := &ejectLog{}
+	ids := []string{"n00", "n01", "n02", "n03"}
+	s := New(source("svc", mkNodes(4)...), Policy{Strategy: StrategyRoundRobin}, Options{Now: clk.Now, OnEject: log.record})
+
+	failEndpointN(t, s, ids, "n00", "Greeter.Fail", 5)
+	if got := log.all(); len(got) != 1 || got[0] != (ejectEvent{"svc", "n00", "Greeter.Fail", 30 * time.Second}) {
+		t.Fatalf("ejections = %v, want n00 for Greeter.Fail for 30s", got)
+	}
+	for range 40 {
+		if id := pick(t, s, "svc", "Greeter.Fail", nil, time.Millisecond, Success); id == "n00" {
+			t.Fatal("n00 picked for the endpoint it is ejected for")
+		}
+	}
+	hello := counts(t, s, "svc", "Greeter.Hello", 40)
+	if hello["n00"] == 0 {
+		t.Fatalf("n00 got no Greeter.Hello call while ejected only for Greeter.Fail: %v", hello)
+	}
+
+	// Interleaved successes on other endpoints do not reset an endpoint's failures.
+	for range 4 {
+		failEndpointN(t, s, ids, "n01", "Greeter.Slow", 1)
+		pick(t, s, "svc", "Greeter.Hello", []string{"n00", "n02", "n03"}, time.Millisecond, Success)
+	}
+	failEndpointN(t, s, ids, "n01", "Greeter.Slow", 1)
+	if got := log.all(); len(got) != 2 || got[1] != (ejectEvent{"svc", "n01", "Greeter.Slow", 30 * time.Second}) {
+		t.Fatalf("ejections = %v, want n01 for Greeter.Slow next", got)
+	}
+
+	// A node failure ejects the node for every endpoint.
+	failN(t, s, ids, "n02", 5)
+	if got := log.all(); len(got) != 3 || got[2] != (ejectEvent{"svc", "n02", "", 30 * time.Second}) {
+		t.Fatalf("ejections = %v, want n02 as a whole next", got)
+	}
+	for _, ep := range []string{"Greeter.Hello", "Greeter.Fail", "Other.Thing"} {
+		if c := counts(t, s, "svc", ep, 40); c["n02"] != 0 {
+			t.Fatalf("n02, ejected as a whole, got %s calls: %v", ep, c)
+		}
+	}
+
+	// The cap counts per endpoint: with n00 out for Greeter.Fail, one more of four may go
+	// out for it, and not a third.
+	failEndpointN(t, s, ids, "n03", "Greeter.Fail", 5)
+	failEndpointN(t, s, ids, "n01", "Greeter.Fail", 5)
+	var fail []string
+	for _, e := range log.all() {
+		if e.endpoint == "Greeter.Fail" || e.endpoint == "" {
+			fail = append(fail, e.node)
+		}
+	}
+	if len(fail) != 2 || fail[0] != "n00" || fail[1] != "n02" {
+		t.Fatalf("nodes out for Greeter.Fail = %v, want n00 and n02 only (half of 4)", fail)
+	}
+
+	// Once the ejection ends, the node serves the endpoint again.
+	clk.Advance(31 * time.Second)
+	if c := counts(t, s, "svc", "Greeter.Fail", 40); c["n00"] == 0 {
+		t.Fatalf("n00 not back for Greeter.Fail after its ejection ended: %v", c)
+	}
+}
+
+// TestEndpointHealthBounded: endpoint names come from callers; the health kept per node for
+// them stays bounded however many fail.
+func TestEndpointHealthBounded(t *testing.T) {
+	s := New(source("svc", mkNodes(2)...), Policy{Strategy: StrategyRoundRobin}, Options{})
+	for i := range 10 * maxEndpoints {
+		pick(t, s, "svc", fmt.Sprintf("Junk.%d", i), nil, time.Millisecond, EndpointFailure)
+	}
+	svc := (*s.services.Load())["svc"]
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	for id, st := range svc.nodes {
+		if n := len(*st.endpoints.Load()); n > maxEndpoints {
+			t.Errorf("node %s keeps the health of %d endpoints, more than %d", id, n, maxEndpoints)
+		}
+	}
 }
 
 // failN makes n failed calls on node id of svc, steering with tried.
@@ -398,7 +492,7 @@ func failN(t *testing.T, s *Selector, nodes []string, id string, n int) {
 		}
 	}
 	for range n {
-		if got := pick(t, s, "svc", "", others, time.Millisecond, true); got != id {
+		if got := pick(t, s, "svc", "", others, time.Millisecond, NodeFailure); got != id {
 			t.Fatalf("steering a failure to %s picked %s", id, got)
 		}
 	}
@@ -407,7 +501,7 @@ func failN(t *testing.T, s *Selector, nodes []string, id string, n int) {
 func available(t *testing.T, s *Selector, id string, n int) bool {
 	t.Helper()
 	for range n {
-		if pick(t, s, "svc", "", nil, time.Millisecond, false) == id {
+		if pick(t, s, "svc", "", nil, time.Millisecond, Success) == id {
 			return true
 		}
 	}
@@ -424,7 +518,7 @@ func TestEjectionGrowsAndCaps(t *testing.T) {
 	}, Options{Now: clk.Now, OnEject: log.record})
 
 	// A success resets the count: 2 failures, a success, 2 failures eject nothing.
-	succeed := func() { pick(t, s, "svc", "", []string{"n01", "n02", "n03"}, time.Millisecond, false) }
+	succeed := func() { pick(t, s, "svc", "", []string{"n01", "n02", "n03"}, time.Millisecond, Success) }
 	failN(t, s, ids, "n00", 2)
 	succeed()
 	failN(t, s, ids, "n00", 2)
@@ -437,14 +531,14 @@ func TestEjectionGrowsAndCaps(t *testing.T) {
 	for i, d := range want {
 		failN(t, s, ids, "n00", 3)
 		got := log.all()
-		if len(got) != i+1 || got[i] != (ejectEvent{"svc", "n00", d}) {
+		if len(got) != i+1 || got[i] != (ejectEvent{"svc", "n00", "", d}) {
 			t.Fatalf("ejection %d: OnEject calls %v, want the last to be n00 for %v", i+1, got, d)
 		}
 		if available(t, s, "n00", 40) {
 			t.Fatalf("ejection %d: n00 picked while ejected", i+1)
 		}
 		// Even when every other node was tried, an ejected node is not picked.
-		if id := pick(t, s, "svc", "", []string{"n01", "n02", "n03"}, time.Millisecond, false); id == "n00" {
+		if id := pick(t, s, "svc", "", []string{"n01", "n02", "n03"}, time.Millisecond, Success); id == "n00" {
 			t.Fatalf("ejection %d: the ejected node was picked as the only untried one", i+1)
 		}
 		clk.Advance(d - time.Second)
@@ -473,19 +567,19 @@ func TestEjectionMaxPercent(t *testing.T) {
 	failN(t, s, ids, "a", 5)
 	// a is out; every call now goes to b, and b fails too.
 	for range 20 {
-		pick(t, s, "svc", "", nil, time.Millisecond, true)
+		pick(t, s, "svc", "", nil, time.Millisecond, NodeFailure)
 	}
 	if got := log.all(); len(got) != 1 || got[0].node != "a" {
 		t.Fatalf("ejections = %v, want only a: never more than half of 2 nodes", got)
 	}
-	if id := pick(t, s, "svc", "", nil, time.Millisecond, false); id != "b" {
+	if id := pick(t, s, "svc", "", nil, time.Millisecond, Success); id != "b" {
 		t.Fatalf("picked %s, want b", id)
 	}
 
 	// A single-node service never ejects its node.
 	one := New(source("svc", mkNode("solo")), Policy{}, Options{Now: clk.Now, OnEject: log.record})
 	for range 20 {
-		pick(t, one, "svc", "", nil, time.Millisecond, true)
+		pick(t, one, "svc", "", nil, time.Millisecond, NodeFailure)
 	}
 	if got := log.all(); len(got) != 1 {
 		t.Fatalf("ejections = %v; the only node of a service was ejected", got)
@@ -504,7 +598,7 @@ func TestEjectionCapUnderConcurrency(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				p.Done(time.Millisecond, true)
+				p.Done(time.Millisecond, NodeFailure)
 			}
 		})
 	}
@@ -524,15 +618,15 @@ func TestSetPolicyKeepsState(t *testing.T) {
 		t.Fatalf("a not ejected: %v", log.all())
 	}
 	// b is slow, c is fast.
-	pick(t, s, "svc", "", []string{"a", "c"}, 100*time.Millisecond, false)
-	pick(t, s, "svc", "", []string{"a", "b"}, time.Millisecond, false)
+	pick(t, s, "svc", "", []string{"a", "c"}, 100*time.Millisecond, Success)
+	pick(t, s, "svc", "", []string{"a", "b"}, time.Millisecond, Success)
 
 	if err := s.SetPolicy(Policy{Strategy: StrategyP2CEWMA}); err != nil {
 		t.Fatal(err)
 	}
 	// The ejection survives the update, and the latencies learned under round robin steer p2c.
 	for range 50 {
-		if id := pick(t, s, "svc", "", nil, time.Millisecond, false); id != "c" {
+		if id := pick(t, s, "svc", "", nil, time.Millisecond, Success); id != "c" {
 			t.Fatalf("after SetPolicy picked %s, want c (a ejected, b slow)", id)
 		}
 	}
@@ -542,7 +636,7 @@ func TestSetPolicyKeepsState(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `"fastest"`) {
 		t.Fatalf("SetPolicy(bad strategy) = %v, want an error naming it", err)
 	}
-	if id := pick(t, s, "svc", "", nil, time.Millisecond, false); id != "c" {
+	if id := pick(t, s, "svc", "", nil, time.Millisecond, Success); id != "c" {
 		t.Fatalf("after a refused SetPolicy picked %s, want c", id)
 	}
 
@@ -569,10 +663,10 @@ func TestStateSurvivesSnapshotsAndIsDropped(t *testing.T) {
 	}
 	// a leaves the registry; its state is kept for a while, then dropped.
 	src.set("svc", mkNode("b"), mkNode("c"))
-	pick(t, s, "svc", "", nil, 0, false)
+	pick(t, s, "svc", "", nil, 0, Success)
 	clk.Advance(forgetAfter + time.Second)
 	src.set("svc", mkNode("b"), mkNode("c"))
-	pick(t, s, "svc", "", nil, 0, false)
+	pick(t, s, "svc", "", nil, 0, Success)
 	svc := (*s.services.Load())["svc"]
 	svc.mu.Lock()
 	_, kept := svc.nodes["a"]
@@ -607,7 +701,7 @@ func TestErrors(t *testing.T) {
 	}
 	// A zero Pick is inert.
 	var p Pick
-	p.Done(time.Second, true)
+	p.Done(time.Second, NodeFailure)
 	if p.Node() != nil {
 		t.Fatal("zero Pick has a node")
 	}
@@ -640,7 +734,7 @@ func TestValidate(t *testing.T) {
 	}
 	// New with an invalid policy falls back to the defaults rather than failing calls.
 	s := New(source("svc", mkNode("a")), Policy{Strategy: "fastest"}, Options{})
-	if id := pick(t, s, "svc", "", nil, 0, false); id != "a" {
+	if id := pick(t, s, "svc", "", nil, 0, Success); id != "a" {
 		t.Fatalf("picked %s", id)
 	}
 }
@@ -652,12 +746,13 @@ func TestConcurrentSelectDone(t *testing.T) {
 	for g := range 8 {
 		wg.Go(func() {
 			for i := range 2000 {
-				p, err := s.Select(context.Background(), "svc", "", nil)
+				ep := []string{"", "A.Get", "B.Get"}[i%3]
+				p, err := s.Select(context.Background(), "svc", ep, nil)
 				if err != nil {
 					t.Error(err)
 					return
 				}
-				p.Done(time.Duration(i%7)*time.Millisecond, i%13 == 0)
+				p.Done(time.Duration(i%7)*time.Millisecond, Outcome(i%13%3))
 				if g == 0 && i%100 == 0 {
 					src.set("svc", mkNodes(5)...)
 					_ = s.SetPolicy(Policy{Strategy: []string{"", StrategyRandom, StrategyRoundRobin}[i%3]})

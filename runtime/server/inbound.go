@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/microhost/micro/runtime/budget"
@@ -37,23 +36,30 @@ type InboundConfig struct {
 	Logger   *slog.Logger
 	// HTTP is the client that reaches the apps.
 	HTTP *http.Client
-	// MaxBody bounds the app's response bodies; the transport bounds request bodies.
-	MaxBody int64
+	// Settings are the first settings; Set changes them. MaxBody bounds the app's
+	// responses; the transport bounds requests.
+	Settings Settings
 }
 
 // Inbound serves calls that other micro processes send to the services fronted here: it
-// checks the budget and forwards each call to its app as POST {app}/{endpoint}.
+// checks the call and its budget and forwards it to its app as POST {app}/{endpoint}.
+//
+// Every answer that micro gives in place of the app carries a transport.HeaderError that
+// tells the caller whether the app may have seen the call and whether the node is at fault,
+// and no input, however malformed, stops the server: a panic while serving a call is
+// logged and answered 500.
 type Inbound struct {
-	cfg     InboundConfig
-	maxBody atomic.Int64
-	chain   wrapper.Current
-	wg      sync.WaitGroup
+	cfg      InboundConfig
+	settings settings
+	gate     gate
+	chain    wrapper.Current
+	wg       sync.WaitGroup
 }
 
 // NewInbound returns an inbound server; Serve runs it on a listener.
 func NewInbound(cfg InboundConfig) *Inbound {
 	in := &Inbound{cfg: cfg}
-	in.maxBody.Store(cfg.MaxBody)
+	in.settings.store(cfg.Settings)
 	return in
 }
 
@@ -61,8 +67,8 @@ func NewInbound(cfg InboundConfig) *Inbound {
 // replaces, which the caller retires.
 func (in *Inbound) SetChain(chain *wrapper.Chain) *wrapper.Chain { return in.chain.Store(chain) }
 
-// SetMaxBody changes the response body limit.
-func (in *Inbound) SetMaxBody(n int64) { in.maxBody.Store(n) }
+// Set changes the settings of later calls.
+func (in *Inbound) Set(s Settings) { in.settings.store(s) }
 
 // Serve accepts calls from l until it is closed. Calls already accepted go on; Wait waits
 // for them.
@@ -96,149 +102,217 @@ func (in *Inbound) Wait(ctx context.Context) error {
 	}
 }
 
+// handle serves one accepted conn. A server Conn that reports its caller's lifetime
+// (interface{ Context() context.Context }) cancels the call, and the app's request, when
+// the caller goes away.
 func (in *Inbound) handle(ctx context.Context, conn transport.Conn) {
 	start := time.Now()
+	var req *transport.Message
+	replied := false
+	defer func() {
+		if p := recover(); p != nil {
+			attrs := []any{}
+			if req != nil {
+				attrs = append(attrs, "service", req.Header[transport.HeaderService], "endpoint", req.Header[transport.HeaderEndpoint])
+			}
+			detail := recovered(in.cfg.Logger, p, "an inbound call", attrs...)
+			if !replied {
+				in.reply(ctx, conn, callerr.New(InboundID, http.StatusInternalServerError, "%s", detail), transport.ErrorInternal)
+			}
+		}
+	}()
+	st := in.settings.load()
+	if !in.gate.enter(st.MaxInflight) {
+		e := callerr.New(InboundID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
+		e.RetryAfter = shedRetryAfter
+		replied = true
+		in.reply(ctx, conn, e, transport.ErrorRefused)
+		in.cfg.Recorder.Inbound("", e.Code, time.Since(start))
+		return
+	}
+	defer in.gate.leave()
 	req, err := conn.Recv(ctx)
 	if err != nil {
 		status := http.StatusBadRequest
 		if se, ok := err.(interface{ StatusCode() int }); ok {
 			status = se.StatusCode()
 		}
-		in.reply(ctx, conn, callerr.New(InboundID, status, "%v", err))
+		replied = true
+		in.reply(ctx, conn, callerr.New(InboundID, status, "%v", err), transport.ErrorCaller)
+		in.cfg.Recorder.Inbound("", status, time.Since(start))
 		return
 	}
 	if req.Header[transport.HeaderStream] == "1" {
 		in.stream(ctx, conn, req, start)
 		return
 	}
+	callCtx := ctx
+	if cc, ok := conn.(interface{ Context() context.Context }); ok {
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		stop := context.AfterFunc(cc.Context(), cancel)
+		defer stop()
+	}
 	service := req.Header[transport.HeaderService]
-	code, resp := in.forward(ctx, req, start)
+	code, resp := in.forward(callCtx, req, st, start)
 	in.cfg.Recorder.Inbound(service, code, time.Since(start))
+	replied = true
 	if err := conn.Send(ctx, resp); err != nil {
 		in.cfg.Logger.Debug("inbound reply not delivered", "service", service, "err", err)
 	}
 }
 
-// forward passes req to its app and returns the app's answer as a response message.
-func (in *Inbound) forward(ctx context.Context, req *transport.Message, start time.Time) (int, *transport.Message) {
+// checkCall validates the routing headers of a call (or a stream's opening) and returns its
+// budget, cut to the settings' MaxBudget.
+func checkCall(req *transport.Message, st *Settings) (time.Duration, *callerr.Error) {
 	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
-	fail := func(e *callerr.Error) (int, *transport.Message) { return e.Code, errorMessage(e) }
-
 	if err := checkName("service", service, false); err != nil {
-		return fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err))
+		return 0, callerr.New(InboundID, http.StatusBadRequest, "%v", err)
 	}
 	if err := checkName("endpoint", endpoint, true); err != nil {
-		return fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err))
+		return 0, callerr.New(InboundID, http.StatusBadRequest, "%v", err)
 	}
 	tv, ok := req.Header[transport.HeaderTimeout]
 	if !ok {
-		return fail(callerr.New(InboundID, http.StatusBadRequest, "missing %s header", transport.HeaderTimeout))
+		return 0, callerr.New(InboundID, http.StatusBadRequest, "missing %s header", transport.HeaderTimeout)
 	}
 	d, err := budget.Parse(tv)
 	if err != nil {
-		return fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err))
+		return 0, callerr.New(InboundID, http.StatusBadRequest, "%v", err)
+	}
+	return min(d, st.MaxBudget), nil
+}
+
+// forward passes req to its app and returns the app's answer as a response message.
+func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Settings, start time.Time) (int, *transport.Message) {
+	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
+	fail := func(e *callerr.Error, kind string) (int, *transport.Message) { return e.Code, errorMessage(e, kind) }
+
+	d, e := checkCall(req, st)
+	if e != nil {
+		return fail(e, transport.ErrorCaller)
 	}
 	// The budget counts from when the call arrived here.
-	ctx, cancel := context.WithDeadline(ctx, start.Add(d))
+	deadline := start.Add(d)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	remaining := time.Until(start.Add(d))
-	if remaining < time.Millisecond {
-		return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s for %s.%s is spent", tv, service, endpoint))
+	if time.Until(deadline) < time.Millisecond {
+		return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s for %s.%s is spent", budget.Format(d), service, endpoint), transport.ErrorRefused)
 	}
 	chain := in.chain.Acquire()
 	defer chain.Release()
 	call := wrapper.Call{
 		Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: start.Add(d),
+		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: deadline,
 	}
 	var ran wrapper.Ran
-	switch v := chain.OnRequest(ctx, &call, &ran); v.Action {
-	case wrapper.Continue:
-		for k, val := range v.Header {
-			req.Header[k] = val
-		}
-	default:
+	v := chain.OnRequest(ctx, &call, &ran)
+	if v.Action != wrapper.Continue {
 		status := v.RejectStatus()
 		chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
-		m := errorMessage(callerr.New(InboundID, status, "%s", v.Message))
+		kind := transport.ErrorCaller
+		if status >= 500 {
+			kind = transport.ErrorRefused // micro at this node refused; another node may take it
+		}
+		m := errorMessage(callerr.New(InboundID, status, "%s", v.Message), kind)
 		for k, val := range v.ReplyHeader {
 			m.Header[k] = val
 		}
 		return status, m
 	}
-	code, m, failure := in.toApp(ctx, req, service, endpoint, tv, start.Add(d))
+	code, m, failure := in.toApp(ctx, req, v.Header, st, deadline)
 	if chain != nil {
-		r := wrapper.Result{Status: code, Err: failure, Latency: time.Since(start)}
-		if failure != "" {
-			r.Status = 0 // no answer from the app
+		r := wrapper.Result{Status: code, Latency: time.Since(start)}
+		switch kind := m.Header[transport.HeaderError]; {
+		case kind == "":
+			r.Fault = code >= 500
+		case failure != "":
+			r.Status, r.Err = 0, failure // no answer from the app
+			r.Fault = kind == transport.ErrorUnavailable || kind == transport.ErrorApp || kind == transport.ErrorTimeout
 		}
 		chain.OnResponse(ctx, &call, &r, &ran)
 	}
 	return code, m
 }
 
-// toApp forwards req to an instance of its service's app and returns the app's answer.
-func (in *Inbound) toApp(ctx context.Context, req *transport.Message, service, endpoint, tv string, deadline time.Time) (code int, reply *transport.Message, failure string) {
-	fail := func(e *callerr.Error) (int, *transport.Message, string) { return e.Code, errorMessage(e), e.Detail }
+// toApp forwards req, with the headers extra that server wrappers set, to an instance of
+// its service's app and returns the app's answer. failure describes why no answer came.
+func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[string]string, st *Settings, deadline time.Time) (code int, reply *transport.Message, failure string) {
+	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
+	fail := func(e *callerr.Error, kind string) (int, *transport.Message, string) {
+		return e.Code, errorMessage(e, kind), e.Detail
+	}
 	base, ok := in.cfg.Apps.Resolve(service, req.Header[transport.HeaderNode])
 	if !ok {
-		return fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service))
+		return fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable)
 	}
 
 	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/"+endpoint, bytes.NewReader(req.Body))
 	if err != nil {
-		return fail(callerr.New(InboundID, http.StatusBadRequest, "building request to %s: %v", base, err))
+		return fail(callerr.New(InboundID, http.StatusBadRequest, "building request to %s: %v", base, err), transport.ErrorCaller)
 	}
-	for k, v := range req.Header {
-		switch k {
-		case transport.HeaderService, transport.HeaderEndpoint, transport.HeaderNode, transport.HeaderStatus:
-		default:
-			if !hopByHop(k) {
-				hr.Header.Set(k, v)
-			}
-		}
-	}
-	hr.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
+	hr.Header = appHeader(req.Header, extra, deadline)
 	hresp, err := in.cfg.HTTP.Do(hr)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s spent waiting for %s.%s", tv, service, endpoint))
+		switch {
+		case ctx.Err() != nil && time.Now().Before(deadline):
+			return fail(callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", service, endpoint), transport.ErrorCaller)
+		case ctx.Err() != nil:
+			return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent waiting for %s.%s", service, endpoint), transport.ErrorTimeout)
+		case transport.IsConnectError(err):
+			return fail(callerr.New(InboundID, http.StatusServiceUnavailable, "app of %q at %s: %v", service, base, err), transport.ErrorUnavailable)
 		}
-		return fail(callerr.New(InboundID, http.StatusBadGateway, "app of %q at %s: %v", service, base, err))
+		return fail(callerr.New(InboundID, http.StatusBadGateway, "app of %q at %s: %v", service, base, err), transport.ErrorApp)
 	}
 	defer hresp.Body.Close()
-	limit := in.maxBody.Load()
+	limit := st.MaxBody
 	body, err := io.ReadAll(io.LimitReader(hresp.Body, limit+1))
 	switch {
 	case err != nil && ctx.Err() != nil:
-		return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s spent reading the reply of %s.%s", tv, service, endpoint))
+		return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent reading the reply of %s.%s", service, endpoint), transport.ErrorTimeout)
 	case err != nil:
-		return fail(callerr.New(InboundID, http.StatusBadGateway, "reading the reply of %q at %s: %v", service, base, err))
+		return fail(callerr.New(InboundID, http.StatusBadGateway, "reading the reply of %q at %s: %v", service, base, err), transport.ErrorApp)
 	case int64(len(body)) > limit:
-		return fail(callerr.New(InboundID, http.StatusBadGateway, "the reply of %s.%s exceeds the limit of %d bytes (server.max_body)", service, endpoint, limit))
+		return fail(callerr.New(InboundID, http.StatusBadGateway, "the reply of %s.%s exceeds the limit of %d bytes (server.max_body)", service, endpoint, limit), transport.ErrorReply)
 	}
-	h := make(map[string]string, len(hresp.Header)+1)
-	for k, v := range hresp.Header {
-		if len(v) > 0 && !hopByHop(k) {
-			h[k] = v[0]
-		}
-	}
+	h := filterHeader(hresp.Header)
 	h[transport.HeaderStatus] = strconv.Itoa(hresp.StatusCode)
 	return hresp.StatusCode, &transport.Message{Header: h, Body: body}, ""
 }
 
-func (in *Inbound) reply(ctx context.Context, conn transport.Conn, e *callerr.Error) {
-	if err := conn.Send(ctx, errorMessage(e)); err != nil {
+// appHeader is the header of a call's request to its app: the caller's end-to-end headers
+// and those the server wrappers set, without any Micro-* header the caller sent, and
+// micro's own budget header.
+func appHeader(h, extra map[string]string, deadline time.Time) http.Header {
+	out := make(http.Header, len(h)+len(extra)+1)
+	for _, m := range []map[string]string{h, extra} {
+		for k, v := range m {
+			if ck := http.CanonicalHeaderKey(k); !transport.IsMicroHeader(ck) && !hopByHop(ck) {
+				out[ck] = []string{v}
+			}
+		}
+	}
+	out.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
+	return out
+}
+
+func (in *Inbound) reply(ctx context.Context, conn transport.Conn, e *callerr.Error, kind string) {
+	if err := conn.Send(ctx, errorMessage(e, kind)); err != nil {
 		in.cfg.Logger.Debug("inbound error reply not delivered", "err", err)
 	}
 }
 
-func errorMessage(e *callerr.Error) *transport.Message {
-	return &transport.Message{
-		Header: map[string]string{
-			transport.HeaderStatus: strconv.Itoa(e.Code),
-			"Content-Type":         "application/json",
-		},
-		Body: e.JSON(),
+// errorMessage is the response message of e, which micro gives in place of the app, marked
+// with kind, one of the transport.Error values.
+func errorMessage(e *callerr.Error, kind string) *transport.Message {
+	h := map[string]string{
+		transport.HeaderStatus: strconv.Itoa(e.Code),
+		transport.HeaderError:  kind,
+		"Content-Type":         "application/json",
 	}
+	if e.RetryAfter != "" {
+		h["Retry-After"] = e.RetryAfter
+	}
+	return &transport.Message{Header: h, Body: e.JSON()}
 }

@@ -8,10 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/microhost/micro/runtime/budget"
@@ -57,29 +61,57 @@ type IngressConfig struct {
 	Services func(ctx context.Context) ([]*registry.Service, error)
 	// Health reports GET /health.
 	Health func() Status
-	// MaxBody bounds request bodies.
-	MaxBody int64
+	// Logger receives what the ingress recovers from. Nil discards it.
+	Logger *slog.Logger
+	// Settings are the first settings; Set changes them.
+	Settings Settings
+	// BodyTimeout bounds the reading of a request body once its headers have arrived;
+	// WriteTimeout bounds the writing of a response. Zero means 30s each.
+	BodyTimeout, WriteTimeout time.Duration
 }
 
 // Ingress is the HTTP handler apps call: POST /{service}/{endpoint}, with the budget in
 // the Micro-Timeout header, and GET /health, /metrics and /services.
+//
+// It owns every Micro-* header: it drops those a caller sends, but for the caller's options
+// Micro-Timeout and Micro-Idempotent, and sets its own on the answer. It refuses what a
+// web page of another site would send (Settings.CheckOrigin), sheds calls past
+// Settings.MaxInflight with 503, and recovers from a panic in a call with a logged 500.
 type Ingress struct {
-	cfg     IngressConfig
-	maxBody atomic.Int64
+	cfg      IngressConfig
+	log      *slog.Logger
+	settings settings
+	gate     gate
 }
 
 // NewIngress returns the ingress handler.
 func NewIngress(cfg IngressConfig) *Ingress {
-	in := &Ingress{cfg: cfg}
-	in.maxBody.Store(cfg.MaxBody)
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = 30 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 30 * time.Second
+	}
+	in := &Ingress{cfg: cfg, log: cfg.Logger}
+	if in.log == nil {
+		in.log = slog.New(slog.DiscardHandler)
+	}
+	in.settings.store(cfg.Settings)
 	return in
 }
 
-// SetMaxBody changes the request body limit.
-func (in *Ingress) SetMaxBody(n int64) { in.maxBody.Store(n) }
+// Set changes the settings of later requests.
+func (in *Ingress) Set(s Settings) { in.settings.store(s) }
 
 // ServeHTTP routes a request.
 func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(in.cfg.WriteTimeout))
+	st := in.settings.load()
+	if reason := foreign(r, st); reason != "" {
+		refuse(w, rc, r, callerr.New(IngressID, http.StatusForbidden, "%s", reason))
+		return
+	}
 	switch r.URL.Path {
 	case "/health":
 		in.health(w)
@@ -91,24 +123,43 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		in.services(w, r)
 		return
 	}
-	in.call(w, r)
+	in.call(w, r, rc, st)
 }
 
-func (in *Ingress) call(w http.ResponseWriter, r *http.Request) {
+func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings) {
 	start := time.Now()
 	service, endpoint, err := ParsePath(r.URL.Path)
 	if err != nil {
-		callerr.New(IngressID, http.StatusBadRequest, "%v", err).Write(w)
+		in.cfg.Recorder.Call("", http.StatusBadRequest, time.Since(start))
+		refuse(w, rc, r, callerr.New(IngressID, http.StatusBadRequest, "%v", err))
 		return
 	}
 	code := http.StatusOK
 	defer func() { in.cfg.Recorder.Call(service, code, time.Since(start)) }()
+	bodyRead := false
 	fail := func(e *callerr.Error) {
 		code = e.Code
-		e.Write(w)
+		if bodyRead {
+			e.Write(w)
+		} else {
+			refuse(w, rc, r, e)
+		}
 	}
+	defer func() {
+		if p := recover(); p != nil {
+			detail := recovered(in.log, p, "a call at the ingress", "method", r.Method, "path", truncate(r.URL.Path), "remote", r.RemoteAddr)
+			fail(callerr.New(IngressID, http.StatusInternalServerError, "%s", detail))
+		}
+	}()
+	if !in.gate.enter(st.MaxInflight) {
+		e := callerr.New(IngressID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
+		e.RetryAfter = shedRetryAfter
+		fail(e)
+		return
+	}
+	defer in.gate.leave()
 	if r.Method == http.MethodGet && isWebSocket(r) {
-		code = in.stream(w, r, service, endpoint)
+		code = in.stream(w, r, rc, st, service, endpoint)
 		return
 	}
 	if r.Method != http.MethodPost {
@@ -116,32 +167,46 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request) {
 		fail(callerr.New(IngressID, http.StatusMethodNotAllowed, "method %s: calls are POST /{service}/{endpoint}", r.Method))
 		return
 	}
-	ctx := r.Context()
-	if v := r.Header.Get(transport.HeaderTimeout); v != "" {
-		d, err := budget.Parse(v)
-		if err != nil {
-			fail(callerr.New(IngressID, http.StatusBadRequest, "%v", err))
-			return
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, in.maxBody.Load()))
-	if err != nil {
-		if mbe := new(http.MaxBytesError); errors.As(err, &mbe) {
-			fail(callerr.New(IngressID, http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes (server.max_body)", mbe.Limit))
-			return
-		}
-		fail(callerr.New(IngressID, http.StatusBadRequest, "reading request body: %v", err))
+	if _, ok := r.Header[transport.HeaderStream]; ok {
+		fail(callerr.New(IngressID, http.StatusBadRequest, "header %s on a plain call: streams are opened with a WebSocket upgrade", transport.HeaderStream))
 		return
 	}
+	ctx, cancel, idempotent, e := callOptions(r, st)
+	if e != nil {
+		fail(e)
+		return
+	}
+	defer cancel()
+	_ = rc.SetReadDeadline(time.Now().Add(in.cfg.BodyTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, st.MaxBody))
+	if err != nil {
+		// The deadline stays: net/http may try to read what is left of the body before it
+		// answers, and must give up as soon as it does.
+		w.Header().Set("Connection", "close")
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.As(err, &mbe):
+			fail(callerr.New(IngressID, http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes (server.max_body)", mbe.Limit))
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			fail(callerr.New(IngressID, http.StatusRequestTimeout, "request body not received within %v (server.body_timeout)", in.cfg.BodyTimeout))
+		default:
+			fail(callerr.New(IngressID, http.StatusBadRequest, "reading request body: %v", err))
+		}
+		return
+	}
+	// Clear the deadline: net/http goes on reading in the background to notice a caller
+	// that goes away (which cancels the call), and the deadline firing there would look
+	// like one.
+	_ = rc.SetReadDeadline(time.Time{})
+	bodyRead = true
 	resp, err := in.cfg.Caller.Call(ctx, &client.Request{
-		Service:  service,
-		Endpoint: endpoint,
-		Header:   CopyHeader(r.Header),
-		Body:     body,
+		Service:    service,
+		Endpoint:   endpoint,
+		Header:     CopyHeader(r.Header),
+		Body:       body,
+		Idempotent: idempotent,
 	})
+	_ = rc.SetWriteDeadline(time.Now().Add(in.cfg.WriteTimeout))
 	if err != nil {
 		fail(callerr.As(IngressID, err))
 		return
@@ -149,7 +214,7 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request) {
 	code = resp.Status
 	h := w.Header()
 	for k, v := range resp.Header {
-		if !hopByHop(k) {
+		if !hopByHop(k) && !transport.IsMicroHeader(k) {
 			h.Set(k, v)
 		}
 	}
@@ -157,6 +222,91 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request) {
 	h.Set("Micro-Attempts", strconv.Itoa(resp.Attempts))
 	w.WriteHeader(resp.Status)
 	_, _ = w.Write(resp.Body)
+}
+
+// refuse answers e to a request whose body was not read. net/http would read the body
+// before it answers, from a caller who may never send it, so the connection closes instead.
+func refuse(w http.ResponseWriter, rc *http.ResponseController, r *http.Request, e *callerr.Error) {
+	if r.ContentLength != 0 {
+		w.Header().Set("Connection", "close")
+		_ = rc.SetReadDeadline(time.Now())
+	}
+	e.Write(w)
+}
+
+// callOptions reads what a caller may ask of a call: its budget (Micro-Timeout, at most
+// st.MaxBudget), which it puts in the returned context, and whether it is safe to repeat
+// (Micro-Idempotent).
+func callOptions(r *http.Request, st *Settings) (context.Context, context.CancelFunc, bool, *callerr.Error) {
+	ctx, cancel := r.Context(), context.CancelFunc(func() {})
+	idempotent := false
+	if v, ok := r.Header[transport.HeaderIdempotent]; ok {
+		switch strings.ToLower(strings.TrimSpace(strings.Join(v, ","))) {
+		case "1", "true":
+			idempotent = true
+		case "0", "false":
+		default:
+			return nil, nil, false, callerr.New(IngressID, http.StatusBadRequest, "%s %.40q: want true or false", transport.HeaderIdempotent, strings.Join(v, ","))
+		}
+	}
+	if v := r.Header.Get(transport.HeaderTimeout); v != "" {
+		d, err := budget.Parse(v)
+		if err != nil {
+			return nil, nil, false, callerr.New(IngressID, http.StatusBadRequest, "%v", err)
+		}
+		if d > st.MaxBudget {
+			return nil, nil, false, callerr.New(IngressID, http.StatusBadRequest, "%s %q exceeds the longest budget of %v (client.max_timeout)", transport.HeaderTimeout, v, st.MaxBudget)
+		}
+		ctx, cancel = context.WithTimeout(ctx, d)
+	}
+	return ctx, cancel, idempotent, nil
+}
+
+// foreign says why r is what a web page of another site would send, or "" when it is not:
+// its Host is not one of the ingress's names (a page on a DNS name that resolves to this
+// machine), or its Origin, or Sec-Fetch-Site, says another site made it.
+func foreign(r *http.Request, st *Settings) string {
+	if !st.CheckOrigin {
+		return ""
+	}
+	if !ownHost(r.Host, st.AllowedHosts) {
+		return fmt.Sprintf("Host %.64q is not a name of this ingress: only localhost, IP addresses and server.allowed_hosts", r.Host)
+	}
+	if origin := r.Header.Get("Origin"); origin != "" {
+		if !sameOrigin(origin, r.Host) && !slices.Contains(st.AllowedOrigins, origin) {
+			return fmt.Sprintf("Origin %.64q is another site: a web page may call the ingress only from its own origin or server.allowed_origins", origin)
+		}
+		return ""
+	}
+	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	case "", "same-origin", "none":
+		return ""
+	default:
+		return fmt.Sprintf("a %.20s request (Sec-Fetch-Site): a web page may call the ingress only from its own origin or server.allowed_origins", site)
+	}
+}
+
+// ownHost reports whether host (host[:port]) names the ingress: an IP address, localhost
+// or a name under .localhost, or one of allowed.
+func ownHost(host string, allowed []string) bool {
+	if host == "" {
+		return true // HTTP/1.0 without Host: no browser sends that
+	}
+	name := host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		name = h
+	}
+	name = strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(name, "["), "]"))
+	if net.ParseIP(name) != nil || name == "localhost" || strings.HasSuffix(name, ".localhost") {
+		return true
+	}
+	return slices.Contains(allowed, name)
+}
+
+// sameOrigin reports whether origin is the origin of the ingress as host names it.
+func sameOrigin(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && strings.EqualFold(u.Host, host)
 }
 
 func (in *Ingress) health(w http.ResponseWriter) {
@@ -228,28 +378,5 @@ func truncate(s string) string {
 }
 
 // CopyHeader returns the first value of each end-to-end header of h, leaving out hop-by-hop
-// headers and micro's own routing headers, which each hop sets anew.
-func CopyHeader(h http.Header) map[string]string {
-	m := make(map[string]string, len(h))
-	for k, v := range h {
-		if len(v) == 0 || hopByHop(k) {
-			continue
-		}
-		switch k {
-		case transport.HeaderService, transport.HeaderEndpoint, transport.HeaderNode, transport.HeaderTimeout, transport.HeaderStatus:
-			continue
-		}
-		m[k] = v[0]
-	}
-	return m
-}
-
-// hopByHop reports whether the canonical header k belongs to one connection only.
-func hopByHop(k string) bool {
-	switch k {
-	case "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length", transport.HeaderStatus:
-		return true
-	}
-	return false
-}
+// headers and every Micro-* header: micro sets its own at each hop.
+func CopyHeader(h http.Header) map[string]string { return filterHeader(h) }

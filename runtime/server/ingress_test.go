@@ -1,16 +1,22 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
+	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/registry"
 )
 
@@ -45,13 +51,13 @@ func newTestIngress(c Caller) *Ingress {
 		Services: func(context.Context) ([]*registry.Service, error) {
 			return []*registry.Service{{Name: "greeter", Nodes: []*registry.Node{{ID: "n1"}}}}, nil
 		},
-		Health:  func() Status { return Status{Status: "ok", Services: map[string]int{"greeter": 2}} },
-		MaxBody: 16,
+		Health:   func() Status { return Status{Status: "ok", Services: map[string]int{"greeter": 2}} },
+		Settings: Settings{MaxBody: 16, CheckOrigin: true},
 	})
 }
 
 func serve(h http.Handler, method, path, body string, hdr map[string]string) *httptest.ResponseRecorder {
-	req := httptest.NewRequest(method, "http://micro"+path, strings.NewReader(body))
+	req := httptest.NewRequest(method, "http://127.0.0.1:8080"+path, strings.NewReader(body))
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
@@ -147,16 +153,23 @@ func FuzzParsePath(f *testing.F) {
 	})
 }
 
-// FuzzIngress sends arbitrary paths, methods, budgets and bodies through the ingress: every
-// answer must be a success from the caller or a JSON error with a 4xx status.
+// FuzzIngress sends arbitrary paths, methods, budgets, headers and bodies through the real
+// ingress with the real metrics: every answer must be a success from the caller or a JSON
+// error with a 4xx status, and the metrics stay well formed and bounded.
 func FuzzIngress(f *testing.F) {
-	f.Add("POST", "/greeter/Greeter.Hello", "250ms", `{"name":"Ada"}`)
-	f.Add("GET", "/x", "", "")
-	f.Add("POST", "/a/b", "1h1s", "")
-	f.Add("POST", "/a/b", "9999999999999999999h", "")
-	f.Add("PUT", "/../..", "-0", "\x00")
-	f.Fuzz(func(t *testing.T, method, path, timeout, body string) {
-		req, err := http.NewRequest(method, "http://micro/", strings.NewReader(body))
+	f.Add("POST", "/greeter/Greeter.Hello", "250ms", "Micro-Caller", "x", `{"name":"Ada"}`)
+	f.Add("GET", "/x", "", "Origin", "https://evil.example", "")
+	f.Add("POST", "/a/b", "1h1s", "Micro-Stream", "1", "")
+	f.Add("POST", "/a/b", "9999999999999999999h", "Micro-Idempotent", "yes", "")
+	f.Add("PUT", "/../..", "-0", "Sec-Fetch-Site", "cross-site", "\x00")
+	f.Add("POST", "/\xff/x", "1s", "", "", "")
+	m := metrics.New(metrics.Options{KnownService: func(n string) bool { return n == "greeter" }})
+	in := NewIngress(IngressConfig{
+		Caller: &echoCaller{}, Recorder: m, Metrics: m.Handler(),
+		Settings: Settings{MaxBody: 16, CheckOrigin: true},
+	})
+	f.Fuzz(func(t *testing.T, method, path, timeout, hk, hv, body string) {
+		req, err := http.NewRequest(method, "http://127.0.0.1:8080/", strings.NewReader(body))
 		if err != nil {
 			return
 		}
@@ -164,8 +177,10 @@ func FuzzIngress(f *testing.F) {
 		if timeout != "" {
 			req.Header["Micro-Timeout"] = []string{timeout}
 		}
+		if hk != "" {
+			req.Header[hk] = []string{hv}
+		}
 		w := httptest.NewRecorder()
-		in := newTestIngress(&echoCaller{})
 		if path == "/health" || path == "/services" || path == "/metrics" {
 			return
 		}
@@ -179,5 +194,172 @@ func FuzzIngress(f *testing.F) {
 		if _, ok := callerr.Parse(w.Body.Bytes()); !ok {
 			t.Fatalf("%s %q: body is not a JSON error: %q", method, path, w.Body)
 		}
+		if _, err := m.Registry().Gather(); err != nil {
+			t.Fatalf("metrics broken: %v", err)
+		}
+		if n := testutil.CollectAndCount(m.Registry(), "micro_client_calls_total"); n > 20 {
+			t.Fatalf("%d client call series: labels are not bounded", n)
+		}
 	})
+}
+
+// TestIngressBrowserChecks: what a web page of another site would send is refused, streams
+// included, unless the deployment allows it.
+func TestIngressBrowserChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		host    string
+		hdr     map[string]string
+		allowed bool
+		set     func(*Settings)
+	}{
+		{"no browser", "127.0.0.1:8080", nil, true, nil},
+		{"localhost", "localhost:8080", nil, true, nil},
+		{"ipv6", "[::1]:8080", nil, true, nil},
+		{"same origin", "127.0.0.1:8080", map[string]string{"Origin": "http://127.0.0.1:8080"}, true, nil},
+		{"foreign host (DNS rebinding)", "evil.example:8080", nil, false, nil},
+		{"allowed host", "micro.internal:8080", nil, true, func(s *Settings) { s.AllowedHosts = []string{"micro.internal"} }},
+		{"foreign origin", "127.0.0.1:8080", map[string]string{"Origin": "https://evil.example"}, false, nil},
+		{"null origin", "127.0.0.1:8080", map[string]string{"Origin": "null"}, false, nil},
+		{"cross-site fetch", "127.0.0.1:8080", map[string]string{"Sec-Fetch-Site": "cross-site"}, false, nil},
+		{"allowed origin", "127.0.0.1:8080", map[string]string{"Origin": "https://app.example"}, true, func(s *Settings) { s.AllowedOrigins = []string{"https://app.example"} }},
+		{"foreign websocket", "127.0.0.1:8080", map[string]string{"Origin": "https://evil.example", "Upgrade": "websocket", "Connection": "Upgrade"}, false, nil},
+		{"check off", "evil.example", map[string]string{"Origin": "https://evil.example"}, true, func(s *Settings) { s.CheckOrigin = false }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &echoCaller{}
+			in := newTestIngress(c)
+			st := Settings{MaxBody: 16, CheckOrigin: true}
+			if tc.set != nil {
+				tc.set(&st)
+			}
+			in.Set(st)
+			method := "POST"
+			if tc.hdr["Upgrade"] != "" {
+				method = "GET"
+			}
+			req := httptest.NewRequest(method, "http://"+tc.host+"/greeter/Greeter.Hello", strings.NewReader("{}"))
+			for k, v := range tc.hdr {
+				req.Header.Set(k, v)
+			}
+			w := httptest.NewRecorder()
+			in.ServeHTTP(w, req)
+			if tc.allowed && w.Code == 403 {
+				t.Fatalf("refused: %s", w.Body)
+			}
+			if !tc.allowed {
+				if w.Code != 403 || c.got != nil {
+					t.Fatalf("status %d (call made: %v), want 403 before any call: %s", w.Code, c.got != nil, w.Body)
+				}
+				if e, ok := callerr.Parse(w.Body.Bytes()); !ok || !strings.Contains(e.Detail, "server.allowed_") {
+					t.Fatalf("403 body %s does not say which setting allows it", w.Body)
+				}
+			}
+		})
+	}
+}
+
+// TestIngressMicroHeaders: a caller cannot set micro's routing or identity headers, a
+// Micro-Stream on a plain call is refused, and the caller's options are read.
+func TestIngressMicroHeaders(t *testing.T) {
+	c := &echoCaller{}
+	w := serve(newTestIngress(c), "POST", "/greeter/Greeter.Hello", "{}", map[string]string{
+		"Micro-Caller": "admin", "Micro-Node": "n9", "Micro-Service": "billing", "Micro-Whatever": "x",
+		"Micro-Idempotent": "true", "X-Trace": "t1",
+	})
+	if w.Code != 201 {
+		t.Fatalf("got %d %s", w.Code, w.Body)
+	}
+	for k := range c.got.Header {
+		if strings.HasPrefix(k, "Micro-") {
+			t.Errorf("the caller's %s reached the client", k)
+		}
+	}
+	if !c.got.Idempotent || c.got.Header["X-Trace"] != "t1" {
+		t.Errorf("request %+v: want Idempotent set and X-Trace kept", c.got)
+	}
+
+	for _, tc := range []struct {
+		hdr    map[string]string
+		code   int
+		detail string
+	}{
+		{map[string]string{"Micro-Stream": "1"}, 400, "Micro-Stream on a plain call"},
+		{map[string]string{"Micro-Idempotent": "maybe"}, 400, "want true or false"},
+		{map[string]string{"Micro-Timeout": "2m"}, 400, "client.max_timeout"},
+	} {
+		c := &echoCaller{}
+		w := serve(newTestIngress(c), "POST", "/greeter/Greeter.Hello", "{}", tc.hdr)
+		e, ok := callerr.Parse(w.Body.Bytes())
+		if w.Code != tc.code || !ok || !strings.Contains(e.Detail, tc.detail) || c.got != nil {
+			t.Errorf("%v: %d %s (called: %v), want %d saying %q", tc.hdr, w.Code, w.Body, c.got != nil, tc.code, tc.detail)
+		}
+	}
+}
+
+// blockingCaller holds every call until release is closed, and panics on service "boom".
+type blockingCaller struct {
+	in      chan struct{}
+	release chan struct{}
+}
+
+func (c *blockingCaller) Call(ctx context.Context, req *client.Request) (*client.Response, error) {
+	if req.Service == "boom" {
+		panic("a bug in the call path")
+	}
+	c.in <- struct{}{}
+	<-c.release
+	return &client.Response{Status: 200, Header: map[string]string{"Micro-Error": "refused"}}, nil
+}
+
+// TestIngressShedsAndRecovers: past max_inflight a call gets a fast 503 with Retry-After;
+// a panic in a call is a logged 500 and the ingress goes on.
+func TestIngressShedsAndRecovers(t *testing.T) {
+	c := &blockingCaller{in: make(chan struct{}), release: make(chan struct{})}
+	in := newTestIngress(c)
+	in.Set(Settings{MaxInflight: 1, CheckOrigin: true})
+	done := make(chan *httptest.ResponseRecorder)
+	go func() { done <- serve(in, "POST", "/greeter/Greeter.Hello", "{}", nil) }()
+	<-c.in
+	w := serve(in, "POST", "/greeter/Greeter.Hello", "{}", nil)
+	if w.Code != 503 || w.Header().Get("Retry-After") == "" || !strings.Contains(w.Body.String(), "server.max_inflight") {
+		t.Fatalf("past max_inflight: %d %v %s", w.Code, w.Header(), w.Body)
+	}
+	close(c.release)
+	if w := <-done; w.Code != 200 || w.Header().Get("Micro-Error") != "" {
+		t.Fatalf("the admitted call: %d %v; want 200 without micro's internal headers", w.Code, w.Header())
+	}
+	w = serve(in, "POST", "/boom/X.Y", "{}", nil)
+	if e, ok := callerr.Parse(w.Body.Bytes()); w.Code != 500 || !ok || !strings.Contains(e.Detail, "internal error") {
+		t.Fatalf("a panicking call: %d %s, want a JSON 500", w.Code, w.Body)
+	}
+	go func() { <-c.in }()
+	if w := serve(in, "POST", "/greeter/Greeter.Hello", "{}", nil); w.Code != 200 {
+		t.Fatalf("after the panic: %d %s", w.Code, w.Body)
+	}
+}
+
+// TestIngressBodyTimeout: a caller that sends headers and no body is answered 408 once the
+// body timeout passes, rather than held forever.
+func TestIngressBodyTimeout(t *testing.T) {
+	in := NewIngress(IngressConfig{
+		Caller: &echoCaller{}, Recorder: nopRecorder{}, Metrics: http.NotFoundHandler(),
+		Settings: DefaultSettings(), BodyTimeout: 100 * time.Millisecond,
+	})
+	srv := httptest.NewServer(in)
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, _ = io.WriteString(conn, "POST /greeter/Greeter.Hello HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n")
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer to a request whose body never came: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("status %d, want 408", resp.StatusCode)
+	}
 }

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -11,7 +13,6 @@ import (
 
 	"github.com/coder/websocket"
 
-	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/transport"
@@ -32,39 +33,34 @@ func isWebSocket(r *http.Request) bool {
 }
 
 // stream serves a WebSocket on /{service}/{endpoint}: it opens a stream to the service
-// within the call's budget, then carries messages both ways until either side closes.
-// An opening that fails answers the upgrade request with the JSON error.
-func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, service, endpoint string) int {
-	if in.cfg.Streamer == nil {
-		e := callerr.New(IngressID, http.StatusNotImplemented, "streams are not supported here")
+// within the call's budget, then carries messages both ways until either side closes or
+// the stream idles for Settings.StreamIdle. An opening that fails answers the upgrade
+// request with the JSON error.
+func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings, service, endpoint string) int {
+	fail := func(e *callerr.Error) int {
 		e.Write(w)
 		return e.Code
 	}
-	ctx := r.Context()
-	if v := r.Header.Get(transport.HeaderTimeout); v != "" {
-		d, err := budget.Parse(v)
-		if err != nil {
-			e := callerr.New(IngressID, http.StatusBadRequest, "%v", err)
-			e.Write(w)
-			return e.Code
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
+	if in.cfg.Streamer == nil {
+		return fail(callerr.New(IngressID, http.StatusNotImplemented, "streams are not supported here"))
 	}
+	ctx, cancel, idempotent, e := callOptions(r, st)
+	if e != nil {
+		return fail(e)
+	}
+	defer cancel()
 	h := CopyHeader(r.Header)
-	for _, k := range []string{"Upgrade", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Sec-Websocket-Protocol"} {
+	// The WebSocket handshake is between the caller and micro; micro checked the Origin.
+	for _, k := range []string{"Origin", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Sec-Websocket-Protocol"} {
 		delete(h, k)
 	}
-	conn, node, resp, err := in.cfg.Streamer.Stream(ctx, &client.Request{Service: service, Endpoint: endpoint, Header: h})
+	conn, node, resp, err := in.cfg.Streamer.Stream(ctx, &client.Request{Service: service, Endpoint: endpoint, Header: h, Idempotent: idempotent})
 	if err != nil {
-		e := callerr.As(IngressID, err)
-		e.Write(w)
-		return e.Code
+		return fail(callerr.As(IngressID, err))
 	}
 	if conn == nil {
 		for k, v := range resp.Header {
-			if !hopByHop(k) {
+			if !hopByHop(k) && !transport.IsMicroHeader(k) {
 				w.Header().Set(k, v)
 			}
 		}
@@ -74,26 +70,42 @@ func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, service, endpo
 	}
 	defer conn.Close()
 	w.Header().Set(transport.HeaderNode, node)
+	// The connection outlives this request: no deadline of the request may stay on it.
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	// The origin was checked above, by the rules of Settings.CheckOrigin.
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		return http.StatusBadRequest // Accept has answered
 	}
-	ws.SetReadLimit(in.maxBody.Load())
-	pump(context.WithoutCancel(r.Context()), ws, conn, false)
+	ws.SetReadLimit(st.MaxBody)
+	pump(context.WithoutCancel(r.Context()), in.log, ws, conn, st.StreamIdle, false)
 	return http.StatusSwitchingProtocols
 }
 
-// pump carries messages between a WebSocket and a stream Conn until one side ends. When the
-// stream ends with an error message, the WebSocket is closed with status 1011 and the
-// error's detail; when the WebSocket ends abnormally and report is set, an error message
-// goes down the stream first.
-func pump(ctx context.Context, ws *websocket.Conn, conn transport.Conn, report bool) {
+// pump carries messages between a WebSocket and a stream Conn until one side ends, or no
+// message passed either way for idle. When the stream ends with an error message, the
+// WebSocket is closed with status 1011 and the error's detail; when the WebSocket ends
+// abnormally and report is set, an error message goes down the stream first.
+func pump(ctx context.Context, logger *slog.Logger, ws *websocket.Conn, conn transport.Conn, idle time.Duration, report bool) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	timer := time.AfterFunc(idle, func() {
+		ws.Close(websocket.StatusGoingAway, closeReason(fmt.Sprintf("no message for %v (server.stream_idle_timeout)", idle)))
+		conn.Close()
+		cancel()
+	})
+	defer timer.Stop()
 	done := make(chan struct{})
 	go func() { // stream → WebSocket
 		defer close(done)
 		defer cancel()
+		defer func() {
+			if p := recover(); p != nil {
+				recovered(logger, p, "a stream")
+				ws.CloseNow()
+			}
+		}()
 		for {
 			m, err := conn.Recv(ctx)
 			if err != nil {
@@ -104,6 +116,7 @@ func pump(ctx context.Context, ws *websocket.Conn, conn transport.Conn, report b
 				}
 				return
 			}
+			timer.Reset(idle)
 			if st := m.Header[transport.HeaderStatus]; st != "" {
 				detail := "stream ended with status " + st
 				if e, ok := callerr.Parse(m.Body); ok {
@@ -127,10 +140,11 @@ func pump(ctx context.Context, ws *websocket.Conn, conn transport.Conn, report b
 			status := websocket.CloseStatus(err)
 			if report && ctx.Err() == nil && status != websocket.StatusNormalClosure && status != websocket.StatusGoingAway {
 				e := callerr.New(InboundID, http.StatusBadGateway, "the app closed the stream: %v", err)
-				_ = conn.Send(ctx, errorMessage(e))
+				_ = conn.Send(ctx, errorMessage(e, transport.ErrorApp))
 			}
 			break
 		}
+		timer.Reset(idle)
 		h := map[string]string{}
 		if typ == websocket.MessageBinary {
 			h[headerBinary] = "1"
@@ -155,90 +169,105 @@ func closeReason(s string) string {
 
 // stream serves a stream that another micro opened: it runs the server wrappers, opens a
 // WebSocket to the app's endpoint within the budget, answers status 101, and carries
-// messages both ways until either side ends.
+// messages both ways until either side ends. An app that refuses the WebSocket for the
+// request's own reasons (a 4xx) has its answer passed back as it is.
 func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transport.Message, start time.Time) {
 	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
-	fail := func(e *callerr.Error, reply map[string]string) {
-		m := errorMessage(e)
+	st := in.settings.load()
+	answer := func(m *transport.Message) {
+		code, _ := strconv.Atoi(m.Header[transport.HeaderStatus])
+		in.cfg.Recorder.Inbound(service, code, time.Since(start))
+		_ = conn.Send(ctx, m)
+	}
+	fail := func(e *callerr.Error, kind string, reply map[string]string) {
+		m := errorMessage(e, kind)
 		for k, v := range reply {
 			m.Header[k] = v
 		}
-		in.cfg.Recorder.Inbound(service, e.Code, time.Since(start))
-		_ = conn.Send(ctx, m)
+		answer(m)
 	}
-	if err := checkName("service", service, false); err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), nil)
+	d, e := checkCall(req, st)
+	if e != nil {
+		fail(e, transport.ErrorCaller, nil)
 		return
 	}
-	if err := checkName("endpoint", endpoint, true); err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), nil)
-		return
-	}
-	tv := req.Header[transport.HeaderTimeout]
-	d, err := budget.Parse(tv)
-	if err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), nil)
-		return
-	}
-	openCtx, cancel := context.WithDeadline(ctx, start.Add(d))
+	deadline := start.Add(d)
+	openCtx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
 	chain := in.chain.Acquire()
 	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: start.Add(d)}
+		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: deadline}
 	var ran wrapper.Ran
 	v := chain.OnRequest(openCtx, &call, &ran)
 	if v.Action != wrapper.Continue {
 		status := v.RejectStatus()
 		chain.OnResponse(openCtx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 		chain.Release()
-		fail(callerr.New(InboundID, status, "%s", v.Message), v.ReplyHeader)
+		kind := transport.ErrorCaller
+		if status >= 500 {
+			kind = transport.ErrorRefused
+		}
+		fail(callerr.New(InboundID, status, "%s", v.Message), kind, v.ReplyHeader)
 		return
 	}
-	base, ok := in.cfg.Apps.Resolve(service, req.Header[transport.HeaderNode])
-	var ws *websocket.Conn
-	if ok {
-		h := http.Header{}
-		for k, val := range req.Header {
-			switch k {
-			case transport.HeaderService, transport.HeaderEndpoint, transport.HeaderNode, transport.HeaderStatus, transport.HeaderStream:
-			default:
-				if !hopByHop(k) {
-					h.Set(k, val)
-				}
-			}
-		}
-		for k, val := range v.Header {
-			h.Set(k, val)
-		}
-		h.Set(transport.HeaderTimeout, budget.Format(time.Until(start.Add(d))))
-		ws, _, err = websocket.Dial(openCtx, "ws"+strings.TrimPrefix(base, "http")+"/"+endpoint, &websocket.DialOptions{HTTPHeader: h, HTTPClient: in.cfg.HTTP})
-	}
+	ws, refusal, e, kind := in.dialApp(openCtx, req, v.Header, deadline)
 	r := wrapper.Result{Status: http.StatusSwitchingProtocols, Latency: time.Since(start)}
-	var e *callerr.Error
 	switch {
-	case !ok:
-		e = callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service)
-	case err != nil && openCtx.Err() != nil:
-		e = callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s spent opening the stream to %s.%s", tv, service, endpoint)
-	case err != nil:
-		e = callerr.New(InboundID, http.StatusBadGateway, "opening a stream to the app of %q at %s: %v", service, base, err)
-	}
-	if e != nil {
+	case refusal != nil:
+		r.Status, _ = strconv.Atoi(refusal.Header[transport.HeaderStatus])
+		r.Fault = r.Status >= 500
+	case e != nil:
 		r.Status, r.Err = 0, e.Detail
+		r.Fault = kind != transport.ErrorCaller
 	}
 	chain.OnResponse(openCtx, &call, &r, &ran)
 	chain.Release()
-	if e != nil {
-		fail(e, nil)
+	switch {
+	case refusal != nil:
+		answer(refusal)
+		return
+	case e != nil:
+		fail(e, kind, nil)
 		return
 	}
 	defer ws.CloseNow()
-	ws.SetReadLimit(in.maxBody.Load())
+	ws.SetReadLimit(st.MaxBody)
 	open := &transport.Message{Header: map[string]string{transport.HeaderStatus: strconv.Itoa(http.StatusSwitchingProtocols)}}
 	if err := conn.Send(ctx, open); err != nil {
 		return
 	}
 	in.cfg.Recorder.Inbound(service, http.StatusSwitchingProtocols, time.Since(start))
-	pump(ctx, ws, conn, true)
+	pump(ctx, in.cfg.Logger, ws, conn, st.StreamIdle, true)
+}
+
+// dialApp opens a WebSocket to the app that serves req, with the headers extra that server
+// wrappers set. When the app answers the upgrade with anything but 101, refusal is its
+// answer as a message; when no answer came, e is the error and kind its transport.Error
+// value.
+func (in *Inbound) dialApp(ctx context.Context, req *transport.Message, extra map[string]string, deadline time.Time) (ws *websocket.Conn, refusal *transport.Message, e *callerr.Error, kind string) {
+	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
+	base, ok := in.cfg.Apps.Resolve(service, req.Header[transport.HeaderNode])
+	if !ok {
+		return nil, nil, callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable
+	}
+	h := appHeader(req.Header, extra, deadline)
+	ws, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/"+endpoint, &websocket.DialOptions{HTTPHeader: h, HTTPClient: in.cfg.HTTP})
+	switch {
+	case err == nil:
+		return ws, nil, nil, ""
+	case resp != nil && resp.StatusCode != http.StatusSwitchingProtocols:
+		// The app answered the upgrade with a refusal of its own.
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+		m := &transport.Message{Header: filterHeader(resp.Header), Body: body}
+		m.Header[transport.HeaderStatus] = strconv.Itoa(resp.StatusCode)
+		return nil, m, nil, ""
+	case ctx.Err() != nil && time.Now().Before(deadline):
+		return nil, nil, callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away while opening a stream to %s.%s", service, endpoint), transport.ErrorCaller
+	case ctx.Err() != nil:
+		return nil, nil, callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent opening the stream to %s.%s", service, endpoint), transport.ErrorTimeout
+	case transport.IsConnectError(err):
+		return nil, nil, callerr.New(InboundID, http.StatusServiceUnavailable, "opening a stream to the app of %q at %s: %v", service, base, err), transport.ErrorUnavailable
+	}
+	return nil, nil, callerr.New(InboundID, http.StatusBadGateway, "opening a stream to the app of %q at %s: %v", service, base, err), transport.ErrorApp
 }

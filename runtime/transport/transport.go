@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 )
 
 // Header keys that every transport carries. Other keys pass through as they are.
@@ -34,7 +35,51 @@ const (
 	HeaderCaller = "Micro-Caller"
 	// HeaderStream marks the first message of a stream; its value is "1".
 	HeaderStream = "Micro-Stream"
+	// HeaderError marks an answer that micro at the node gave in place of the app, and
+	// says why: one of the Error values. The caller reads it to know whether another node
+	// may take the call and whether the answer counts against the node. Apps cannot set
+	// it: micro drops every Micro-* header an app answers with.
+	HeaderError = "Micro-Error"
+	// HeaderIdempotent, set by a caller to "1" or "true", declares that its call is safe to
+	// repeat, as if its endpoint were declared idempotent.
+	HeaderIdempotent = "Micro-Idempotent"
 )
+
+// The values of HeaderError.
+const (
+	// ErrorRefused: micro refused the call before any app saw it, for a reason of its own
+	// (no capacity, a server wrapper refused the node, the budget was spent on arrival).
+	// Another node may take it; the node is not at fault.
+	ErrorRefused = "refused"
+	// ErrorUnavailable: no app at the node could take the call (no ready instance, or the
+	// app refused the connection), so none saw it. Another node may take it; the node is
+	// at fault.
+	ErrorUnavailable = "unavailable"
+	// ErrorApp: the app failed the call after it may have begun it (it broke the
+	// connection, or gave no usable answer). The node is at fault; only a call that is safe
+	// to repeat may go to another node.
+	ErrorApp = "app"
+	// ErrorTimeout: the app gave no answer within the call's budget.
+	ErrorTimeout = "timeout"
+	// ErrorReply: the app answered, but micro could not pass the answer on (it exceeds
+	// server.max_body). Only a call that is safe to repeat may go to another node; the
+	// node is not at fault.
+	ErrorReply = "reply"
+	// ErrorCaller: the request itself is at fault (bad input, or a server wrapper refused
+	// it with a 4xx), or its caller went away. No other node would do better, and the node
+	// is not at fault.
+	ErrorCaller = "caller"
+	// ErrorInternal: micro at the node failed while serving the call (a bug, logged there).
+	// The app may have seen the call; the node is not at fault.
+	ErrorInternal = "internal"
+)
+
+// IsMicroHeader reports whether the header name k is one of micro's own, Micro-*, in any
+// case. micro sets those itself and drops the ones that callers and apps send, but for the
+// few a caller may set (HeaderTimeout, HeaderIdempotent).
+func IsMicroHeader(k string) bool {
+	return len(k) >= 6 && strings.EqualFold(k[:6], "Micro-")
+}
 
 // ErrClosed is returned by operations on a closed Conn or Listener.
 var ErrClosed = errors.New("transport: closed")
@@ -85,6 +130,16 @@ func IsConnectError(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "dial"
 }
+
+// MessageError is what Send returns for a message that cannot be sent because of what it
+// holds (a bad header, a body over the limit). Nothing was sent and the Conn stays usable;
+// any peer would refuse the message alike.
+type MessageError struct{ Err error }
+
+func (e *MessageError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e *MessageError) Unwrap() error { return e.Err }
 
 // ConnectError wraps a failure to reach a peer.
 type ConnectError struct {

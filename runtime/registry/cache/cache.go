@@ -35,6 +35,9 @@ const (
 	DefaultFetchTimeout = 5 * time.Second
 )
 
+// MaxNegative bounds how many names the cache remembers as unknown to the registry.
+const MaxNegative = 1024
+
 // Backoff between attempts to reopen a failed watch.
 const (
 	watchBackoffMin = 100 * time.Millisecond
@@ -82,8 +85,9 @@ type Cache struct {
 	// entries is replaced, never modified, so Get reads it without a lock.
 	entries atomic.Pointer[map[string]*entry]
 
-	mu      sync.Mutex // serializes writers of entries; guards flights
-	flights map[string]*flight
+	mu        sync.Mutex // serializes writers of entries; guards flights and negatives
+	flights   map[string]*flight
+	negatives int // negative entries in entries
 }
 
 // entry is what the cache holds for one name: a service snapshot, or a negative answer.
@@ -176,6 +180,13 @@ func (c *Cache) Get(ctx context.Context, name string) (*registry.Service, error)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("get service %q: %w", name, context.Cause(ctx))
 	}
+}
+
+// Known reports whether the registry listed nodes of the named service when the cache last
+// asked it. It never asks the registry.
+func (c *Cache) Known(name string) bool {
+	e := (*c.entries.Load())[name]
+	return e != nil && e.svc != nil
 }
 
 // Services returns the cached snapshots, sorted by name. Negative entries are left out.
@@ -282,6 +293,7 @@ func (c *Cache) refreshAll() {
 		next[name] = e
 		c.fetchLocked(name, true)
 	}
+	c.negatives = 0
 	c.entries.Store(&next)
 }
 
@@ -395,14 +407,33 @@ func (c *Cache) withinGrace(old *entry) bool {
 
 // storeLocked publishes a copy of the entries with name set to e, to expire after d, or
 // with name removed when e is nil.
+//
+// Negative entries are bounded: names come from callers, so past MaxNegative of them a new
+// one takes the place of another.
 func (c *Cache) storeLocked(name string, e *entry, d time.Duration) {
 	next := maps.Clone(*c.entries.Load())
 	if old := next[name]; old != nil {
 		old.stop()
+		if old.svc == nil {
+			c.negatives--
+		}
 	}
 	if e == nil {
 		delete(next, name)
 	} else {
+		if e.svc == nil {
+			if c.negatives >= MaxNegative {
+				for n, o := range next { // map order: an arbitrary one
+					if o.svc == nil && n != name {
+						o.stop()
+						delete(next, n)
+						c.negatives--
+						break
+					}
+				}
+			}
+			c.negatives++
+		}
 		e.stop = c.afterFunc(d, func() { e.expired.Store(true) })
 		next[name] = e
 	}
@@ -418,11 +449,12 @@ func snapshot(name string, s *registry.Service) *registry.Service {
 			continue
 		}
 		out.Nodes = append(out.Nodes, &registry.Node{
-			ID:        n.ID,
-			Address:   n.Address,
-			Version:   n.Version,
-			Metadata:  maps.Clone(n.Metadata),
-			Endpoints: slices.Clone(n.Endpoints),
+			ID:         n.ID,
+			Address:    n.Address,
+			Version:    n.Version,
+			Metadata:   maps.Clone(n.Metadata),
+			Endpoints:  slices.Clone(n.Endpoints),
+			Idempotent: slices.Clone(n.Idempotent),
 		})
 	}
 	slices.SortStableFunc(out.Nodes, func(a, b *registry.Node) int { return strings.Compare(a.ID, b.ID) })
@@ -437,7 +469,7 @@ func equal(a, b *registry.Service) bool {
 	for i, x := range a.Nodes {
 		y := b.Nodes[i]
 		if x.ID != y.ID || x.Address != y.Address || x.Version != y.Version ||
-			!maps.Equal(x.Metadata, y.Metadata) || !slices.Equal(x.Endpoints, y.Endpoints) {
+			!maps.Equal(x.Metadata, y.Metadata) || !slices.Equal(x.Endpoints, y.Endpoints) || !slices.Equal(x.Idempotent, y.Idempotent) {
 			return false
 		}
 	}

@@ -522,6 +522,27 @@ func TestNegativeCache(t *testing.T) {
 	})
 }
 
+// TestNegativeCacheBounded: names that the registry does not know come from callers; the
+// cache remembers at most MaxNegative of them, and keeps every known service meanwhile.
+func TestNegativeCacheBounded(t *testing.T) {
+	reg := newFakeRegistry()
+	reg.set("greeter", node("a", "1"))
+	c := New(reg, Options{NegativeTTL: time.Hour})
+	mustGet(t, c, "greeter")
+	for i := range 3 * MaxNegative {
+		if _, err := c.Get(context.Background(), fmt.Sprintf("junk-%d", i)); !errors.Is(err, registry.ErrNotFound) {
+			t.Fatalf("junk-%d: err = %v, want ErrNotFound", i, err)
+		}
+	}
+	m := *c.entries.Load()
+	if len(m) > MaxNegative+1 {
+		t.Fatalf("%d entries after %d unknown names, want at most %d", len(m), 3*MaxNegative, MaxNegative+1)
+	}
+	if !c.Known("greeter") || c.Known("junk-0") {
+		t.Fatalf("Known: greeter %v, junk-0 %v; want the service kept and junk not known", c.Known("greeter"), c.Known("junk-0"))
+	}
+}
+
 func TestWatchEventClearsNegativeEntry(t *testing.T) {
 	reg := newFakeRegistry()
 	c := New(reg, Options{NegativeTTL: time.Hour})

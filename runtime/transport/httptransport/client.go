@@ -81,8 +81,10 @@ func newClientConn(nc net.Conn, addr string, opts Options) *clientConn {
 }
 
 // Send writes m as the request POST /{service}/{endpoint}. A Message that cannot be sent (no
-// service or endpoint, a bad header, a body over the limit) fails before anything is written
-// and leaves the conn usable; an I/O error or cancellation breaks it.
+// service or endpoint, a bad header, a body over the limit) fails with a
+// *transport.MessageError before anything is written, and leaves the conn usable; an I/O
+// error or cancellation breaks it. When Send fails otherwise, the server has not received
+// the whole request, so it cannot have begun the call.
 //
 // A Message whose transport.HeaderStream is "1" opens a stream: the request also asks to
 // upgrade the connection, and every later Send and Recv carries one frame.
@@ -97,7 +99,7 @@ func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 		return fmt.Errorf("httptransport: send to %s: the previous response was not read", c.addr)
 	}
 	if err := c.prepare(m); err != nil {
-		return err
+		return &transport.MessageError{Err: err}
 	}
 	if m.Header[transport.HeaderStream] == "1" {
 		return c.openStream(ctx)

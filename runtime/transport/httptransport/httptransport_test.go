@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -715,6 +716,55 @@ func TestRequestBodyOverServerLimit(t *testing.T) {
 		}
 		if got := resp.Header[transport.HeaderStatus]; got != "413" {
 			t.Fatalf("%d bytes: status %s, want 413", n, got)
+		}
+	}
+}
+
+// TestSlowBodyAnswered408: a client that sends headers and then no body is answered 408
+// once the body timeout passes, and its connection is closed: it cannot hold the server.
+func TestSlowBodyAnswered408(t *testing.T) {
+	tr := newTransport(t, Options{BodyTimeout: 100 * time.Millisecond})
+	l := serve(t, tr, func(c transport.Conn) {
+		defer c.Close()
+		_, err := c.Recv(context.Background())
+		status := 200
+		var se interface{ StatusCode() int }
+		if errors.As(err, &se) {
+			status = se.StatusCode()
+		}
+		_ = c.Send(context.Background(), &transport.Message{Header: map[string]string{transport.HeaderStatus: strconv.Itoa(status)}})
+	})
+	nc, err := net.Dial("tcp", l.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_, _ = io.WriteString(nc, "POST /s/e HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+	_ = nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer to a request whose body never came: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("status %d, want 408", resp.StatusCode)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the connection stayed open after the 408")
+	}
+}
+
+// TestBadMessageIsMessageError: a message that cannot be sent is reported as a
+// *transport.MessageError, so that callers know no peer would take it.
+func TestBadMessageIsMessageError(t *testing.T) {
+	tr := newTransport(t, Options{MaxBody: 8})
+	l := serve(t, tr, echo)
+	c := dial(t, tr, l.Addr())
+	for _, m := range []*transport.Message{req("s", "e", "", "X-Inject", "v\nHost: evil"), req("s", "e", "123456789")} {
+		var me *transport.MessageError
+		if err := c.Send(context.Background(), m); !errors.As(err, &me) {
+			t.Errorf("Send(%v) = %v, want a *transport.MessageError", m.Header, err)
 		}
 	}
 }

@@ -143,6 +143,7 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	sc := &serverConn{
 		w:      w,
 		rc:     http.NewResponseController(w),
+		ctx:    r.Context(),
 		remote: r.RemoteAddr,
 		opts:   &l.opts,
 		send:   make(chan sendReq),
@@ -154,12 +155,19 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !sc.readRequest(r) {
 		return
 	}
+	// The request's context ends when the client goes away, and also when reading the
+	// body failed (net/http cancels it on any read error): a request that failed that way
+	// is still answered, with its error.
+	clientGone := r.Context().Done()
+	if sc.reqErr != nil {
+		clientGone = nil
+	}
 	select {
 	case l.accept <- sc:
 	case <-l.done:
 		http.Error(w, "transport: listener closed", http.StatusServiceUnavailable)
 		return
-	case <-r.Context().Done():
+	case <-clientGone:
 		return
 	}
 	select {
@@ -179,7 +187,7 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		l.log.Debug("httptransport: call closed without a response", "remote", sc.remote)
 		http.Error(w, "transport: call closed without a response", http.StatusBadGateway)
-	case <-r.Context().Done():
+	case <-clientGone:
 	}
 }
 
@@ -188,6 +196,7 @@ func (l *listener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 type serverConn struct {
 	w      http.ResponseWriter
 	rc     *http.ResponseController
+	ctx    context.Context // the request's: done when the client goes away
 	remote string
 	opts   *Options
 
@@ -274,9 +283,15 @@ func (sc *serverConn) readBody(r *http.Request) ([]byte, error) {
 	}
 	_ = sc.rc.SetReadDeadline(time.Now().Add(sc.opts.BodyTimeout))
 	body, err := readBody(http.MaxBytesReader(sc.w, r.Body, sc.opts.MaxBody), r.ContentLength, sc.opts.MaxBody)
-	// Clear the deadline: net/http keeps reading in the background to notice a client that
-	// goes away, and a deadline firing there would look like one.
-	_ = sc.rc.SetReadDeadline(time.Time{})
+	if err == nil {
+		// Clear the deadline: net/http keeps reading in the background to notice a client
+		// that goes away, and a deadline firing there would look like one. After a failed
+		// read it stays, so that net/http, which may read what is left of the body before
+		// it answers, gives up at once.
+		_ = sc.rc.SetReadDeadline(time.Time{})
+	} else {
+		sc.w.Header().Set("Connection", "close")
+	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		return nil, fmt.Errorf("request body exceeds the limit of %d bytes: %w", mbe.Limit, ErrBodyTooLarge)
@@ -598,3 +613,13 @@ func (sc *serverConn) Close() error {
 
 // RemoteAddr returns the client's address, host:port.
 func (sc *serverConn) RemoteAddr() string { return sc.remote }
+
+// Context is done when the client goes away before the call is answered (it closed the
+// connection), and once the call has been answered. On a stream it says nothing: the
+// stream's Recv reports the end of the connection.
+func (sc *serverConn) Context() context.Context {
+	if sc.stream {
+		return context.Background()
+	}
+	return sc.ctx
+}
