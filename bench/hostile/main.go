@@ -18,22 +18,19 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/microhost/micro/bench/internal/proc"
 )
 
 func main() {
@@ -65,29 +62,21 @@ func run(microBin string, conc, junkN, inflight, shedC int, dur time.Duration) e
 		microBin = filepath.Join(dir, "micro")
 		builds[microBin] = "./cmd/micro"
 	}
-	for out, pkg := range builds {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("building %s (run from the repo root): %w", pkg, err)
-		}
+	if err := proc.Build(builds); err != nil {
+		return err
 	}
-	appAddr, err := freeAddr()
+	greeter, appAddr, err := proc.StartGreeter(greeterBin)
 	if err != nil {
 		return err
 	}
-	greeter := exec.Command(greeterBin)
-	greeter.Env = append(os.Environ(), "MICRO_APP_ADDR="+appAddr, "MICRO_INSTANCE=bench")
-	if err := greeter.Start(); err != nil {
-		return err
-	}
-	defer stop(greeter)
+	defer proc.Stop(greeter)
 
 	limit := ""
 	if inflight > 0 {
 		limit = fmt.Sprintf("max_inflight = %d", inflight)
 	}
-	m, err := startMicro(microBin, dir, fmt.Sprintf(`[server]
+	cfgPath := filepath.Join(dir, "micro.toml")
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(`[server]
 ingress = "127.0.0.1:0"
 %s
 [registry]
@@ -96,74 +85,34 @@ dir = %q
 level = "warn"
 [services.greeter]
 address = "http://%s"
-`, limit, filepath.Join(dir, "registry"), appAddr))
+`, limit, filepath.Join(dir, "registry"), appAddr)), 0o644); err != nil {
+		return err
+	}
+	micro, ingress, err := proc.StartMicro(microBin, cfgPath)
 	if err != nil {
 		return err
 	}
-	defer stop(m.cmd)
+	defer proc.Stop(micro)
+	base := "http://" + ingress
+	if err := proc.WaitOK(base + "/greeter/Greeter.Hello"); err != nil {
+		return err
+	}
 
 	// Junk.
-	junk(m.base, 0, junkN/10, conc)
-	rssBefore, seriesBefore := rss(m.cmd.Process.Pid), series(m.base)
+	junk(base, 0, junkN/10, conc)
+	rssBefore, seriesBefore := rss(micro.Process.Pid), series(base)
 	start := time.Now()
-	junk(m.base, junkN/10, junkN, conc)
+	junk(base, junkN/10, junkN, conc)
 	took := time.Since(start)
-	rssAfter, seriesAfter := rss(m.cmd.Process.Pid), series(m.base)
+	rssAfter, seriesAfter := rss(micro.Process.Pid), series(base)
 	fmt.Printf("junk: %d calls to made-up services in %v (%.0f/s)\n", junkN, took.Round(time.Millisecond), float64(junkN)/took.Seconds())
 	fmt.Printf("  RSS %.1f MiB before, %.1f MiB after (%+.1f MiB); /metrics micro_ series %d before, %d after\n",
 		mib(rssBefore), mib(rssAfter), mib(rssAfter-rssBefore), seriesBefore, seriesAfter)
 
 	if inflight > 0 {
-		shed(m.base, inflight, shedC, dur)
+		shed(base, inflight, shedC, dur)
 	}
 	return nil
-}
-
-type micro struct {
-	cmd  *exec.Cmd
-	base string
-}
-
-func startMicro(bin, dir, cfg string) (*micro, error) {
-	path := filepath.Join(dir, "micro.toml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "run", "-c", path)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil {
-		stop(cmd)
-		return nil, fmt.Errorf("micro did not start: %w", err)
-	}
-	sub := regexp.MustCompile(`on (\S+) \(ingress\)`).FindStringSubmatch(line)
-	if sub == nil {
-		stop(cmd)
-		return nil, fmt.Errorf("unexpected micro output %q", line)
-	}
-	m := &micro{cmd: cmd, base: "http://" + sub[1]}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Post(m.base+"/greeter/Greeter.Hello", "application/json", strings.NewReader(`{"name":"Ada"}`))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return m, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			stop(cmd)
-			return nil, errors.New("micro did not serve greeter within 30s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // junk calls made-up services from conc callers, numbered from to to.
@@ -284,27 +233,3 @@ func series(base string) int {
 }
 
 func mib(b int64) float64 { return float64(b) / (1 << 20) }
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-func stop(c *exec.Cmd) {
-	if c.Process == nil {
-		return
-	}
-	_ = c.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = c.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = c.Process.Kill()
-		<-done
-	}
-}

@@ -14,24 +14,23 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sync"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/microhost/micro/bench/internal/proc"
 )
 
 func main() {
@@ -55,24 +54,14 @@ func run(conc int, dur time.Duration, rounds int, wrappers, nats bool) error {
 	}
 	defer os.RemoveAll(dir)
 	microBin, greeterBin, natsBin := filepath.Join(dir, "micro"), filepath.Join(dir, "greeter"), filepath.Join(dir, "transport-nats")
-	for out, pkg := range map[string]string{microBin: "./cmd/micro", greeterBin: "./examples/greeter", natsBin: "./plugins/transport-nats"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		cmd.Stderr = os.Stderr
-		if err := cmd.Run(); err != nil {
-			return fmt.Errorf("building %s (run from the repo root): %w", pkg, err)
-		}
+	if err := proc.Build(map[string]string{microBin: "./cmd/micro", greeterBin: "./examples/greeter", natsBin: "./plugins/transport-nats"}); err != nil {
+		return err
 	}
-
-	appAddr, err := freeAddr()
+	greeter, appAddr, err := proc.StartGreeter(greeterBin)
 	if err != nil {
 		return err
 	}
-	greeter := exec.Command(greeterBin)
-	greeter.Env = append(os.Environ(), "MICRO_APP_ADDR="+appAddr, "MICRO_INSTANCE=bench")
-	if err := greeter.Start(); err != nil {
-		return err
-	}
-	defer stop(greeter)
+	defer proc.Stop(greeter)
 
 	// launch starts a micro on the config body (sections after [server]), each in a
 	// directory of its own, and returns the URL of greeter's Hello at its ingress.
@@ -85,31 +74,18 @@ func run(conc int, dur time.Duration, rounds int, wrappers, nats bool) error {
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 			return "", err
 		}
-		micro := exec.Command(microBin, "run", "-c", cfgPath)
-		micro.Stderr = os.Stderr
-		out, err := micro.StdoutPipe()
+		micro, ingress, err := proc.StartMicro(microBin, cfgPath)
 		if err != nil {
-			return "", err
-		}
-		if err := micro.Start(); err != nil {
 			return "", err
 		}
 		stops = append(stops, micro)
-		line, err := bufio.NewReader(out).ReadString('\n')
-		if err != nil {
-			return "", fmt.Errorf("micro (%s) did not start: %w", name, err)
-		}
-		m := regexp.MustCompile(`on (\S+) \(ingress\)`).FindStringSubmatch(line)
-		if m == nil {
-			return "", fmt.Errorf("unexpected micro output %q", line)
-		}
-		url := "http://" + m[1] + "/greeter/Greeter.Hello"
-		return url, waitOK(url)
+		url := "http://" + ingress + "/greeter/Greeter.Hello"
+		return url, proc.WaitOK(url)
 	}
 	var shutdowns []func() // run after the micros stopped
 	defer func() {
 		for _, c := range stops {
-			stop(c)
+			proc.Stop(c)
 		}
 		for _, f := range shutdowns {
 			f()
@@ -268,40 +244,4 @@ func measure(client *http.Client, url string, conc int, d time.Duration) result 
 	all.took = time.Since(start)
 	slices.Sort(all.lat)
 	return all
-}
-
-func waitOK(url string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Post(url, "application/json", bytes.NewReader([]byte(`{"name":"x"}`)))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s never answered 200", url)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-func stop(cmd *exec.Cmd) {
-	_ = cmd.Process.Signal(os.Interrupt)
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
 }

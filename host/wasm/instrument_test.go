@@ -34,20 +34,7 @@ func loopModule(extraExport string) []byte {
 
 func TestInstrumentStopsLoops(t *testing.T) {
 	ctx := context.Background()
-	rt := wazero.NewRuntime(ctx)
-	defer rt.Close(ctx)
-	b, err := instrument(loopModule(""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	mod, err := rt.Instantiate(ctx, b)
-	if err != nil {
-		t.Fatalf("the instrumented module does not instantiate: %v", err)
-	}
-	stop, ok := mod.ExportedGlobal(stopExport).(api.MutableGlobal)
-	if !ok {
-		t.Fatalf("no mutable global %s", stopExport)
-	}
+	mod, stop := instantiateInstrumented(t, loopModule(""))
 	if res, err := mod.ExportedFunction("count").Call(ctx, 1000); err != nil || res[0] != 0 {
 		t.Fatalf("count(1000) = %v, %v: a loop that ends must run as before", res, err)
 	}
@@ -61,22 +48,7 @@ func TestInstrumentStopsLoops(t *testing.T) {
 		t.Fatalf("spin returned before the stop: %v", err)
 	case <-time.After(20 * time.Millisecond):
 	}
-	// A garbage collection stops the world: it must not wait for the loop forever.
-	gc := make(chan struct{})
-	go func() {
-		runtime.GC()
-		close(gc)
-	}()
-	select {
-	case <-gc:
-	case <-time.After(30 * time.Second):
-		t.Fatal("a garbage collection waited 30s for a looping guest")
-	}
-	select {
-	case err := <-done:
-		t.Fatalf("spin returned before the stop: %v", err)
-	default:
-	}
+	gcDoesNotWait(t, "looping", done)
 	stop.Set(1)
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "unreachable") {
 		t.Errorf("spin after the stop: %v, want an unreachable trap", err)
@@ -112,13 +84,14 @@ func recursionModule() []byte {
 	}).bytes()
 }
 
-// TestInstrumentStopsRecursion checks that a guest that recurses without a loop is stopped
-// as a looping one is, and does not hold up a garbage collection meanwhile.
-func TestInstrumentStopsRecursion(t *testing.T) {
+// instantiateInstrumented instruments module and instantiates it in a runtime of its own,
+// closed with the test. It returns the module and its stop global.
+func instantiateInstrumented(t *testing.T, module []byte) (api.Module, api.MutableGlobal) {
+	t.Helper()
 	ctx := context.Background()
 	rt := wazero.NewRuntime(ctx)
-	defer rt.Close(ctx)
-	b, err := instrument(recursionModule())
+	t.Cleanup(func() { rt.Close(ctx) })
+	b, err := instrument(module)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +103,14 @@ func TestInstrumentStopsRecursion(t *testing.T) {
 	if !ok {
 		t.Fatalf("no mutable global %s", stopExport)
 	}
+	return mod, stop
+}
+
+// TestInstrumentStopsRecursion checks that a guest that recurses without a loop is stopped
+// as a looping one is, and does not hold up a garbage collection meanwhile.
+func TestInstrumentStopsRecursion(t *testing.T) {
+	ctx := context.Background()
+	mod, stop := instantiateInstrumented(t, recursionModule())
 	if res, err := mod.ExportedFunction("twice").Call(ctx, 10); err != nil || res[0] != 1024 {
 		t.Fatalf("twice(10) = %v, %v: a recursion that ends must run as before", res, err)
 	}
@@ -162,8 +143,16 @@ func TestInstrumentStopsRecursion(t *testing.T) {
 	}
 	stopped(start())
 
-	// A garbage collection stops the world: it must not wait for the recursion.
 	done := start()
+	gcDoesNotWait(t, "recursing", done)
+	stopped(done)
+}
+
+// gcDoesNotWait checks that a garbage collection, which stops the world, ends while a
+// guest (what it is doing: looping, recursing) runs, and that the guest's call, which
+// reports to done, runs on.
+func gcDoesNotWait(t *testing.T, what string, done <-chan error) {
+	t.Helper()
 	gc := make(chan struct{})
 	go func() {
 		runtime.GC()
@@ -172,14 +161,13 @@ func TestInstrumentStopsRecursion(t *testing.T) {
 	select {
 	case <-gc:
 	case <-time.After(30 * time.Second):
-		t.Fatal("a garbage collection waited 30s for a recursing guest")
+		t.Fatalf("a garbage collection waited 30s for a %s guest", what)
 	}
 	select {
 	case err := <-done:
-		t.Fatalf("run returned before the stop: %v", err)
+		t.Fatalf("the %s guest returned before the stop: %v", what, err)
 	default:
 	}
-	stopped(done)
 }
 
 // TestInstrumentEntryChecks checks which function bodies get a check at their entry: all

@@ -564,19 +564,26 @@ func TestNotReadyInTime(t *testing.T) {
 	}
 }
 
-// An instance that does not stop on SIGTERM in time is killed.
-func TestStopKillsAfterTimeout(t *testing.T) {
-	var logs logBuffer
-	ev := newEvents()
-	opts := ev.options(logs.logger())
-	opts.StopTimeout = 200 * time.Millisecond
-	g := New(greeterSpec(1), opts)
+// startReady starts a Group of spec and waits until its instances are ready.
+func startReady(t *testing.T, spec Spec, opts Options) *Group {
+	t.Helper()
+	g := New(spec, opts)
 	if err := g.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := g.WaitReady(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	return g
+}
+
+// An instance that does not stop on SIGTERM in time is killed.
+func TestStopKillsAfterTimeout(t *testing.T) {
+	var logs logBuffer
+	ev := newEvents()
+	opts := ev.options(logs.logger())
+	opts.StopTimeout = 200 * time.Millisecond
+	g := startReady(t, greeterSpec(1), opts)
 	inst := g.Instances()[0]
 
 	// A long request in flight holds the greeter's graceful shutdown open.
@@ -605,13 +612,7 @@ func TestStopContext(t *testing.T) {
 	ev := newEvents()
 	opts := ev.options(logs.logger())
 	opts.StopTimeout = time.Hour
-	g := New(greeterSpec(1), opts)
-	if err := g.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.WaitReady(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	g := startReady(t, greeterSpec(1), opts)
 	inst := g.Instances()[0]
 	go func() {
 		resp, err := http.Post("http://"+inst.Addr+"/Greeter.Sleep", "application/json", strings.NewReader(`{"ms":60000}`))
@@ -818,13 +819,7 @@ func TestKeeperGracefulStop(t *testing.T) {
 	ev := newEvents()
 	opts := ev.options(logs.logger())
 	opts.Keeper = mustKeeper(t)
-	g := New(greeterSpec(1), opts)
-	if err := g.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.WaitReady(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	g := startReady(t, greeterSpec(1), opts)
 	inst := g.Instances()[0]
 	app := childOf(t, inst.PID)
 	stop(t, g)
