@@ -163,7 +163,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		tried = append(tried, node.ID)
 		call := wrapper.Call{
 			Service: req.Service, Endpoint: req.Endpoint, Node: node.ID,
-			Caller: req.Header[transport.HeaderCaller], Header: req.Header,
+			Header: req.Header,
 		}
 		call.Deadline, _ = ctx.Deadline()
 		var ran wrapper.Ran
@@ -304,7 +304,7 @@ func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, stri
 		}
 		node := pick.Node()
 		tried = append(tried, node.ID)
-		call := wrapper.Call{Service: req.Service, Endpoint: req.Endpoint, Node: node.ID, Caller: req.Header[transport.HeaderCaller], Header: req.Header}
+		call := wrapper.Call{Service: req.Service, Endpoint: req.Endpoint, Node: node.ID, Header: req.Header}
 		call.Deadline, _ = ctx.Deadline()
 		var ran wrapper.Ran
 		v := chain.OnRequest(ctx, &call, &ran)

@@ -204,7 +204,7 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 	defer chain.Release()
 	call := wrapper.Call{
 		Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: deadline,
+		Header: req.Header, Deadline: deadline,
 	}
 	var ran wrapper.Ran
 	v := chain.OnRequest(ctx, &call, &ran)

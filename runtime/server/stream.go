@@ -197,7 +197,7 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 
 	chain := in.chain.Acquire()
 	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Caller: req.Header[transport.HeaderCaller], Header: req.Header, Deadline: deadline}
+		Header: req.Header, Deadline: deadline}
 	var ran wrapper.Ran
 	v := chain.OnRequest(openCtx, &call, &ran)
 	if v.Action != wrapper.Continue {

@@ -31,7 +31,8 @@ const (
 	HeaderTimeout = "Micro-Timeout"
 	// HeaderStatus carries a response's HTTP status code, e.g. "200".
 	HeaderStatus = "Micro-Status"
-	// HeaderCaller names the service or app that made the call, when known.
+	// HeaderCaller would name the service that made a call. It is an identity anyone could
+	// claim, so micro drops it from callers and peers like every Micro-* header.
 	HeaderCaller = "Micro-Caller"
 	// HeaderStream marks the first message of a stream; its value is "1".
 	HeaderStream = "Micro-Stream"

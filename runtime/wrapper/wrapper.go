@@ -19,7 +19,8 @@ type Call struct {
 	// Node is the selected node's ID on the client side, and the node ID the call was sent
 	// to on the server side.
 	Node string
-	// Caller names who made the call (the Micro-Caller header), or "".
+	// Caller names the service that made the call when micro knows it, and is ""
+	// otherwise. micro never takes it from a header that a caller or a peer could set.
 	Caller string
 	// Header holds the request's headers. Wrappers do not modify it; they return headers
 	// to set in a Verdict.
