@@ -168,8 +168,10 @@ func TestBadInput(t *testing.T) {
 		detail                    string
 	}{
 		{"unknown service", "/nosuch/X.Y", "{}", "", 404, `"nosuch"`},
-		{"malformed path", "/greeter", "{}", "", 400, "/{service}/{endpoint}"},
-		{"malformed path 2", "/greeter/a/b", "{}", "", 400, "/{service}/{endpoint}"},
+		{"malformed path", "//Greeter.Hello", "{}", "", 400, "/{service}/{path}"},
+		{"bad service name", "/Greeter/Greeter.Hello", "{}", "", 400, "not allowed"},
+		// Any path is the app's: the greeter itself answers one it does not know.
+		{"the app's 404", "/greeter/a/b", "{}", "", 404, ""},
 		{"bad timeout", "/greeter/Greeter.Hello", "{}", "fast", 400, `"fast"`},
 		{"oversized body", "/greeter/Greeter.Hello", strings.Repeat("x", 2048), "", 413, "1024 bytes"},
 		{"app rejects", "/greeter/Greeter.Hello", "not json", "", 400, ""},

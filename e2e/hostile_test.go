@@ -63,7 +63,7 @@ func TestHostileInputNoCrash(t *testing.T) {
 		"POST /greeter/Greeter.Hello HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 99999999999h\r\nContent-Length: 0\r\n\r\n",
 		"POST /greeter/Greeter.Hello HTTP/1.1\r\nHost: x\r\nMicro-Stream: 1\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
 		"POST /greeter/%00 HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
-		"GET /greeter/Greeter.Stream HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nUpgrade: micro-stream/1\r\nConnection: Upgrade\r\nMicro-Stream: 1\r\n\r\n",
+		"POST //Greeter.Hello HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
 	} {
 		for _, addr := range []string{m.inbound, strings.TrimPrefix(m.ingress, "http://")} {
 			status, err := rawRequest(addr, raw)

@@ -129,7 +129,8 @@ func (*InitResponse) Descriptor() ([]byte, []int) {
 	return file_abi_transportpb_transport_proto_rawDescGZIP(), []int{1}
 }
 
-// Message is one request or response.
+// Message is one request or response. A header with several values (Set-Cookie, say) has
+// them joined by a line feed, which no HTTP header value can hold.
 type Message struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        map[string]string      `protobuf:"bytes,1,rep,name=header,proto3" json:"header,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`

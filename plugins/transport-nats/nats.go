@@ -565,7 +565,8 @@ func toNATS(subject string, m *transport.Message) *nats.Msg {
 	if len(m.Header) > 0 {
 		msg.Header = make(nats.Header, len(m.Header))
 		for k, v := range m.Header {
-			msg.Header[escapeKey(k)] = []string{v}
+			// NATS headers are lines: a value of several values travels as several.
+			msg.Header[escapeKey(k)] = strings.Split(v, transport.ValueSep)
 		}
 	}
 	return msg
@@ -576,7 +577,7 @@ func fromNATS(msg *nats.Msg) *transport.Message {
 	m := &transport.Message{Header: make(map[string]string, len(msg.Header)), Body: msg.Data}
 	for k, vs := range msg.Header {
 		if len(vs) > 0 {
-			m.Header[unescapeKey(k)] = vs[0]
+			m.Header[unescapeKey(k)] = strings.Join(vs, transport.ValueSep)
 		}
 	}
 	return m

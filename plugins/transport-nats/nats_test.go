@@ -132,6 +132,7 @@ func TestRoundTrip(t *testing.T) {
 				"Status":       "503", // NATS's own key; must pass through as ours
 				"Description":  "d",
 				"Empty":        "",
+				"Set-Cookie":   "a=1" + transport.ValueSep + "b=2", // several values
 			},
 			Body: []byte(fmt.Sprintf(`{"n":%d}`, i)),
 		}

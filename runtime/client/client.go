@@ -66,14 +66,31 @@ type Options struct {
 
 // Request is a call to an endpoint of a service.
 type Request struct {
-	Service  string
+	Service string
+	// Endpoint is the first segment of the call's path; "" for the root path.
 	Endpoint string
+	// Method is the call's HTTP method; "" means POST.
+	Method string
+	// Target is the path and query the app gets, escaped, e.g. "/users/42?expand=orders";
+	// "" means "/" and the endpoint.
+	Target string
 	// Header is sent as it is; the client sets the Micro-* routing and budget headers.
 	Header map[string]string
 	Body   []byte
 	// Idempotent declares the call safe to repeat, as if its endpoint were declared
 	// idempotent.
 	Idempotent bool
+}
+
+// repeatable reports whether req is safe to run again on another node after it may have
+// reached node's app: the caller says so, its method is safe (GET, HEAD, OPTIONS, TRACE:
+// HTTP's own promise that they change nothing), or node declares its endpoint idempotent.
+func (req *Request) repeatable(node *registry.Node) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return req.Idempotent || slices.Contains(node.Idempotent, req.Endpoint)
 }
 
 // Response is the answer of the node that served the call.
@@ -183,7 +200,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: v.Status, Err: v.Message}, &ran)
 			return rejected(v.Status, v), nil
 		}
-		repeatable := req.Idempotent || slices.Contains(node.Idempotent, req.Endpoint)
+		repeatable := req.repeatable(node)
 		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
 		if limited {
 			remaining = o.AttemptTimeout
@@ -314,7 +331,7 @@ func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, stri
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 			return nil, "", rejected(status, v), nil
 		}
-		repeatable := req.Idempotent || slices.Contains(node.Idempotent, req.Endpoint)
+		repeatable := req.repeatable(node)
 		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
 		if limited {
 			remaining = o.AttemptTimeout
@@ -402,7 +419,7 @@ func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, re
 // header is the message header of an attempt on node: the request's headers, those a
 // wrapper added, and micro's routing and budget headers.
 func header(req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) map[string]string {
-	h := make(map[string]string, len(req.Header)+len(extra)+5)
+	h := make(map[string]string, len(req.Header)+len(extra)+7)
 	for k, v := range req.Header {
 		h[k] = v
 	}
@@ -411,6 +428,12 @@ func header(req *Request, node *registry.Node, remaining time.Duration, extra ma
 	}
 	h[transport.HeaderService] = req.Service
 	h[transport.HeaderEndpoint] = req.Endpoint
+	if req.Method != "" {
+		h[transport.HeaderMethod] = req.Method
+	}
+	if req.Target != "" {
+		h[transport.HeaderPath] = req.Target
+	}
 	h[transport.HeaderNode] = node.ID
 	h[transport.HeaderTimeout] = budget.Format(remaining)
 	return h

@@ -425,7 +425,7 @@ func TestCallerGoneAndBadMessage(t *testing.T) {
 		if e != nil && e.Code != callerr.StatusClientClosed {
 			t.Fatalf("a call whose caller went away: %v, want 499 (or a quick answer)", e)
 		}
-		_, e = callReq(h, context.Background(), &client.Request{Service: "svc", Endpoint: "E.P", Header: map[string]string{"X-Bad": "a\nb"}})
+		_, e = callReq(h, context.Background(), &client.Request{Service: "svc", Endpoint: "E.P", Header: map[string]string{"X-Bad": "a\rb"}})
 		if e == nil || e.Code != 400 {
 			t.Fatalf("a request with a bad header: %v, want 400", e)
 		}

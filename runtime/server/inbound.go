@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -167,10 +169,10 @@ func (in *Inbound) handle(ctx context.Context, conn transport.Conn) {
 // budget, cut to the settings' MaxBudget.
 func checkCall(req *transport.Message, st *Settings) (time.Duration, *callerr.Error) {
 	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
-	if err := checkName("service", service, false); err != nil {
+	if err := checkName("service", service); err != nil {
 		return 0, callerr.New(InboundID, http.StatusBadRequest, "%v", err)
 	}
-	if err := checkName("endpoint", endpoint, true); err != nil {
+	if err := checkEndpoint(endpoint); err != nil {
 		return 0, callerr.New(InboundID, http.StatusBadRequest, "%v", err)
 	}
 	tv, ok := req.Header[transport.HeaderTimeout]
@@ -248,7 +250,12 @@ func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[
 		return fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable)
 	}
 
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/"+endpoint, bytes.NewReader(req.Body))
+	method, target := requestLine(req.Header)
+	var reqBody io.Reader = http.NoBody
+	if len(req.Body) > 0 {
+		reqBody = bytes.NewReader(req.Body)
+	}
+	hr, err := http.NewRequestWithContext(ctx, method, base+target, reqBody)
 	if err != nil {
 		return fail(callerr.New(InboundID, http.StatusBadRequest, "building request to %s: %v", base, err), transport.ErrorCaller)
 	}
@@ -281,6 +288,19 @@ func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[
 	return hresp.StatusCode, &transport.Message{Header: h, Body: body}, ""
 }
 
+// requestLine returns the method and target of a call message: HeaderMethod (default POST)
+// and HeaderPath (default "/" and the escaped endpoint).
+func requestLine(h map[string]string) (method, target string) {
+	method, target = http.MethodPost, h[transport.HeaderPath]
+	if m := h[transport.HeaderMethod]; m != "" {
+		method = m
+	}
+	if target == "" {
+		target = "/" + url.PathEscape(h[transport.HeaderEndpoint])
+	}
+	return method, target
+}
+
 // appHeader is the header of a call's request to its app: the caller's end-to-end headers
 // and those the server wrappers set, without any Micro-* header the caller sent, and
 // micro's own budget header.
@@ -289,7 +309,7 @@ func appHeader(h, extra map[string]string, deadline time.Time) http.Header {
 	for _, m := range []map[string]string{h, extra} {
 		for k, v := range m {
 			if ck := http.CanonicalHeaderKey(k); !transport.IsMicroHeader(ck) && !hopByHop(ck) {
-				out[ck] = []string{v}
+				out[ck] = strings.Split(v, transport.ValueSep)
 			}
 		}
 	}

@@ -42,6 +42,10 @@ func newTestApp(t *testing.T, maxBody int) *testApp {
 		w.Header().Set("X-App", "1")
 		_ = json.NewEncoder(w).Encode(r.Header)
 	})
+	mux.HandleFunc("/Echo.Request/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header()["Set-Cookie"] = []string{"a=1", "b=2"}
+		_ = json.NewEncoder(w).Encode(map[string]any{"method": r.Method, "uri": r.RequestURI, "header": r.Header})
+	})
 	mux.HandleFunc("/Big.Reply", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(strings.Repeat("x", maxBody+1)))
 	})
@@ -233,6 +237,27 @@ func TestInboundHeaders(t *testing.T) {
 	}
 	if r.Header[transport.HeaderError] != "" || r.Header["Micro-Node"] != "" || r.Header["X-App"] != "1" {
 		t.Errorf("reply headers %v: want the app's own, without its Micro-* ones", r.Header)
+	}
+}
+
+// TestInboundAnyRequest: the app gets the call's method, target and repeated headers, and
+// the caller the app's repeated headers.
+func TestInboundAnyRequest(t *testing.T) {
+	h := newInboundHarness(t, Settings{})
+	r := h.send(t, call("app", "Echo.Request", transport.HeaderMethod, "PATCH",
+		transport.HeaderPath, "/Echo.Request/42%2F7?expand=orders", "X-Multi", "one"+transport.ValueSep+"two"), "{}")
+	var seen struct {
+		Method, URI string
+		Header      http.Header
+	}
+	if err := json.Unmarshal(r.Body, &seen); err != nil {
+		t.Fatalf("app answered %q: %v", r.Body, err)
+	}
+	if seen.Method != "PATCH" || seen.URI != "/Echo.Request/42%2F7?expand=orders" || len(seen.Header["X-Multi"]) != 2 {
+		t.Errorf("app got %s %s with X-Multi %q", seen.Method, seen.URI, seen.Header["X-Multi"])
+	}
+	if r.Header["Set-Cookie"] != "a=1"+transport.ValueSep+"b=2" {
+		t.Errorf("caller got Set-Cookie %q, want both", r.Header["Set-Cookie"])
 	}
 }
 

@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
@@ -112,23 +114,30 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		refuse(w, rc, r, callerr.New(IngressID, http.StatusForbidden, "%s", reason))
 		return
 	}
-	switch r.URL.Path {
-	case "/health":
-		in.health(w)
-		return
-	case "/metrics":
-		in.cfg.Metrics.ServeHTTP(w, r)
-		return
-	case "/services":
-		in.services(w, r)
-		return
+	if !r.URL.IsAbs() {
+		switch r.URL.Path {
+		case "/health":
+			in.health(w)
+			return
+		case "/metrics":
+			in.cfg.Metrics.ServeHTTP(w, r)
+			return
+		case "/services":
+			in.services(w, r)
+			return
+		}
 	}
 	in.call(w, r, rc, st)
 }
 
 func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings) {
 	start := time.Now()
-	service, endpoint, err := ParsePath(r.URL.Path)
+	if r.Method == http.MethodConnect {
+		in.cfg.Recorder.Call("", http.StatusMethodNotAllowed, time.Since(start))
+		refuse(w, rc, r, callerr.New(IngressID, http.StatusMethodNotAllowed, "CONNECT: micro takes calls in plain HTTP, e.g. GET http://{service}/{path}"))
+		return
+	}
+	service, endpoint, target, _, err := Route(r)
 	if err != nil {
 		in.cfg.Recorder.Call("", http.StatusBadRequest, time.Since(start))
 		refuse(w, rc, r, callerr.New(IngressID, http.StatusBadRequest, "%v", err))
@@ -159,12 +168,7 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 	}
 	defer in.gate.leave()
 	if r.Method == http.MethodGet && isWebSocket(r) {
-		code = in.stream(w, r, rc, st, service, endpoint)
-		return
-	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		fail(callerr.New(IngressID, http.StatusMethodNotAllowed, "method %s: calls are POST /{service}/{endpoint}", r.Method))
+		code = in.stream(w, r, rc, st, service, endpoint, target)
 		return
 	}
 	if _, ok := r.Header[transport.HeaderStream]; ok {
@@ -202,6 +206,8 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 	resp, err := in.cfg.Caller.Call(ctx, &client.Request{
 		Service:    service,
 		Endpoint:   endpoint,
+		Method:     r.Method,
+		Target:     target,
 		Header:     CopyHeader(r.Header),
 		Body:       body,
 		Idempotent: idempotent,
@@ -213,15 +219,21 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 	}
 	code = resp.Status
 	h := w.Header()
-	for k, v := range resp.Header {
-		if !hopByHop(k) && !transport.IsMicroHeader(k) {
-			h.Set(k, v)
-		}
-	}
+	setHeader(h, resp.Header)
 	h.Set(transport.HeaderNode, resp.Node)
 	h.Set("Micro-Attempts", strconv.Itoa(resp.Attempts))
 	w.WriteHeader(resp.Status)
 	_, _ = w.Write(resp.Body)
+}
+
+// setHeader sets on h the end-to-end headers of m, a message header whose repeated values
+// are joined by transport.ValueSep, leaving out micro's own.
+func setHeader(h http.Header, m map[string]string) {
+	for k, v := range m {
+		if ck := http.CanonicalHeaderKey(k); !hopByHop(ck) && !transport.IsMicroHeader(ck) {
+			h[ck] = strings.Split(v, transport.ValueSep)
+		}
+	}
 }
 
 // refuse answers e to a request whose body was not read. net/http would read the body
@@ -269,7 +281,9 @@ func foreign(r *http.Request, st *Settings) string {
 	if !st.CheckOrigin {
 		return ""
 	}
-	if !ownHost(r.Host, st.AllowedHosts) {
+	// A request in proxy form names the service it calls as its host. Browsers send that
+	// form only to a proxy they are told to use, never to a page's own host.
+	if !r.URL.IsAbs() && !ownHost(r.Host, st.AllowedHosts) {
 		return fmt.Sprintf("Host %.64q is not a name of this ingress: only localhost, IP addresses and server.allowed_hosts", r.Host)
 	}
 	if origin := r.Header.Get("Origin"); origin != "" {
@@ -335,37 +349,62 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
-// ParsePath splits a call path "/{service}/{endpoint}". The service is lower-case letters,
-// digits, '-', '_' and '.'; the endpoint adds upper-case letters; both are at most 128 bytes.
-func ParsePath(p string) (service, endpoint string, err error) {
-	rest, ok := strings.CutPrefix(p, "/")
-	if !ok {
-		return "", "", fmt.Errorf("path %q: want /{service}/{endpoint}", p)
+// Route reads where a call goes: its service, its endpoint (the first segment of the path
+// after the service, "" for the root) and the target the app gets (that path, escaped, and
+// the query). A call is {METHOD} /{service}/{path}?{query}, or, in proxy form, what an app
+// whose HTTP_PROXY points at the ingress sends: {METHOD} http://{service}/{path}?{query}.
+// proxied reports the proxy form.
+func Route(r *http.Request) (service, endpoint, target string, proxied bool, err error) {
+	path := r.URL.EscapedPath()
+	if r.URL.IsAbs() {
+		host := strings.ToLower(r.URL.Hostname())
+		if net.ParseIP(host) == nil && host != "localhost" {
+			proxied = true
+			path = "/" + url.PathEscape(host) + path
+		}
 	}
-	service, endpoint, ok = strings.Cut(rest, "/")
-	if !ok || strings.Contains(endpoint, "/") {
-		return "", "", fmt.Errorf("path %q: want /{service}/{endpoint}", truncate(p))
+	service, endpoint, target, err = transport.ParseTarget(path, r.URL.RawQuery)
+	if err != nil {
+		return "", "", "", false, err
 	}
-	if err := checkName("service", service, false); err != nil {
-		return "", "", err
+	if err := checkName("service", service); err != nil {
+		return "", "", "", false, err
 	}
-	if err := checkName("endpoint", endpoint, true); err != nil {
-		return "", "", err
+	if err := checkEndpoint(endpoint); err != nil {
+		return "", "", "", false, err
 	}
-	return service, endpoint, nil
+	return service, endpoint, target, proxied, nil
 }
 
-func checkName(what, s string, upper bool) error {
+// checkName reports whether s may name a service: 1 to 128 lower-case letters, digits, '-',
+// '_' and '.'.
+func checkName(what, s string) error {
 	if s == "" || len(s) > 128 {
 		return fmt.Errorf("%s name %q: want 1 to 128 characters", what, truncate(s))
 	}
 	for _, c := range []byte(s) {
 		switch {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
-		case upper && c >= 'A' && c <= 'Z':
 		default:
 			return fmt.Errorf("%s name %q has a character that is not allowed (%q)", what, truncate(s), c)
 		}
+	}
+	return nil
+}
+
+// maxEndpoint bounds the length of an endpoint, the first segment of a call's path.
+const maxEndpoint = 256
+
+// checkEndpoint reports whether s may be an endpoint: at most maxEndpoint bytes of valid
+// UTF-8 without control characters; "" is the root path.
+func checkEndpoint(s string) error {
+	switch {
+	case len(s) > maxEndpoint:
+		return fmt.Errorf("endpoint %q...: longer than %d bytes", truncate(s), maxEndpoint)
+	case !utf8.ValidString(s):
+		return fmt.Errorf("endpoint %q is not valid UTF-8", truncate(s))
+	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+		return fmt.Errorf("endpoint %q has a control character", truncate(s))
 	}
 	return nil
 }
@@ -377,6 +416,7 @@ func truncate(s string) string {
 	return s
 }
 
-// CopyHeader returns the first value of each end-to-end header of h, leaving out hop-by-hop
-// headers and every Micro-* header: micro sets its own at each hop.
+// CopyHeader returns the end-to-end headers of h as a message header (repeated values
+// joined by transport.ValueSep), leaving out hop-by-hop headers and every Micro-* header:
+// micro sets its own at each hop.
 func CopyHeader(h http.Header) map[string]string { return filterHeader(h) }

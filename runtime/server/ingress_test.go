@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/transport"
 )
 
 // echoCaller answers every call with its request, or with err when set.
@@ -35,7 +37,8 @@ func (c *echoCaller) Call(ctx context.Context, req *client.Request) (*client.Res
 	if c.err != nil {
 		return nil, c.err
 	}
-	return &client.Response{Status: 201, Header: map[string]string{"Content-Type": "application/json", "Connection": "close"}, Body: req.Body, Node: "n1", Attempts: 1}, nil
+	return &client.Response{Status: 201, Header: map[string]string{"Content-Type": "application/json", "Connection": "close",
+		"Set-Cookie": "a=1" + transport.ValueSep + "b=2"}, Body: req.Body, Node: "n1", Attempts: 1}, nil
 }
 
 type nopRecorder struct{}
@@ -57,7 +60,8 @@ func newTestIngress(c Caller) *Ingress {
 }
 
 func serve(h http.Handler, method, path, body string, hdr map[string]string) *httptest.ResponseRecorder {
-	req := httptest.NewRequest(method, "http://127.0.0.1:8080"+path, strings.NewReader(body))
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.Host = "127.0.0.1:8080"
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
@@ -93,12 +97,11 @@ func TestIngressBadInput(t *testing.T) {
 		detail                            string
 	}{
 		{"unknown service", "POST", "/nosuch/X.Y", "", "", 404, `"nosuch"`},
-		{"one segment", "POST", "/greeter", "", "", 400, "want /{service}/{endpoint}"},
-		{"three segments", "POST", "/greeter/a/b", "", "", 400, "want /{service}/{endpoint}"},
-		{"empty endpoint", "POST", "/greeter/", "", "", 400, "endpoint name"},
+		{"no service", "POST", "//x", "", "", 400, "want /{service}/{path}"},
+		{"control character", "POST", "/greeter/a%0Ab", "", "", 400, "control character"},
+		{"CONNECT", "CONNECT", "/greeter/x", "", "", 405, "CONNECT"},
 		{"bad char", "POST", "/gre%20eter/X", "", "", 400, "not allowed"},
 		{"upper-case service", "POST", "/Greeter/X", "", "", 400, "not allowed"},
-		{"GET", "GET", "/greeter/Greeter.Hello", "", "", 405, "method GET"},
 		{"bad timeout", "POST", "/greeter/Greeter.Hello", "", "soon", 400, `"soon"`},
 		{"negative timeout", "POST", "/greeter/Greeter.Hello", "", "-1s", 400, "positive"},
 		{"oversized body", "POST", "/greeter/Greeter.Hello", strings.Repeat("x", 17), "", 413, "server.max_body"},
@@ -138,17 +141,71 @@ func TestIngressHealthAndServices(t *testing.T) {
 	}
 }
 
-func FuzzParsePath(f *testing.F) {
-	for _, s := range []string{"/greeter/Greeter.Hello", "/", "//", "/a/b/c", "/a%2Fb/c", "greeter/x", "/\x00/\xff"} {
-		f.Add(s)
+// TestIngressAnyRequest: any method, path, query and repeated headers reach the caller, and
+// the answer's repeated headers reach the app; an app with HTTP_PROXY pointed at the
+// ingress names the service as the host.
+func TestIngressAnyRequest(t *testing.T) {
+	c := &echoCaller{}
+	in := newTestIngress(c)
+	req := httptest.NewRequest("DELETE", "/greeter/users/42%2F7?expand=orders&x=1", nil)
+	req.Host = "127.0.0.1:8080"
+	req.Header["X-Multi"] = []string{"one", "two"}
+	w := httptest.NewRecorder()
+	in.ServeHTTP(w, req)
+	if w.Code != 201 {
+		t.Fatalf("got %d %s", w.Code, w.Body)
 	}
-	f.Fuzz(func(t *testing.T, p string) {
-		svc, ep, err := ParsePath(p)
+	g := c.got
+	if g.Service != "greeter" || g.Endpoint != "users" || g.Method != "DELETE" || g.Target != "/users/42%2F7?expand=orders&x=1" {
+		t.Errorf("request %+v", g)
+	}
+	if g.Header["X-Multi"] != "one"+transport.ValueSep+"two" {
+		t.Errorf("X-Multi = %q, want both values", g.Header["X-Multi"])
+	}
+	if got := w.Header()["Set-Cookie"]; len(got) != 2 {
+		t.Errorf("Set-Cookie = %q, want both of the answer's cookies", got)
+	}
+
+	// Proxy form: GET http://greeter/hello with Host: greeter.
+	req = httptest.NewRequest("GET", "http://greeter/hello/there?q=1", nil)
+	w = httptest.NewRecorder()
+	in.ServeHTTP(w, req)
+	if w.Code != 201 || c.got.Service != "greeter" || c.got.Endpoint != "hello" || c.got.Target != "/hello/there?q=1" {
+		t.Fatalf("proxy form: %d %s, request %+v", w.Code, w.Body, c.got)
+	}
+	// ... but a page's Origin is still checked.
+	req = httptest.NewRequest("POST", "http://greeter/hello", nil)
+	req.Header.Set("Origin", "https://evil.example")
+	w = httptest.NewRecorder()
+	in.ServeHTTP(w, req)
+	if w.Code != 403 {
+		t.Fatalf("proxy form with a foreign Origin: %d, want 403", w.Code)
+	}
+}
+
+func FuzzRoute(f *testing.F) {
+	for _, s := range []string{"/greeter/Greeter.Hello", "/", "//", "/a/b/c", "/a%2Fb/c", "greeter/x", "/\x00/\xff",
+		"http://greeter/x", "http://127.0.0.1:8080/greeter/x", "http://Greeter:81/a?b"} {
+		f.Add(s, "")
+		f.Add(s, "a=1&b")
+	}
+	f.Fuzz(func(t *testing.T, target, query string) {
+		u, err := url.Parse(target)
 		if err != nil {
 			return
 		}
-		if "/"+svc+"/"+ep != p {
-			t.Fatalf("ParsePath(%q) = %q, %q, which do not rebuild the path", p, svc, ep)
+		u.RawQuery = query
+		svc, ep, tg, proxied, err := Route(&http.Request{URL: u})
+		if err != nil {
+			return
+		}
+		if checkName("service", svc) != nil || checkEndpoint(ep) != nil || !strings.HasPrefix(tg, "/") {
+			t.Fatalf("Route(%q, %q) = %q, %q, %q: not a valid route", target, query, svc, ep, tg)
+		}
+		if !proxied {
+			if got := "/" + url.PathEscape(svc) + tg; got != u.EscapedPath()+strings.TrimPrefix("?"+query, "?") && query == "" {
+				t.Fatalf("Route(%q) = %q, %q, which do not rebuild the path (%q)", target, svc, tg, got)
+			}
 		}
 	})
 }
@@ -238,7 +295,8 @@ func TestIngressBrowserChecks(t *testing.T) {
 			if tc.hdr["Upgrade"] != "" {
 				method = "GET"
 			}
-			req := httptest.NewRequest(method, "http://"+tc.host+"/greeter/Greeter.Hello", strings.NewReader("{}"))
+			req := httptest.NewRequest(method, "/greeter/Greeter.Hello", strings.NewReader("{}"))
+			req.Host = tc.host
 			for k, v := range tc.hdr {
 				req.Header.Set(k, v)
 			}

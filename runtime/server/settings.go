@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -97,14 +98,15 @@ func recovered(logger *slog.Logger, p any, what string, attrs ...any) string {
 	return fmt.Sprintf("internal error while serving %s (logged)", what)
 }
 
-// filterHeader copies the end-to-end headers of h that micro passes on (first value of
-// each), leaving out hop-by-hop headers and every Micro-* header: micro sets its own, and
-// one that a caller or an app sends must not pass for micro's.
+// filterHeader copies the end-to-end headers of h that micro passes on into a message
+// header, with repeated values joined by transport.ValueSep, leaving out hop-by-hop headers
+// and every Micro-* header: micro sets its own, and one that a caller or an app sends must
+// not pass for micro's.
 func filterHeader(h map[string][]string) map[string]string {
 	m := make(map[string]string, len(h))
 	for k, v := range h {
 		if len(v) > 0 && !hopByHop(k) && !transport.IsMicroHeader(k) {
-			m[k] = v[0]
+			m[k] = strings.Join(v, transport.ValueSep)
 		}
 	}
 	return m

@@ -36,7 +36,7 @@ func isWebSocket(r *http.Request) bool {
 // within the call's budget, then carries messages both ways until either side closes or
 // the stream idles for Settings.StreamIdle. An opening that fails answers the upgrade
 // request with the JSON error.
-func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings, service, endpoint string) int {
+func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings, service, endpoint, target string) int {
 	fail := func(e *callerr.Error) int {
 		e.Write(w)
 		return e.Code
@@ -54,16 +54,12 @@ func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.Respo
 	for _, k := range []string{"Origin", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Sec-Websocket-Protocol"} {
 		delete(h, k)
 	}
-	conn, node, resp, err := in.cfg.Streamer.Stream(ctx, &client.Request{Service: service, Endpoint: endpoint, Header: h, Idempotent: idempotent})
+	conn, node, resp, err := in.cfg.Streamer.Stream(ctx, &client.Request{Service: service, Endpoint: endpoint, Method: r.Method, Target: target, Header: h, Idempotent: idempotent})
 	if err != nil {
 		return fail(callerr.As(IngressID, err))
 	}
 	if conn == nil {
-		for k, v := range resp.Header {
-			if !hopByHop(k) && !transport.IsMicroHeader(k) {
-				w.Header().Set(k, v)
-			}
-		}
+		setHeader(w.Header(), resp.Header)
 		w.WriteHeader(resp.Status)
 		_, _ = w.Write(resp.Body)
 		return resp.Status
@@ -252,7 +248,8 @@ func (in *Inbound) dialApp(ctx context.Context, req *transport.Message, extra ma
 		return nil, nil, callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable
 	}
 	h := appHeader(req.Header, extra, deadline)
-	ws, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+"/"+endpoint, &websocket.DialOptions{HTTPHeader: h, HTTPClient: in.cfg.HTTP})
+	_, target := requestLine(req.Header)
+	ws, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+target, &websocket.DialOptions{HTTPHeader: h, HTTPClient: in.cfg.HTTP})
 	switch {
 	case err == nil:
 		return ws, nil, nil, ""

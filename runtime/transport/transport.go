@@ -15,7 +15,9 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"net/url"
 	"strings"
 )
 
@@ -23,8 +25,14 @@ import (
 const (
 	// HeaderService names the service a request is for.
 	HeaderService = "Micro-Service"
-	// HeaderEndpoint names the endpoint a request is for, e.g. "Greeter.Hello".
+	// HeaderEndpoint names the endpoint a request is for: the first segment of its path,
+	// e.g. "Greeter.Hello" for /Greeter.Hello or "users" for /users/42.
 	HeaderEndpoint = "Micro-Endpoint"
+	// HeaderMethod carries a request's HTTP method; absent means POST.
+	HeaderMethod = "Micro-Method"
+	// HeaderPath carries the path and query the app gets, escaped as the caller sent them,
+	// e.g. "/users/42?expand=orders"; absent means "/" and the endpoint.
+	HeaderPath = "Micro-Path"
 	// HeaderNode names the node ID the caller selected.
 	HeaderNode = "Micro-Node"
 	// HeaderTimeout carries the remaining budget as a Go duration, e.g. "250ms".
@@ -45,6 +53,19 @@ const (
 	// repeat, as if its endpoint were declared idempotent.
 	HeaderIdempotent = "Micro-Idempotent"
 )
+
+// ValueSep joins the values of a header that has several (Set-Cookie, say) in a Message's
+// Header. HTTP allows no line feed in a header value, so it cannot be part of one.
+const ValueSep = "\n"
+
+// AddValue adds value v to header k of h, after the values it has.
+func AddValue(h map[string]string, k, v string) {
+	if old, ok := h[k]; ok {
+		h[k] = old + ValueSep + v
+		return
+	}
+	h[k] = v
+}
 
 // The values of HeaderError.
 const (
@@ -85,7 +106,8 @@ func IsMicroHeader(k string) bool {
 // ErrClosed is returned by operations on a closed Conn or Listener.
 var ErrClosed = errors.New("transport: closed")
 
-// Message is one request or response.
+// Message is one request or response. Header holds one entry per header name; a header
+// with several values has them joined by ValueSep.
 type Message struct {
 	Header map[string]string
 	Body   []byte
@@ -152,3 +174,49 @@ func (e *ConnectError) Error() string { return "connect " + e.Addr + ": " + e.Er
 
 // Unwrap returns the underlying error.
 func (e *ConnectError) Unwrap() error { return e.Err }
+
+// ParseTarget splits the escaped path of a call, /{service}/{path...}, and its raw query
+// into the service, the endpoint (the first segment of the path after the service, "" when
+// there is none) and the target the app gets: the escaped path after the service (at
+// least "/") and the query. Service and endpoint are unescaped, and refused when they hold
+// a control character, which could not travel on as a header value.
+func ParseTarget(escapedPath, rawQuery string) (service, endpoint, target string, err error) {
+	rest, ok := strings.CutPrefix(escapedPath, "/")
+	if !ok {
+		return "", "", "", fmt.Errorf("path %.64q: want /{service}/{path}", escapedPath)
+	}
+	s, after, _ := strings.Cut(rest, "/")
+	if s == "" {
+		return "", "", "", fmt.Errorf("path %.64q: want /{service}/{path}", escapedPath)
+	}
+	if service, err = unescapeSegment(s); err != nil {
+		return "", "", "", fmt.Errorf("path %.64q: service: %w", escapedPath, err)
+	}
+	e, _, _ := strings.Cut(after, "/")
+	if endpoint, err = unescapeSegment(e); err != nil {
+		return "", "", "", fmt.Errorf("path %.64q: endpoint: %w", escapedPath, err)
+	}
+	target = "/" + after
+	if rawQuery != "" {
+		target += "?" + rawQuery
+	}
+	if strings.IndexFunc(target, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
+		return "", "", "", fmt.Errorf("path %.64q: control character", escapedPath)
+	}
+	return service, endpoint, target, nil
+}
+
+// unescapeSegment unescapes one path segment and refuses control characters, which could
+// not travel on as header values.
+func unescapeSegment(s string) (string, error) {
+	u, err := url.PathUnescape(s)
+	if err != nil {
+		return "", err
+	}
+	for i := 0; i < len(u); i++ {
+		if c := u[i]; c < ' ' || c == 0x7f {
+			return "", fmt.Errorf("control character %q", c)
+		}
+	}
+	return u, nil
+}

@@ -15,7 +15,13 @@ import "context"
 // defines it. A transport that cannot carry streams refuses such a message.
 const HeaderStream = "Micro-Stream"
 
-// Message is one request or response: a header map and a body.
+// ValueSep joins the values of a header that has several (Set-Cookie, say) in a Message's
+// Header, as runtime/transport defines it. HTTP allows no line feed in a header value, so a
+// transport whose own headers cannot hold one splits the value there and joins it back.
+const ValueSep = "\n"
+
+// Message is one request or response: a header map and a body. A header with several
+// values has them joined by ValueSep.
 type Message struct {
 	Header map[string]string
 	Body   []byte

@@ -14,11 +14,15 @@
 //	half  the app closes the connection half-way through its reply
 //	hang  the app does not answer until its request is cancelled
 //
+// Any request under /echo/ is answered with its method, request URI, headers and body
+// length as JSON, and two Set-Cookie headers.
+//
 // POST /Count.Wait never answers: it records "wait <call id>", and, when its request is
 // cancelled, "cancelled <call id> <milliseconds since it arrived>".
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -34,6 +38,7 @@ func main() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {})
 	mux.HandleFunc("POST /Count.Wait", a.wait)
+	mux.HandleFunc("/echo/", echo)
 	mux.HandleFunc("POST /{endpoint}", a.count)
 	if err := http.ListenAndServe(os.Getenv("MICRO_APP_ADDR"), mux); err != nil {
 		fmt.Fprintln(os.Stderr, "counter:", err)
@@ -99,4 +104,11 @@ func (a *app) wait(w http.ResponseWriter, r *http.Request) {
 	a.record("wait %s", id)
 	<-r.Context().Done()
 	a.record("cancelled %s %d", id, time.Since(start).Milliseconds())
+}
+
+func echo(w http.ResponseWriter, r *http.Request) {
+	n, _ := io.Copy(io.Discard, r.Body)
+	w.Header()["Set-Cookie"] = []string{"a=1", "b=2"}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"method": r.Method, "uri": r.RequestURI, "header": r.Header, "body": n})
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/microhost/micro/runtime/transport"
 )
@@ -178,32 +179,39 @@ func (c *clientConn) prepare(m *transport.Message) error {
 	if m == nil {
 		return fmt.Errorf("httptransport: send to %s: nil message", c.addr)
 	}
-	service, endpoint := m.Header[transport.HeaderService], m.Header[transport.HeaderEndpoint]
-	if service == "" || endpoint == "" {
-		return fmt.Errorf("httptransport: send to %s: message needs both %s and %s headers (have %q, %q)",
-			c.addr, transport.HeaderService, transport.HeaderEndpoint, service, endpoint)
+	service := m.Header[transport.HeaderService]
+	if service == "" || (m.Header[transport.HeaderEndpoint] == "" && m.Header[transport.HeaderPath] == "") {
+		return fmt.Errorf("httptransport: send to %s: message needs %s, and %s or %s (have %q, %q, %q)",
+			c.addr, transport.HeaderService, transport.HeaderEndpoint, transport.HeaderPath,
+			service, m.Header[transport.HeaderEndpoint], m.Header[transport.HeaderPath])
 	}
 	if n := int64(len(m.Body)); n > c.opts.MaxBody {
 		return fmt.Errorf("httptransport: send to %s: body of %d bytes exceeds the limit of %d: %w",
 			c.addr, n, c.opts.MaxBody, ErrBodyTooLarge)
 	}
+	method, target, err := requestLine(m.Header)
+	if err != nil {
+		return fmt.Errorf("httptransport: send to %s: %w", c.addr, err)
+	}
 	clear(c.hdr)
 	for k, v := range m.Header {
 		ck := http.CanonicalHeaderKey(k)
-		if ck == transport.HeaderService || ck == transport.HeaderEndpoint || framing(ck) {
+		switch ck {
+		case transport.HeaderService, transport.HeaderEndpoint, transport.HeaderMethod, transport.HeaderPath:
 			continue
 		}
-		if err := checkHeader(k, v); err != nil {
+		if framing(ck) {
+			continue
+		}
+		vs, err := headerValues(k, v)
+		if err != nil {
 			return fmt.Errorf("httptransport: send to %s: %w", c.addr, err)
 		}
-		c.hdr[ck] = []string{v}
+		c.hdr[ck] = vs
 	}
-	c.u = url.URL{
-		Path:    "/" + service + "/" + endpoint,
-		RawPath: "/" + url.PathEscape(service) + "/" + url.PathEscape(endpoint),
-	}
+	c.u = url.URL{Opaque: "/" + url.PathEscape(service) + target}
 	c.req = http.Request{
-		Method:        http.MethodPost,
+		Method:        method,
 		URL:           &c.u,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
@@ -219,6 +227,26 @@ func (c *clientConn) prepare(m *transport.Message) error {
 		c.req.Body = io.NopCloser(&c.body)
 	}
 	return nil
+}
+
+// requestLine returns the method and the target after the service (path and query) of a
+// request message: its HeaderMethod (default POST) and HeaderPath (default "/" and the
+// escaped endpoint).
+func requestLine(h map[string]string) (method, target string, err error) {
+	method, target = http.MethodPost, h[transport.HeaderPath]
+	if m, ok := h[transport.HeaderMethod]; ok {
+		if m == "" || strings.IndexFunc(m, func(r rune) bool { return r > 0x7e || !isTokenChar(byte(r)) }) >= 0 {
+			return "", "", fmt.Errorf("header %s: invalid method %q", transport.HeaderMethod, m)
+		}
+		method = m
+	}
+	if target == "" {
+		return method, "/" + url.PathEscape(h[transport.HeaderEndpoint]), nil
+	}
+	if target[0] != '/' || strings.ContainsAny(target, " #") || strings.IndexFunc(target, unicode.IsControl) >= 0 {
+		return "", "", fmt.Errorf("header %s: invalid target %q: want an escaped path and query starting with /", transport.HeaderPath, target)
+	}
+	return method, target, nil
 }
 
 // Recv reads the response to the last Send. Its Header holds each response header (first

@@ -6,41 +6,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
-
-func FuzzParsePath(f *testing.F) {
-	for _, s := range []string{
-		"/greeter/Greeter.Hello", "/", "", "//", "/a/b/c", "/a%2Fb/c", "/%zz/x", "/a/%00",
-		"/a/b%0a", "greeter/x", "/ü/端", "/a/b/", "/%/%",
-	} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, p string) {
-		service, endpoint, err := parsePath(p)
-		if err != nil {
-			return
-		}
-		if service == "" || endpoint == "" {
-			t.Fatalf("parsePath(%q) = %q, %q: empty part without an error", p, service, endpoint)
-		}
-		for _, s := range []string{service, endpoint} {
-			if err := checkHeader("X", s); err != nil {
-				t.Fatalf("parsePath(%q) part %q cannot travel as a header value: %v", p, s, err)
-			}
-		}
-		// What the client writes for these parts parses back to them.
-		again := "/" + url.PathEscape(service) + "/" + url.PathEscape(endpoint)
-		s2, e2, err := parsePath(again)
-		if err != nil || s2 != service || e2 != endpoint {
-			t.Fatalf("round trip of %q via %q: %q, %q, %v", p, again, s2, e2, err)
-		}
-	})
-}
 
 // panicWatch is a slog.Handler that remembers whether net/http logged a recovered panic.
 type panicWatch struct {

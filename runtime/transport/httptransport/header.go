@@ -3,6 +3,9 @@ package httptransport
 import (
 	"fmt"
 	"net/http"
+	"strings"
+
+	"github.com/microhost/micro/runtime/transport"
 )
 
 // framing reports whether the canonical header key k belongs to HTTP's framing or to one
@@ -16,17 +19,30 @@ func framing(k string) bool {
 	return false
 }
 
-// toMessageHeader copies the first value of each header of h, except framing headers, into
-// a new map, leaving room for extra entries.
+// toMessageHeader copies each header of h, except framing headers, into a new map, with
+// the values of a repeated header joined by transport.ValueSep, leaving room for extra
+// entries.
 func toMessageHeader(h http.Header, extra int) map[string]string {
 	out := make(map[string]string, len(h)+extra)
 	for k, vs := range h {
 		if len(vs) == 0 || framing(k) {
 			continue
 		}
-		out[k] = vs[0]
+		out[k] = strings.Join(vs, transport.ValueSep)
 	}
 	return out
+}
+
+// headerValues splits the value of a Message header into the values of an HTTP header,
+// checking each.
+func headerValues(k, v string) ([]string, error) {
+	vs := strings.Split(v, transport.ValueSep)
+	for _, x := range vs {
+		if err := checkHeader(k, x); err != nil {
+			return nil, err
+		}
+	}
+	return vs, nil
 }
 
 // checkHeader reports whether key k and value v may be written as an HTTP header field:

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -244,13 +243,7 @@ func (sc *serverConn) readRequest(r *http.Request) bool {
 		sc.reqErr = &RequestError{Status: http.StatusBadRequest, Err: fmt.Errorf("reading request body: %w", err)}
 		return true
 	}
-	if r.Method != http.MethodPost {
-		sc.w.Header().Set("Allow", http.MethodPost)
-		sc.reqErr = &RequestError{Status: http.StatusMethodNotAllowed,
-			Err: fmt.Errorf("method %s not allowed: calls use POST", r.Method)}
-		return true
-	}
-	service, endpoint, err := parsePath(r.URL.EscapedPath())
+	service, endpoint, target, err := transport.ParseTarget(r.URL.EscapedPath(), r.URL.RawQuery)
 	if err != nil {
 		sc.reqErr = &RequestError{Status: http.StatusBadRequest, Err: err}
 		return true
@@ -265,9 +258,11 @@ func (sc *serverConn) readRequest(r *http.Request) bool {
 		}
 		sc.stream = true
 	}
-	h := toMessageHeader(r.Header, 2)
+	h := toMessageHeader(r.Header, 4)
 	h[transport.HeaderService] = service
 	h[transport.HeaderEndpoint] = endpoint
+	h[transport.HeaderMethod] = r.Method
+	h[transport.HeaderPath] = target
 	sc.msg = &transport.Message{Header: h, Body: body}
 	return true
 }
@@ -297,40 +292,6 @@ func (sc *serverConn) readBody(r *http.Request) ([]byte, error) {
 		return nil, fmt.Errorf("request body exceeds the limit of %d bytes: %w", mbe.Limit, ErrBodyTooLarge)
 	}
 	return body, err
-}
-
-// parsePath splits an escaped request path /{service}/{endpoint} into its unescaped parts.
-func parsePath(p string) (service, endpoint string, err error) {
-	rest, ok := strings.CutPrefix(p, "/")
-	if !ok {
-		return "", "", fmt.Errorf("path %q: want /{service}/{endpoint}", p)
-	}
-	s, e, ok := strings.Cut(rest, "/")
-	if !ok || s == "" || e == "" || strings.Contains(e, "/") {
-		return "", "", fmt.Errorf("path %q: want /{service}/{endpoint}", p)
-	}
-	if service, err = unescapeSegment(s); err != nil {
-		return "", "", fmt.Errorf("path %q: service: %w", p, err)
-	}
-	if endpoint, err = unescapeSegment(e); err != nil {
-		return "", "", fmt.Errorf("path %q: endpoint: %w", p, err)
-	}
-	return service, endpoint, nil
-}
-
-// unescapeSegment unescapes one path segment and refuses control characters, which could
-// not travel on as header values.
-func unescapeSegment(s string) (string, error) {
-	u, err := url.PathUnescape(s)
-	if err != nil {
-		return "", err
-	}
-	for i := 0; i < len(u); i++ {
-		if c := u[i]; c < ' ' || c == 0x7f {
-			return "", fmt.Errorf("control character %q", c)
-		}
-	}
-	return u, nil
 }
 
 // headerHasToken reports whether a comma-separated list in header key holds token.
@@ -539,7 +500,7 @@ func (sc *serverConn) check(m *transport.Message) (int, error) {
 		return 0, fmt.Errorf("httptransport: send: status %d allows no body, have %d bytes", status, len(m.Body))
 	}
 	for k, v := range m.Header {
-		if err := checkHeader(k, v); err != nil {
+		if _, err := headerValues(k, v); err != nil {
 			return 0, fmt.Errorf("httptransport: send: %w", err)
 		}
 	}
@@ -559,7 +520,7 @@ func (sc *serverConn) write(req sendReq) error {
 		if ck == transport.HeaderStatus || framing(ck) {
 			continue
 		}
-		h[ck] = []string{v}
+		h[ck] = strings.Split(v, transport.ValueSep)
 	}
 	if _, ok := h["Content-Type"]; !ok {
 		h["Content-Type"] = nil // no sniffing: send no Content-Type rather than a guess
