@@ -182,8 +182,8 @@ func (e *ConnectError) Unwrap() error { return e.Err }
 // a control character, which could not travel on as a header value.
 func ParseTarget(escapedPath, rawQuery string) (service, endpoint, target string, err error) {
 	rest, ok := strings.CutPrefix(escapedPath, "/")
-	if !ok {
-		return "", "", "", fmt.Errorf("path %.64q: want /{service}/{path}", escapedPath)
+	if !ok || strings.ContainsRune(escapedPath, '?') {
+		return "", "", "", fmt.Errorf("path %.64q: want /{service}/{path}, escaped", escapedPath)
 	}
 	s, after, _ := strings.Cut(rest, "/")
 	if s == "" {
@@ -202,6 +202,9 @@ func ParseTarget(escapedPath, rawQuery string) (service, endpoint, target string
 	}
 	if strings.IndexFunc(target, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
 		return "", "", "", fmt.Errorf("path %.64q: control character", escapedPath)
+	}
+	if strings.ContainsAny(target, "# ") {
+		return "", "", "", fmt.Errorf("target %.64q: a space or '#' must be escaped", target)
 	}
 	return service, endpoint, target, nil
 }
