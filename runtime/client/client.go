@@ -137,16 +137,71 @@ func (c *Client) SetOptions(o Options) {
 	c.retry.configure(o.RetryRatio, o.RetryMinPerSecond)
 }
 
-// Call sends req to a node of req.Service and returns the first answer that is not worth
-// retrying. Failures are *callerr.Error values: 400 a request that cannot be sent,
-// 404 unknown service, 503 no node, 502 upstream failed, 504 budget spent. A rejection by a
-// client wrapper is returned as a Response carrying the rejection's status and JSON error.
+// Exchange makes the attempts of one call: Attempt sends the call to a node and reads its
+// answer, which the Exchange keeps (its headers and body are the engine's business) for the
+// caller to pass on once the call ends. Engines differ: messages over a transport (Call,
+// Stream), or HTTP straight to a node or to an app.
+type Exchange interface {
+	// Attempt sends the call to node with budget left and the headers client wrappers set
+	// (extra), and returns the node's answer. sent reports whether the request went out,
+	// so that the node may have acted on it; an error before that (no connection, a
+	// failed send) means it cannot have. An Attempt replaces the answer of the one before.
+	Attempt(ctx context.Context, node *registry.Node, budget time.Duration, extra map[string]string) (a Answer, sent bool, err error)
+}
+
+// Answer is what a node answered an attempt.
+type Answer struct {
+	// Status is the HTTP status.
+	Status int
+	// Error is the answer's transport.HeaderError: why micro at the node answered in place
+	// of its app, or "" for the app's own answer.
+	Error string
+	// RetryAfter is the answer's Retry-After header, or "".
+	RetryAfter string
+	// Body is the answer's body, when Error is set: micro's JSON error, which explains a
+	// failure. It may be nil otherwise.
+	Body []byte
+}
+
+// Outcome is how a call that Do did not fail ended.
+type Outcome struct {
+	// Node is the ID of the node whose answer the Exchange holds.
+	Node string
+	// Attempts counts the attempts made, the answering one included.
+	Attempts int
+	// Rejection, when set, is the answer of a client wrapper that refused the call: the
+	// Exchange holds no answer.
+	Rejection *Response
+}
+
+// Call sends req to a node of req.Service over the transports, as messages, and returns the
+// first answer that is not worth retrying, with the failures and rejections of Do.
+func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
+	ex := &messageExchange{c: c, req: req}
+	out, err := c.Do(ctx, req, ex)
+	switch {
+	case err != nil:
+		return nil, err
+	case out.Rejection != nil:
+		return out.Rejection, nil
+	}
+	ex.resp.Node, ex.resp.Attempts = out.Node, out.Attempts
+	return ex.resp, nil
+}
+
+// Do makes the call req through ex: it selects a node, runs the client wrappers, makes an
+// attempt, and tries another node while the answer is worth retrying, within the call's
+// budget and the client's retry budget. Failures are *callerr.Error values: 400 a request
+// that cannot be sent, 404 unknown service, 503 no node, 502 upstream failed, 504 budget
+// spent. A rejection by a client wrapper is Outcome.Rejection: a Response carrying the
+// rejection's status and JSON error.
 //
 // A call runs at most once on an app unless it is safe to repeat: another node is tried
 // when the attempt provably never reached an app (no connection, a request not sent, or
-// micro at the node refused it before its app), and otherwise only when the node declares
-// the endpoint idempotent or the request is marked Idempotent.
-func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
+// micro at the node refused it before its app), and otherwise only when req is repeatable
+// on that node (its method is safe, the caller marked it, or the node declares its endpoint
+// idempotent).
+func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, error) {
 	o := c.opts.Load()
 	ctx, cancel, countTimeouts := c.budget(ctx, o)
 	defer cancel()
@@ -162,26 +217,23 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 	for attempt := 1; ; attempt++ {
 		remaining, _ := budget.Remaining(ctx, c.now())
 		if remaining < time.Microsecond || ctx.Err() != nil {
-			return nil, c.spent(ctx, req, attempt-1, last)
+			return Outcome{}, c.spent(ctx, req, attempt-1, last)
 		}
 		pick, err := c.sel.Select(ctx, req.Service, req.Endpoint, tried)
 		if err != nil {
 			switch {
 			case errors.Is(err, registry.ErrNotFound):
 				c.logger.Debug("service not found", "service", req.Service, "err", err)
-				return nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
+				return Outcome{}, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
 			case last != nil:
-				return nil, last.err
+				return Outcome{}, last.err
 			default:
-				return nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
+				return Outcome{}, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
 			}
 		}
 		node := pick.Node()
 		tried = append(tried, node.ID)
-		call := wrapper.Call{
-			Service: req.Service, Endpoint: req.Endpoint, Node: node.ID,
-			Header: req.Header,
-		}
+		call := wrapper.Call{Service: req.Service, Endpoint: req.Endpoint, Node: node.ID, Header: req.Header}
 		call.Deadline, _ = ctx.Deadline()
 		var ran wrapper.Ran
 		v := chain.OnRequest(ctx, &call, &ran)
@@ -190,7 +242,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 			pick.Skip()
 			if slices.Contains(refused, node.ID) {
 				// Every node left was refused: the selector came back to one.
-				return rejection(http.StatusServiceUnavailable, "no node of %q accepted by the client wrappers: %s", req.Service, v.Message), nil
+				return Outcome{Rejection: rejection(http.StatusServiceUnavailable, "no node of %q accepted by the client wrappers: %s", req.Service, v.Message)}, nil
 			}
 			refused = append(refused, node.ID)
 			attempt-- // a refused node costs no attempt: nothing was sent
@@ -198,7 +250,7 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 		case wrapper.Reject:
 			pick.Skip()
 			chain.OnResponse(ctx, &call, &wrapper.Result{Status: v.Status, Err: v.Message}, &ran)
-			return rejected(v.Status, v), nil
+			return Outcome{Rejection: rejected(v.Status, v)}, nil
 		}
 		repeatable := req.repeatable(node)
 		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
@@ -206,44 +258,43 @@ func (c *Client) Call(ctx context.Context, req *Request) (*Response, error) {
 			remaining = o.AttemptTimeout
 		}
 		start := c.now()
-		resp, sent, err := c.attempt(actx, req, node, remaining, v.Header)
+		ans, sent, err := ex.Attempt(actx, node, remaining, v.Header)
 		latency := c.now().Sub(start)
-		r := c.judge(ctx, actx, limited, resp, sent, err, countTimeouts)
+		r := c.judge(ctx, actx, limited, ans, sent, err, countTimeouts)
 		acancel()
 		pick.Done(latency, r.health)
 		if chain != nil {
 			wr := wrapper.Result{Latency: latency, Fault: r.health != selector.Success}
-			if resp != nil {
-				wr.Status = resp.Status
+			if err == nil {
+				wr.Status = ans.Status
 			} else {
 				wr.Err = err.Error()
 			}
 			chain.OnResponse(ctx, &call, &wr, &ran)
 		}
 		if r.retry == never || (r.retry == ifRepeatable && !repeatable) {
-			if resp != nil && (r.retry == never || resp.Header[transport.HeaderError] == "") {
-				resp.Node, resp.Attempts = node.ID, attempt
-				return resp, nil
+			if err == nil && (r.retry == never || ans.Error == "") {
+				return Outcome{Node: node.ID, Attempts: attempt}, nil
 			}
-			e := c.failure(ctx, req, node, resp, err)
+			e := c.failure(ctx, req, node, ans, err)
 			if r.retry == ifRepeatable && e.Code != http.StatusGatewayTimeout {
 				e.Detail += notRetried(req)
 			}
-			return nil, e
+			return Outcome{}, e
 		}
-		r.err = c.failure(ctx, req, node, resp, err)
+		r.err = c.failure(ctx, req, node, ans, err)
 		last = &r
 		if r.err.Code == http.StatusGatewayTimeout && c.expired(ctx) {
-			return nil, r.err
+			return Outcome{}, r.err
 		}
 		if attempt >= o.Attempts {
-			return nil, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
+			return Outcome{}, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
 		}
 		if !c.retry.withdraw() {
-			return nil, gaveUp(req, last, "retry budget exhausted")
+			return Outcome{}, gaveUp(req, last, "retry budget exhausted")
 		}
 		if !c.backoff(ctx, o, attempt) {
-			return nil, c.spent(ctx, req, attempt, last)
+			return Outcome{}, c.spent(ctx, req, attempt, last)
 		}
 		if c.obs != nil {
 			c.obs.Retry(req.Service)
@@ -294,126 +345,89 @@ func notRetried(req *Request) string {
 // the caller closes, and the node's ID; when the opening fails it returns the answer that
 // ended it (a rejection, or the node's error) or a *callerr.Error.
 func (c *Client) Stream(ctx context.Context, req *Request) (transport.Conn, string, *Response, error) {
-	o := c.opts.Load()
-	ctx, cancel, countTimeouts := c.budget(ctx, o)
-	defer cancel()
-	chain := c.chain.Acquire()
-	defer chain.Release()
-	var (
-		tried []string
-		last  *attemptResult
-	)
-	for attempt := 1; ; attempt++ {
-		remaining, _ := budget.Remaining(ctx, c.now())
-		if remaining < time.Microsecond || ctx.Err() != nil {
-			return nil, "", nil, c.spent(ctx, req, attempt-1, last)
-		}
-		pick, err := c.sel.Select(ctx, req.Service, req.Endpoint, tried)
-		if err != nil {
-			switch {
-			case errors.Is(err, registry.ErrNotFound):
-				return nil, "", nil, callerr.New(ID, http.StatusNotFound, "service %q is not registered", req.Service)
-			case last != nil:
-				return nil, "", nil, last.err
-			default:
-				return nil, "", nil, callerr.New(ID, http.StatusServiceUnavailable, "no healthy node of %q: %v", req.Service, err)
-			}
-		}
-		node := pick.Node()
-		tried = append(tried, node.ID)
-		call := wrapper.Call{Service: req.Service, Endpoint: req.Endpoint, Node: node.ID, Header: req.Header}
-		call.Deadline, _ = ctx.Deadline()
-		var ran wrapper.Ran
-		v := chain.OnRequest(ctx, &call, &ran)
-		if v.Action != wrapper.Continue {
-			pick.Skip()
-			status := v.RejectStatus()
-			chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
-			return nil, "", rejected(status, v), nil
-		}
-		repeatable := req.repeatable(node)
-		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
-		if limited {
-			remaining = o.AttemptTimeout
-		}
-		start := c.now()
-		conn, resp, sent, err := c.open(actx, req, node, remaining, v.Header)
-		latency := c.now().Sub(start)
-		if conn != nil {
-			acancel()
-			pick.Done(latency, selector.Success)
-			chain.OnResponse(ctx, &call, &wrapper.Result{Status: http.StatusSwitchingProtocols, Latency: latency}, &ran)
-			return conn, node.ID, nil, nil
-		}
-		r := c.judge(ctx, actx, limited, resp, sent, err, countTimeouts)
-		acancel()
-		pick.Done(latency, r.health)
-		wr := wrapper.Result{Latency: latency, Fault: r.health != selector.Success}
-		if err != nil {
-			wr.Err = err.Error()
-		} else {
-			wr.Status = resp.Status
-		}
-		chain.OnResponse(ctx, &call, &wr, &ran)
-		if r.retry == never || (r.retry == ifRepeatable && !repeatable) {
-			if resp != nil && (r.retry == never || resp.Header[transport.HeaderError] == "") {
-				resp.Node = node.ID
-				return nil, "", resp, nil
-			}
-			e := c.failure(ctx, req, node, resp, err)
-			if r.retry == ifRepeatable && e.Code != http.StatusGatewayTimeout {
-				e.Detail += notRetried(req)
-			}
-			return nil, "", nil, e
-		}
-		r.err = c.failure(ctx, req, node, resp, err)
-		last = &r
-		switch {
-		case r.err.Code == http.StatusGatewayTimeout && c.expired(ctx):
-			return nil, "", nil, r.err
-		case attempt >= o.Attempts:
-			return nil, "", nil, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
-		case !c.retry.withdraw():
-			return nil, "", nil, gaveUp(req, last, "retry budget exhausted")
-		case !c.backoff(ctx, o, attempt):
-			return nil, "", nil, c.spent(ctx, req, attempt, last)
-		}
-		if c.obs != nil {
-			c.obs.Retry(req.Service)
-		}
+	ex := &streamExchange{messageExchange{c: c, req: req}, nil}
+	out, err := c.Do(ctx, req, ex)
+	switch {
+	case err != nil:
+		return nil, "", nil, err
+	case out.Rejection != nil:
+		return nil, "", out.Rejection, nil
+	case ex.conn != nil:
+		return ex.conn, out.Node, nil, nil
 	}
+	ex.resp.Node, ex.resp.Attempts = out.Node, out.Attempts
+	return nil, "", ex.resp, nil
 }
 
-// open dials node and asks it to open a stream. The node answers its first message with
-// status 101 when the stream is open; any other answer ends the attempt with that answer.
-// sent reports whether the request was sent, so that the node may have acted on it.
-func (c *Client) open(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (conn transport.Conn, resp *Response, sent bool, err error) {
-	conn, err = c.pool.Dial(ctx, node.Address)
+// messageExchange makes a call's attempts as messages over the transports: one request
+// message on a pooled connection, one response message back.
+type messageExchange struct {
+	c    *Client
+	req  *Request
+	resp *Response // the last answer
+}
+
+// Attempt implements Exchange.
+func (ex *messageExchange) Attempt(ctx context.Context, node *registry.Node, remaining time.Duration, extra map[string]string) (Answer, bool, error) {
+	pool := ex.c.pool
+	conn, err := pool.Get(ctx, node.Address)
 	if err != nil {
-		return nil, nil, false, err
+		return Answer{}, false, err
 	}
-	h := header(req, node, remaining, extra)
+	h := header(ex.req, node, remaining, extra)
+	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
+		pool.Put(node.Address, conn, err)
+		return Answer{}, false, err
+	}
+	m, err := conn.Recv(ctx)
+	pool.Put(node.Address, conn, err)
+	if err != nil {
+		return Answer{}, true, err
+	}
+	return ex.answer(m)
+}
+
+// answer reads a response message into ex.resp.
+func (ex *messageExchange) answer(m *transport.Message) (Answer, bool, error) {
+	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
+	if convErr != nil || status < 100 || status > 999 {
+		return Answer{}, true, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
+	}
+	delete(m.Header, transport.HeaderStatus)
+	ex.resp = &Response{Status: status, Header: m.Header, Body: m.Body}
+	return Answer{Status: status, Error: m.Header[transport.HeaderError], RetryAfter: m.Header["Retry-After"], Body: m.Body}, true, nil
+}
+
+// streamExchange opens a stream: the node answers the first message with status 101 when
+// the stream is open, and any other answer ends the attempt with that answer.
+type streamExchange struct {
+	messageExchange
+	conn transport.Conn // the open stream
+}
+
+// Attempt implements Exchange.
+func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, remaining time.Duration, extra map[string]string) (Answer, bool, error) {
+	conn, err := ex.c.pool.Dial(ctx, node.Address)
+	if err != nil {
+		return Answer{}, false, err
+	}
+	h := header(ex.req, node, remaining, extra)
 	h[transport.HeaderStream] = "1"
-	if err := conn.Send(ctx, &transport.Message{Header: h, Body: req.Body}); err != nil {
+	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
 		conn.Close()
-		return nil, nil, false, err
+		return Answer{}, false, err
 	}
 	m, err := conn.Recv(ctx)
 	if err != nil {
 		conn.Close()
-		return nil, nil, true, err
+		return Answer{}, true, err
 	}
-	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
-	if convErr != nil || status < 100 || status > 999 {
-		conn.Close()
-		return nil, nil, true, errors.New("node answered a stream without a valid " + transport.HeaderStatus + " header")
-	}
-	if status == http.StatusSwitchingProtocols {
-		return conn, nil, true, nil
+	if m.Header[transport.HeaderStatus] == strconv.Itoa(http.StatusSwitchingProtocols) {
+		ex.conn = conn
+		return Answer{Status: http.StatusSwitchingProtocols}, true, nil
 	}
 	conn.Close()
-	delete(m.Header, transport.HeaderStatus)
-	return nil, &Response{Status: status, Header: m.Header, Body: m.Body, Node: node.ID}, true, nil
+	return ex.answer(m)
 }
 
 // header is the message header of an attempt on node: the request's headers, those a
@@ -454,32 +468,6 @@ func rejection(status int, format string, args ...any) *Response {
 	return &Response{Status: status, Header: map[string]string{"Content-Type": "application/json"}, Body: e.JSON()}
 }
 
-// attempt makes one attempt on node with the remaining budget. sent reports whether the
-// request was sent, so that the node may have acted on it; an error before that (no
-// connection, a failed Send) means it cannot have.
-func (c *Client) attempt(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) (resp *Response, sent bool, err error) {
-	conn, err := c.pool.Get(ctx, node.Address)
-	if err != nil {
-		return nil, false, err
-	}
-	h := header(req, node, remaining, extra)
-	if err := conn.Send(ctx, &transport.Message{Header: h, Body: req.Body}); err != nil {
-		c.pool.Put(node.Address, conn, err)
-		return nil, false, err
-	}
-	m, err := conn.Recv(ctx)
-	c.pool.Put(node.Address, conn, err)
-	if err != nil {
-		return nil, true, err
-	}
-	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
-	if convErr != nil || status < 100 || status > 999 {
-		return nil, true, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
-	}
-	delete(m.Header, transport.HeaderStatus)
-	return &Response{Status: status, Header: m.Header, Body: m.Body}, true, nil
-}
-
 // retryRule says when another node may take a call whose attempt failed.
 type retryRule uint8
 
@@ -507,11 +495,11 @@ type attemptResult struct {
 	err *callerr.Error
 }
 
-// judge reads the outcome of an attempt: its answer resp, or its error err (sent reporting
+// judge reads the outcome of an attempt: its answer ans, or its error err (sent reporting
 // whether the request went out). actx is the attempt's context, limited set when it had a
 // deadline of its own; countTimeouts is set when a timeout of the call's budget counts
 // against the node.
-func (c *Client) judge(ctx, actx context.Context, limited bool, resp *Response, sent bool, err error, countTimeouts bool) attemptResult {
+func (c *Client) judge(ctx, actx context.Context, limited bool, ans Answer, sent bool, err error, countTimeouts bool) attemptResult {
 	slow := selector.Success
 	if countTimeouts || limited {
 		slow = selector.EndpointFailure
@@ -532,18 +520,18 @@ func (c *Client) judge(ctx, actx context.Context, limited bool, resp *Response, 
 		}
 		return attemptResult{health: selector.NodeFailure, retry: ifRepeatable}
 	}
-	switch resp.Header[transport.HeaderError] {
+	switch ans.Error {
 	case "": // the app's own answer
-		switch resp.Status {
+		switch ans.Status {
 		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
 			return attemptResult{health: selector.EndpointFailure, retry: ifRepeatable}
 		}
-		if resp.Status >= 500 {
+		if ans.Status >= 500 {
 			return attemptResult{health: selector.EndpointFailure, retry: never}
 		}
 		return attemptResult{health: selector.Success, retry: never}
 	case transport.ErrorRefused:
-		return attemptResult{health: selector.Success, retry: always, refused: true, retryAfter: resp.Header["Retry-After"]}
+		return attemptResult{health: selector.Success, retry: always, refused: true, retryAfter: ans.RetryAfter}
 	case transport.ErrorUnavailable:
 		return attemptResult{health: selector.NodeFailure, retry: always}
 	case transport.ErrorApp:
@@ -558,14 +546,14 @@ func (c *Client) judge(ctx, actx context.Context, limited bool, resp *Response, 
 
 // failure is the caller's error for an attempt on node that failed with err, or that the
 // node's micro answered with resp in place of its app.
-func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, resp *Response, err error) *callerr.Error {
-	if resp != nil {
+func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, ans Answer, err error) *callerr.Error {
+	if err == nil {
 		code := http.StatusBadGateway
-		if resp.Status >= 500 && resp.Status <= 599 {
-			code = resp.Status
+		if ans.Status >= 500 && ans.Status <= 599 {
+			code = ans.Status
 		}
-		e := callerr.New(ID, code, "node %s of %q answered %d", node.ID, req.Service, resp.Status)
-		if inner, ok := callerr.Parse(resp.Body); ok {
+		e := callerr.New(ID, code, "node %s of %q answered %d", node.ID, req.Service, ans.Status)
+		if inner, ok := callerr.Parse(ans.Body); ok {
 			e.Detail += ": " + inner.Detail
 		}
 		return e
