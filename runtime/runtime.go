@@ -18,7 +18,10 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/config"
@@ -29,6 +32,7 @@ import (
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/server"
 	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/upstream"
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
@@ -71,9 +75,12 @@ type Runtime struct {
 	ingress  *server.Ingress
 	inbound  *server.Inbound
 
-	ingressLn  net.Listener
-	ingressSrv *http.Server
-	appHTTP    *http.Client
+	ingressLn   net.Listener
+	ingressSrv  *http.Server     // upgrades (streams) and HTTP/2
+	fastIngress *fasthttp.Server // plain HTTP/1.1
+	appHTTP     *http.Client
+	upstream    *upstream.Client // apps and other micros, from the HTTP/1.1 path
+	maxBodyNow  atomic.Int64     // server.max_body, for the HTTP/1.1 servers
 
 	mux       *transportMux      // dials every node with its address's transport
 	trMu      sync.RWMutex       // guards tr, inboundLn and advertise, which a transport switch replaces
@@ -158,8 +165,17 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}}
+	r.maxBodyNow.Store(int64(cfg.Server.MaxBody))
+	r.upstream = upstream.New(upstream.Options{
+		MaxIdle: cfg.Client.Pool.MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL, MaxBody: int(cfg.Server.MaxBody),
+	})
 
-	if r.inboundLn, err = r.tr.Listen(ctx, cfg.Server.Inbound); err != nil {
+	r.services = newServices(r, cfg.Registry)
+	r.inbound = server.NewInbound(server.InboundConfig{
+		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream,
+		Settings: serverSettings(cfg),
+	})
+	if r.inboundLn, err = r.listenInbound(ctx, r.tr, cfg.Transport.Plugin, cfg.Server); err != nil {
 		return fmt.Errorf("inbound listen on %s (server.inbound): %w", cfg.Server.Inbound, err)
 	}
 	r.advertise = r.inboundLn.Addr()
@@ -170,10 +186,6 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("ingress listen on %s (server.ingress): %w", cfg.Server.Ingress, err)
 	}
 
-	r.services = newServices(r, cfg.Registry)
-	r.inbound = server.NewInbound(server.InboundConfig{
-		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Settings: serverSettings(cfg),
-	})
 	r.ingress = server.NewIngress(server.IngressConfig{
 		Caller:       r.client,
 		Streamer:     r.client,
@@ -185,14 +197,19 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		Settings:     serverSettings(cfg),
 		BodyTimeout:  cfg.Server.BodyTimeout,
 		WriteTimeout: cfg.Server.WriteTimeout,
+		Inbound:      r.inbound,
+		Fast: server.FastPath{
+			Doer: r.client, Upstream: r.upstream, Pool: r.pool, HTTPNode: r.mux.httpNode,
+		},
 	})
 	r.ingressSrv = &http.Server{
 		Handler:           r.ingress,
 		ReadHeaderTimeout: cfg.Server.HeaderTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    64 << 10,
+		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
 	}
+	r.fastIngress = r.fastServer(r.ingress.ServeFast, server.IngressID, cfg.Server, r.maxBody)
 
 	// Wrappers load before anything is served, so no call passes unwrapped.
 	r.wrappers = newWrappers(r)
@@ -209,11 +226,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 			r.logger.Error("inbound server stopped", "err", err)
 		}
 	})
-	r.goBackground(func() {
-		if err := r.ingressSrv.Serve(r.ingressLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			r.logger.Error("ingress server stopped", "err", err)
-		}
-	})
+	r.serveIngress(r.ingressLn)
 	r.goBackground(func() { r.services.beat(bgctx) })
 	if err := r.services.apply(ctx, cfg.Services); err != nil {
 		return err
@@ -356,6 +369,8 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	}
 	r.ingress.Set(serverSettings(&next))
 	r.inbound.Set(serverSettings(&next))
+	r.maxBodyNow.Store(int64(next.Server.MaxBody))
+	r.upstream.SetMaxBody(int(next.Server.MaxBody))
 	if err := r.services.apply(ctx, next.Services); err != nil {
 		r.logger.Error("config reload: services", "err", err)
 	}
@@ -382,7 +397,10 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	r.cacheCancel()
 	r.regMu.RUnlock()
 	r.services.deregisterAll(ctx)
-	if err := r.ingressSrv.Shutdown(ctx); err != nil {
+	if err := r.ingressSrv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
+	}
+	if err := r.fastIngress.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
 	}
 	r.trMu.RLock()
@@ -415,6 +433,9 @@ func (r *Runtime) closeAll() {
 	r.bg.Wait()
 	if r.pool != nil {
 		r.pool.Close()
+	}
+	if r.upstream != nil {
+		r.upstream.Close()
 	}
 	if r.appHTTP != nil {
 		r.appHTTP.CloseIdleConnections()

@@ -389,6 +389,18 @@ func (s *services) fronts(name string) bool {
 	return ok
 }
 
+// Local implements server.Apps.
+func (s *services) Local(service, nodeID string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if f, ok := s.m[service]; ok {
+		if n, ok := f.nodes[nodeID]; ok {
+			return n.base, true
+		}
+	}
+	return "", false
+}
+
 func (s *services) names() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -52,6 +52,17 @@ func (m *transportMux) Dial(ctx context.Context, addr string) (transport.Conn, e
 	return m.http.Dial(ctx, addr)
 }
 
+// httpNode reports whether a node at addr is reached over HTTP: no transport plugin's name
+// is its scheme.
+func (m *transportMux) httpNode(addr string) bool {
+	if name, _, ok := strings.Cut(addr, ":"); ok {
+		m.mu.RLock()
+		defer m.mu.RUnlock()
+		return m.plugins[name] == nil
+	}
+	return true
+}
+
 // Listen is not used through the mux: micro listens on one transport at a time.
 func (m *transportMux) Listen(context.Context, string) (transport.Listener, error) {
 	return nil, errors.New("transport mux: listen on a transport, not on the mux")
@@ -92,7 +103,7 @@ func (r *Runtime) swapTransport(ctx context.Context, from, to config.Transport, 
 	if err != nil {
 		return err
 	}
-	ln, err := next.Listen(ctx, s.Inbound)
+	ln, err := r.listenInbound(ctx, next, to.Plugin, s)
 	if err != nil {
 		if to.Plugin != "http" {
 			r.mux.remove(to.Plugin)

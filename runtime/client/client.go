@@ -374,7 +374,7 @@ func (ex *messageExchange) Attempt(ctx context.Context, node *registry.Node, rem
 	if err != nil {
 		return Answer{}, false, err
 	}
-	h := header(ex.req, node, remaining, extra)
+	h := MessageHeader(ex.req, node, remaining, extra)
 	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
 		pool.Put(node.Address, conn, err)
 		return Answer{}, false, err
@@ -411,7 +411,7 @@ func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, rema
 	if err != nil {
 		return Answer{}, false, err
 	}
-	h := header(ex.req, node, remaining, extra)
+	h := MessageHeader(ex.req, node, remaining, extra)
 	h[transport.HeaderStream] = "1"
 	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
 		conn.Close()
@@ -430,9 +430,9 @@ func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, rema
 	return ex.answer(m)
 }
 
-// header is the message header of an attempt on node: the request's headers, those a
-// wrapper added, and micro's routing and budget headers.
-func header(req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) map[string]string {
+// MessageHeader is the message header of an attempt of req on node: the request's headers,
+// those client wrappers added (extra), and micro's routing and budget headers.
+func MessageHeader(req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) map[string]string {
 	h := make(map[string]string, len(req.Header)+len(extra)+7)
 	for k, v := range req.Header {
 		h[k] = v

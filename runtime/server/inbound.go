@@ -17,6 +17,7 @@ import (
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/upstream"
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
@@ -29,6 +30,9 @@ type Apps interface {
 	// ready instance of service when nodeID is not one of them. It reports false when the
 	// service has no ready instance here.
 	Resolve(service, nodeID string) (baseURL string, ok bool)
+	// Local returns the base URL of the app instance for nodeID of service, when nodeID is
+	// one of this micro's nodes: a call picked to it skips the hop to the inbound server.
+	Local(service, nodeID string) (baseURL string, ok bool)
 }
 
 // InboundConfig wires an Inbound server.
@@ -36,8 +40,10 @@ type InboundConfig struct {
 	Apps     Apps
 	Recorder Recorder
 	Logger   *slog.Logger
-	// HTTP is the client that reaches the apps.
+	// HTTP is the client that reaches the apps from the message path and opens streams.
 	HTTP *http.Client
+	// Upstream is the client that reaches the apps from the HTTP/1.1 path.
+	Upstream *upstream.Client
 	// Settings are the first settings; Set changes them. MaxBody bounds the app's
 	// responses; the transport bounds requests.
 	Settings Settings
@@ -55,6 +61,7 @@ type Inbound struct {
 	settings settings
 	gate     gate
 	chain    wrapper.Current
+	apps     appTargets
 	wg       sync.WaitGroup
 }
 
@@ -208,34 +215,53 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 		Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
 		Header: req.Header, Deadline: deadline,
 	}
+	var m *transport.Message
+	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(extra map[string]string) (int, string, string) {
+		var code int
+		var failure string
+		code, m, failure = in.toApp(ctx, req, extra, st, deadline)
+		return code, m.Header[transport.HeaderError], failure
+	})
+	if rejected != nil {
+		m = errorMessage(callerr.New(InboundID, code, "%s", rejected.Message), kind)
+		for k, val := range rejected.ReplyHeader {
+			m.Header[k] = val
+		}
+	}
+	return code, m
+}
+
+// wrapApp runs the server wrappers of chain around send, which forwards call to its app with
+// the headers the wrappers set and returns the answer's status, its transport.Error kind
+// ("" for the app's own answer) and, when no answer came from the app, why. A wrapper that
+// rejects the call is returned as rejected, with the status and kind to answer; send is not
+// called then.
+func (in *Inbound) wrapApp(ctx context.Context, chain *wrapper.Chain, call *wrapper.Call, start time.Time,
+	send func(extra map[string]string) (code int, kind, failure string)) (code int, kind, failure string, rejected *wrapper.Verdict) {
 	var ran wrapper.Ran
-	v := chain.OnRequest(ctx, &call, &ran)
+	v := chain.OnRequest(ctx, call, &ran)
 	if v.Action != wrapper.Continue {
 		status := v.RejectStatus()
-		chain.OnResponse(ctx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
+		chain.OnResponse(ctx, call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
 		kind := transport.ErrorCaller
 		if status >= 500 {
 			kind = transport.ErrorRefused // micro at this node refused; another node may take it
 		}
-		m := errorMessage(callerr.New(InboundID, status, "%s", v.Message), kind)
-		for k, val := range v.ReplyHeader {
-			m.Header[k] = val
-		}
-		return status, m
+		return status, kind, v.Message, &v
 	}
-	code, m, failure := in.toApp(ctx, req, v.Header, st, deadline)
+	code, kind, failure = send(v.Header)
 	if chain != nil {
 		r := wrapper.Result{Status: code, Latency: time.Since(start)}
-		switch kind := m.Header[transport.HeaderError]; {
+		switch {
 		case kind == "":
 			r.Fault = code >= 500
 		case failure != "":
 			r.Status, r.Err = 0, failure // no answer from the app
 			r.Fault = kind == transport.ErrorUnavailable || kind == transport.ErrorApp || kind == transport.ErrorTimeout
 		}
-		chain.OnResponse(ctx, &call, &r, &ran)
+		chain.OnResponse(ctx, call, &r, &ran)
 	}
-	return code, m
+	return code, kind, failure, nil
 }
 
 // toApp forwards req, with the headers extra that server wrappers set, to an instance of

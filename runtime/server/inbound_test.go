@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,12 +20,14 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/valyala/fasthttp"
 
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/transport/httptransport"
+	"github.com/microhost/micro/runtime/upstream"
 )
 
 // testApp is a real HTTP app behind the inbound server.
@@ -93,6 +97,9 @@ func (a testApps) Resolve(service, _ string) (string, bool) {
 	return "", false
 }
 
+// Local reports none of the nodes as this micro's own.
+func (testApps) Local(string, string) (string, bool) { return "", false }
+
 func closedAddr(t *testing.T) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -103,27 +110,54 @@ func closedAddr(t *testing.T) string {
 	return "http://" + addr
 }
 
-// inboundHarness is a real Inbound on a real HTTP transport listener, with real metrics.
+// inboundHarness is a real Inbound on a real HTTP transport listener (the message path)
+// and on a real fasthttp server (the HTTP/1.1 path), with real metrics. send uses the path
+// that fast names.
 type inboundHarness struct {
-	in      *Inbound
-	app     *testApp
-	tr      transport.Transport
-	addr    string
-	metrics *metrics.Metrics
+	in       *Inbound
+	app      *testApp
+	tr       transport.Transport
+	addr     string // the message path
+	fastAddr string // the HTTP/1.1 path
+	fast     bool
+	up       *upstream.Client
+	metrics  *metrics.Metrics
 }
 
-func newInboundHarness(t *testing.T, st Settings) *inboundHarness {
+// paths runs f on the message path and on the HTTP/1.1 path.
+func paths(t *testing.T, f func(t *testing.T, fast bool)) {
+	for _, fast := range []bool{false, true} {
+		name := "message"
+		if fast {
+			name = "http1"
+		}
+		t.Run(name, func(t *testing.T) { f(t, fast) })
+	}
+}
+
+func newInboundHarness(t *testing.T, st Settings, fast bool) *inboundHarness {
 	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
-	h := &inboundHarness{app: newTestApp(t, int(st.MaxBody))}
+	h := &inboundHarness{app: newTestApp(t, int(st.MaxBody)), fast: fast}
+	h.up = upstream.New(upstream.Options{MaxBody: int(st.MaxBody)})
+	t.Cleanup(h.up.Close)
 	h.metrics = metrics.New(metrics.Options{KnownService: func(n string) bool { return n == "app" }})
 	h.in = NewInbound(InboundConfig{
 		Apps:     testApps{app: h.app.URL, down: closedAddr(t)},
 		Recorder: h.metrics,
 		Logger:   logger,
 		HTTP:     &http.Client{},
+		Upstream: h.up,
 		Settings: st,
 	})
+	fl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &fasthttp.Server{Handler: h.in.ServeFast, NoDefaultContentType: true, NoDefaultServerHeader: true}
+	go func() { _ = fs.Serve(fl) }()
+	t.Cleanup(func() { _ = fs.Shutdown() })
+	h.fastAddr = fl.Addr().String()
 	h.tr = httptransport.New(httptransport.Options{Logger: logger})
 	t.Cleanup(func() { h.tr.Close() })
 	l, err := h.tr.Listen(context.Background(), "127.0.0.1:0")
@@ -136,9 +170,21 @@ func newInboundHarness(t *testing.T, st Settings) *inboundHarness {
 	return h
 }
 
-// send makes one call through a fresh transport connection.
+// addrOf is the address of the path h uses.
+func (h *inboundHarness) addrOf() string {
+	if h.fast {
+		return h.fastAddr
+	}
+	return h.addr
+}
+
+// send makes one call, through a fresh transport connection or as an HTTP/1.1 request, and
+// returns the answer as a message.
 func (h *inboundHarness) send(t *testing.T, hdr map[string]string, body string) *transport.Message {
 	t.Helper()
+	if h.fast {
+		return h.sendFast(t, hdr, body)
+	}
 	conn, err := h.tr.Dial(context.Background(), h.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -160,6 +206,39 @@ func (h *inboundHarness) send(t *testing.T, hdr map[string]string, body string) 
 	return r
 }
 
+// sendFast sends the call that hdr and body make as an HTTP/1.1 request, as another micro's
+// ingress does.
+func (h *inboundHarness) sendFast(t *testing.T, hdr map[string]string, body string) *transport.Message {
+	t.Helper()
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	method, target := requestLine(hdr)
+	req.Header.SetMethod(method)
+	req.SetRequestURI("/" + url.PathEscape(hdr[transport.HeaderService]) + target)
+	req.Header.SetHost(h.fastAddr)
+	req.Header.Set(transport.HeaderTimeout, "2s")
+	for k, v := range hdr {
+		switch k {
+		case transport.HeaderService, transport.HeaderEndpoint, transport.HeaderMethod, transport.HeaderPath:
+		default:
+			setValues(&req.Header, k, v)
+		}
+	}
+	req.SetBodyString(body)
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := h.up.Do(ctx, h.fastAddr, req, resp); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	m := &transport.Message{Header: map[string]string{transport.HeaderStatus: strconv.Itoa(resp.StatusCode())}, Body: bytes.Clone(resp.Body())}
+	for k, v := range resp.Header.All() {
+		transport.AddValue(m.Header, string(k), string(v))
+	}
+	return m
+}
+
 func call(service, endpoint string, more ...string) map[string]string {
 	h := map[string]string{transport.HeaderService: service, transport.HeaderEndpoint: endpoint}
 	for i := 0; i+1 < len(more); i += 2 {
@@ -171,111 +250,131 @@ func call(service, endpoint string, more ...string) map[string]string {
 // TestInboundAnswers: each answer that micro gives in place of the app says why, so that the
 // caller knows whether to try another node and whether to blame this one.
 func TestInboundAnswers(t *testing.T) {
-	h := newInboundHarness(t, Settings{MaxBody: 1 << 10})
-	for _, tc := range []struct {
-		name   string
-		hdr    map[string]string
-		status int
-		kind   string
-	}{
-		{"app answers", call("app", "Echo.Headers"), 200, ""},
-		{"app fails on its own", call("app", "Fail.Hard"), 500, ""},
-		{"unknown service", call("nosuch", "X.Y"), 503, transport.ErrorUnavailable},
-		{"app refuses connections", call("down", "X.Y"), 503, transport.ErrorUnavailable},
-		{"reply over max_body", call("app", "Big.Reply"), 502, transport.ErrorReply},
-		{"app closes mid-reply", call("app", "Half.Reply"), 502, transport.ErrorApp},
-		{"bad service name", call("Bad!", "X.Y"), 400, transport.ErrorCaller},
-		{"bad budget", call("app", "Echo.Headers", transport.HeaderTimeout, "soon"), 400, transport.ErrorCaller},
-		{"panic while serving", call("boom", "X.Y"), 500, transport.ErrorInternal},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := h.send(t, tc.hdr, "{}")
-			if got := r.Header[transport.HeaderStatus]; got != strconv.Itoa(tc.status) {
-				t.Fatalf("status %s, want %d: %s", got, tc.status, r.Body)
-			}
-			if got := r.Header[transport.HeaderError]; got != tc.kind {
-				t.Fatalf("%s %q, want %q", transport.HeaderError, got, tc.kind)
-			}
-			if tc.kind != "" {
-				if e, ok := callerr.Parse(r.Body); !ok || e.Code != tc.status {
-					t.Fatalf("body %q is not a JSON error with code %d", r.Body, tc.status)
+	paths(t, func(t *testing.T, fast bool) {
+		h := newInboundHarness(t, Settings{MaxBody: 1 << 10}, fast)
+		for _, tc := range []struct {
+			name   string
+			hdr    map[string]string
+			status int
+			kind   string
+		}{
+			{"app answers", call("app", "Echo.Headers"), 200, ""},
+			{"app fails on its own", call("app", "Fail.Hard"), 500, ""},
+			{"unknown service", call("nosuch", "X.Y"), 503, transport.ErrorUnavailable},
+			{"app refuses connections", call("down", "X.Y"), 503, transport.ErrorUnavailable},
+			{"reply over max_body", call("app", "Big.Reply"), 502, transport.ErrorReply},
+			{"app closes mid-reply", call("app", "Half.Reply"), 502, transport.ErrorApp},
+			{"bad service name", call("Bad!", "X.Y"), 400, transport.ErrorCaller},
+			{"bad budget", call("app", "Echo.Headers", transport.HeaderTimeout, "soon"), 400, transport.ErrorCaller},
+			{"panic while serving", call("boom", "X.Y"), 500, transport.ErrorInternal},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := h.send(t, tc.hdr, "{}")
+				if got := r.Header[transport.HeaderStatus]; got != strconv.Itoa(tc.status) {
+					t.Fatalf("status %s, want %d: %s", got, tc.status, r.Body)
 				}
-			}
-		})
-	}
-	// The server goes on serving after all of that.
-	if r := h.send(t, call("app", "Echo.Headers"), "{}"); r.Header[transport.HeaderStatus] != "200" {
-		t.Fatalf("after the bad calls: %v", r.Header)
-	}
+				if got := r.Header[transport.HeaderError]; got != tc.kind {
+					t.Fatalf("%s %q, want %q", transport.HeaderError, got, tc.kind)
+				}
+				if tc.kind != "" {
+					if e, ok := callerr.Parse(r.Body); !ok || e.Code != tc.status {
+						t.Fatalf("body %q is not a JSON error with code %d", r.Body, tc.status)
+					}
+				}
+			})
+		}
+		// The server goes on serving after all of that.
+		if r := h.send(t, call("app", "Echo.Headers"), "{}"); r.Header[transport.HeaderStatus] != "200" {
+			t.Fatalf("after the bad calls: %v", r.Header)
+		}
+	})
 }
 
 // TestInboundHeaders: the app sees none of the Micro-* headers a caller sent but the budget
 // micro sets, and the caller sees none of those the app answered with.
 func TestInboundHeaders(t *testing.T) {
-	h := newInboundHarness(t, Settings{MaxBudget: time.Second})
-	r := h.send(t, call("app", "Echo.Headers",
-		transport.HeaderTimeout, "1h",
-		transport.HeaderCaller, "someone-else",
-		transport.HeaderStream, "0",
-		"Micro-Anything", "x",
-		"X-Trace", "t1"), "{}")
-	var seen http.Header
-	if err := json.Unmarshal(r.Body, &seen); err != nil {
-		t.Fatalf("app answered %q: %v", r.Body, err)
-	}
-	for k := range seen {
-		if transport.IsMicroHeader(k) && k != transport.HeaderTimeout {
-			t.Errorf("the app saw %s: %v", k, seen[k])
+	paths(t, func(t *testing.T, fast bool) {
+		h := newInboundHarness(t, Settings{MaxBudget: time.Second}, fast)
+		r := h.send(t, call("app", "Echo.Headers",
+			transport.HeaderTimeout, "1h",
+			transport.HeaderCaller, "someone-else",
+			transport.HeaderStream, "0",
+			"Micro-Anything", "x",
+			"X-Trace", "t1"), "{}")
+		var seen http.Header
+		if err := json.Unmarshal(r.Body, &seen); err != nil {
+			t.Fatalf("app answered %q: %v", r.Body, err)
 		}
-	}
-	if seen.Get("X-Trace") != "t1" {
-		t.Errorf("the app did not see X-Trace: %v", seen)
-	}
-	d, err := budget.Parse(seen.Get(transport.HeaderTimeout))
-	if err != nil || d > time.Second {
-		t.Errorf("the app saw budget %q (%v), want at most the 1s cap for a caller's 1h", seen.Get(transport.HeaderTimeout), err)
-	}
-	if r.Header[transport.HeaderError] != "" || r.Header["Micro-Node"] != "" || r.Header["X-App"] != "1" {
-		t.Errorf("reply headers %v: want the app's own, without its Micro-* ones", r.Header)
-	}
+		for k := range seen {
+			if transport.IsMicroHeader(k) && k != transport.HeaderTimeout {
+				t.Errorf("the app saw %s: %v", k, seen[k])
+			}
+		}
+		if seen.Get("X-Trace") != "t1" {
+			t.Errorf("the app did not see X-Trace: %v", seen)
+		}
+		d, err := budget.Parse(seen.Get(transport.HeaderTimeout))
+		if err != nil || d > time.Second {
+			t.Errorf("the app saw budget %q (%v), want at most the 1s cap for a caller's 1h", seen.Get(transport.HeaderTimeout), err)
+		}
+		if r.Header[transport.HeaderError] != "" || r.Header["Micro-Node"] != "" || r.Header["X-App"] != "1" {
+			t.Errorf("reply headers %v: want the app's own, without its Micro-* ones", r.Header)
+		}
+	})
 }
 
 // TestInboundAnyRequest: the app gets the call's method, target and repeated headers, and
 // the caller the app's repeated headers.
 func TestInboundAnyRequest(t *testing.T) {
-	h := newInboundHarness(t, Settings{})
-	r := h.send(t, call("app", "Echo.Request", transport.HeaderMethod, "PATCH",
-		transport.HeaderPath, "/Echo.Request/42%2F7?expand=orders", "X-Multi", "one"+transport.ValueSep+"two"), "{}")
-	var seen struct {
-		Method, URI string
-		Header      http.Header
-	}
-	if err := json.Unmarshal(r.Body, &seen); err != nil {
-		t.Fatalf("app answered %q: %v", r.Body, err)
-	}
-	if seen.Method != "PATCH" || seen.URI != "/Echo.Request/42%2F7?expand=orders" || len(seen.Header["X-Multi"]) != 2 {
-		t.Errorf("app got %s %s with X-Multi %q", seen.Method, seen.URI, seen.Header["X-Multi"])
-	}
-	if r.Header["Set-Cookie"] != "a=1"+transport.ValueSep+"b=2" {
-		t.Errorf("caller got Set-Cookie %q, want both", r.Header["Set-Cookie"])
-	}
+	paths(t, func(t *testing.T, fast bool) {
+		h := newInboundHarness(t, Settings{}, fast)
+		r := h.send(t, call("app", "Echo.Request", transport.HeaderMethod, "PATCH",
+			transport.HeaderPath, "/Echo.Request/42%2F7?expand=orders", "X-Multi", "one"+transport.ValueSep+"two"), "{}")
+		var seen struct {
+			Method, URI string
+			Header      http.Header
+		}
+		if err := json.Unmarshal(r.Body, &seen); err != nil {
+			t.Fatalf("app answered %q: %v", r.Body, err)
+		}
+		if seen.Method != "PATCH" || seen.URI != "/Echo.Request/42%2F7?expand=orders" || len(seen.Header["X-Multi"]) != 2 {
+			t.Errorf("app got %s %s with X-Multi %q", seen.Method, seen.URI, seen.Header["X-Multi"])
+		}
+		if r.Header["Set-Cookie"] != "a=1"+transport.ValueSep+"b=2" {
+			t.Errorf("caller got Set-Cookie %q, want both", r.Header["Set-Cookie"])
+		}
+	})
 }
 
 // TestInboundCallerGoneCancelsApp: a caller that disconnects cancels the app's request.
 func TestInboundCallerGoneCancelsApp(t *testing.T) {
-	h := newInboundHarness(t, Settings{})
-	conn, err := h.tr.Dial(context.Background(), h.addr)
+	paths(t, testCallerGone)
+}
+
+// hold starts a call to Wait.Cancel, which the app holds until it is cancelled, on a raw
+// connection to the path h uses (both take the same HTTP/1.1 request), and returns the
+// connection once the call has reached the app.
+func (h *inboundHarness) hold(t *testing.T) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", h.addrOf())
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &transport.Message{Header: call("app", "Wait.Cancel", transport.HeaderTimeout, "30s"), Body: []byte(`{"a":1}`)}
-	if err := conn.Send(context.Background(), m); err != nil {
-		t.Fatal(err)
-	}
+	_, _ = io.WriteString(conn, "POST /app/Wait.Cancel HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 30s\r\nContent-Length: 7\r\n\r\n{\"a\":1}")
 	select {
 	case <-h.app.started:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the call did not reach the app")
+	}
+	return conn
+}
+
+func testCallerGone(t *testing.T, fast bool) {
+	h := newInboundHarness(t, Settings{}, fast)
+	conn := h.hold(t)
+	select {
+	case <-h.app.started:
+	default:
 	}
 	gone := time.Now()
 	conn.Close()
@@ -290,16 +389,13 @@ func TestInboundCallerGoneCancelsApp(t *testing.T) {
 // TestInboundSheds: past max_inflight, a call is refused at once with a 503 that another node
 // may take.
 func TestInboundSheds(t *testing.T) {
-	h := newInboundHarness(t, Settings{MaxInflight: 1})
-	conn, err := h.tr.Dial(context.Background(), h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	paths(t, testSheds)
+}
+
+func testSheds(t *testing.T, fast bool) {
+	h := newInboundHarness(t, Settings{MaxInflight: 1}, fast)
+	conn := h.hold(t)
 	defer conn.Close()
-	if err := conn.Send(context.Background(), &transport.Message{Header: call("app", "Wait.Cancel", transport.HeaderTimeout, "30s")}); err != nil {
-		t.Fatal(err)
-	}
-	<-h.app.started
 	r := h.send(t, call("app", "Echo.Headers"), "{}")
 	if r.Header[transport.HeaderStatus] != "503" || r.Header[transport.HeaderError] != transport.ErrorRefused || r.Header["Retry-After"] == "" {
 		t.Fatalf("a call past max_inflight: %v %s, want 503 refused with Retry-After", r.Header, r.Body)
@@ -317,7 +413,7 @@ func TestInboundSheds(t *testing.T) {
 // TestInboundStreamRefusedByApp: an app that refuses a WebSocket for the request's own
 // reasons has its answer passed back, not turned into a 502.
 func TestInboundStreamRefusedByApp(t *testing.T) {
-	h := newInboundHarness(t, Settings{})
+	h := newInboundHarness(t, Settings{}, false)
 	conn, err := h.tr.Dial(context.Background(), h.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -339,27 +435,29 @@ func TestInboundStreamRefusedByApp(t *testing.T) {
 // TestInboundJunkLabels: junk service names all share one metric label, and none of them
 // can break the metrics (a label that is not UTF-8 used to panic).
 func TestInboundJunkLabels(t *testing.T) {
-	h := newInboundHarness(t, Settings{})
-	for i := range 50 {
-		h.send(t, call(fmt.Sprintf("junk-%d", i), "X.Y"), "")
-	}
-	raw, err := net.Dial("tcp", h.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	_, _ = io.WriteString(raw, "POST /%FF/x HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(raw), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 400 {
-		t.Fatalf("POST /%%FF/x: %d, want 400", resp.StatusCode)
-	}
-	if n := testutil.CollectAndCount(h.metrics.Registry(), "micro_inbound_calls_total"); n > 2 {
-		t.Fatalf("%d series of micro_inbound_calls_total after junk calls, want at most 2 (other/400, other/503)", n)
-	}
+	paths(t, func(t *testing.T, fast bool) {
+		h := newInboundHarness(t, Settings{}, fast)
+		for i := range 50 {
+			h.send(t, call(fmt.Sprintf("junk-%d", i), "X.Y"), "")
+		}
+		raw, err := net.Dial("tcp", h.addrOf())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		_, _ = io.WriteString(raw, "POST /%FF/x HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(raw), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Fatalf("POST /%%FF/x: %d, want 400", resp.StatusCode)
+		}
+		if n := testutil.CollectAndCount(h.metrics.Registry(), "micro_inbound_calls_total"); n > 2 {
+			t.Fatalf("%d series of micro_inbound_calls_total after junk calls, want at most 2 (other/400, other/503)", n)
+		}
+	})
 }
 
 func eventuallyOK(t *testing.T, f func() error) {
@@ -419,7 +517,8 @@ func FuzzInbound(f *testing.F) {
 	m := metrics.New(metrics.Options{KnownService: func(n string) bool { return n == "app" }})
 	in := NewInbound(InboundConfig{
 		Apps: testApps{app: app.URL, down: "http://127.0.0.1:1"}, Recorder: m,
-		Logger: slog.New(slog.DiscardHandler), HTTP: &http.Client{}, Settings: Settings{MaxBody: 64},
+		Logger: slog.New(slog.DiscardHandler), HTTP: &http.Client{}, Upstream: upstream.New(upstream.Options{MaxBody: 64}),
+		Settings: Settings{MaxBody: 64},
 	})
 	f.Fuzz(func(t *testing.T, service, endpoint, timeout, hk, hv, body string) {
 		h := map[string]string{transport.HeaderService: service, transport.HeaderEndpoint: endpoint, transport.HeaderTimeout: timeout}
@@ -438,6 +537,26 @@ func FuzzInbound(f *testing.F) {
 		if kind := conn.reply.Header[transport.HeaderError]; kind != "" {
 			if _, ok := callerr.Parse(conn.reply.Body); !ok {
 				t.Fatalf("micro's own answer (%s) is not a JSON error: %q", kind, conn.reply.Body)
+			}
+		}
+		// The same call on the HTTP/1.1 path.
+		var req fasthttp.Request
+		req.Header.SetMethod("POST")
+		req.Header.SetRequestURI("/" + url.PathEscape(service) + "/" + url.PathEscape(endpoint))
+		req.Header.Set(transport.HeaderTimeout, timeout)
+		if hk != "" {
+			req.Header.Set(hk, hv)
+		}
+		req.SetBodyString(body)
+		var c fasthttp.RequestCtx
+		c.Init(&req, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 40000}, nil)
+		in.ServeFast(&c)
+		if st := c.Response.StatusCode(); st < 100 || st > 999 {
+			t.Fatalf("HTTP/1.1 path: status %d", st)
+		}
+		if kind := c.Response.Header.Peek(transport.HeaderError); kind != nil {
+			if _, ok := callerr.Parse(c.Response.Body()); !ok {
+				t.Fatalf("HTTP/1.1 path: micro's own answer (%s) is not a JSON error: %q", kind, c.Response.Body())
 			}
 		}
 		if _, err := m.Registry().Gather(); err != nil {

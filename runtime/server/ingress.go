@@ -70,6 +70,10 @@ type IngressConfig struct {
 	// BodyTimeout bounds the reading of a request body once its headers have arrived;
 	// WriteTimeout bounds the writing of a response. Zero means 30s each.
 	BodyTimeout, WriteTimeout time.Duration
+	// Inbound serves, on the HTTP/1.1 path, the calls to nodes this micro fronts.
+	Inbound *Inbound
+	// Fast is what the HTTP/1.1 path needs to make calls.
+	Fast FastPath
 }
 
 // Ingress is the HTTP handler apps call: POST /{service}/{endpoint}, with the budget in
@@ -250,53 +254,73 @@ func refuse(w http.ResponseWriter, rc *http.ResponseController, r *http.Request,
 // st.MaxBudget), which it puts in the returned context, and whether it is safe to repeat
 // (Micro-Idempotent).
 func callOptions(r *http.Request, st *Settings) (context.Context, context.CancelFunc, bool, *callerr.Error) {
-	ctx, cancel := r.Context(), context.CancelFunc(func() {})
-	idempotent := false
-	if v, ok := r.Header[transport.HeaderIdempotent]; ok {
-		switch strings.ToLower(strings.TrimSpace(strings.Join(v, ","))) {
+	idem, hasIdem := r.Header[transport.HeaderIdempotent]
+	d, idempotent, e := options(strings.Join(idem, ","), hasIdem, r.Header.Get(transport.HeaderTimeout), st)
+	if e != nil {
+		return nil, nil, false, e
+	}
+	if d == 0 {
+		return r.Context(), func() {}, idempotent, nil
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), d)
+	return ctx, cancel, idempotent, nil
+}
+
+// options reads what a caller may ask of a call from its Micro-Idempotent header (idem,
+// when present) and its Micro-Timeout header (timeout, "" when absent): its budget, at
+// most st.MaxBudget, 0 when it asked for none; and whether it is safe to repeat.
+func options(idem string, hasIdem bool, timeout string, st *Settings) (budgetLeft time.Duration, idempotent bool, e *callerr.Error) {
+	if hasIdem {
+		switch strings.ToLower(strings.TrimSpace(idem)) {
 		case "1", "true":
 			idempotent = true
 		case "0", "false":
 		default:
-			return nil, nil, false, callerr.New(IngressID, http.StatusBadRequest, "%s %.40q: want true or false", transport.HeaderIdempotent, strings.Join(v, ","))
+			return 0, false, callerr.New(IngressID, http.StatusBadRequest, "%s %.40q: want true or false", transport.HeaderIdempotent, idem)
 		}
 	}
-	if v := r.Header.Get(transport.HeaderTimeout); v != "" {
-		d, err := budget.Parse(v)
+	if timeout != "" {
+		d, err := budget.Parse(timeout)
 		if err != nil {
-			return nil, nil, false, callerr.New(IngressID, http.StatusBadRequest, "%v", err)
+			return 0, false, callerr.New(IngressID, http.StatusBadRequest, "%v", err)
 		}
 		if d > st.MaxBudget {
-			return nil, nil, false, callerr.New(IngressID, http.StatusBadRequest, "%s %q exceeds the longest budget of %v (client.max_timeout)", transport.HeaderTimeout, v, st.MaxBudget)
+			return 0, false, callerr.New(IngressID, http.StatusBadRequest, "%s %q exceeds the longest budget of %v (client.max_timeout)", transport.HeaderTimeout, timeout, st.MaxBudget)
 		}
-		ctx, cancel = context.WithTimeout(ctx, d)
+		budgetLeft = d
 	}
-	return ctx, cancel, idempotent, nil
+	return budgetLeft, idempotent, nil
 }
 
 // foreign says why r is what a web page of another site would send, or "" when it is not:
 // its Host is not one of the ingress's names (a page on a DNS name that resolves to this
 // machine), or its Origin, or Sec-Fetch-Site, says another site made it.
 func foreign(r *http.Request, st *Settings) string {
+	return foreignRequest(r.URL.IsAbs(), r.Host, r.Header.Get("Origin"), r.Header.Get("Sec-Fetch-Site"), st)
+}
+
+// foreignRequest is foreign on the parts of a request it reads: whether its target is in
+// proxy form (absolute), its Host, Origin and Sec-Fetch-Site.
+func foreignRequest(absolute bool, host, origin, fetchSite string, st *Settings) string {
 	if !st.CheckOrigin {
 		return ""
 	}
 	// A request in proxy form names the service it calls as its host. Browsers send that
 	// form only to a proxy they are told to use, never to a page's own host.
-	if !r.URL.IsAbs() && !ownHost(r.Host, st.AllowedHosts) {
-		return fmt.Sprintf("Host %.64q is not a name of this ingress: only localhost, IP addresses and server.allowed_hosts", r.Host)
+	if !absolute && !ownHost(host, st.AllowedHosts) {
+		return fmt.Sprintf("Host %.64q is not a name of this ingress: only localhost, IP addresses and server.allowed_hosts", host)
 	}
-	if origin := r.Header.Get("Origin"); origin != "" {
-		if !sameOrigin(origin, r.Host) && !slices.Contains(st.AllowedOrigins, origin) {
+	if origin != "" {
+		if !sameOrigin(origin, host) && !slices.Contains(st.AllowedOrigins, origin) {
 			return fmt.Sprintf("Origin %.64q is another site: a web page may call the ingress only from its own origin or server.allowed_origins", origin)
 		}
 		return ""
 	}
-	switch site := r.Header.Get("Sec-Fetch-Site"); site {
+	switch fetchSite {
 	case "", "same-origin", "none":
 		return ""
 	default:
-		return fmt.Sprintf("a %.20s request (Sec-Fetch-Site): a web page may call the ingress only from its own origin or server.allowed_origins", site)
+		return fmt.Sprintf("a %.20s request (Sec-Fetch-Site): a web page may call the ingress only from its own origin or server.allowed_origins", fetchSite)
 	}
 }
 
@@ -355,15 +379,22 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // whose HTTP_PROXY points at the ingress sends: {METHOD} http://{service}/{path}?{query}.
 // proxied reports the proxy form.
 func Route(r *http.Request) (service, endpoint, target string, proxied bool, err error) {
-	path := r.URL.EscapedPath()
+	host := ""
 	if r.URL.IsAbs() {
-		host := strings.ToLower(r.URL.Hostname())
-		if net.ParseIP(host) == nil && host != "localhost" {
-			proxied = true
-			path = "/" + url.PathEscape(host) + path
-		}
+		host = r.URL.Hostname()
 	}
-	service, endpoint, target, err = transport.ParseTarget(path, r.URL.RawQuery)
+	return route(host, r.URL.EscapedPath(), r.URL.RawQuery)
+}
+
+// route is Route on the parts of a request's target: its host (in proxy form, else ""), its
+// escaped path and its raw query.
+func route(host, escapedPath, rawQuery string) (service, endpoint, target string, proxied bool, err error) {
+	path := escapedPath
+	if host = strings.ToLower(host); host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		proxied = true
+		path = "/" + url.PathEscape(host) + path
+	}
+	service, endpoint, target, err = transport.ParseTarget(path, rawQuery)
 	if err != nil {
 		return "", "", "", false, err
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/microhost/micro/runtime/internal/peek"
 	"github.com/microhost/micro/runtime/transport"
 )
 
@@ -42,7 +43,7 @@ type clientConn struct {
 	lr   limitReader
 	br   *bufio.Reader
 	bw   *bufio.Writer
-	peek *peeker
+	peek *peek.Peeker
 
 	// req, hdr and u are reused by every Send: Request.Write keeps none of them.
 	req  http.Request
@@ -69,7 +70,7 @@ func (c *clientConn) Reusable() bool {
 	if c.br.Buffered() > 0 {
 		return false
 	}
-	return c.peek.alive()
+	return c.peek.Alive()
 }
 
 func newClientConn(nc net.Conn, addr string, opts Options) *clientConn {
@@ -77,7 +78,7 @@ func newClientConn(nc net.Conn, addr string, opts Options) *clientConn {
 	c.lr = limitReader{r: nc, n: -1}
 	c.br = bufio.NewReaderSize(&c.lr, bufSize)
 	c.bw = bufio.NewWriterSize(nc, bufSize)
-	c.peek = newPeeker(nc)
+	c.peek = peek.New(nc)
 	return c
 }
 

@@ -201,6 +201,19 @@ func (t *Transport) Listen(ctx context.Context, addr string) (transport.Listener
 	return l, nil
 }
 
+// Serve accepts calls on ln, a listener bound elsewhere, as Listen does on the address it
+// binds. Closing the returned Listener closes ln.
+func (t *Transport) Serve(ln net.Listener) (transport.Listener, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, fmt.Errorf("httptransport: serve on %s: %w", ln.Addr(), transport.ErrClosed)
+	}
+	l := newListener(ln, t.opts, t.forget)
+	t.listeners[l] = struct{}{}
+	return l, nil
+}
+
 func (t *Transport) forget(l *listener) {
 	t.mu.Lock()
 	delete(t.listeners, l)

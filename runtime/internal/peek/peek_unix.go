@@ -1,22 +1,25 @@
 //go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
 
-package httptransport
+// Package peek looks at a connection's socket without reading from it: whether an idle
+// connection is still open and quiet, and, waiting, whether its peer has gone.
+package peek
 
 import (
 	"net"
 	"syscall"
 )
 
-// peeker checks whether the peer of an idle connection has neither closed it nor sent
+// Peeker checks whether the peer of an idle connection has neither closed it nor sent
 // anything, by peeking at the socket without blocking. It is not safe for concurrent use.
-type peeker struct {
+type Peeker struct {
 	rc   syscall.RawConn
-	fn   func(fd uintptr) bool // p.peek, bound once so that alive does not allocate
+	fn   func(fd uintptr) bool // p.peek, bound once so that Alive does not allocate
 	buf  [1]byte
 	open bool
 }
 
-func newPeeker(nc net.Conn) *peeker {
+// New returns a Peeker for nc, or nil when nc has no socket to peek at.
+func New(nc net.Conn) *Peeker {
 	sc, ok := nc.(syscall.Conn)
 	if !ok {
 		return nil
@@ -25,14 +28,14 @@ func newPeeker(nc net.Conn) *peeker {
 	if err != nil {
 		return nil
 	}
-	p := &peeker{rc: rc}
+	p := &Peeker{rc: rc}
 	p.fn = p.peek
 	return p
 }
 
-// alive reports whether the connection is open and quiet. A nil peeker cannot tell and
+// Alive reports whether the connection is open and quiet. A nil Peeker cannot tell and
 // says yes.
-func (p *peeker) alive() bool {
+func (p *Peeker) Alive() bool {
 	if p == nil {
 		return true
 	}
@@ -43,7 +46,7 @@ func (p *peeker) alive() bool {
 	return p.open
 }
 
-func (p *peeker) peek(fd uintptr) bool {
+func (p *Peeker) peek(fd uintptr) bool {
 	_, _, err := syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 	// Would-block means the peer is quiet and the connection open. EOF (no error, no
 	// bytes), bytes nobody asked for, or an error all mean it must not carry a call.

@@ -1,0 +1,581 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/microhost/micro/runtime/budget"
+	"github.com/microhost/micro/runtime/callerr"
+	"github.com/microhost/micro/runtime/client"
+	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/transport"
+	"github.com/microhost/micro/runtime/upstream"
+	"github.com/microhost/micro/runtime/wrapper"
+)
+
+// This file is the HTTP/1.1 fast path, on fasthttp: the ingress and the inbound server
+// serve plain HTTP/1.1 requests here (see Split), and the requests they forward go out on
+// upstream's connections: from the ingress straight to the app when the node picked is one
+// this micro fronts, to the node's inbound server over HTTP otherwise, and as messages over
+// a transport plugin when the node is reached through one. The net/http handlers serve what
+// fasthttp does not: upgrades (streams) and HTTP/2.
+
+// Doer makes calls through an Exchange; *client.Client is one.
+type Doer interface {
+	Do(ctx context.Context, req *client.Request, ex client.Exchange) (client.Outcome, error)
+}
+
+// FastPath is what the HTTP/1.1 path needs beyond the ingress's and inbound's configs.
+type FastPath struct {
+	// Doer makes the ingress's calls.
+	Doer Doer
+	// Upstream carries requests to apps and to other micro processes.
+	Upstream *upstream.Client
+	// Pool lends transport connections for nodes reached through a transport plugin.
+	Pool client.Pool
+	// HTTPNode reports whether a node's address is reached over HTTP, rather than through
+	// a transport plugin.
+	HTTPNode func(addr string) bool
+}
+
+// ServeFast serves a request on the ingress's HTTP/1.1 path.
+func (in *Ingress) ServeFast(c *fasthttp.RequestCtx) {
+	st := in.settings.load()
+	uri := c.Request.Header.RequestURI()
+	absolute := bytes.HasPrefix(uri, []byte("http://"))
+	if reason := foreignRequest(absolute, string(c.Request.Header.Host()), string(c.Request.Header.Peek("Origin")),
+		string(c.Request.Header.Peek("Sec-Fetch-Site")), st); reason != "" {
+		fastError(c, callerr.New(IngressID, http.StatusForbidden, "%s", reason), "")
+		return
+	}
+	if !absolute && c.IsGet() {
+		switch string(uri) {
+		case "/health":
+			in.fastHealth(c)
+			return
+		case "/services":
+			in.fastServices(c)
+			return
+		}
+	}
+	if !absolute && string(uri) == "/metrics" {
+		in.fastMetrics(c)
+		return
+	}
+	in.fastCall(c, st, uri, absolute)
+}
+
+func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, absolute bool) {
+	start := time.Now()
+	if c.IsConnect() {
+		in.cfg.Recorder.Call("", http.StatusMethodNotAllowed, time.Since(start))
+		fastError(c, callerr.New(IngressID, http.StatusMethodNotAllowed, "CONNECT: micro takes calls in plain HTTP, e.g. GET http://{service}/{path}"), "")
+		return
+	}
+	host, path, query := splitURI(uri, absolute)
+	service, endpoint, target, _, err := route(host, path, query)
+	if err != nil {
+		in.cfg.Recorder.Call("", http.StatusBadRequest, time.Since(start))
+		fastError(c, callerr.New(IngressID, http.StatusBadRequest, "%v", err), "")
+		return
+	}
+	code := http.StatusOK
+	defer func() { in.cfg.Recorder.Call(service, code, time.Since(start)) }()
+	fail := func(e *callerr.Error) {
+		code = e.Code
+		fastError(c, e, "")
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			detail := recovered(in.log, p, "a call at the ingress", "method", string(c.Method()), "path", truncate(string(uri)), "remote", c.RemoteAddr().String())
+			fail(callerr.New(IngressID, http.StatusInternalServerError, "%s", detail))
+		}
+	}()
+	if !in.gate.enter(st.MaxInflight) {
+		e := callerr.New(IngressID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
+		e.RetryAfter = shedRetryAfter
+		fail(e)
+		return
+	}
+	defer in.gate.leave()
+	h := &c.Request.Header
+	if h.Peek(transport.HeaderStream) != nil {
+		fail(callerr.New(IngressID, http.StatusBadRequest, "header %s on a plain call: streams are opened with a WebSocket upgrade", transport.HeaderStream))
+		return
+	}
+	if h.Peek("Upgrade") != nil {
+		fail(callerr.New(IngressID, http.StatusBadRequest, "an upgrade (a stream) must be the first request of its connection"))
+		return
+	}
+	if n := len(c.Request.Body()); int64(n) > st.MaxBody {
+		// fasthttp enforces the limit as it reads; a limit that shrank meanwhile, here.
+		fail(callerr.New(IngressID, http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes (server.max_body)", st.MaxBody))
+		return
+	}
+	idem := h.Peek(transport.HeaderIdempotent)
+	d, idempotent, e := options(string(idem), idem != nil, string(h.Peek(transport.HeaderTimeout)), st)
+	if e != nil {
+		fail(e)
+		return
+	}
+	ctx, cancel := context.Background(), context.CancelFunc(func() {})
+	if d > 0 {
+		ctx, cancel = context.WithTimeout(ctx, d)
+	}
+	defer cancel()
+	ctx, stop := watchCaller(ctx, c.Conn())
+	defer stop()
+
+	callerClose := h.ConnectionClose()
+	dropHeaders(h)
+	req := &client.Request{
+		Service: service, Endpoint: endpoint, Method: string(c.Method()), Target: target,
+		Header: messageHeader(h), Body: c.Request.Body(), Idempotent: idempotent,
+	}
+	ex := &fastExchange{in: in, c: c, req: req}
+	out, err := in.cfg.Fast.Doer.Do(ctx, req, ex)
+	if callerClose {
+		c.SetConnectionClose()
+	}
+	switch {
+	case err != nil:
+		fail(callerr.As(IngressID, err))
+		return
+	case out.Rejection != nil:
+		code = out.Rejection.Status
+		c.Response.Reset()
+		c.Response.SetStatusCode(code)
+		for k, v := range out.Rejection.Header {
+			if !transport.IsMicroHeader(k) {
+				c.Response.Header.Set(k, v)
+			}
+		}
+		c.Response.SetBody(out.Rejection.Body)
+		return
+	}
+	code = c.Response.StatusCode()
+	rh := &c.Response.Header
+	dropResponseHeaders(rh)
+	rh.Set(transport.HeaderNode, out.Node)
+	rh.Set("Micro-Attempts", strconv.Itoa(out.Attempts))
+}
+
+// splitURI splits a raw request target into its host (in proxy form, "" otherwise), its
+// escaped path and its raw query.
+func splitURI(uri []byte, absolute bool) (host, path, query string) {
+	s := string(uri)
+	if absolute {
+		s = s[len("http://"):]
+		i := strings.IndexAny(s, "/?")
+		if i < 0 {
+			i = len(s)
+		}
+		host, s = s[:i], s[i:]
+		if h, _, ok := strings.Cut(host, ":"); ok && !strings.HasPrefix(host, "[") {
+			host = h
+		}
+		if s == "" || s[0] == '?' {
+			s = "/" + s
+		}
+	}
+	path, query, _ = strings.Cut(s, "?")
+	return host, path, query
+}
+
+// dropHeaders removes from a request the headers that belong to one connection, and every
+// Micro-* header: micro sets its own. A caller's Connection: close is kept apart by the
+// caller.
+func dropHeaders(h *fasthttp.RequestHeader) {
+	var drop [][]byte
+	for k := range h.All() {
+		if transport.IsMicroHeader(string(k)) || hopByHop(string(k)) {
+			drop = append(drop, bytes.Clone(k))
+		}
+	}
+	for _, k := range drop {
+		h.DelBytes(k)
+	}
+	h.ResetConnectionClose()
+}
+
+// dropResponseHeaders removes from an answer the headers of one connection and micro's
+// own, which the answer's hop set.
+func dropResponseHeaders(h *fasthttp.ResponseHeader) {
+	var drop [][]byte
+	for k := range h.All() {
+		if transport.IsMicroHeader(string(k)) || (hopByHop(string(k)) && string(k) != "Content-Length") {
+			drop = append(drop, bytes.Clone(k))
+		}
+	}
+	for _, k := range drop {
+		h.DelBytes(k)
+	}
+	h.ResetConnectionClose()
+}
+
+// messageHeader is a request's headers as a message header: one entry per name, the values
+// of a repeated one joined by transport.ValueSep.
+func messageHeader(h *fasthttp.RequestHeader) map[string]string {
+	m := make(map[string]string, h.Len())
+	for k, v := range h.All() {
+		if hopByHop(string(k)) || transport.IsMicroHeader(string(k)) {
+			continue
+		}
+		transport.AddValue(m, string(k), string(v))
+	}
+	return m
+}
+
+// fastError answers e, as micro's own answer marked kind when kind is set.
+func fastError(c *fasthttp.RequestCtx, e *callerr.Error, kind string) {
+	writeError(&c.Response, e, kind)
+}
+
+// writeError makes resp the JSON error e, marked with transport.HeaderError kind when
+// kind is set.
+func writeError(resp *fasthttp.Response, e *callerr.Error, kind string) {
+	resp.Reset()
+	resp.SetStatusCode(e.Code)
+	resp.Header.SetContentType("application/json")
+	resp.Header.Set("X-Content-Type-Options", "nosniff")
+	if e.RetryAfter != "" {
+		resp.Header.Set("Retry-After", e.RetryAfter)
+	}
+	if kind != "" {
+		resp.Header.Set(transport.HeaderError, kind)
+	}
+	resp.SetBody(append(e.JSON(), '\n'))
+}
+
+func (in *Ingress) fastHealth(c *fasthttp.RequestCtx) {
+	st := in.cfg.Health()
+	code := http.StatusOK
+	if st.Status != "ok" {
+		code = http.StatusServiceUnavailable
+	}
+	fastJSON(c, code, st)
+}
+
+func (in *Ingress) fastServices(c *fasthttp.RequestCtx) {
+	list, err := in.cfg.Services(c)
+	if err != nil {
+		fastError(c, callerr.New(IngressID, http.StatusServiceUnavailable, "listing services: %v", err), "")
+		return
+	}
+	fastJSON(c, http.StatusOK, list)
+}
+
+// fastMetrics serves /metrics through the net/http handler, which writes to a buffer.
+func (in *Ingress) fastMetrics(c *fasthttp.RequestCtx) {
+	r, err := http.NewRequestWithContext(c, http.MethodGet, "/metrics", nil)
+	if err != nil {
+		fastError(c, callerr.New(IngressID, http.StatusInternalServerError, "%v", err), "")
+		return
+	}
+	if ae := c.Request.Header.Peek("Accept"); ae != nil {
+		r.Header.Set("Accept", string(ae))
+	}
+	w := &bufferWriter{header: make(http.Header), code: http.StatusOK}
+	in.cfg.Metrics.ServeHTTP(w, r)
+	c.SetStatusCode(w.code)
+	for k, vs := range w.header {
+		for _, v := range vs {
+			c.Response.Header.Add(k, v)
+		}
+	}
+	c.SetBody(w.body.Bytes())
+}
+
+// bufferWriter is an http.ResponseWriter that keeps what is written.
+type bufferWriter struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (w *bufferWriter) Header() http.Header         { return w.header }
+func (w *bufferWriter) WriteHeader(code int)        { w.code = code }
+func (w *bufferWriter) Write(p []byte) (int, error) { return w.body.Write(p) }
+
+func fastJSON(c *fasthttp.RequestCtx, code int, v any) {
+	var b bytes.Buffer
+	w := &bufferWriter{header: make(http.Header), code: code}
+	writeJSON(w, code, v)
+	b.Write(w.body.Bytes())
+	c.SetStatusCode(code)
+	c.Response.Header.SetContentType("application/json")
+	c.SetBody(b.Bytes())
+}
+
+// fastExchange makes the attempts of a call that came to the ingress's HTTP/1.1 path. The
+// caller's request goes out as it is, but for its target and micro's headers; the answer is
+// read straight into the caller's response.
+type fastExchange struct {
+	in  *Ingress
+	c   *fasthttp.RequestCtx
+	req *client.Request
+}
+
+// Attempt implements client.Exchange.
+func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left time.Duration, extra map[string]string) (client.Answer, bool, error) {
+	fp := ex.in.cfg.Fast
+	if base, ok := ex.in.cfg.Inbound.cfg.Apps.Local(ex.req.Service, node.ID); ok {
+		return ex.in.cfg.Inbound.serveFast(ctx, ex.c, ex.req.Service, ex.req.Endpoint, ex.req.Target, node.ID, base, left, extra, ex.req.Header)
+	}
+	if !fp.HTTPNode(node.Address) {
+		return ex.viaMessage(ctx, node, left, extra)
+	}
+	out := &ex.c.Request
+	out.SetRequestURI("/" + url.PathEscape(ex.req.Service) + ex.req.Target)
+	out.Header.SetHost(node.Address)
+	for k, v := range extra {
+		setValues(&out.Header, k, v)
+	}
+	out.Header.Set(transport.HeaderNode, node.ID)
+	out.Header.Set(transport.HeaderTimeout, budget.Format(left))
+	sent, err := fp.Upstream.Do(ctx, node.Address, out, &ex.c.Response)
+	if err != nil {
+		return client.Answer{}, sent, err
+	}
+	return answerOf(&ex.c.Response), true, nil
+}
+
+// viaMessage makes an attempt on a node reached through a transport plugin: the call goes
+// as a message, and the answer comes back into the caller's response.
+func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, left time.Duration, extra map[string]string) (client.Answer, bool, error) {
+	pool := ex.in.cfg.Fast.Pool
+	conn, err := pool.Get(ctx, node.Address)
+	if err != nil {
+		return client.Answer{}, false, err
+	}
+	h := client.MessageHeader(ex.req, node, left, extra)
+	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
+		pool.Put(node.Address, conn, err)
+		return client.Answer{}, false, err
+	}
+	m, err := conn.Recv(ctx)
+	pool.Put(node.Address, conn, err)
+	if err != nil {
+		return client.Answer{}, true, err
+	}
+	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
+	if convErr != nil || status < 100 || status > 999 {
+		return client.Answer{}, true, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
+	}
+	resp := &ex.c.Response
+	resp.Reset()
+	resp.SetStatusCode(status)
+	for k, v := range m.Header {
+		if k != transport.HeaderStatus {
+			setValues(&resp.Header, k, v)
+		}
+	}
+	resp.SetBody(m.Body)
+	return answerOf(resp), true, nil
+}
+
+// valueSetter is a request or response header.
+type valueSetter interface {
+	Set(key, value string)
+	Add(key, value string)
+}
+
+// setValues sets header k to the values that v, a message header value, joins.
+func setValues(h valueSetter, k, v string) {
+	first, rest, more := strings.Cut(v, transport.ValueSep)
+	h.Set(k, first)
+	for more {
+		first, rest, more = strings.Cut(rest, transport.ValueSep)
+		h.Add(k, first)
+	}
+}
+
+// answerOf is what the client reads of an answer.
+func answerOf(resp *fasthttp.Response) client.Answer {
+	a := client.Answer{
+		Status:     resp.StatusCode(),
+		Error:      string(resp.Header.Peek(transport.HeaderError)),
+		RetryAfter: string(resp.Header.Peek("Retry-After")),
+	}
+	if a.Error != "" {
+		a.Body = resp.Body()
+	}
+	return a
+}
+
+// ServeFast serves a call that another micro sent over HTTP/1.1 to the inbound server.
+func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
+	start := time.Now()
+	st := in.settings.load()
+	service := ""
+	code := 0
+	recorded := false // serveFast records what it serves
+	defer func() {
+		if p := recover(); p != nil {
+			detail := recovered(in.cfg.Logger, p, "an inbound call", "service", service)
+			writeError(&c.Response, callerr.New(InboundID, http.StatusInternalServerError, "%s", detail), transport.ErrorInternal)
+			code, recorded = http.StatusInternalServerError, false
+		}
+		if !recorded {
+			in.cfg.Recorder.Inbound(service, code, time.Since(start))
+		}
+	}()
+	fail := func(e *callerr.Error, kind string) {
+		code = e.Code
+		writeError(&c.Response, e, kind)
+	}
+	if !in.gate.enter(st.MaxInflight) {
+		e := callerr.New(InboundID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
+		e.RetryAfter = shedRetryAfter
+		fail(e, transport.ErrorRefused)
+		return
+	}
+	defer in.gate.leave()
+	h := &c.Request.Header
+	path, query, _ := strings.Cut(string(h.RequestURI()), "?")
+	s, endpoint, target, err := transport.ParseTarget(path, query)
+	if err == nil {
+		err = checkName("service", s)
+	}
+	if err == nil {
+		err = checkEndpoint(endpoint)
+	}
+	if err != nil {
+		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller)
+		return
+	}
+	service = s
+	tv := h.Peek(transport.HeaderTimeout)
+	if tv == nil {
+		fail(callerr.New(InboundID, http.StatusBadRequest, "missing %s header", transport.HeaderTimeout), transport.ErrorCaller)
+		return
+	}
+	d, err := budget.Parse(string(tv))
+	if err != nil {
+		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller)
+		return
+	}
+	d = min(d, st.MaxBudget)
+	node := string(h.Peek(transport.HeaderNode))
+	base, ok := in.cfg.Apps.Resolve(service, node)
+	if !ok {
+		fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	ctx, stop := watchCaller(ctx, c.Conn())
+	defer stop()
+	dropHeaders(h)
+	recorded = true
+	in.serveFast(ctx, c, service, endpoint, target, node, base, d, nil, nil)
+}
+
+// serveFast forwards the call in c's request to the app at base, through the server
+// wrappers, and leaves the answer in c's response: the app's, or micro's own (marked with
+// transport.HeaderError). It serves the inbound server's calls, and the ingress's calls to
+// nodes this micro fronts. extra are headers the client wrappers set; hdr is the request's
+// header as a message header, when the caller has made it.
+func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, service, endpoint, target, node, base string, left time.Duration, extra, hdr map[string]string) (client.Answer, bool, error) {
+	start := time.Now()
+	deadline := start.Add(left)
+	resp := &c.Response
+	defer func() { in.cfg.Recorder.Inbound(service, resp.StatusCode(), time.Since(start)) }()
+	if left < time.Millisecond {
+		writeError(resp, callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s for %s.%s is spent", budget.Format(left), service, endpoint), transport.ErrorRefused)
+		return answerOf(resp), false, nil
+	}
+	chain := in.chain.Acquire()
+	defer chain.Release()
+	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: node, Deadline: deadline}
+	if chain != nil {
+		if hdr == nil {
+			hdr = messageHeader(&c.Request.Header)
+		}
+		call.Header = hdr
+	}
+	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(more map[string]string) (int, string, string) {
+		app, err := in.apps.of(base)
+		if err != nil {
+			e := callerr.New(InboundID, http.StatusServiceUnavailable, "service %q: %v", service, err)
+			writeError(resp, e, transport.ErrorUnavailable)
+			return e.Code, transport.ErrorUnavailable, e.Detail
+		}
+		out := &c.Request
+		out.SetRequestURI(app.prefix + target)
+		out.Header.SetHost(app.addr)
+		for _, m := range []map[string]string{extra, more} {
+			for k, v := range m {
+				setValues(&out.Header, k, v)
+			}
+		}
+		out.Header.Del(transport.HeaderNode)
+		out.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
+		_, err = in.cfg.Upstream.Do(ctx, app.addr, out, resp)
+		if err != nil {
+			e, kind := appFailure(ctx, err, deadline, service, endpoint, base)
+			writeError(resp, e, kind)
+			return e.Code, kind, e.Detail
+		}
+		dropResponseHeaders(&resp.Header)
+		return resp.StatusCode(), "", ""
+	})
+	if rejected != nil {
+		writeError(resp, callerr.New(InboundID, code, "%s", rejected.Message), kind)
+		for k, v := range rejected.ReplyHeader {
+			resp.Header.Set(k, v)
+		}
+	}
+	return answerOf(resp), true, nil
+}
+
+// appFailure is micro's answer, and its transport.Error kind, for an exchange with the app
+// at base that failed with err.
+func appFailure(ctx context.Context, err error, deadline time.Time, service, endpoint, base string) (*callerr.Error, string) {
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		return callerr.New(InboundID, http.StatusBadGateway, "the reply of %s.%s exceeds the limit of server.max_body", service, endpoint), transport.ErrorReply
+	case ctx.Err() != nil && time.Now().Before(deadline):
+		return callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", service, endpoint), transport.ErrorCaller
+	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+		return callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent waiting for %s.%s", service, endpoint), transport.ErrorTimeout
+	case transport.IsConnectError(err):
+		return callerr.New(InboundID, http.StatusServiceUnavailable, "app of %q at %s: %v", service, base, err), transport.ErrorUnavailable
+	}
+	return callerr.New(InboundID, http.StatusBadGateway, "app of %q at %s: %v", service, base, err), transport.ErrorApp
+}
+
+// appTarget is where an app's base URL sends requests: its address and its path prefix.
+type appTarget struct {
+	addr, prefix string
+}
+
+// appTargets caches the targets of apps' base URLs.
+type appTargets struct{ m sync.Map } // base URL → *appTarget
+
+// of returns the target of base, e.g. http://127.0.0.1:9000/prefix.
+func (a *appTargets) of(base string) (*appTarget, error) {
+	if t, ok := a.m.Load(base); ok {
+		return t.(*appTarget), nil
+	}
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "http" || u.Host == "" {
+		return nil, errors.New("app address " + base + " is not an http:// URL")
+	}
+	addr := u.Host
+	if u.Port() == "" {
+		addr += ":80"
+	}
+	t := &appTarget{addr: addr, prefix: strings.TrimSuffix(u.EscapedPath(), "/")}
+	a.m.Store(base, t)
+	return t, nil
+}
