@@ -167,7 +167,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	}}
 	r.maxBodyNow.Store(int64(cfg.Server.MaxBody))
 	r.upstream = upstream.New(upstream.Options{
-		MaxIdle: cfg.Client.Pool.MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL, MaxBody: int(cfg.Server.MaxBody),
+		MaxIdle: poolOptions(cfg).MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL, MaxBody: int(cfg.Server.MaxBody),
 	})
 
 	r.services = newServices(r, cfg.Registry)

@@ -35,7 +35,7 @@ func Default() Config {
 			Backoff:     25 * time.Millisecond,
 			BackoffMax:  250 * time.Millisecond,
 			RetryBudget: RetryBudget{Ratio: 0.2, MinPerSecond: 10},
-			Pool:        Pool{MaxIdle: 16, IdleTTL: 60 * time.Second},
+			Pool:        Pool{MaxIdle: 128, IdleTTL: 60 * time.Second},
 			Ejection: Ejection{
 				ConsecutiveFailures: 5,
 				Base:                30 * time.Second,

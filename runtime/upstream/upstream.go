@@ -34,7 +34,7 @@ const (
 
 // Options configures a Client. Zero fields take the defaults.
 type Options struct {
-	// MaxIdle bounds the idle connections kept per address.
+	// MaxIdle bounds the idle connections kept per address; a negative one keeps none.
 	MaxIdle int
 	// IdleTTL closes a connection that stayed idle this long. Keep it below the idle
 	// timeout of the servers called, so that none closes a connection being reused.
@@ -50,7 +50,7 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.MaxIdle <= 0 {
+	if o.MaxIdle == 0 {
 		o.MaxIdle = DefaultMaxIdle
 	}
 	if o.IdleTTL <= 0 {
