@@ -29,6 +29,7 @@ var bins struct {
 	micro, greeter, consulPlugin string
 	natsPlugin                   string
 	counter                      string // e2e/testdata/counter
+	grpcapp                      string // e2e/testdata/grpcapp
 	ratelimit, breaker           string // .wasm
 }
 
@@ -43,7 +44,8 @@ func TestMain(m *testing.M) {
 	bins.consulPlugin = filepath.Join(dir, "registry-consul")
 	bins.natsPlugin = filepath.Join(dir, "transport-nats")
 	bins.counter = filepath.Join(dir, "counter")
-	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats", bins.counter: "./testdata/counter"} {
+	bins.grpcapp = filepath.Join(dir, "grpcapp")
+	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats", bins.counter: "./testdata/counter", bins.grpcapp: "./testdata/grpcapp"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {

@@ -72,6 +72,26 @@ func TestHostileInputNoCrash(t *testing.T) {
 			}
 		}
 	}
+	// Bad bytes after the HTTP/2 preface, on either listener: the connection ends with a
+	// GOAWAY or is closed, and micro goes on.
+	for _, junk := range []string{
+		"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + strings.Repeat("\xff", 64), // settings, then garbage
+		"\xff\xff\xff\x01\x05\x00\x00\x00\x01" + strings.Repeat("A", 100),   // a frame header claiming 16 MiB
+		"\x00\x00\x10\x01\x05\x00\x00\x00\x01" + strings.Repeat("\x80", 16), // headers that are not HPACK
+	} {
+		for _, addr := range []string{m.inbound, strings.TrimPrefix(m.ingress, "http://")} {
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			_, _ = io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"+junk)
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				t.Errorf("%s ← h2 preface and %q: the connection was not closed: %v", addr, junk, err)
+			}
+			c.Close()
+		}
+	}
 	// A FIFO, a symlink to it and a huge file in the registry: skipped, never a trap.
 	dir := filepath.Join(reg, "greeter")
 	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.json"), 0o600); err != nil {

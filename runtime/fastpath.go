@@ -84,17 +84,35 @@ func (l fastLogger) Printf(format string, args ...any) {
 // serveIngress serves the ingress on ln: plain HTTP/1.1 requests on the fast path, upgrades
 // (streams) and HTTP/2 on net/http.
 func (r *Runtime) serveIngress(ln net.Listener) {
-	fast, std := server.Split(ln, r.cfg.Server.HeaderTimeout, maxHeaderBytes)
+	ls := server.Split(ln, r.cfg.Server.HeaderTimeout, maxHeaderBytes)
 	r.goBackground(func() {
-		if err := r.fastIngress.Serve(fast); err != nil && !errors.Is(err, net.ErrClosed) {
+		if err := r.fastIngress.Serve(ls.Fast); err != nil && !errors.Is(err, net.ErrClosed) {
 			r.logger.Error("ingress server stopped", "err", err)
 		}
 	})
-	r.goBackground(func() {
-		if err := r.ingressSrv.Serve(std); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
-			r.logger.Error("ingress server stopped", "err", err)
-		}
-	})
+	for _, l := range []net.Listener{ls.Upgrade, ls.H2} {
+		r.goBackground(func() {
+			if err := r.ingressSrv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				r.logger.Error("ingress server stopped", "err", err)
+			}
+		})
+	}
+}
+
+// h2Server returns a net/http server that speaks HTTP/1.1 (when http1 is set) and HTTP/2
+// without TLS, for the connections Split routes to net/http.
+func (r *Runtime) h2Server(h http.Handler, s config.Server, http1 bool) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(http1)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Handler:           h,
+		Protocols:         &p,
+		ReadHeaderTimeout: s.HeaderTimeout,
+		IdleTimeout:       s.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
+	}
 }
 
 // listenInbound listens where other micro processes reach this one, on transport tr
@@ -113,32 +131,42 @@ func (r *Runtime) listenInbound(ctx context.Context, tr transport.Transport, plu
 	if err != nil {
 		return nil, err
 	}
-	fast, std := server.Split(ln, s.HeaderTimeout, maxHeaderBytes)
-	stdLn, err := ht.Serve(std)
+	ls := server.Split(ln, s.HeaderTimeout, maxHeaderBytes)
+	stdLn, err := ht.Serve(ls.Upgrade)
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
 	fs := r.fastServer(r.inbound.ServeFast, server.InboundID, s, r.maxBody)
-	go func() { _ = fs.Serve(fast) }()
-	return &splitListener{Listener: stdLn, fast: fs, drain: s.DrainTimeout}, nil
+	go func() { _ = fs.Serve(ls.Fast) }()
+	hs := r.h2Server(http.HandlerFunc(r.inbound.ServeH2), s, false)
+	go func() { _ = hs.Serve(ls.H2) }()
+	return &splitListener{Listener: stdLn, fast: fs, h2: hs, drain: s.DrainTimeout}, nil
 }
 
 // splitListener is an inbound HTTP listener: streams are accepted as a transport.Listener
-// does, and plain calls are served by fast.
+// does, plain calls are served by fast, and HTTP/2 calls by h2.
 type splitListener struct {
 	transport.Listener
 	fast  *fasthttp.Server
+	h2    *http.Server
 	drain time.Duration
 }
 
-// Close stops both: calls in flight on the fast path have the drain timeout to finish.
+// Close stops all three: calls in flight on the fast path and over HTTP/2 have the drain
+// timeout to finish.
 func (l *splitListener) Close() error {
 	err := l.Listener.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), l.drain)
 	defer cancel()
 	if ferr := l.fast.ShutdownWithContext(ctx); ferr != nil && err == nil && !errors.Is(ferr, context.DeadlineExceeded) {
 		err = ferr
+	}
+	if herr := l.h2.Shutdown(ctx); herr != nil {
+		_ = l.h2.Close()
+		if err == nil && !errors.Is(herr, context.DeadlineExceeded) {
+			err = herr
+		}
 	}
 	return err
 }

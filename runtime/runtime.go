@@ -79,6 +79,7 @@ type Runtime struct {
 	ingressSrv  *http.Server     // upgrades (streams) and HTTP/2
 	fastIngress *fasthttp.Server // plain HTTP/1.1
 	appHTTP     *http.Client
+	h2c         *http.Transport  // HTTP/2 without TLS, to apps and other micros
 	upstream    *upstream.Client // apps and other micros, from the HTTP/1.1 path
 	maxBodyNow  atomic.Int64     // server.max_body, for the HTTP/1.1 servers
 
@@ -166,13 +167,16 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		IdleConnTimeout:     90 * time.Second,
 	}}
 	r.maxBodyNow.Store(int64(cfg.Server.MaxBody))
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	r.h2c = &http.Transport{Proxy: nil, Protocols: &h2c, IdleConnTimeout: cfg.Client.Pool.IdleTTL}
 	r.upstream = upstream.New(upstream.Options{
 		MaxIdle: poolOptions(cfg).MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL, MaxBody: int(cfg.Server.MaxBody),
 	})
 
 	r.services = newServices(r, cfg.Registry)
 	r.inbound = server.NewInbound(server.InboundConfig{
-		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream,
+		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream, H2C: r.h2c,
 		Settings: serverSettings(cfg),
 	})
 	if r.inboundLn, err = r.listenInbound(ctx, r.tr, cfg.Transport.Plugin, cfg.Server); err != nil {
@@ -202,13 +206,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 			Doer: r.client, Upstream: r.upstream, Pool: r.pool, HTTPNode: r.mux.httpNode,
 		},
 	})
-	r.ingressSrv = &http.Server{
-		Handler:           r.ingress,
-		ReadHeaderTimeout: cfg.Server.HeaderTimeout,
-		IdleTimeout:       cfg.Server.IdleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
-	}
+	r.ingressSrv = r.h2Server(r.ingress, cfg.Server, true)
 	r.fastIngress = r.fastServer(r.ingress.ServeFast, server.IngressID, cfg.Server, r.maxBody)
 
 	// Wrappers load before anything is served, so no call passes unwrapped.
@@ -437,6 +435,9 @@ func (r *Runtime) closeAll() {
 	if r.upstream != nil {
 		r.upstream.Close()
 	}
+	if r.h2c != nil {
+		r.h2c.CloseIdleConnections()
+	}
 	if r.appHTTP != nil {
 		r.appHTTP.CloseIdleConnections()
 	}
@@ -506,6 +507,7 @@ func serverSettings(cfg *config.Config) server.Settings {
 		MaxBody:        int64(s.MaxBody),
 		MaxInflight:    s.MaxInflight,
 		MaxBudget:      cfg.Client.MaxTimeout,
+		RetryBuffer:    int64(cfg.Client.RetryBuffer),
 		StreamIdle:     s.StreamIdleTimeout,
 		CheckOrigin:    s.CheckOrigin,
 		AllowedHosts:   s.AllowedHosts,

@@ -149,6 +149,13 @@ type Exchange interface {
 	Attempt(ctx context.Context, node *registry.Node, budget time.Duration, extra map[string]string) (a Answer, sent bool, err error)
 }
 
+// Replayer is an Exchange that may be unable to send its request again: one whose body
+// streams, and keeps only so much of what went out. Do retries a call through it only
+// while Replayable reports true.
+type Replayer interface {
+	Replayable() bool
+}
+
 // Answer is what a node answered an attempt.
 type Answer struct {
 	// Status is the HTTP status.
@@ -289,6 +296,9 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 		}
 		if attempt >= o.Attempts {
 			return Outcome{}, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
+		}
+		if rp, ok := ex.(Replayer); ok && !rp.Replayable() {
+			return Outcome{}, gaveUp(req, last, "not retried: more of the request body went out than the retry buffer keeps (client.retry_buffer)")
 		}
 		if !c.retry.withdraw() {
 			return Outcome{}, gaveUp(req, last, "retry budget exhausted")

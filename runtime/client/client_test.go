@@ -576,3 +576,34 @@ func TestUnknownServiceAndSpentBudget(t *testing.T) {
 		t.Errorf("an attempt started with a spent budget")
 	}
 }
+
+// refusedExchange is an Exchange whose every attempt is refused by micro at the node before
+// its app saw it, and whose request can be sent again only while replayable is set.
+type refusedExchange struct {
+	attempts   int
+	replayable bool
+}
+
+func (ex *refusedExchange) Attempt(context.Context, *registry.Node, time.Duration, map[string]string) (client.Answer, bool, error) {
+	ex.attempts++
+	return client.Answer{Status: 503, Error: transport.ErrorRefused, Body: []byte(`{"id":"micro.inbound","code":503,"detail":"busy","status":"Service Unavailable"}`)}, true, nil
+}
+
+func (ex *refusedExchange) Replayable() bool { return ex.replayable }
+
+// TestDoReplayer: a call whose Exchange can no longer send its request again (its body went
+// out past the retry buffer) is not retried, and says why.
+func TestDoReplayer(t *testing.T) {
+	h := newHarness(t, defaults(), 200, 200)
+	req := &client.Request{Service: "svc", Endpoint: "E.P"}
+	ex := &refusedExchange{replayable: true}
+	if _, err := h.client.Do(context.Background(), req, ex); err == nil || ex.attempts != 3 {
+		t.Fatalf("replayable: %d attempts, %v; want 3 and a failure", ex.attempts, err)
+	}
+	ex = &refusedExchange{}
+	_, err := h.client.Do(context.Background(), req, ex)
+	var e *callerr.Error
+	if !errors.As(err, &e) || e.Code != 503 || !strings.Contains(e.Detail, "client.retry_buffer") || ex.attempts != 1 {
+		t.Fatalf("not replayable: %d attempts, %v; want 1 and a 503 naming client.retry_buffer", ex.attempts, err)
+	}
+}

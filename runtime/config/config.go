@@ -142,6 +142,9 @@ type Client struct {
 	AttemptTimeout time.Duration `koanf:"attempt_timeout"`
 	// Attempts is the most attempts one call makes, the first included.
 	Attempts int `koanf:"attempts"`
+	// RetryBuffer is how much of a streamed request body a call keeps so that it can be
+	// sent again to another node: a call whose body went out past it is not retried.
+	RetryBuffer ByteSize `koanf:"retry_buffer"`
 	// Backoff is the base of the jittered exponential backoff between attempts.
 	Backoff time.Duration `koanf:"backoff"`
 	// BackoffMax caps one backoff.

@@ -35,6 +35,7 @@ func Default() Config {
 			Backoff:     25 * time.Millisecond,
 			BackoffMax:  250 * time.Millisecond,
 			RetryBudget: RetryBudget{Ratio: 0.2, MinPerSecond: 10},
+			RetryBuffer: 64 << 10,
 			Pool:        Pool{MaxIdle: 128, IdleTTL: 60 * time.Second},
 			Ejection: Ejection{
 				ConsecutiveFailures: 5,
@@ -89,3 +90,6 @@ const (
 	MaxWrapperMemoryLimit = ByteSize(4 << 30)
 	MaxWrapperTimeout     = 10 * time.Second
 )
+
+// MaxRetryBuffer bounds client.retry_buffer: each call in flight may hold that much.
+const MaxRetryBuffer = ByteSize(64 << 20)

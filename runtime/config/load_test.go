@@ -52,6 +52,7 @@ func TestDefault(t *testing.T) {
 			Strategy: "p2c_ewma", Timeout: 5 * time.Second, MaxTimeout: time.Minute, Attempts: 3,
 			Backoff: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond,
 			RetryBudget: RetryBudget{Ratio: 0.2, MinPerSecond: 10},
+			RetryBuffer: 64 << 10,
 			Pool:        Pool{MaxIdle: 128, IdleTTL: time.Minute},
 			Ejection:    Ejection{ConsecutiveFailures: 5, Base: 30 * time.Second, Max: 300 * time.Second, MaxPercent: 50},
 			EWMADecay:   10 * time.Second,

@@ -82,6 +82,9 @@ func Validate(c *Config) error {
 		v.errorf("client.max_timeout", "must be at least client.timeout (%s), got %s", cl.Timeout, cl.MaxTimeout)
 	}
 	v.nonNegative("client.attempt_timeout", cl.AttemptTimeout)
+	if cl.RetryBuffer < 0 || cl.RetryBuffer > MaxRetryBuffer {
+		v.errorf("client.retry_buffer", "must be from 0 to %s, got %d bytes", MaxRetryBuffer, int64(cl.RetryBuffer))
+	}
 	if cl.Attempts < 1 || cl.Attempts > MaxAttempts {
 		v.errorf("client.attempts", "must be from 1 to %d, got %d", MaxAttempts, cl.Attempts)
 	}

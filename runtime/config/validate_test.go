@@ -137,6 +137,7 @@ func TestValidateRules(t *testing.T) {
 		{"allowed origin scheme", func(c *Config) { c.Server.AllowedOrigins = []string{"app.example.com"} }, "server.allowed_origins", "want scheme://host[:port]"},
 		{"max timeout < timeout", func(c *Config) { c.Client.MaxTimeout = time.Second }, "client.max_timeout", "at least client.timeout (5s), got 1s"},
 		{"attempt timeout", func(c *Config) { c.Client.AttemptTimeout = -time.Second }, "client.attempt_timeout", "negative"},
+		{"retry buffer", func(c *Config) { c.Client.RetryBuffer = 1 << 30 }, "client.retry_buffer", "from 0 to 64MiB"},
 		{"idempotent not an endpoint", func(c *Config) {
 			s := c.Services["greeter"]
 			s.Idempotent = []string{"Greeter.Bye"}

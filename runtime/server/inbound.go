@@ -44,6 +44,9 @@ type InboundConfig struct {
 	HTTP *http.Client
 	// Upstream is the client that reaches the apps from the HTTP/1.1 path.
 	Upstream *upstream.Client
+	// H2C reaches apps and other micro processes over HTTP/2 without TLS, for the calls
+	// that come over HTTP/2.
+	H2C http.RoundTripper
 	// Settings are the first settings; Set changes them. MaxBody bounds the app's
 	// responses; the transport bounds requests.
 	Settings Settings

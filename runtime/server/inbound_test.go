@@ -54,6 +54,12 @@ func newTestApp(t *testing.T, maxBody int) *testApp {
 		_, _ = w.Write([]byte(strings.Repeat("x", maxBody+1)))
 	})
 	mux.HandleFunc("/Half.Reply", func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 {
+			w.Header().Set("Content-Length", "100")
+			_, _ = io.WriteString(w, `{"half":`)
+			_ = http.NewResponseController(w).Flush()
+			panic(http.ErrAbortHandler) // the stream is reset
+		}
 		c, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			return
@@ -61,6 +67,28 @@ func newTestApp(t *testing.T, maxBody int) *testApp {
 		_, _ = brw.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"half\":")
 		_ = brw.Flush()
 		c.Close()
+	})
+	mux.HandleFunc("/Echo.Stream", func(w http.ResponseWriter, r *http.Request) {
+		// Each line of the body comes back as it arrives; the trailer counts the bytes.
+		_ = http.NewResponseController(w).EnableFullDuplex()
+		w.Header().Set("Trailer", "X-Bytes")
+		w.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(w).Flush()
+		n := 0
+		sc := bufio.NewScanner(r.Body)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			n += len(sc.Bytes()) + 1
+			_, _ = fmt.Fprintf(w, "%s\n", sc.Bytes())
+			_ = http.NewResponseController(w).Flush()
+		}
+		w.Header().Set("X-Bytes", strconv.Itoa(n))
+	})
+	mux.HandleFunc("/Grpc.Fail", func(w http.ResponseWriter, r *http.Request) {
+		// A gRPC failure with nothing else to say: trailers-only.
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", "14")
+		w.Header().Set("Grpc-Message", "down for maintenance")
 	})
 	mux.HandleFunc("/Fail.Hard", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "boom", http.StatusInternalServerError)
@@ -76,7 +104,11 @@ func newTestApp(t *testing.T, maxBody int) *testApp {
 	mux.HandleFunc("/Ws.Refuse", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"why":"not you"}`, http.StatusForbidden)
 	})
-	a.Server = httptest.NewServer(mux)
+	a.Server = httptest.NewUnstartedServer(mux)
+	a.Config.Protocols = new(http.Protocols)
+	a.Config.Protocols.SetHTTP1(true)
+	a.Config.Protocols.SetUnencryptedHTTP2(true)
+	a.Start()
 	t.Cleanup(a.Close)
 	return a
 }
@@ -110,35 +142,54 @@ func closedAddr(t *testing.T) string {
 	return "http://" + addr
 }
 
-// inboundHarness is a real Inbound on a real HTTP transport listener (the message path)
-// and on a real fasthttp server (the HTTP/1.1 path), with real metrics. send uses the path
-// that fast names.
+// path is one of the ways other micros reach the inbound server.
+type path int
+
+const (
+	messagePath path = iota // messages over the http transport
+	http1Path               // HTTP/1.1, on fasthttp
+	h2Path                  // HTTP/2 without TLS, on net/http
+)
+
+func (p path) String() string { return [...]string{"message", "http1", "h2"}[p] }
+
+// inboundHarness is a real Inbound on a real HTTP transport listener (the message path), on
+// a real fasthttp server (the HTTP/1.1 path) and on a real h2c server (the HTTP/2 path),
+// with real metrics, in front of a real app that speaks HTTP/1.1 and h2c. send uses the
+// path that p names.
 type inboundHarness struct {
 	in       *Inbound
 	app      *testApp
 	tr       transport.Transport
 	addr     string // the message path
 	fastAddr string // the HTTP/1.1 path
-	fast     bool
+	h2Addr   string // the HTTP/2 path
+	p        path
 	up       *upstream.Client
+	h2c      *http.Transport
 	metrics  *metrics.Metrics
 }
 
-// paths runs f on the message path and on the HTTP/1.1 path.
-func paths(t *testing.T, f func(t *testing.T, fast bool)) {
-	for _, fast := range []bool{false, true} {
-		name := "message"
-		if fast {
-			name = "http1"
-		}
-		t.Run(name, func(t *testing.T) { f(t, fast) })
+// paths runs f on each path.
+func paths(t *testing.T, f func(t *testing.T, p path)) {
+	for _, p := range []path{messagePath, http1Path, h2Path} {
+		t.Run(p.String(), func(t *testing.T) { f(t, p) })
 	}
 }
 
-func newInboundHarness(t *testing.T, st Settings, fast bool) *inboundHarness {
+// newH2C returns an HTTP/2 client without TLS.
+func newH2C(t *testing.T) *http.Transport {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &p}
+	t.Cleanup(tr.CloseIdleConnections)
+	return tr
+}
+
+func newInboundHarness(t *testing.T, st Settings, p path) *inboundHarness {
 	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
-	h := &inboundHarness{app: newTestApp(t, int(st.MaxBody)), fast: fast}
+	h := &inboundHarness{app: newTestApp(t, int(st.MaxBody)), p: p, h2c: newH2C(t)}
 	h.up = upstream.New(upstream.Options{MaxBody: int(st.MaxBody)})
 	t.Cleanup(h.up.Close)
 	h.metrics = metrics.New(metrics.Options{KnownService: func(n string) bool { return n == "app" }})
@@ -148,6 +199,7 @@ func newInboundHarness(t *testing.T, st Settings, fast bool) *inboundHarness {
 		Logger:   logger,
 		HTTP:     &http.Client{},
 		Upstream: h.up,
+		H2C:      h.h2c,
 		Settings: st,
 	})
 	fl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -158,6 +210,12 @@ func newInboundHarness(t *testing.T, st Settings, fast bool) *inboundHarness {
 	go func() { _ = fs.Serve(fl) }()
 	t.Cleanup(func() { _ = fs.Shutdown() })
 	h.fastAddr = fl.Addr().String()
+	h2 := httptest.NewUnstartedServer(http.HandlerFunc(h.in.ServeH2))
+	h2.Config.Protocols = new(http.Protocols)
+	h2.Config.Protocols.SetUnencryptedHTTP2(true)
+	h2.Start()
+	t.Cleanup(h2.Close)
+	h.h2Addr = h2.Listener.Addr().String()
 	h.tr = httptransport.New(httptransport.Options{Logger: logger})
 	t.Cleanup(func() { h.tr.Close() })
 	l, err := h.tr.Listen(context.Background(), "127.0.0.1:0")
@@ -172,18 +230,28 @@ func newInboundHarness(t *testing.T, st Settings, fast bool) *inboundHarness {
 
 // addrOf is the address of the path h uses.
 func (h *inboundHarness) addrOf() string {
-	if h.fast {
+	switch h.p {
+	case http1Path:
 		return h.fastAddr
+	case h2Path:
+		return h.h2Addr
 	}
 	return h.addr
 }
 
-// send makes one call, through a fresh transport connection or as an HTTP/1.1 request, and
-// returns the answer as a message.
+// send makes one call, through a fresh transport connection, as an HTTP/1.1 request or as an
+// HTTP/2 request, and returns the answer as a message.
 func (h *inboundHarness) send(t *testing.T, hdr map[string]string, body string) *transport.Message {
 	t.Helper()
-	if h.fast {
+	switch h.p {
+	case http1Path:
 		return h.sendFast(t, hdr, body)
+	case h2Path:
+		m, err := h.sendH2(context.Background(), hdr, body)
+		if err != nil {
+			t.Fatalf("send: %v", err)
+		}
+		return m
 	}
 	conn, err := h.tr.Dial(context.Background(), h.addr)
 	if err != nil {
@@ -204,6 +272,43 @@ func (h *inboundHarness) send(t *testing.T, hdr map[string]string, body string) 
 		t.Fatalf("recv: %v", err)
 	}
 	return r
+}
+
+// sendH2 sends the call that hdr and body make as an HTTP/2 request, as another micro's
+// ingress does, and reads the answer whole.
+func (h *inboundHarness) sendH2(ctx context.Context, hdr map[string]string, body string) (*transport.Message, error) {
+	method, target := requestLine(hdr)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+h.h2Addr+"/"+url.PathEscape(hdr[transport.HeaderService])+target, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set(transport.HeaderTimeout, "2s")
+	for k, v := range hdr {
+		switch k {
+		case transport.HeaderService, transport.HeaderEndpoint, transport.HeaderMethod, transport.HeaderPath:
+		default:
+			req.Header[http.CanonicalHeaderKey(k)] = strings.Split(v, transport.ValueSep)
+		}
+	}
+	resp, err := h.h2c.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	m := &transport.Message{Header: filterHeader(resp.Header), Body: b}
+	m.Header[transport.HeaderStatus] = strconv.Itoa(resp.StatusCode)
+	for k, vs := range resp.Header {
+		if transport.IsMicroHeader(k) {
+			m.Header[k] = strings.Join(vs, transport.ValueSep)
+		}
+	}
+	return m, nil
 }
 
 // sendFast sends the call that hdr and body make as an HTTP/1.1 request, as another micro's
@@ -250,8 +355,8 @@ func call(service, endpoint string, more ...string) map[string]string {
 // TestInboundAnswers: each answer that micro gives in place of the app says why, so that the
 // caller knows whether to try another node and whether to blame this one.
 func TestInboundAnswers(t *testing.T) {
-	paths(t, func(t *testing.T, fast bool) {
-		h := newInboundHarness(t, Settings{MaxBody: 1 << 10}, fast)
+	paths(t, func(t *testing.T, p path) {
+		h := newInboundHarness(t, Settings{MaxBody: 1 << 10}, p)
 		for _, tc := range []struct {
 			name   string
 			hdr    map[string]string
@@ -268,6 +373,9 @@ func TestInboundAnswers(t *testing.T) {
 			{"bad budget", call("app", "Echo.Headers", transport.HeaderTimeout, "soon"), 400, transport.ErrorCaller},
 			{"panic while serving", call("boom", "X.Y"), 500, transport.ErrorInternal},
 		} {
+			if p == h2Path && (tc.kind == transport.ErrorReply || tc.kind == transport.ErrorApp) {
+				continue // over HTTP/2 answers stream: TestInboundH2Streams
+			}
 			t.Run(tc.name, func(t *testing.T) {
 				r := h.send(t, tc.hdr, "{}")
 				if got := r.Header[transport.HeaderStatus]; got != strconv.Itoa(tc.status) {
@@ -293,8 +401,8 @@ func TestInboundAnswers(t *testing.T) {
 // TestInboundHeaders: the app sees none of the Micro-* headers a caller sent but the budget
 // micro sets, and the caller sees none of those the app answered with.
 func TestInboundHeaders(t *testing.T) {
-	paths(t, func(t *testing.T, fast bool) {
-		h := newInboundHarness(t, Settings{MaxBudget: time.Second}, fast)
+	paths(t, func(t *testing.T, p path) {
+		h := newInboundHarness(t, Settings{MaxBudget: time.Second}, p)
 		r := h.send(t, call("app", "Echo.Headers",
 			transport.HeaderTimeout, "1h",
 			transport.HeaderCaller, "someone-else",
@@ -326,8 +434,8 @@ func TestInboundHeaders(t *testing.T) {
 // TestInboundAnyRequest: the app gets the call's method, target and repeated headers, and
 // the caller the app's repeated headers.
 func TestInboundAnyRequest(t *testing.T) {
-	paths(t, func(t *testing.T, fast bool) {
-		h := newInboundHarness(t, Settings{}, fast)
+	paths(t, func(t *testing.T, p path) {
+		h := newInboundHarness(t, Settings{}, p)
 		r := h.send(t, call("app", "Echo.Request", transport.HeaderMethod, "PATCH",
 			transport.HeaderPath, "/Echo.Request/42%2F7?expand=orders", "X-Multi", "one"+transport.ValueSep+"two"), "{}")
 		var seen struct {
@@ -351,11 +459,58 @@ func TestInboundCallerGoneCancelsApp(t *testing.T) {
 	paths(t, testCallerGone)
 }
 
-// hold starts a call to Wait.Cancel, which the app holds until it is cancelled, on a raw
-// connection to the path h uses (both take the same HTTP/1.1 request), and returns the
-// connection once the call has reached the app.
-func (h *inboundHarness) hold(t *testing.T) net.Conn {
+// rawPost posts to target, as it is, on the path h uses, and returns the answer's status.
+func (h *inboundHarness) rawPost(t *testing.T, target string) int {
 	t.Helper()
+	if h.p == h2Path {
+		req, err := http.NewRequest(http.MethodPost, "http://"+h.h2Addr+target, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(transport.HeaderTimeout, "1s")
+		resp, err := h.h2c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	raw, err := net.Dial("tcp", h.addrOf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_, _ = io.WriteString(raw, "POST "+target+" HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(raw), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// closerFunc is a func as an io.Closer.
+type closerFunc func()
+
+func (f closerFunc) Close() error { f(); return nil }
+
+// hold starts a call to Wait.Cancel, which the app holds until it is cancelled, on the path
+// h uses (a raw connection for the two that take the same HTTP/1.1 request), and returns,
+// once the call has reached the app, what makes its caller go away.
+func (h *inboundHarness) hold(t *testing.T) io.Closer {
+	t.Helper()
+	if h.p == h2Path {
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			_, _ = h.sendH2(ctx, call("app", "Wait.Cancel", transport.HeaderTimeout, "30s"), `{"a":1}`)
+		}()
+		select {
+		case <-h.app.started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the call did not reach the app")
+		}
+		return closerFunc(cancel)
+	}
 	conn, err := net.Dial("tcp", h.addrOf())
 	if err != nil {
 		t.Fatal(err)
@@ -369,8 +524,8 @@ func (h *inboundHarness) hold(t *testing.T) net.Conn {
 	return conn
 }
 
-func testCallerGone(t *testing.T, fast bool) {
-	h := newInboundHarness(t, Settings{}, fast)
+func testCallerGone(t *testing.T, p path) {
+	h := newInboundHarness(t, Settings{}, p)
 	conn := h.hold(t)
 	select {
 	case <-h.app.started:
@@ -392,8 +547,8 @@ func TestInboundSheds(t *testing.T) {
 	paths(t, testSheds)
 }
 
-func testSheds(t *testing.T, fast bool) {
-	h := newInboundHarness(t, Settings{MaxInflight: 1}, fast)
+func testSheds(t *testing.T, p path) {
+	h := newInboundHarness(t, Settings{MaxInflight: 1}, p)
 	conn := h.hold(t)
 	defer conn.Close()
 	r := h.send(t, call("app", "Echo.Headers"), "{}")
@@ -413,7 +568,7 @@ func testSheds(t *testing.T, fast bool) {
 // TestInboundStreamRefusedByApp: an app that refuses a WebSocket for the request's own
 // reasons has its answer passed back, not turned into a 502.
 func TestInboundStreamRefusedByApp(t *testing.T) {
-	h := newInboundHarness(t, Settings{}, false)
+	h := newInboundHarness(t, Settings{}, messagePath)
 	conn, err := h.tr.Dial(context.Background(), h.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -435,24 +590,13 @@ func TestInboundStreamRefusedByApp(t *testing.T) {
 // TestInboundJunkLabels: junk service names all share one metric label, and none of them
 // can break the metrics (a label that is not UTF-8 used to panic).
 func TestInboundJunkLabels(t *testing.T) {
-	paths(t, func(t *testing.T, fast bool) {
-		h := newInboundHarness(t, Settings{}, fast)
+	paths(t, func(t *testing.T, p path) {
+		h := newInboundHarness(t, Settings{}, p)
 		for i := range 50 {
 			h.send(t, call(fmt.Sprintf("junk-%d", i), "X.Y"), "")
 		}
-		raw, err := net.Dial("tcp", h.addrOf())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer raw.Close()
-		_, _ = io.WriteString(raw, "POST /%FF/x HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(raw), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 400 {
-			t.Fatalf("POST /%%FF/x: %d, want 400", resp.StatusCode)
+		if code := h.rawPost(t, "/%FF/x"); code != 400 {
+			t.Fatalf("POST /%%FF/x: %d, want 400", code)
 		}
 		if n := testutil.CollectAndCount(h.metrics.Registry(), "micro_inbound_calls_total"); n > 2 {
 			t.Fatalf("%d series of micro_inbound_calls_total after junk calls, want at most 2 (other/400, other/503)", n)

@@ -111,27 +111,41 @@ func (in *Ingress) Set(s Settings) { in.settings.store(s) }
 
 // ServeHTTP routes a request.
 func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := in.settings.load()
+	if r.ProtoMajor == 2 {
+		// The authority names the service unless it is a name of the ingress.
+		byAuthority := !ownHost(r.Host, st.AllowedHosts)
+		if byAuthority || !in.serveOwn(w, r) {
+			in.callH2(w, r, st, byAuthority)
+		}
+		return
+	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(in.cfg.WriteTimeout))
-	st := in.settings.load()
 	if reason := foreign(r, st); reason != "" {
 		refuse(w, rc, r, callerr.New(IngressID, http.StatusForbidden, "%s", reason))
 		return
 	}
-	if !r.URL.IsAbs() {
-		switch r.URL.Path {
-		case "/health":
-			in.health(w)
-			return
-		case "/metrics":
-			in.cfg.Metrics.ServeHTTP(w, r)
-			return
-		case "/services":
-			in.services(w, r)
-			return
-		}
+	if !r.URL.IsAbs() && in.serveOwn(w, r) {
+		return
 	}
 	in.call(w, r, rc, st)
+}
+
+// serveOwn serves the ingress's own paths, GET /health, /metrics and /services. It reports
+// false when r asks for none of them.
+func (in *Ingress) serveOwn(w http.ResponseWriter, r *http.Request) bool {
+	switch r.URL.Path {
+	case "/health":
+		in.health(w)
+	case "/metrics":
+		in.cfg.Metrics.ServeHTTP(w, r)
+	case "/services":
+		in.services(w, r)
+	default:
+		return false
+	}
+	return true
 }
 
 func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings) {

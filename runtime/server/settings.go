@@ -22,6 +22,9 @@ type Settings struct {
 	// MaxBudget is the longest budget a call may carry. The ingress refuses a longer
 	// Micro-Timeout with 400; the inbound server cuts a longer one to MaxBudget.
 	MaxBudget time.Duration
+	// RetryBuffer is how much of a streamed request body a call keeps so that it can be
+	// sent again to another node.
+	RetryBuffer int64
 	// StreamIdle closes a stream that carried no message either way for this long.
 	StreamIdle time.Duration
 	// CheckOrigin makes the ingress refuse what a web page of another site would send: a
@@ -41,6 +44,7 @@ func DefaultSettings() Settings {
 		MaxBody:     4 << 20,
 		MaxInflight: 1024,
 		MaxBudget:   time.Minute,
+		RetryBuffer: 64 << 10,
 		StreamIdle:  5 * time.Minute,
 		CheckOrigin: true,
 	}

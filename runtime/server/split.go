@@ -11,25 +11,37 @@ import (
 // h2Preface starts every HTTP/2 connection without TLS.
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-// Split divides the connections that ln accepts by what their first bytes ask for. Those
-// that speak HTTP/2 without TLS, and those whose first request asks to upgrade (an Upgrade
-// header), go to std, for net/http; every other one goes to fast, for fasthttp's HTTP/1.1.
-// A connection that has not shown its first request's header block within timeout, or
-// within max bytes, goes to fast, which answers (or drops) it as it deserves. The bytes read
-// to decide are read again by whoever gets the connection. Closing ln closes both.
-func Split(ln net.Listener, timeout time.Duration, max int) (fast, std net.Listener) {
+// Listeners are the three listeners Split divides connections among.
+type Listeners struct {
+	// Fast gets plain HTTP/1.1 connections, for fasthttp.
+	Fast net.Listener
+	// Upgrade gets the connections whose first request asks to upgrade (an Upgrade
+	// header), for net/http: streams.
+	Upgrade net.Listener
+	// H2 gets the connections that speak HTTP/2 without TLS (h2c, with prior knowledge),
+	// for net/http: gRPC and any HTTP/2 app.
+	H2 net.Listener
+}
+
+// Split divides the connections that ln accepts by what their first bytes ask for (see
+// Listeners). A connection that has not shown its first request's header block within
+// timeout, or within max bytes, goes to Fast, which answers (or drops) it as it deserves.
+// The bytes read to decide are read again by whoever gets the connection. Closing any of
+// the three closes ln, and so all of them.
+func Split(ln net.Listener, timeout time.Duration, max int) Listeners {
 	s := &splitter{ln: ln, timeout: timeout, max: max, done: make(chan struct{})}
 	s.fast = &chanListener{s: s, conns: make(chan net.Conn)}
-	s.std = &chanListener{s: s, conns: make(chan net.Conn)}
+	s.upgrade = &chanListener{s: s, conns: make(chan net.Conn)}
+	s.h2 = &chanListener{s: s, conns: make(chan net.Conn)}
 	go s.run()
-	return s.fast, s.std
+	return Listeners{Fast: s.fast, Upgrade: s.upgrade, H2: s.h2}
 }
 
 type splitter struct {
-	ln        net.Listener
-	timeout   time.Duration
-	max       int
-	fast, std *chanListener
+	ln                net.Listener
+	timeout           time.Duration
+	max               int
+	fast, upgrade, h2 *chanListener
 
 	done      chan struct{} // closed when ln fails or is closed
 	err       error         // why; set before done is closed
@@ -68,7 +80,7 @@ func (s *splitter) route(c net.Conn) {
 		n, err := c.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
 		if len(buf) >= len(h2Preface) && string(buf[:len(h2Preface)]) == h2Preface {
-			to = s.std
+			to = s.h2
 			break
 		}
 		if len(buf) < len(h2Preface) && h2Preface[:len(buf)] == string(buf) && err == nil {
@@ -76,7 +88,7 @@ func (s *splitter) route(c net.Conn) {
 		}
 		if end := bytes.Index(buf, []byte("\r\n\r\n")); end >= 0 {
 			if hasUpgrade(buf[:end+2]) {
-				to = s.std
+				to = s.upgrade
 			}
 			break
 		}

@@ -15,19 +15,20 @@ func TestSplit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fast, std := Split(ln, 200*time.Millisecond, 1<<10)
-	defer fast.Close()
+	ls := Split(ln, 200*time.Millisecond, 1<<10)
+	defer ls.Fast.Close()
 	for _, tc := range []struct {
 		name, send string
-		std        bool
+		want       net.Listener
 	}{
-		{"plain request", "POST /a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", false},
-		{"upgrade", "GET /a/b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n", true},
-		{"h2c", h2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00", true},
-		{"a header named like upgrade", "GET / HTTP/1.1\r\nX-Upgrade: no\r\n\r\n", false},
-		{"too slow", "GET / HT", false},
-		{"too long", "GET /" + strings.Repeat("a", 2000), false},
-		{"not http", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", false},
+		{"plain request", "POST /a/b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", ls.Fast},
+		{"upgrade", "GET /a/b HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUPGRADE: websocket\r\n\r\n", ls.Upgrade},
+		{"h2c", h2Preface + "\x00\x00\x00\x04\x00\x00\x00\x00\x00", ls.H2},
+		{"the start of the h2c preface only", "PRI * HTTP/2.0\r\n\r\n", ls.Fast},
+		{"a header named like upgrade", "GET / HTTP/1.1\r\nX-Upgrade: no\r\n\r\n", ls.Fast},
+		{"too slow", "GET / HT", ls.Fast},
+		{"too long", "GET /" + strings.Repeat("a", 2000), ls.Fast},
+		{"not http", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", ls.Fast},
 	} {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -36,10 +37,7 @@ func TestSplit(t *testing.T) {
 		if _, err := io.WriteString(c, tc.send); err != nil {
 			t.Fatal(err)
 		}
-		want := fast
-		if tc.std {
-			want = std
-		}
+		want := tc.want
 		got := make(chan net.Conn, 1)
 		go func() {
 			if a, err := want.Accept(); err == nil {
@@ -60,8 +58,10 @@ func TestSplit(t *testing.T) {
 		c.Close()
 	}
 	// Closing one listener closes the shared one: the other stops accepting.
-	fast.Close()
-	if _, err := std.Accept(); err == nil {
-		t.Error("the other listener accepts after Close")
+	ls.Fast.Close()
+	for _, l := range []net.Listener{ls.Upgrade, ls.H2} {
+		if _, err := l.Accept(); err == nil {
+			t.Error("another listener accepts after Close")
+		}
 	}
 }
