@@ -26,8 +26,10 @@ func TestAnyHTTPApp(t *testing.T) {
 	t.Parallel()
 	reg := t.TempDir()
 	countFile := filepath.Join(t.TempDir(), "count")
-	startMicro(t, baseConfig(reg, counterService("b", countFile, t.TempDir())))
-	a := startMicro(t, baseConfig(reg, ""))
+	// Bodies up to 256 MiB: what passes streams, and is never held whole.
+	big := func(cfg string) string { return strings.Replace(cfg, "[server]", "[server]\nmax_body = \"256MiB\"", 1) }
+	b := startMicro(t, big(baseConfig(reg, counterService("b", countFile, t.TempDir()))))
+	a := startMicro(t, big(baseConfig(reg, "")))
 	eventually(t, 20*time.Second, func() error {
 		if n := len(mustServices(t, a)["count"]); n != 1 {
 			return fmt.Errorf("%d nodes of count", n)
@@ -82,4 +84,39 @@ func TestAnyHTTPApp(t *testing.T) {
 	if e.Method != "GET" || e.URI != "/echo/hello?q=1" {
 		t.Errorf("through HTTP_PROXY the app got %s %s", e.Method, e.URI)
 	}
+
+	// A PUT of 128 MiB streams through both micros, and neither holds it.
+	rssBefore := map[*micro]int64{a: rss(t, a.cmd.Process.Pid), b: rss(t, b.cmd.Process.Pid)}
+	const size = 128 << 20
+	req, err := http.NewRequest("PUT", a.ingress+"/count/echo/upload", io.LimitReader(zeros{}, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = size
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var up echoed
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		err = json.Unmarshal(raw, &up)
+	}
+	if err != nil || resp.StatusCode != 200 || up.Body != size {
+		t.Fatalf("PUT of 128 MiB: %d %.200s: the app got %d bytes, %v", resp.StatusCode, raw, up.Body, err)
+	}
+	for m, before := range rssBefore {
+		if grew := rss(t, m.cmd.Process.Pid) - before; grew > 32<<20 {
+			t.Errorf("a micro's RSS grew by %d MiB while 128 MiB passed: the body was held", grew>>20)
+		}
+	}
+}
+
+// zeros reads as an endless run of zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -26,16 +27,18 @@ const maxHeaderBytes = 64 << 10
 const fastReadBuffer = 16 << 10
 
 // fastServer returns the fasthttp server of a listener's HTTP/1.1 path: h serves each
-// request, id names the listener in its errors, and maxBody gives the current limit on
-// request bodies (server.max_body, which applies live).
-func (r *Runtime) fastServer(h fasthttp.RequestHandler, id string, s config.Server, maxBody func() int) *fasthttp.Server {
+// request, and id names the listener in its errors. A request body up to
+// server.InMemoryBody is read whole before h runs; a longer one, or one of unknown length,
+// streams, and h enforces server.max_body.
+func (r *Runtime) fastServer(h fasthttp.RequestHandler, id string, s config.Server) *fasthttp.Server {
 	return &fasthttp.Server{
 		Handler:                       h,
 		ReadTimeout:                   s.HeaderTimeout,
 		WriteTimeout:                  s.WriteTimeout,
 		IdleTimeout:                   s.IdleTimeout,
 		ReadBufferSize:                fastReadBuffer,
-		MaxRequestBodySize:            maxBody(),
+		MaxRequestBodySize:            server.InMemoryBody,
+		StreamRequestBody:             true,
 		DisablePreParseMultipartForm:  true,
 		NoDefaultServerHeader:         true,
 		NoDefaultContentType:          true,
@@ -43,12 +46,12 @@ func (r *Runtime) fastServer(h fasthttp.RequestHandler, id string, s config.Serv
 		DisableHeaderNamesNormalizing: false,
 		CloseOnShutdown:               true,
 		Logger:                        fastLogger{r.logger},
-		// Once the headers are in, the body has body_timeout, and the current limit.
+		// Once the headers are in, the body has body_timeout.
 		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
-			return fasthttp.RequestConfig{ReadTimeout: s.BodyTimeout, MaxRequestBodySize: maxBody()}
+			return fasthttp.RequestConfig{ReadTimeout: s.BodyTimeout, MaxRequestBodySize: server.InMemoryBody}
 		},
 		ErrorHandler: func(c *fasthttp.RequestCtx, err error) {
-			e := badRequest(id, err, s, maxBody())
+			e := badRequest(id, err, s)
 			c.Response.Reset()
 			c.SetStatusCode(e.Code)
 			c.Response.Header.SetContentType("application/json")
@@ -59,12 +62,10 @@ func (r *Runtime) fastServer(h fasthttp.RequestHandler, id string, s config.Serv
 }
 
 // badRequest is the answer to a request that fasthttp could not read.
-func badRequest(id string, err error, s config.Server, maxBody int) *callerr.Error {
+func badRequest(id string, err error, s config.Server) *callerr.Error {
 	var ne net.Error
 	var small *fasthttp.ErrSmallBuffer
 	switch {
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		return callerr.New(id, http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes (server.max_body)", maxBody)
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return callerr.New(id, http.StatusRequestTimeout, "request not received within %v (server.header_timeout, server.body_timeout)", s.HeaderTimeout+s.BodyTimeout)
 	case errors.As(err, &small):
@@ -78,7 +79,12 @@ func badRequest(id string, err error, s config.Server, maxBody int) *callerr.Err
 type fastLogger struct{ log *slog.Logger }
 
 func (l fastLogger) Printf(format string, args ...any) {
-	l.log.Debug("fasthttp: " + fmt.Sprintf(format, args...))
+	if strings.HasPrefix(format, "WARNING: Request.Body() reads the entire stream") {
+		return // micro holds only bodies it knows are short (server.InMemoryBody)
+	}
+	if l.log.Enabled(context.Background(), slog.LevelDebug) {
+		l.log.Debug("fasthttp: " + fmt.Sprintf(format, args...))
+	}
 }
 
 // serveIngress serves the ingress on ln: plain HTTP/1.1 requests on the fast path, upgrades
@@ -137,7 +143,7 @@ func (r *Runtime) listenInbound(ctx context.Context, tr transport.Transport, plu
 		ln.Close()
 		return nil, err
 	}
-	fs := r.fastServer(r.inbound.ServeFast, server.InboundID, s, r.maxBody)
+	fs := r.fastServer(r.inbound.ServeFast, server.InboundID, s)
 	go func() { _ = fs.Serve(ls.Fast) }()
 	hs := r.h2Server(http.HandlerFunc(r.inbound.ServeH2), s, false)
 	go func() { _ = hs.Serve(ls.H2) }()
@@ -169,9 +175,4 @@ func (l *splitListener) Close() error {
 		}
 	}
 	return err
-}
-
-// maxBody is the current limit on request bodies.
-func (r *Runtime) maxBody() int {
-	return int(r.maxBodyNow.Load())
 }

@@ -18,7 +18,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -81,7 +80,6 @@ type Runtime struct {
 	appHTTP     *http.Client
 	h2c         *http.Transport  // HTTP/2 without TLS, to apps and other micros
 	upstream    *upstream.Client // apps and other micros, from the HTTP/1.1 path
-	maxBodyNow  atomic.Int64     // server.max_body, for the HTTP/1.1 servers
 
 	mux       *transportMux      // dials every node with its address's transport
 	trMu      sync.RWMutex       // guards tr, inboundLn and advertise, which a transport switch replaces
@@ -166,12 +164,12 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
 	}}
-	r.maxBodyNow.Store(int64(cfg.Server.MaxBody))
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	r.h2c = &http.Transport{Proxy: nil, Protocols: &h2c, IdleConnTimeout: cfg.Client.Pool.IdleTTL}
 	r.upstream = upstream.New(upstream.Options{
 		MaxIdle: poolOptions(cfg).MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL, MaxBody: int(cfg.Server.MaxBody),
+		InMemory: server.InMemoryBody, BodyTimeout: cfg.Server.BodyTimeout,
 	})
 
 	r.services = newServices(r, cfg.Registry)
@@ -207,7 +205,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		},
 	})
 	r.ingressSrv = r.h2Server(r.ingress, cfg.Server, true)
-	r.fastIngress = r.fastServer(r.ingress.ServeFast, server.IngressID, cfg.Server, r.maxBody)
+	r.fastIngress = r.fastServer(r.ingress.ServeFast, server.IngressID, cfg.Server)
 
 	// Wrappers load before anything is served, so no call passes unwrapped.
 	r.wrappers = newWrappers(r)
@@ -367,7 +365,6 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	}
 	r.ingress.Set(serverSettings(&next))
 	r.inbound.Set(serverSettings(&next))
-	r.maxBodyNow.Store(int64(next.Server.MaxBody))
 	r.upstream.SetMaxBody(int(next.Server.MaxBody))
 	if err := r.services.apply(ctx, next.Services); err != nil {
 		r.logger.Error("config reload: services", "err", err)

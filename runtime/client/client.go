@@ -571,6 +571,9 @@ func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node,
 	var me *transport.MessageError
 	switch {
 	case errors.As(err, &me):
+		if e := new(callerr.Error); errors.As(me.Err, &e) {
+			return e
+		}
 		return callerr.New(ID, http.StatusBadRequest, "the request to %s.%s cannot be sent: %v", req.Service, req.Endpoint, me.Err)
 	case errors.Is(ctx.Err(), context.Canceled):
 		return callerr.New(ID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", req.Service, req.Endpoint)

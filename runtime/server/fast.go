@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -96,7 +97,7 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			detail := recovered(in.log, p, "a call at the ingress", "method", string(c.Method()), "path", truncate(string(uri)), "remote", c.RemoteAddr().String())
+			detail := recovered(in.log, p, "a call at the ingress", "method", string(c.Method()), "service", service, "target", truncate(target), "remote", c.RemoteAddr().String())
 			fail(callerr.New(IngressID, http.StatusInternalServerError, "%s", detail))
 		}
 	}()
@@ -116,9 +117,9 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 		fail(callerr.New(IngressID, http.StatusBadRequest, "an upgrade (a stream) must be the first request of its connection"))
 		return
 	}
-	if n := len(c.Request.Body()); int64(n) > st.MaxBody {
-		// fasthttp enforces the limit as it reads; a limit that shrank meanwhile, here.
-		fail(callerr.New(IngressID, http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes (server.max_body)", st.MaxBody))
+	body, stream, e := fastBody(c, st.MaxBody, IngressID)
+	if e != nil {
+		fail(e)
 		return
 	}
 	idem := h.Peek(transport.HeaderIdempotent)
@@ -139,9 +140,12 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 	dropHeaders(h)
 	req := &client.Request{
 		Service: service, Endpoint: endpoint, Method: string(c.Method()), Target: target,
-		Header: messageHeader(h), Body: c.Request.Body(), Idempotent: idempotent,
+		Header: messageHeader(h), Body: body, Idempotent: idempotent,
 	}
 	ex := &fastExchange{in: in, c: c, req: req}
+	if stream != nil {
+		ex.body, ex.length = newReplayBody(stream, st.RetryBuffer), stream.length
+	}
 	out, err := in.cfg.Fast.Doer.Do(ctx, req, ex)
 	if callerClose {
 		c.SetConnectionClose()
@@ -316,6 +320,50 @@ func fastJSON(c *fasthttp.RequestCtx, code int, v any) {
 	c.SetBody(b.Bytes())
 }
 
+// InMemoryBody is the longest request body that the HTTP/1.1 path reads whole before it
+// serves the request. A longer one, or one of unknown length, streams to the node; a call
+// keeps what went out of it up to client.retry_buffer, to send it again on a retry.
+const InMemoryBody = 64 << 10
+
+// fastBody is the body of a request on the HTTP/1.1 path: held whole when it is short, or
+// else the stream it comes on, which fails with fasthttp.ErrBodyTooLarge past limit bytes. A
+// body longer than limit by its Content-Length is refused at once, naming the limit.
+func fastBody(c *fasthttp.RequestCtx, limit int64, id string) (body []byte, stream *limitedBody, e *callerr.Error) {
+	cl := c.Request.Header.ContentLength()
+	switch {
+	case int64(cl) > limit:
+		c.SetConnectionClose() // its body stays unread
+		return nil, nil, tooLarge(id, limit)
+	case !c.Request.IsBodyStream() || cl >= 0 && cl <= InMemoryBody:
+		if body = c.Request.Body(); int64(len(body)) > limit {
+			return nil, nil, tooLarge(id, limit)
+		}
+		return body, nil, nil
+	}
+	return nil, &limitedBody{r: c.RequestBodyStream(), left: limit, length: max(cl, -1)}, nil
+}
+
+// tooLarge is the error of a request body over max bytes.
+func tooLarge(id string, max int64) *callerr.Error {
+	return callerr.New(id, http.StatusRequestEntityTooLarge, "request body exceeds the limit of %d bytes (server.max_body)", max)
+}
+
+// limitedBody is a request body that streams: past its limit, a read fails with
+// fasthttp.ErrBodyTooLarge.
+type limitedBody struct {
+	r      io.Reader
+	left   int64
+	length int // the Content-Length, -1 when unknown (chunked)
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if b.left -= int64(n); b.left < 0 {
+		return n, fasthttp.ErrBodyTooLarge
+	}
+	return n, err
+}
+
 // fastExchange makes the attempts of a call that came to the ingress's HTTP/1.1 path. The
 // caller's request goes out as it is, but for its target and micro's headers; the answer is
 // read straight into the caller's response.
@@ -323,11 +371,21 @@ type fastExchange struct {
 	in  *Ingress
 	c   *fasthttp.RequestCtx
 	req *client.Request
+	// body is the request's body when it streams (req.Body is nil then), and length its
+	// Content-Length, -1 when unknown.
+	body   *replayBody
+	length int
 }
+
+// Replayable implements client.Replayer.
+func (ex *fastExchange) Replayable() bool { return ex.body == nil || ex.body.replayable() }
 
 // Attempt implements client.Exchange.
 func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left time.Duration, extra map[string]string) (client.Answer, bool, error) {
 	fp := ex.in.cfg.Fast
+	if ex.body != nil {
+		ex.c.Request.SetBodyStream(ex.body.attempt(), ex.length)
+	}
 	if base, ok := ex.in.cfg.Inbound.cfg.Apps.Local(ex.req.Service, node.ID); ok {
 		return ex.in.cfg.Inbound.serveFast(ctx, ex.c, ex.req.Service, ex.req.Endpoint, ex.req.Target, node.ID, base, left, extra, ex.req.Header)
 	}
@@ -344,6 +402,9 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 	out.Header.Set(transport.HeaderTimeout, budget.Format(left))
 	sent, err := fp.Upstream.Do(ctx, node.Address, out, &ex.c.Response)
 	if err != nil {
+		if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {
+			return client.Answer{}, false, &transport.MessageError{Err: tooLarge(IngressID, ex.in.settings.load().MaxBody)}
+		}
 		return client.Answer{}, sent, err
 	}
 	return answerOf(&ex.c.Response), true, nil
@@ -352,13 +413,24 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 // viaMessage makes an attempt on a node reached through a transport plugin: the call goes
 // as a message, and the answer comes back into the caller's response.
 func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, left time.Duration, extra map[string]string) (client.Answer, bool, error) {
+	body := ex.req.Body
+	if ex.body != nil {
+		// A message holds its body whole: the body must fit server.max_body.
+		var err error
+		if body, err = io.ReadAll(ex.c.Request.BodyStream()); err != nil {
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				err = tooLarge(IngressID, ex.in.settings.load().MaxBody)
+			}
+			return client.Answer{}, false, &transport.MessageError{Err: err}
+		}
+	}
 	pool := ex.in.cfg.Fast.Pool
 	conn, err := pool.Get(ctx, node.Address)
 	if err != nil {
 		return client.Answer{}, false, err
 	}
 	h := client.MessageHeader(ex.req, node, left, extra)
-	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
+	if err := conn.Send(ctx, &transport.Message{Header: h, Body: body}); err != nil {
 		pool.Put(node.Address, conn, err)
 		return client.Answer{}, false, err
 	}
@@ -471,11 +543,19 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 		fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable)
 		return
 	}
+	_, stream, e := fastBody(c, st.MaxBody, InboundID)
+	if e != nil {
+		fail(e, transport.ErrorCaller)
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	ctx, stop := watchCaller(ctx, c.Conn())
 	defer stop()
 	dropHeaders(h)
+	if stream != nil {
+		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
+	}
 	recorded = true
 	in.serveFast(ctx, c, service, endpoint, target, node, base, d, nil, nil)
 }
@@ -520,9 +600,12 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 		}
 		out.Header.Del(transport.HeaderNode)
 		out.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
-		_, err = in.cfg.Upstream.Do(ctx, app.addr, out, resp)
+		sent, err := in.cfg.Upstream.Do(ctx, app.addr, out, resp)
 		if err != nil {
 			e, kind := appFailure(ctx, err, deadline, service, endpoint, base)
+			if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				e, kind = tooLarge(InboundID, in.settings.load().MaxBody), transport.ErrorCaller
+			}
 			writeError(resp, e, kind)
 			return e.Code, kind, e.Detail
 		}

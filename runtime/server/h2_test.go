@@ -122,28 +122,37 @@ func (f *refuser) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, `{"id":"micro.inbound","code":503,"detail":"refused","status":"Service Unavailable"}`)
 }
 
-// h2Ingress is an ingress that calls service "app" through a real client, over two nodes:
-// a refuser, and a real inbound server in front of the test app.
-type h2Ingress struct {
+// testIngressOver is an ingress, on HTTP/2 or on the HTTP/1.1 path, that calls service
+// "app" through a real client over a real inbound server (the same protocol) in front of the
+// test app, and, when refuse is set, over a refuser too.
+type testIngressOver struct {
 	addr    string
+	p       path
 	inbound *inboundHarness
 	refuser *refuser
+	hc      *http.Client
 }
 
-func newH2Ingress(t *testing.T, st Settings) *h2Ingress {
+func newIngressOver(t *testing.T, st Settings, p path, refuse bool) *testIngressOver {
 	t.Helper()
 	ctx := context.Background()
 	logger := slog.New(slog.DiscardHandler)
-	h := &h2Ingress{inbound: newInboundHarness(t, Settings{}, h2Path), refuser: &refuser{}}
+	h := &testIngressOver{p: p, inbound: newInboundHarness(t, Settings{MaxBody: st.MaxBody}, p), refuser: &refuser{}}
 	reg, err := embedded.Open(t.TempDir(), embedded.Options{Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	svc := &registry.Service{Name: "app", Nodes: []*registry.Node{
-		{ID: "refuser", Address: h2Server(t, h.refuser)},
-		{ID: "inbound", Address: h.inbound.h2Addr},
-	}}
+	rs := httptest.NewUnstartedServer(h.refuser)
+	rs.Config.Protocols = new(http.Protocols)
+	rs.Config.Protocols.SetHTTP1(true)
+	rs.Config.Protocols.SetUnencryptedHTTP2(true)
+	rs.Start()
+	t.Cleanup(rs.Close)
+	svc := &registry.Service{Name: "app", Nodes: []*registry.Node{{ID: "inbound", Address: h.inbound.addrOf()}}}
+	if refuse {
+		svc.Nodes = append(svc.Nodes, &registry.Node{ID: "refuser", Address: rs.Listener.Addr().String()})
+	}
 	if err := reg.Register(ctx, svc, time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -152,21 +161,29 @@ func newH2Ingress(t *testing.T, st Settings) *h2Ingress {
 		selector.Options{Logger: logger})
 	tr := httptransport.New(httptransport.Options{Logger: logger})
 	t.Cleanup(func() { tr.Close() })
-	p := pool.New(tr, pool.Options{})
-	t.Cleanup(func() { p.Close() })
-	c := client.New(sel, p, nil, client.Options{Timeout: 5 * time.Second, Attempts: 3, RetryRatio: 1, RetryMinPerSecond: 1000}, logger)
+	pl := pool.New(tr, pool.Options{})
+	t.Cleanup(func() { pl.Close() })
+	c := client.New(sel, pl, nil, client.Options{Timeout: 5 * time.Second, Attempts: 3, RetryRatio: 1, RetryMinPerSecond: 1000}, logger)
 	st.MaxBudget, st.MaxInflight = time.Minute, 100
 	in := NewIngress(IngressConfig{
 		Caller: c, Recorder: nopRecorder{}, Logger: logger, Settings: st,
 		Inbound: h.inbound.in,
-		Fast:    FastPath{Doer: c, HTTPNode: func(string) bool { return true }},
+		Fast:    FastPath{Doer: c, Upstream: h.inbound.up, HTTPNode: func(string) bool { return true }},
 	})
-	h.addr = h2Server(t, in)
+	if p == h2Path {
+		h.addr = h2Server(t, in)
+		h.hc = &http.Client{Transport: h.inbound.h2c}
+	} else {
+		h.addr = fastServer(t, in.ServeFast)
+		tr := &http.Transport{}
+		t.Cleanup(tr.CloseIdleConnections)
+		h.hc = &http.Client{Transport: tr}
+	}
 	return h
 }
 
-// post sends body to path at the ingress with host as the authority.
-func (h *h2Ingress) post(t *testing.T, ctx context.Context, host, path string, body io.Reader, hdr http.Header) (*http.Response, []byte, error) {
+// post sends body to path at the ingress with host as the authority (or Host).
+func (h *testIngressOver) post(t *testing.T, ctx context.Context, host, path string, body io.Reader, hdr http.Header) (*http.Response, []byte, error) {
 	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+h.addr+path, body)
 	if err != nil {
@@ -176,7 +193,7 @@ func (h *h2Ingress) post(t *testing.T, ctx context.Context, host, path string, b
 	for k, v := range hdr {
 		req.Header[k] = v
 	}
-	resp, err := h.inbound.h2c.RoundTrip(req)
+	resp, err := h.hc.Do(req)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -185,47 +202,136 @@ func (h *h2Ingress) post(t *testing.T, ctx context.Context, host, path string, b
 	return resp, b, err
 }
 
-// TestIngressH2Retries: a call over HTTP/2 that a node refused after reading its body is
-// sent whole to another node, out of the retry buffer; one whose body went out past the
-// retry buffer is not retried.
-func TestIngressH2Retries(t *testing.T) {
+// target is the path of a call to endpoint of service "app": over HTTP/2 the authority
+// names the service.
+func (h *testIngressOver) target(endpoint string) (host, path string) {
+	if h.p == h2Path {
+		return "app", "/" + endpoint
+	}
+	return "127.0.0.1", "/app/" + endpoint
+}
+
+// unsized hides the length of a reader, so that its body goes chunked.
+type unsized struct{ io.Reader }
+
+// TestIngressRetriesReplayBody: a call whose body streams (HTTP/2, or past InMemoryBody on
+// HTTP/1.1) that a node refused after reading its body is sent whole to another node, out
+// of the retry buffer; one whose body went out past the retry buffer is not retried.
+func TestIngressRetriesReplayBody(t *testing.T) {
+	for _, p := range []path{http1Path, h2Path} {
+		t.Run(p.String(), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			body := strings.Repeat("0123456789abcdef", 8<<10) + "\n" // 128 KiB in one line
+			h := newIngressOver(t, Settings{MaxBody: 1 << 20, RetryBuffer: 256 << 10}, p, true)
+			host, path := h.target("Echo.Stream")
+			for i := range 6 {
+				resp, b, err := h.post(t, ctx, host, path, unsized{strings.NewReader(body)}, nil)
+				if err != nil || resp.StatusCode != 200 || string(b) != body {
+					t.Fatalf("call %d: %v %v: %d bytes back", i, resp, err, len(b))
+				}
+			}
+			if c, n := h.refuser.calls.Load(), h.refuser.bytes.Load(); c == 0 || n != c*int64(len(body)) {
+				t.Fatalf("the refuser took %d calls and read %d bytes: the retries were not exercised", c, n)
+			}
+
+			small := newIngressOver(t, Settings{MaxBody: 1 << 20, RetryBuffer: 16 << 10}, p, true)
+			refused := 0
+			for i := range 6 {
+				resp, b, err := small.post(t, ctx, host, path, unsized{strings.NewReader(body)}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				switch resp.StatusCode {
+				case 200:
+				case 503:
+					refused++
+					if !strings.Contains(string(b), "client.retry_buffer") {
+						t.Errorf("call %d refused with %s: want the reason, naming client.retry_buffer", i, b)
+					}
+				default:
+					t.Fatalf("call %d: %d %s", i, resp.StatusCode, b)
+				}
+			}
+			if refused == 0 {
+				t.Error("no call reached the refuser first, or one was retried past the retry buffer")
+			}
+		})
+	}
+}
+
+// TestIngressStreamsBodies: bodies stream through two micros on the HTTP/1.1 path, both ways:
+// the app reads the start of a request before its caller has sent the rest, and the caller
+// reads the start of an answer before the app has written the rest. A chunked body past
+// server.max_body is refused with 413, and counts against no node.
+func TestIngressStreamsBodies(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	body := strings.Repeat("0123456789abcdef", 1<<10) // 16 KiB, in one line
-	h := newH2Ingress(t, Settings{RetryBuffer: 64 << 10})
-	for i := range 6 {
-		resp, b, err := h.post(t, ctx, "app", "/Echo.Stream", strings.NewReader(body+"\n"), nil)
-		if err != nil || resp.StatusCode != 200 || string(b) != body+"\n" {
-			t.Fatalf("call %d: %v %v: %d bytes back", i, resp, err, len(b))
+	h := newIngressOver(t, Settings{MaxBody: 1 << 20, RetryBuffer: 64 << 10}, http1Path, false)
+	app := h.inbound.app
+
+	pr, pw := io.Pipe()
+	done := make(chan string, 1)
+	go func() {
+		// Stream.Read is safe to repeat: wherever it goes first, it ends at the app.
+		_, b, err := h.post(t, ctx, "127.0.0.1", "/app/Stream.Read", pr, http.Header{transport.HeaderIdempotent: {"true"}})
+		if err != nil {
+			b = []byte(err.Error())
 		}
-		if got := resp.Trailer.Get("X-Bytes"); got != strconv.Itoa(len(body)+1) {
-			t.Fatalf("call %d: the app read %s bytes, want %d", i, got, len(body)+1)
-		}
+		done <- string(b)
+	}()
+	first := strings.Repeat("x", 100<<10) + "\n" // past InMemoryBody: the body streams
+	if _, err := io.WriteString(pw, first); err != nil {
+		t.Fatal(err)
 	}
-	if h.refuser.calls.Load() == 0 || h.refuser.bytes.Load() != h.refuser.calls.Load()*int64(len(body)+1) {
-		t.Fatalf("the refuser took %d calls and read %d bytes: the retries were not exercised", h.refuser.calls.Load(), h.refuser.bytes.Load())
+	select {
+	case got := <-app.firstLine:
+		if got != first {
+			t.Fatalf("the app's first line: %d bytes", len(got))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the app did not get the start of the body before its end was sent: the body was held")
+	}
+	if _, err := io.WriteString(pw, strings.Repeat("y", 300<<10)); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if got := <-done; got != strconv.Itoa(len(first)+300<<10) {
+		t.Fatalf("the app read %s bytes, want %d", got, len(first)+300<<10)
 	}
 
-	small := newH2Ingress(t, Settings{RetryBuffer: 1 << 10})
-	refused := 0
-	for i := range 6 {
-		resp, b, err := small.post(t, ctx, "app", "/Echo.Stream", strings.NewReader(body+"\n"), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+h.addr+"/app/Stream.Write", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set(transport.HeaderIdempotent, "true")
+	resp, err := h.hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	part := make([]byte, 100<<10)
+	if _, err := io.ReadFull(resp.Body, part); err != nil {
+		t.Fatalf("the start of the answer, before the app wrote the rest: %v", err)
+	}
+	app.readFirst <- struct{}{}
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || len(rest) != 100<<10 || rest[0] != 'b' {
+		t.Fatalf("the rest of the answer: %d bytes, %v", len(rest), err)
+	}
+
+	// Chunked, 2 MiB against a 1 MiB limit: refused, and the node stays healthy.
+	for range 8 {
+		resp, b, err := h.post(t, ctx, "127.0.0.1", "/app/Echo.Stream", unsized{strings.NewReader(strings.Repeat("z", 2<<20))}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		switch resp.StatusCode {
-		case 200:
-		case 503:
-			refused++
-			if !strings.Contains(string(b), "client.retry_buffer") {
-				t.Errorf("call %d refused with %s: want the reason, naming client.retry_buffer", i, b)
-			}
-		default:
-			t.Fatalf("call %d: %d %s", i, resp.StatusCode, b)
+		if resp.StatusCode != 413 || !strings.Contains(string(b), "server.max_body") {
+			t.Fatalf("a chunked body past max_body: %d %s", resp.StatusCode, b)
 		}
 	}
-	if refused == 0 {
-		t.Error("no call reached the refuser first, or one was retried past the retry buffer")
+	if _, b, err := h.post(t, ctx, "127.0.0.1", "/app/Echo.Stream", strings.NewReader("ok\n"), nil); err != nil || string(b) != "ok\n" {
+		t.Fatalf("after the bodies past max_body: %q, %v", b, err)
 	}
 }
 
@@ -235,7 +341,7 @@ func TestIngressH2Retries(t *testing.T) {
 func TestIngressH2Hostile(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	h := newH2Ingress(t, Settings{RetryBuffer: 64 << 10})
+	h := newIngressOver(t, Settings{RetryBuffer: 64 << 10}, h2Path, true)
 
 	for range 4 { // both nodes: the refuser's calls go to the inbound
 		resp, b, err := h.post(t, ctx, "127.0.0.1", "/app/Echo.Headers", nil, http.Header{

@@ -35,10 +35,13 @@ type testApp struct {
 	*httptest.Server
 	cancelled chan time.Duration // how long after its start a Wait.Cancel request was cancelled
 	started   chan struct{}      // a Wait.Cancel request arrived
+	firstLine chan string        // Stream.Read got its first line
+	readFirst chan struct{}      // the test read Stream.Write's first part
 }
 
 func newTestApp(t *testing.T, maxBody int) *testApp {
-	a := &testApp{cancelled: make(chan time.Duration, 4), started: make(chan struct{}, 4)}
+	a := &testApp{cancelled: make(chan time.Duration, 4), started: make(chan struct{}, 4),
+		firstLine: make(chan string, 4), readFirst: make(chan struct{}, 4)}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/Echo.Headers", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Micro-Error", transport.ErrorRefused) // an app cannot pass for micro
@@ -83,6 +86,29 @@ func newTestApp(t *testing.T, maxBody int) *testApp {
 			_ = http.NewResponseController(w).Flush()
 		}
 		w.Header().Set("X-Bytes", strconv.Itoa(n))
+	})
+	mux.HandleFunc("/Stream.Read", func(w http.ResponseWriter, r *http.Request) {
+		// The first line is reported as soon as it arrives, before the rest is read.
+		br := bufio.NewReader(r.Body)
+		first, err := br.ReadString('\n')
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		a.firstLine <- first
+		rest, _ := io.Copy(io.Discard, br)
+		fmt.Fprintf(w, "%d", int64(len(first))+rest)
+	})
+	mux.HandleFunc("/Stream.Write", func(w http.ResponseWriter, r *http.Request) {
+		// 100 KiB, then the rest once the test has read it.
+		_, _ = w.Write(bytes.Repeat([]byte("a"), 100<<10))
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-a.readFirst:
+		case <-r.Context().Done():
+			return
+		}
+		_, _ = w.Write(bytes.Repeat([]byte("b"), 100<<10))
 	})
 	mux.HandleFunc("/Grpc.Fail", func(w http.ResponseWriter, r *http.Request) {
 		// A gRPC failure with nothing else to say: trailers-only.
@@ -177,6 +203,23 @@ func paths(t *testing.T, f func(t *testing.T, p path)) {
 	}
 }
 
+// fastServer serves h on the HTTP/1.1 path as micro does, bodies past InMemoryBody
+// streaming, and returns its address.
+func fastServer(t *testing.T, h fasthttp.RequestHandler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := &fasthttp.Server{
+		Handler: h, NoDefaultContentType: true, NoDefaultServerHeader: true,
+		StreamRequestBody: true, MaxRequestBodySize: InMemoryBody,
+	}
+	go func() { _ = fs.Serve(ln) }()
+	t.Cleanup(func() { _ = fs.Shutdown() })
+	return ln.Addr().String()
+}
+
 // newH2C returns an HTTP/2 client without TLS.
 func newH2C(t *testing.T) *http.Transport {
 	var p http.Protocols
@@ -202,14 +245,7 @@ func newInboundHarness(t *testing.T, st Settings, p path) *inboundHarness {
 		H2C:      h.h2c,
 		Settings: st,
 	})
-	fl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs := &fasthttp.Server{Handler: h.in.ServeFast, NoDefaultContentType: true, NoDefaultServerHeader: true}
-	go func() { _ = fs.Serve(fl) }()
-	t.Cleanup(func() { _ = fs.Shutdown() })
-	h.fastAddr = fl.Addr().String()
+	h.fastAddr = fastServer(t, h.in.ServeFast)
 	h2 := httptest.NewUnstartedServer(http.HandlerFunc(h.in.ServeH2))
 	h2.Config.Protocols = new(http.Protocols)
 	h2.Config.Protocols.SetUnencryptedHTTP2(true)

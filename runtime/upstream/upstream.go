@@ -8,10 +8,13 @@ package upstream
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http/httputil"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +32,8 @@ const (
 	DefaultDialTimeout    = 5 * time.Second
 	DefaultMaxBody        = 4 << 20
 	DefaultMaxHeaderBytes = 16 << 10
+	DefaultInMemory       = 64 << 10
+	DefaultBodyTimeout    = 30 * time.Second
 	bufSize               = 4 << 10
 )
 
@@ -41,9 +46,15 @@ type Options struct {
 	IdleTTL time.Duration
 	// DialTimeout bounds a dial whose context has no earlier deadline.
 	DialTimeout time.Duration
-	// MaxBody bounds a response body; a larger one fails the exchange with
-	// fasthttp.ErrBodyTooLarge. SetMaxBody changes it.
+	// MaxBody bounds a response body: one whose length is known to be larger fails the
+	// exchange with fasthttp.ErrBodyTooLarge, and one that streams ends with that error when
+	// it grows past it. SetMaxBody changes it.
 	MaxBody int
+	// InMemory is the largest response body read whole: a longer one, or one of unknown
+	// length, streams to whoever reads the response (see Do).
+	InMemory int
+	// BodyTimeout bounds each read of a body that streams.
+	BodyTimeout time.Duration
 	// MaxHeaderBytes bounds a response's header block: it is the size of each
 	// connection's read buffer, which the header must fit.
 	MaxHeaderBytes int
@@ -65,6 +76,12 @@ func (o Options) withDefaults() Options {
 	if o.MaxHeaderBytes <= 0 {
 		o.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
+	if o.InMemory <= 0 {
+		o.InMemory = DefaultInMemory
+	}
+	if o.BodyTimeout <= 0 {
+		o.BodyTimeout = DefaultBodyTimeout
+	}
 	return o
 }
 
@@ -74,6 +91,7 @@ type Client struct {
 	opts    Options
 	dialer  net.Dialer
 	maxBody atomic.Int64
+	bufs    sync.Pool // of *[]byte, InMemory+1 long: bodies of unknown length are read into them
 
 	mu     sync.Mutex
 	idle   map[string][]*conn // per address; the most recently used last
@@ -83,6 +101,7 @@ type Client struct {
 // New returns a Client.
 func New(opts Options) *Client {
 	c := &Client{opts: opts.withDefaults(), idle: make(map[string][]*conn)}
+	c.bufs.New = func() any { b := make([]byte, c.opts.InMemory+1); return &b }
 	c.maxBody.Store(int64(c.opts.MaxBody))
 	return c
 }
@@ -108,6 +127,11 @@ type conn struct {
 // cancellation aborts it. When it fails, sent reports whether the request was written whole,
 // so that the peer may have acted on it: a failed dial or write means it cannot have. A
 // dial failure is a *transport.ConnectError.
+//
+// A request body set as a stream (SetBodyStream) streams out. An answer's body longer than
+// Options.InMemory, or of unknown length, is left as resp's body stream: it streams to
+// whoever writes resp (a fasthttp server, for one), each read within Options.BodyTimeout,
+// and the connection goes back to the pool when the stream is read to its end and closed.
 func (c *Client) Do(ctx context.Context, addr string, req *fasthttp.Request, resp *fasthttp.Response) (sent bool, err error) {
 	cn, err := c.get(ctx, addr)
 	if err != nil {
@@ -125,7 +149,7 @@ func (c *Client) Do(ctx context.Context, addr string, req *fasthttp.Request, res
 		cn.nc.Close()
 		return false, c.ioError(ctx, "send to", addr, err)
 	}
-	err = resp.ReadLimitBody(cn.br, int(c.maxBody.Load()))
+	stream, err := c.read(cn, addr, req.Header.IsHead(), resp)
 	cancelled := !stop()
 	if err != nil || cancelled {
 		cn.nc.Close()
@@ -137,12 +161,174 @@ func (c *Client) Do(ctx context.Context, addr string, req *fasthttp.Request, res
 		}
 		return true, c.ioError(ctx, "read from", addr, err)
 	}
+	if stream != nil {
+		stream.reuse = !resp.ConnectionClose() && !req.ConnectionClose()
+		resp.SetBodyStream(stream, resp.Header.ContentLength())
+		return true, nil
+	}
 	if resp.ConnectionClose() || req.ConnectionClose() {
 		cn.nc.Close()
 		return true, nil
 	}
 	c.put(addr, cn)
 	return true, nil
+}
+
+// maxInterim bounds the interim (1xx) answers read before the final one.
+const maxInterim = 8
+
+// read reads an answer from cn, a connection to addr, into resp: its header, and its body
+// when that is short enough to hold (the returned stream is nil then), or else the stream to
+// read it from. head is set when the request was a HEAD, whose answer has no body whatever
+// its header says.
+func (c *Client) read(cn *conn, addr string, head bool, resp *fasthttp.Response) (*bodyStream, error) {
+	resp.Reset()
+	for n := 0; ; n++ {
+		if err := resp.Header.Read(cn.br); err != nil {
+			return nil, err
+		}
+		if st := resp.StatusCode(); st < 100 || st > 199 || st == fasthttp.StatusSwitchingProtocols {
+			break
+		}
+		if n >= maxInterim {
+			return nil, errors.New("more than 8 interim (1xx) answers")
+		}
+	}
+	st := resp.StatusCode()
+	if head || st < 200 || st == fasthttp.StatusNoContent || st == fasthttp.StatusNotModified {
+		resp.SkipBody = true
+		return nil, nil
+	}
+	max := int(c.maxBody.Load())
+	hold := min(max, c.opts.InMemory)
+	cl := resp.Header.ContentLength()
+	switch {
+	case cl > max:
+		return nil, fasthttp.ErrBodyTooLarge
+	case cl >= 0 && cl <= hold:
+		return nil, resp.ReadBody(cn.br, max)
+	}
+	s := &bodyStream{r: cn.br, left: int64(max), timeout: c.opts.BodyTimeout, c: c, addr: addr, cn: cn}
+	if cl >= 0 {
+		s.r = &fixedBody{r: cn.br, left: int64(cl)}
+		return s, nil
+	}
+	if cl == -1 {
+		s.r, s.chunked = httputil.NewChunkedReader(cn.br), true
+	} else {
+		// No length: the body runs to the end of the connection, which cannot be reused.
+		resp.SetConnectionClose()
+	}
+	// Of unknown length: read what may be held, and stream only a body longer than that.
+	// One that is longer than max_body is refused whole, as one of known length is, while
+	// max_body is no more than what may be held.
+	bp := c.bufs.Get().(*[]byte)
+	defer c.bufs.Put(bp)
+	buf := (*bp)[:hold+1]
+	n, err := io.ReadFull(s, buf)
+	switch {
+	case err == io.ErrUnexpectedEOF || err == io.EOF:
+		resp.SetBody(buf[:n])
+		return nil, nil
+	case err != nil:
+		return nil, err
+	case n > max:
+		return nil, fasthttp.ErrBodyTooLarge
+	}
+	s.r, s.left = io.MultiReader(bytes.NewReader(bytes.Clone(buf[:n])), s.r), s.left+int64(n)
+	return s, nil
+}
+
+// fixedBody reads a body of known length: one that ends early is io.ErrUnexpectedEOF.
+type fixedBody struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	if b.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	if err == nil && b.left == 0 {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// bodyStream is an answer's body that streams from its connection. Closed once read to its
+// end, it gives the connection back to the pool; closed before, it closes it.
+type bodyStream struct {
+	r       io.Reader
+	chunked bool  // r is a chunked body: its trailer follows
+	left    int64 // how much more the body may be: MaxBody
+	timeout time.Duration
+
+	c     *Client
+	addr  string
+	cn    *conn
+	reuse bool // the connection may serve another exchange
+	ended bool // read to its end, trailer included
+}
+
+func (s *bodyStream) Read(p []byte) (int, error) {
+	if s.cn == nil {
+		return 0, errors.New("upstream: read on a closed body")
+	}
+	if s.ended {
+		return 0, io.EOF
+	}
+	_ = s.cn.nc.SetReadDeadline(time.Now().Add(s.timeout))
+	n, err := s.r.Read(p)
+	if s.left -= int64(n); s.left < 0 {
+		return n, fmt.Errorf("upstream: read from %s: %w", s.addr, fasthttp.ErrBodyTooLarge)
+	}
+	if err == io.EOF && s.chunked {
+		if terr := skipTrailer(s.cn.br); terr != nil {
+			return n, fmt.Errorf("upstream: read from %s: %w", s.addr, terr)
+		}
+	}
+	if err == io.EOF {
+		s.ended = true
+	} else if err != nil {
+		err = fmt.Errorf("upstream: read from %s: %w", s.addr, err)
+	}
+	return n, err
+}
+
+// Close ends the stream: its connection goes back to the pool when the body was read whole.
+func (s *bodyStream) Close() error {
+	if s.cn == nil {
+		return nil
+	}
+	if s.ended && s.reuse {
+		s.c.put(s.addr, s.cn)
+	} else {
+		s.cn.nc.Close()
+	}
+	s.cn = nil
+	return nil
+}
+
+// skipTrailer reads the trailer section of a chunked body, up to its empty line.
+func skipTrailer(br *bufio.Reader) error {
+	for range 64 {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) <= 2 {
+			return nil
+		}
+	}
+	return errors.New("trailer longer than 64 lines")
 }
 
 // ioError describes an I/O failure on a connection to addr, naming ctx's end when that is

@@ -197,3 +197,117 @@ func TestIdleClosedByServer(t *testing.T) {
 		t.Errorf("served %d, want 3", n)
 	}
 }
+
+// TestStreamedAnswers: an answer longer than InMemory, or chunked, streams: the connection
+// goes back to the pool once the body is read to its end and closed, and not when the body
+// broke off, grew past MaxBody, or was closed unread. A HEAD's answer has no body whatever
+// its Content-Length says.
+func TestStreamedAnswers(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/long":
+			w.Header().Set("Content-Length", "5000")
+			_, _ = w.Write([]byte(strings.Repeat("l", 5000)))
+		case "/chunked":
+			w.Header().Set("Trailer", "X-Sum")
+			for range 5 {
+				_, _ = w.Write([]byte(strings.Repeat("c", 1000)))
+				_ = http.NewResponseController(w).Flush()
+			}
+			w.Header().Set("X-Sum", "5000")
+		case "/endless":
+			for range 100 {
+				_, _ = w.Write([]byte(strings.Repeat("e", 1000)))
+				_ = http.NewResponseController(w).Flush()
+			}
+		case "/head":
+			w.Header().Set("Content-Length", "1000")
+		}
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	c := New(Options{InMemory: 1000, MaxBody: 50000})
+	defer c.Close()
+	get := func(method, path string) (*fasthttp.Response, error) {
+		resp := fasthttp.AcquireResponse()
+		_, err := c.Do(context.Background(), addr, request(method, path, ""), resp)
+		return resp, err
+	}
+	for _, path := range []string{"/long", "/chunked", "/long", "/chunked"} {
+		resp, err := get("GET", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !resp.IsBodyStream() {
+			t.Fatalf("%s: a body of 5000 bytes was read whole, with InMemory 1000", path)
+		}
+		b, err := io.ReadAll(resp.BodyStream())
+		if err != nil || len(b) != 5000 {
+			t.Fatalf("%s: %d bytes, %v", path, len(b), err)
+		}
+		_ = resp.CloseBodyStream()
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 4 streamed answers read whole, want 1", n)
+	}
+
+	// With max_body no more than what may be held, a chunked body over it is refused whole,
+	// as one of known length is; one within it is held.
+	small := New(Options{MaxBody: 3000})
+	defer small.Close()
+	if sent, err := small.Do(context.Background(), addr, request("GET", "/chunked", ""), fasthttp.AcquireResponse()); !errors.Is(err, fasthttp.ErrBodyTooLarge) || !sent {
+		t.Errorf("a chunked body over MaxBody: %v, want ErrBodyTooLarge", err)
+	}
+	held := fasthttp.AcquireResponse()
+	if _, err := New(Options{}).Do(context.Background(), addr, request("GET", "/chunked", ""), held); err != nil || held.IsBodyStream() || len(held.Body()) != 5000 {
+		t.Errorf("a short chunked body: %v, stream %v, %d bytes; want it held whole", err, held.IsBodyStream(), len(held.Body()))
+	}
+
+	resp, err := get("HEAD", "/head")
+	if err != nil || resp.IsBodyStream() || len(resp.Body()) != 0 || resp.Header.ContentLength() != 1000 {
+		t.Fatalf("HEAD: %v, %d bytes, Content-Length %d", err, len(resp.Body()), resp.Header.ContentLength())
+	}
+
+	resp, err = get("GET", "/endless")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(resp.BodyStream()); !errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		t.Errorf("a chunked body past MaxBody: %v, want ErrBodyTooLarge", err)
+	}
+	_ = resp.CloseBodyStream()
+	resp, err = get("GET", "/long")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.CloseBodyStream() // unread: the connection cannot serve another exchange
+	before := conns.Load()
+	resp, err = get("GET", "/long")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(resp.BodyStream())
+	_ = resp.CloseBodyStream()
+	if conns.Load() == before {
+		t.Error("a connection whose body was closed unread was reused")
+	}
+
+	half := rawServer(t, func(c net.Conn) {
+		_, _ = http.ReadRequest(bufio.NewReader(c))
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n"+strings.Repeat("h", 2000))
+	})
+	resp = fasthttp.AcquireResponse()
+	if _, err := c.Do(context.Background(), half, request("GET", "/", ""), resp); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadAll(resp.BodyStream()); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("a streamed body that broke off: %v, want ErrUnexpectedEOF", err)
+	}
+}
