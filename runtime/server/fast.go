@@ -128,13 +128,15 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 		fail(e)
 		return
 	}
-	ctx, cancel := context.Background(), context.CancelFunc(func() {})
+	var ctx context.Context
+	var cancel context.CancelFunc
 	if d > 0 {
-		ctx, cancel = context.WithTimeout(ctx, d)
+		ctx, cancel = context.WithTimeout(context.Background(), d)
+	} else {
+		ctx, cancel = context.WithCancel(context.Background())
 	}
 	defer cancel()
-	ctx, stop := watchCaller(ctx, c.Conn())
-	defer stop()
+	defer watchCaller(c.Conn(), cancel).stop()
 
 	callerClose := h.ConnectionClose()
 	dropHeaders(h)
@@ -197,10 +199,14 @@ func splitURI(uri []byte, absolute bool) (host, path, query string) {
 
 // dropHeaders removes from a request the headers that belong to one connection, and every
 // Micro-* header: micro sets its own. A caller's Connection: close is kept apart by the
-// caller.
+// caller. Host and Content-Length stay: fasthttp writes them anew at every hop, from the
+// host set for the hop and from the body.
 func dropHeaders(h *fasthttp.RequestHeader) {
 	var drop [][]byte
 	for k := range h.All() {
+		if string(k) == "Host" || string(k) == "Content-Length" {
+			continue
+		}
 		if transport.IsMicroHeader(string(k)) || hopByHop(string(k)) {
 			drop = append(drop, bytes.Clone(k))
 		}
@@ -550,8 +556,7 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	ctx, stop := watchCaller(ctx, c.Conn())
-	defer stop()
+	defer watchCaller(c.Conn(), cancel).stop()
 	dropHeaders(h)
 	if stream != nil {
 		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length

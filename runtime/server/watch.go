@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -12,41 +13,57 @@ import (
 // end sooner pay for a timer only.
 const watchAfter = 5 * time.Millisecond
 
-// watchCaller returns a context that ends when ctx does, or when the caller on conn goes
-// away (closes its connection) while the call is in flight, and a stop func that the call
-// must call when it ends, before the connection reads its next request. fasthttp does not
-// tell a handler that its caller left, so once the call has run for watchAfter a watcher
-// waits on the caller's socket without reading from it: a socket that turns readable with
-// nothing to read has been closed by its peer.
-func watchCaller(ctx context.Context, conn net.Conn) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	rc := rawConn(conn)
-	if rc == nil {
-		return ctx, cancel
+// watcher watches the connection of a caller whose call is in flight (see watchCaller).
+// Watchers are pooled, so that a call that ends before watchAfter allocates nothing.
+type watcher struct {
+	timer  *time.Timer
+	conn   net.Conn
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the watch under way
+}
+
+var watchers = sync.Pool{New: func() any {
+	w := &watcher{}
+	w.timer = time.AfterFunc(time.Hour, w.watch)
+	w.timer.Stop()
+	return w
+}}
+
+// watchCaller calls cancel when the caller on conn goes away (closes its connection) while
+// its call is in flight. The call stops the returned watcher when it ends, before the
+// connection reads its next request. fasthttp does not tell a handler that its caller left,
+// so once the call has run for watchAfter the watcher waits on the caller's socket without
+// reading from it: a socket that turns readable with nothing to read has been closed by its
+// peer.
+func watchCaller(conn net.Conn, cancel context.CancelFunc) *watcher {
+	w := watchers.Get().(*watcher)
+	w.conn, w.cancel = conn, cancel
+	w.wg.Add(1)
+	w.timer.Reset(watchAfter)
+	return w
+}
+
+func (w *watcher) watch() {
+	defer w.wg.Done()
+	if rc := rawConn(w.conn); rc != nil && callerGone(rc) {
+		w.cancel()
 	}
-	done := make(chan struct{})
-	started := make(chan struct{})
-	timer := time.AfterFunc(watchAfter, func() {
-		close(started)
-		defer close(done)
-		if callerGone(rc) {
-			cancel()
-		}
-	})
-	return ctx, func() {
-		if timer.Stop() {
-			cancel()
-			return
-		}
-		<-started
-		// Wake the watcher, which waits for the socket to turn readable, and wait for it
-		// to be done with the socket before anyone else reads from it. The connection's
-		// server sets its own deadline before it reads the next request.
-		_ = conn.SetReadDeadline(time.Unix(1, 0))
-		<-done
-		_ = conn.SetReadDeadline(time.Time{})
-		cancel()
+}
+
+// stop ends the watch: when it is under way, it wakes the watcher, which waits for the
+// socket to turn readable, and waits for it to be done with the socket before anyone else
+// reads from it. The connection's server sets its own deadline before it reads the next
+// request.
+func (w *watcher) stop() {
+	if w.timer.Stop() {
+		w.wg.Done()
+	} else {
+		_ = w.conn.SetReadDeadline(time.Unix(1, 0))
+		w.wg.Wait()
+		_ = w.conn.SetReadDeadline(time.Time{})
 	}
+	w.conn, w.cancel = nil, nil
+	watchers.Put(w)
 }
 
 // rawConn returns the socket under conn, or nil when there is none.

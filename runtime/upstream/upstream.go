@@ -345,27 +345,31 @@ func (c *Client) ioError(ctx context.Context, op, addr string, err error) error 
 	return fmt.Errorf("upstream: %s %s: %w", op, addr, err)
 }
 
-// get returns an idle connection to addr that is still open and quiet, or dials one.
+// get returns an idle connection to addr that is still open and quiet, or dials one. The
+// check costs a syscall, made outside the lock: it is what keeps a call off a connection
+// that an app closed as it shut down.
 func (c *Client) get(ctx context.Context, addr string) (*conn, error) {
 	now := time.Now()
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil, fmt.Errorf("upstream: dial %s: %w", addr, transport.ErrClosed)
-	}
-	for list := c.idle[addr]; len(list) > 0; list = c.idle[addr] {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, fmt.Errorf("upstream: dial %s: %w", addr, transport.ErrClosed)
+		}
+		list := c.idle[addr]
+		if len(list) == 0 {
+			delete(c.idle, addr)
+			c.mu.Unlock()
+			break
+		}
 		cn := list[len(list)-1]
 		c.idle[addr] = list[:len(list)-1]
+		c.mu.Unlock()
 		if now.Sub(cn.used) < c.opts.IdleTTL && cn.peek.Alive() {
-			c.mu.Unlock()
 			return cn, nil
 		}
 		cn.nc.Close()
 	}
-	if len(c.idle[addr]) == 0 {
-		delete(c.idle, addr)
-	}
-	c.mu.Unlock()
 	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
 	defer cancel()
 	nc, err := c.dialer.DialContext(dctx, "tcp", addr)

@@ -253,6 +253,11 @@ func (s *stream) recv(ctx context.Context) (*transport.Message, error) {
 	// Wait for the frame's first byte apart, so that a deadline or cancellation before it
 	// leaves the stream intact for another Recv.
 	if _, err := s.br.Peek(1); err != nil {
+		if s.closed.Load() {
+			// Close half-closed the socket, and the peer may have closed its end before
+			// Close moved the deadline: this is the Close, not the peer's end.
+			return nil, fmt.Errorf("httptransport: stream recv from %s: %w", s.peer, transport.ErrClosed)
+		}
 		if err == io.EOF || errors.Is(err, syscall.ECONNRESET) {
 			s.rerr = io.EOF
 			return nil, io.EOF
