@@ -290,7 +290,8 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 			return Outcome{}, e
 		}
 		r.err = c.failure(ctx, req, node, ans, err)
-		last = &r
+		failed := r // a copy, so that r itself stays on the stack
+		last = &failed
 		if r.err.Code == http.StatusGatewayTimeout && c.expired(ctx) {
 			return Outcome{}, r.err
 		}

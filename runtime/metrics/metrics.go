@@ -8,8 +8,11 @@
 package metrics
 
 import (
+	"maps"
 	"net/http"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +41,25 @@ type Metrics struct {
 	ejections *prometheus.CounterVec
 	inCalls   *prometheus.CounterVec
 	inLatency *prometheus.HistogramVec
+
+	client, inbound side
+}
+
+// side holds the series of finished calls on one side, client or inbound, looked up once
+// per service and status code rather than per call.
+type side struct {
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+
+	mu     sync.Mutex                                // serializes additions to series
+	series atomic.Pointer[map[string]*serviceSeries] // by label value; copied on write
+}
+
+// serviceSeries are the series of one service's calls.
+type serviceSeries struct {
+	label   string
+	latency prometheus.Observer
+	codes   [600]atomic.Pointer[prometheus.Counter] // by status code, filled on first use
 }
 
 // New registers micro's metrics, and the Go and process collectors, on a new registry.
@@ -73,6 +95,8 @@ func New(opts Options) *Metrics {
 			Buckets: buckets,
 		}, []string{"service"}),
 	}
+	m.client = side{calls: m.calls, latency: m.latency}
+	m.inbound = side{calls: m.inCalls, latency: m.inLatency}
 	m.reg.MustRegister(m.calls, m.latency, m.retries, m.ejections, m.inCalls, m.inLatency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -88,9 +112,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Call records a finished client call.
 func (m *Metrics) Call(service string, code int, d time.Duration) {
-	service = m.service(service)
-	m.calls.WithLabelValues(service, codeLabel(code)).Inc()
-	m.latency.WithLabelValues(service).Observe(d.Seconds())
+	m.client.record(m.seriesOf(&m.client, service), code, d)
 }
 
 // Retry records an attempt beyond the first.
@@ -101,9 +123,53 @@ func (m *Metrics) Eject(service string) { m.ejections.WithLabelValues(m.service(
 
 // Inbound records a finished inbound call.
 func (m *Metrics) Inbound(service string, code int, d time.Duration) {
-	service = m.service(service)
-	m.inCalls.WithLabelValues(service, codeLabel(code)).Inc()
-	m.inLatency.WithLabelValues(service).Observe(d.Seconds())
+	m.inbound.record(m.seriesOf(&m.inbound, service), code, d)
+}
+
+// seriesOf returns the series of service on side s: its own once KnownService knows it,
+// Other's otherwise. Only known names are kept, so junk cannot grow the cache.
+func (m *Metrics) seriesOf(s *side, service string) *serviceSeries {
+	if p := s.series.Load(); p != nil {
+		if ss, ok := (*p)[service]; ok {
+			return ss
+		}
+	}
+	return s.add(m.service(service))
+}
+
+// add returns the series of label, adding them when they are new.
+func (s *side) add(label string) *serviceSeries {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var old map[string]*serviceSeries
+	if p := s.series.Load(); p != nil {
+		old = *p
+	}
+	if ss, ok := old[label]; ok {
+		return ss
+	}
+	next := make(map[string]*serviceSeries, len(old)+1)
+	maps.Copy(next, old)
+	ss := &serviceSeries{label: label, latency: s.latency.WithLabelValues(label)}
+	next[label] = ss
+	s.series.Store(&next)
+	return ss
+}
+
+// record counts a call of the service whose series are ss.
+func (s *side) record(ss *serviceSeries, code int, d time.Duration) {
+	ss.latency.Observe(d.Seconds())
+	if code < 0 || code >= len(ss.codes) {
+		s.calls.WithLabelValues(ss.label, Other).Inc()
+		return
+	}
+	c := ss.codes[code].Load()
+	if c == nil {
+		n := s.calls.WithLabelValues(ss.label, codeLabel(code))
+		c = &n
+		ss.codes[code].Store(c)
+	}
+	(*c).Inc()
 }
 
 // service is the label value of a service name.

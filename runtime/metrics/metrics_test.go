@@ -39,3 +39,15 @@ func TestLabelsBounded(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// BenchmarkRecord: what recording a finished call costs, on both sides.
+func BenchmarkRecord(b *testing.B) {
+	m := New(Options{KnownService: func(n string) bool { return n == "greeter" }})
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.Call("greeter", 200, time.Millisecond)
+			m.Inbound("greeter", 200, time.Millisecond)
+		}
+	})
+}

@@ -213,12 +213,17 @@ func fastServer(t *testing.T, h fasthttp.RequestHandler) string {
 	}
 	fs := &fasthttp.Server{
 		Handler: h, NoDefaultContentType: true, NoDefaultServerHeader: true,
-		StreamRequestBody: true, MaxRequestBodySize: InMemoryBody,
+		StreamRequestBody: true, MaxRequestBodySize: InMemoryBody, Logger: quietLogger{},
 	}
 	go func() { _ = fs.Serve(ln) }()
 	t.Cleanup(func() { _ = fs.Shutdown() })
 	return ln.Addr().String()
 }
+
+// quietLogger drops what fasthttp logs.
+type quietLogger struct{}
+
+func (quietLogger) Printf(string, ...any) {}
 
 // newH2C returns an HTTP/2 client without TLS.
 func newH2C(t *testing.T) *http.Transport {
