@@ -48,12 +48,16 @@ func grpcClient(t *testing.T, m *micro, service string) testgrpc.TestServiceClie
 // TestGRPC: a real gRPC client calls a real gRPC app through micro over HTTP/2 without
 // TLS: unary, server-streaming, client-streaming and bidirectional calls, through the
 // app's own micro (the local path) and through another (the remote path), with selection
-// over two nodes, deadlines, and the app's statuses passed through.
+// over two nodes, deadlines, and the app's statuses passed through; both shipped wrappers
+// run on every call (the rate limit where the app is, the breaker where the call starts).
 func TestGRPC(t *testing.T) {
 	t.Parallel()
 	reg := t.TempDir()
-	b := startMicro(t, baseConfig(reg, grpcService(2, t.TempDir())))
-	a := startMicro(t, baseConfig(reg, ""))
+	limited := strings.Replace(baseConfig(reg, grpcService(2, t.TempDir())), "[server]\n", "[server]\nwrappers = [\"ratelimit\"]\n", 1) +
+		strings.Replace(rateLimit(bins.ratelimit, 100000), `services = ["greeter"]`, `services = ["grpc"]`, 1)
+	b := startMicro(t, limited)
+	a := startMicro(t, strings.Replace(baseConfig(reg, fmt.Sprintf("\n[wrappers.breaker]\npath = %q\n", bins.breaker)),
+		"[client]", "[client]\nwrappers = [\"breaker\"]", 1))
 	eventually(t, 20*time.Second, func() error {
 		if n := len(mustServices(t, a)["grpc"]); n != 2 {
 			return fmt.Errorf("%d nodes of grpc", n)
@@ -258,5 +262,35 @@ consecutive_failures = 1000
 	}
 	if unavailable == 0 {
 		t.Error("no call that may have run was answered UNAVAILABLE: the failing node was never picked, or the call was retried")
+	}
+}
+
+// TestGRPCRateLimited: a server wrapper's rejection reaches a gRPC caller as a gRPC status:
+// the rate limit's 429 as RESOURCE_EXHAUSTED, with the wrapper's reason.
+func TestGRPCRateLimited(t *testing.T) {
+	t.Parallel()
+	cfg := strings.Replace(baseConfig(t.TempDir(), grpcService(1, t.TempDir())), "[server]\n", "[server]\nwrappers = [\"ratelimit\"]\n", 1) +
+		strings.Replace(rateLimit(bins.ratelimit, 3), `services = ["greeter"]`, `services = ["grpc"]`, 1)
+	m := startMicro(t, cfg)
+	c := grpcClient(t, m, "grpc")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ok, limited := 0, 0
+	for range 6 {
+		_, err := c.UnaryCall(ctx, &testgrpc.SimpleRequest{})
+		switch st := status.Convert(err); st.Code() {
+		case codes.OK:
+			ok++
+		case codes.ResourceExhausted:
+			limited++
+			if st.Message() == "" {
+				t.Error("RESOURCE_EXHAUSTED without the wrapper's reason")
+			}
+		default:
+			t.Fatalf("call: %v", err)
+		}
+	}
+	if ok != 3 || limited != 3 {
+		t.Errorf("%d calls passed and %d were limited, want 3 and 3 (burst 3)", ok, limited)
 	}
 }
