@@ -101,9 +101,7 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 			fail(callerr.New(IngressID, http.StatusInternalServerError, "%s", detail))
 		}
 	}()
-	if !in.gate.enter(st.MaxInflight) {
-		e := callerr.New(IngressID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
-		e.RetryAfter = shedRetryAfter
+	if e := in.gate.enter(IngressID, st.MaxInflight); e != nil {
 		fail(e)
 		return
 	}
@@ -511,15 +509,49 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 		code = e.Code
 		writeError(&c.Response, e, kind)
 	}
-	if !in.gate.enter(st.MaxInflight) {
-		e := callerr.New(InboundID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
-		e.RetryAfter = shedRetryAfter
+	if e := in.gate.enter(InboundID, st.MaxInflight); e != nil {
 		fail(e, transport.ErrorRefused)
 		return
 	}
 	defer in.gate.leave()
 	h := &c.Request.Header
 	path, query, _ := strings.Cut(string(h.RequestURI()), "?")
+	tv := h.Peek(transport.HeaderTimeout)
+	call, e, kind := in.readCall(st, path, query, string(tv), tv != nil, string(h.Peek(transport.HeaderNode)), false)
+	service = call.service
+	if e != nil {
+		fail(e, kind)
+		return
+	}
+	_, stream, e := fastBody(c, st.MaxBody, InboundID)
+	if e != nil {
+		fail(e, transport.ErrorCaller)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), call.budget)
+	defer cancel()
+	defer watchCaller(c.Conn(), cancel).stop()
+	dropHeaders(h)
+	if stream != nil {
+		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
+	}
+	recorded = true
+	in.serveFast(ctx, c, call.service, call.endpoint, call.target, call.node, call.base, call.budget, nil, nil)
+}
+
+// inboundCall is a call that another micro sent to the inbound server, as readCall reads it.
+type inboundCall struct {
+	service, endpoint, target, node string
+	base                            string // of the app instance that serves it
+	budget                          time.Duration
+}
+
+// readCall reads a call that another micro sent, from its target (escaped path and raw
+// query) and its Micro-Timeout (timeout, when present) and Micro-Node headers; grpc is set
+// for a gRPC call, whose endpoint is its method. When the call cannot go on, it returns
+// micro's answer and its transport.Error kind; call.service is set as soon as it is known,
+// for the metrics.
+func (in *Inbound) readCall(st *Settings, path, query, timeout string, present bool, node string, grpc bool) (call inboundCall, e *callerr.Error, kind string) {
 	s, endpoint, target, err := transport.ParseTarget(path, query)
 	if err == nil {
 		err = checkName("service", s)
@@ -528,41 +560,26 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 		err = checkEndpoint(endpoint)
 	}
 	if err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller)
-		return
+		return call, callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller
 	}
-	service = s
-	tv := h.Peek(transport.HeaderTimeout)
-	if tv == nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "missing %s header", transport.HeaderTimeout), transport.ErrorCaller)
-		return
+	call = inboundCall{service: s, endpoint: endpoint, target: target, node: node}
+	if grpc {
+		call.endpoint = grpcEndpoint(target, endpoint)
 	}
-	d, err := budget.Parse(string(tv))
+	if !present {
+		return call, callerr.New(InboundID, http.StatusBadRequest, "missing %s header", transport.HeaderTimeout), transport.ErrorCaller
+	}
+	d, err := budget.Parse(timeout)
 	if err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller)
-		return
+		return call, callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller
 	}
-	d = min(d, st.MaxBudget)
-	node := string(h.Peek(transport.HeaderNode))
-	base, ok := in.cfg.Apps.Resolve(service, node)
+	call.budget = min(d, st.MaxBudget)
+	base, ok := in.cfg.Apps.Resolve(s, node)
 	if !ok {
-		fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable)
-		return
+		return call, callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", s), transport.ErrorUnavailable
 	}
-	_, stream, e := fastBody(c, st.MaxBody, InboundID)
-	if e != nil {
-		fail(e, transport.ErrorCaller)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	defer watchCaller(c.Conn(), cancel).stop()
-	dropHeaders(h)
-	if stream != nil {
-		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
-	}
-	recorded = true
-	in.serveFast(ctx, c, service, endpoint, target, node, base, d, nil, nil)
+	call.base = base
+	return call, nil, ""
 }
 
 // serveFast forwards the call in c's request to the app at base, through the server

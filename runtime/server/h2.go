@@ -70,9 +70,6 @@ func (in *Ingress) callH2(w http.ResponseWriter, r *http.Request, st *Settings, 
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			if p == http.ErrAbortHandler {
-				panic(p)
-			}
 			detail := recovered(in.log, p, "an HTTP/2 call at the ingress", "method", r.Method, "path", truncate(r.URL.Path), "remote", r.RemoteAddr)
 			fail(callerr.New(IngressID, http.StatusInternalServerError, "%s", detail))
 		}
@@ -81,9 +78,7 @@ func (in *Ingress) callH2(w http.ResponseWriter, r *http.Request, st *Settings, 
 		fail(callerr.New(IngressID, http.StatusMethodNotAllowed, "CONNECT: micro takes calls in plain HTTP, e.g. GET http://{service}/{path}"))
 		return
 	}
-	if !in.gate.enter(st.MaxInflight) {
-		e := callerr.New(IngressID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
-		e.RetryAfter = shedRetryAfter
+	if e := in.gate.enter(IngressID, st.MaxInflight); e != nil {
 		fail(e)
 		return
 	}
@@ -421,56 +416,26 @@ func (in *Inbound) ServeH2(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			if p == http.ErrAbortHandler {
-				panic(p)
-			}
 			detail := recovered(in.cfg.Logger, p, "an HTTP/2 inbound call", "service", service)
 			fail(callerr.New(InboundID, http.StatusInternalServerError, "%s", detail), transport.ErrorInternal)
 		}
 	}()
-	if !in.gate.enter(st.MaxInflight) {
-		e := callerr.New(InboundID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
-		e.RetryAfter = shedRetryAfter
+	if e := in.gate.enter(InboundID, st.MaxInflight); e != nil {
 		fail(e, transport.ErrorRefused)
 		return
 	}
 	defer in.gate.leave()
-	s, endpoint, target, err := transport.ParseTarget(r.URL.EscapedPath(), r.URL.RawQuery)
-	if err == nil {
-		err = checkName("service", s)
-	}
-	if err == nil {
-		err = checkEndpoint(endpoint)
-	}
-	if err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller)
-		return
-	}
-	service = s
-	if grpc {
-		endpoint = grpcEndpoint(target, endpoint)
-	}
-	tv := r.Header.Get(transport.HeaderTimeout)
-	if tv == "" {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "missing %s header", transport.HeaderTimeout), transport.ErrorCaller)
-		return
-	}
-	d, err := budget.Parse(tv)
-	if err != nil {
-		fail(callerr.New(InboundID, http.StatusBadRequest, "%v", err), transport.ErrorCaller)
-		return
-	}
-	d = min(d, st.MaxBudget)
-	node := r.Header.Get(transport.HeaderNode)
-	base, ok := in.cfg.Apps.Resolve(service, node)
-	if !ok {
-		fail(callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable)
+	tv, present := r.Header[transport.HeaderTimeout]
+	call, e, kind := in.readCall(st, r.URL.EscapedPath(), r.URL.RawQuery, strings.Join(tv, ","), present, r.Header.Get(transport.HeaderNode), grpc)
+	service = call.service
+	if e != nil {
+		fail(e, kind)
 		return
 	}
 	hc := &h2Call{
-		service: service, endpoint: endpoint, node: node, base: base,
-		method: r.Method, target: target, header: r.Header, contentLength: r.ContentLength,
-		grpc: grpc, deadline: start.Add(d),
+		service: call.service, endpoint: call.endpoint, node: call.node, base: call.base,
+		method: r.Method, target: call.target, header: r.Header, contentLength: r.ContentLength,
+		grpc: grpc, deadline: start.Add(call.budget),
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		hc.body = newReplayBody(r.Body, 0) // one attempt: nothing to keep

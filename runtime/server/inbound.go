@@ -134,9 +134,7 @@ func (in *Inbound) handle(ctx context.Context, conn transport.Conn) {
 		}
 	}()
 	st := in.settings.load()
-	if !in.gate.enter(st.MaxInflight) {
-		e := callerr.New(InboundID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
-		e.RetryAfter = shedRetryAfter
+	if e := in.gate.enter(InboundID, st.MaxInflight); e != nil {
 		replied = true
 		in.reply(ctx, conn, e, transport.ErrorRefused)
 		in.cfg.Recorder.Inbound("", e.Code, time.Since(start))

@@ -178,9 +178,7 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 			fail(callerr.New(IngressID, http.StatusInternalServerError, "%s", detail))
 		}
 	}()
-	if !in.gate.enter(st.MaxInflight) {
-		e := callerr.New(IngressID, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", st.MaxInflight)
-		e.RetryAfter = shedRetryAfter
+	if e := in.gate.enter(IngressID, st.MaxInflight); e != nil {
 		fail(e)
 		return
 	}

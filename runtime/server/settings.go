@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"github.com/microhost/micro/runtime/callerr"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -76,13 +77,16 @@ func (s *settings) store(st Settings) {
 // gate counts the calls a server serves, to shed those past its limit.
 type gate struct{ n atomic.Int64 }
 
-// enter admits a call unless limit calls are in already. An admitted call must leave.
-func (g *gate) enter(limit int) bool {
+// enter admits a call unless limit calls are in already, and then returns the 503, with
+// Retry-After, that the server id sheds it with. An admitted call must leave.
+func (g *gate) enter(id string, limit int) *callerr.Error {
 	if g.n.Add(1) > int64(limit) {
 		g.n.Add(-1)
-		return false
+		e := callerr.New(id, http.StatusServiceUnavailable, "no capacity: %d calls in flight (server.max_inflight)", limit)
+		e.RetryAfter = shedRetryAfter
+		return e
 	}
-	return true
+	return nil
 }
 
 func (g *gate) leave() { g.n.Add(-1) }
