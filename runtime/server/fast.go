@@ -624,7 +624,7 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 		out.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
 		sent, err := in.cfg.Upstream.Do(ctx, app.addr, out, resp)
 		if err != nil {
-			e, kind := appFailure(ctx, err, deadline, service, endpoint, base)
+			e, kind := appFailure(ctx, err, service, endpoint, base)
 			if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				e, kind = tooLarge(InboundID, in.settings.load().MaxBody), transport.ErrorCaller
 			}
@@ -644,12 +644,13 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 }
 
 // appFailure is micro's answer, and its transport.Error kind, for an exchange with the app
-// at base that failed with err.
-func appFailure(ctx context.Context, err error, deadline time.Time, service, endpoint, base string) (*callerr.Error, string) {
+// at base that failed with err. ctx is the exchange's: cancelled when the caller went away,
+// past its deadline when the budget is spent.
+func appFailure(ctx context.Context, err error, service, endpoint, base string) (*callerr.Error, string) {
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
 		return callerr.New(InboundID, http.StatusBadGateway, "the reply of %s.%s exceeds the limit of server.max_body", service, endpoint), transport.ErrorReply
-	case ctx.Err() != nil && time.Now().Before(deadline):
+	case errors.Is(ctx.Err(), context.Canceled):
 		return callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", service, endpoint), transport.ErrorCaller
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
 		return callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent waiting for %s.%s", service, endpoint), transport.ErrorTimeout

@@ -487,7 +487,7 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 		}
 		r, c, _, err := roundTrip(actx, sctx, in.cfg.H2C, "http://"+app.addr+app.prefix, &out)
 		if err != nil {
-			e, kind := appFailure(actx, err, hc.deadline, hc.service, hc.endpoint, hc.base)
+			e, kind := appFailure(actx, err, hc.service, hc.endpoint, hc.base)
 			return fail(e, kind)
 		}
 		for k := range r.Header {

@@ -290,7 +290,7 @@ func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[
 	hresp, err := in.cfg.HTTP.Do(hr)
 	if err != nil {
 		switch {
-		case ctx.Err() != nil && time.Now().Before(deadline):
+		case errors.Is(ctx.Err(), context.Canceled):
 			return fail(callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", service, endpoint), transport.ErrorCaller)
 		case ctx.Err() != nil:
 			return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent waiting for %s.%s", service, endpoint), transport.ErrorTimeout)

@@ -259,7 +259,7 @@ func (in *Inbound) dialApp(ctx context.Context, req *transport.Message, extra ma
 		m := &transport.Message{Header: filterHeader(resp.Header), Body: body}
 		m.Header[transport.HeaderStatus] = strconv.Itoa(resp.StatusCode)
 		return nil, m, nil, ""
-	case ctx.Err() != nil && time.Now().Before(deadline):
+	case errors.Is(ctx.Err(), context.Canceled):
 		return nil, nil, callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away while opening a stream to %s.%s", service, endpoint), transport.ErrorCaller
 	case ctx.Err() != nil:
 		return nil, nil, callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent opening the stream to %s.%s", service, endpoint), transport.ErrorTimeout
