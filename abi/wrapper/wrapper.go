@@ -1,7 +1,8 @@
 // Package wrapper is the contract between micro's wazero host (host/wasm) and a WebAssembly
 // wrapper guest (sdk/wrapper, or a guest in any language): the names of the host functions
-// a guest imports and of the functions it exports, their phases, result codes, log levels
-// and size limits. abi/README.md describes the memory protocol around them.
+// a guest imports and of the functions it exports, their phases, result codes, log levels,
+// size limits, and the layout of the call block that micro fills for a guest before each
+// call. abi/README.md describes the memory protocol around them.
 //
 // All names and numbers here are part of ABI version 1. A change that breaks guests bumps
 // the version and with it the name of [ExportABIVersion].
@@ -88,6 +89,16 @@ const (
 	// are not. A breaker should count only faults. It was added to version 1: a guest that
 	// does not import it works as before.
 	ImportGetFault = "get_fault"
+	// ImportSetCallBlock registers the guest's call block: (ptr, len i32) -> (). Phase
+	// on_init only. The block is len bytes of the guest's memory at ptr, with len at least
+	// [CallBlockLen]; before each later on_request and on_response, micro writes into it
+	// what the guest would otherwise ask for with a host call per value: the time, the
+	// budget, the outcome, and a version of each string field of the call (see the
+	// CallBlock constants). Reading it costs the guest nothing, where a host call costs
+	// about 60 ns and a WASI clock read (time.Now) about 200 ns. micro writes nothing
+	// during the call itself, nor before on_init; a later call replaces the block. It was
+	// added to version 1: a guest that does not import it works as before.
+	ImportSetCallBlock = "set_call_block"
 	// ImportSetPhases says which phases the guest wants: (mask i32) -> (), a set of Phase
 	// bits. Phase on_init only. Without it the host calls both; a guest that leaves out
 	// [PhaseResponse] saves the host a call per request.
@@ -100,6 +111,51 @@ const (
 	// wrapper's load with the message (a bad config); in any other phase it counts as a
 	// trap: the call gets the wrapper's on_trap verdict and the instance is replaced.
 	ImportFail = "fail"
+)
+
+// The call block: the layout of the block that a guest registers with
+// [ImportSetCallBlock]. Each constant is a byte offset into the block; values are
+// little-endian. micro fills the whole block before each on_request and on_response, all
+// values as of the moment it starts that guest call, so they agree with one another.
+const (
+	// CallBlockSize (u32) is how many bytes of the block micro fills: [CallBlockLen] in this
+	// version. It is 0 until micro first fills the block, so during on_init. The 4 bytes
+	// after it are reserved, and micro writes 0 there.
+	CallBlockSize = 0
+	// CallBlockNow (i64) is the wall clock, in nanoseconds since the Unix epoch, when micro
+	// started this guest call: a guest needs no WASI clock read for the time of the call.
+	// It is micro's monotonic clock on the wall clock's scale, set again at least every
+	// 100 ms, so it never goes back between two calls unless the system's clock stepped.
+	CallBlockNow = 8
+	// CallBlockBudget (i64) is the call's remaining budget at CallBlockNow, as
+	// [ImportGetBudget] returns it: [BudgetNone] without a deadline.
+	CallBlockBudget = 16
+	// CallBlockLatency (i64) is [ImportGetLatency]'s value in on_response, 0 in on_request.
+	CallBlockLatency = 24
+	// CallBlockStatus (i32) is [ImportGetStatus]'s value in on_response, 0 in on_request.
+	CallBlockStatus = 32
+	// CallBlockFault (i32) is [ImportGetFault]'s value in on_response, 0 in on_request.
+	CallBlockFault = 36
+	// CallBlockVersions is where five u64 versions start, one per string field of the
+	// call, in the order of the Field constants: the version at
+	// CallBlockVersions+8*FieldService is the service's. micro changes a field's version
+	// whenever the field differs from its value in the instance's previous guest call, and
+	// never uses 0. So a guest that kept a value it read (with get_service, ...) together
+	// with the version it read it under may use it again, without a host call, for as long
+	// as the version stays the same. The error is empty during on_request.
+	CallBlockVersions = 40
+	// CallBlockLen is the size of the block in this version. A guest may register a larger
+	// block; micro fills the first CallBlockSize bytes and leaves the rest alone.
+	CallBlockLen = CallBlockVersions + 8*(FieldError+1)
+)
+
+// The string fields of a call, in the order of their versions in the call block.
+const (
+	FieldService  = 0 // [ImportGetService]
+	FieldEndpoint = 1 // [ImportGetEndpoint]
+	FieldNode     = 2 // [ImportGetNode]
+	FieldCaller   = 3 // [ImportGetCaller]
+	FieldError    = 4 // [ImportGetError]
 )
 
 // Results of [ExportOnRequest].

@@ -1,14 +1,18 @@
 // Package wrappers measures what the shipped wrappers add to a call: each as a wasm guest
-// in host/wasm, against the same logic called natively, against no wrapper, in one run.
+// in host/wasm, against the same logic called natively, against no wrapper, in one run;
+// and what the two of them add to a process's resident memory.
 //
 //	go test -run '^$' -bench . -benchmem -count 6 ./bench/wrappers
 package wrappers
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"testing"
 	"time"
 
@@ -32,6 +36,7 @@ func (c call) Header(name string) (string, bool) {
 	v, ok := c.Call.Header[name]
 	return v, ok
 }
+func (c call) SetHeader(string, string) {}
 
 // outcome is a call's answer for the native breaker: not the node's fault.
 type outcome struct {
@@ -52,15 +57,27 @@ func newCall() *wrapper.Call {
 	}
 }
 
-// load builds the wrapper in src and loads it with cfg.
-func load(b *testing.B, src, cfg string) wrapper.Wrapper {
-	b.Helper()
-	ctx := context.Background()
-	cache, err := os.UserCacheDir()
+// The shipped wrappers, as the benchmarks load them: a config that never rejects.
+const (
+	rateLimitSrc = "../../plugins/wrapper-ratelimit"
+	rateLimitCfg = `{"rate": 1e12, "burst": 1000000000, "key": "service"}`
+	breakerSrc   = "../../plugins/wrapper-breaker"
+	breakerCfg   = `{}` // the defaults, as native's
+)
+
+// cacheDir is where the benchmarks keep built and compiled guests across runs.
+func cacheDir() string {
+	dir, err := os.UserCacheDir()
 	if err != nil {
-		cache = os.TempDir()
+		dir = os.TempDir()
 	}
-	path, err := wasm.BuildCached(ctx, src, filepath.Join(cache, "micro-bench", "wasm"))
+	return filepath.Join(dir, "micro-bench")
+}
+
+// build builds the wrapper in src, or finds it built, and returns its module.
+func build(b *testing.B, src string) []byte {
+	b.Helper()
+	path, err := wasm.BuildCached(context.Background(), src, filepath.Join(cacheDir(), "wasm"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,12 +85,25 @@ func load(b *testing.B, src, cfg string) wrapper.Wrapper {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h, err := wasm.NewHost(wasm.HostOptions{CacheDir: filepath.Join(cache, "micro-bench", "compiled"), Logger: slog.New(slog.DiscardHandler)})
+	return bin
+}
+
+// newHost returns a wasm host on the benchmarks' compilation cache.
+func newHost(b *testing.B) *wasm.Host {
+	b.Helper()
+	h, err := wasm.NewHost(wasm.HostOptions{CacheDir: filepath.Join(cacheDir(), "compiled"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { h.Close(ctx) })
-	w, err := h.Load(ctx, filepath.Base(src), bin, wasm.Options{Config: []byte(cfg)})
+	return h
+}
+
+// load builds the wrapper in src and loads it with cfg, on a host of its own.
+func load(b *testing.B, src, cfg string) wrapper.Wrapper {
+	b.Helper()
+	h := newHost(b)
+	b.Cleanup(func() { h.Close(context.Background()) })
+	w, err := h.Load(context.Background(), filepath.Base(src), build(b, src), wasm.Options{Config: []byte(cfg)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -81,7 +111,6 @@ func load(b *testing.B, src, cfg string) wrapper.Wrapper {
 }
 
 func BenchmarkRateLimit(b *testing.B) {
-	const cfg = `{"rate": 1e12, "burst": 1000000000, "key": "service"}`
 	b.Run("none", func(b *testing.B) {
 		c := newCall()
 		b.ReportAllocs()
@@ -103,7 +132,7 @@ func BenchmarkRateLimit(b *testing.B) {
 		}
 	})
 	b.Run("wasm", func(b *testing.B) {
-		w := load(b, "../../plugins/wrapper-ratelimit", cfg)
+		w := load(b, rateLimitSrc, rateLimitCfg)
 		c := newCall()
 		ctx := context.Background()
 		r := &wrapper.Result{Status: 200, Latency: time.Millisecond}
@@ -134,7 +163,7 @@ func BenchmarkBreaker(b *testing.B) {
 		}
 	})
 	b.Run("wasm", func(b *testing.B) {
-		w := load(b, "../../plugins/wrapper-breaker", `{}`) // the defaults, as native's
+		w := load(b, breakerSrc, breakerCfg)
 		c := newCall()
 		ctx := context.Background()
 		r := &wrapper.Result{Status: 200, Latency: time.Millisecond}
@@ -146,4 +175,69 @@ func BenchmarkBreaker(b *testing.B) {
 			w.OnResponse(ctx, c, r)
 		}
 	})
+}
+
+// BenchmarkResident measures what the two shipped wrappers cost a process in memory (on
+// Linux): per iteration, a new host loads both, as micro does with micro.toml, and calls
+// each 10,000 times; it reports how much the resident set (rss-MiB) and the Go heap in use
+// (heap-MiB) grew, before the host is closed. The compilation cache is warm, as for a
+// micro that has run before.
+func BenchmarkResident(b *testing.B) {
+	if _, err := residentBytes(); err != nil {
+		b.Skipf("no resident set size here: %v", err)
+	}
+	ctx := context.Background()
+	mods := map[string][]byte{rateLimitSrc: build(b, rateLimitSrc), breakerSrc: build(b, breakerSrc)}
+	cfgs := map[string]string{rateLimitSrc: rateLimitCfg, breakerSrc: breakerCfg}
+	c := newCall()
+	r := &wrapper.Result{Status: 200, Latency: time.Millisecond}
+	var rss, heap float64
+	for b.Loop() {
+		debug.FreeOSMemory()
+		rss0, heap0 := resident(b)
+		h := newHost(b)
+		for src, bin := range mods {
+			w, err := h.Load(ctx, filepath.Base(src), bin, wasm.Options{Config: []byte(cfgs[src])})
+			if err != nil {
+				b.Fatal(err)
+			}
+			for range 10000 {
+				w.OnRequest(ctx, c)
+				w.OnResponse(ctx, c, r)
+			}
+		}
+		rss1, heap1 := resident(b)
+		rss += float64(rss1 - rss0)
+		heap += float64(heap1 - heap0)
+		if err := h.Close(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(rss/float64(b.N)/(1<<20), "rss-MiB")
+	b.ReportMetric(heap/float64(b.N)/(1<<20), "heap-MiB")
+}
+
+// resident returns the process's resident set size and the bytes of Go heap in use.
+func resident(b *testing.B) (rss, heap int64) {
+	b.Helper()
+	rss, err := residentBytes()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return rss, int64(ms.HeapInuse)
+}
+
+// residentBytes reads the process's resident set size from /proc.
+func residentBytes() (int64, error) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, err
+	}
+	var size, pages int64
+	if _, err := fmt.Sscan(string(b), &size, &pages); err != nil {
+		return 0, fmt.Errorf("/proc/self/statm: %w", err)
+	}
+	return pages * int64(os.Getpagesize()), nil
 }

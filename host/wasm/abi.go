@@ -57,7 +57,9 @@ type callState struct {
 	rejectMsg    string
 
 	// Set by on_init.
-	phases int32
+	phases   int32
+	block    uint32 // the call block's address, when hasBlock
+	hasBlock bool
 }
 
 // abiError is a guest's misuse of a host function; the host traps the guest with it.
@@ -251,6 +253,19 @@ var hostFuncs = []hostFunc{
 				trap(fn, "unknown phase bits in %#x", mask)
 			}
 			inst.st.phases = mask
+		}},
+	{abi.ImportSetCallBlock, []api.ValueType{i32, i32}, nil,
+		func(ctx context.Context, m api.Module, stack []uint64) {
+			const fn = abi.ImportSetCallBlock
+			inst := instanceFrom(ctx)
+			inst.needPhase(fn, phaseInit)
+			ptr, n := uint32(stack[0]), uint32(stack[1])
+			if n < abi.CallBlockLen {
+				trap(fn, "block of %d bytes is smaller than %d", n, abi.CallBlockLen)
+			}
+			// A memory never shrinks, so the block stays inside it.
+			view(m, fn, ptr, n)
+			inst.st.block, inst.st.hasBlock = ptr, true
 		}},
 	{abi.ImportLog, []api.ValueType{i32, i32, i32}, nil,
 		func(ctx context.Context, m api.Module, stack []uint64) {

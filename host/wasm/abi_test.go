@@ -2,6 +2,7 @@ package wasm
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"strings"
@@ -58,8 +59,9 @@ func newProbe(t testing.TB) *probe {
 		t.Fatal(err)
 	}
 	logs := newLogRecorder()
-	w := &Wrapper{name: "probe", config: `{"limit":5}`, logger: slog.New(logs)}
-	inst := &instance{w: w, mod: mod, logger: w.logger}
+	w := &Wrapper{name: "probe", config: `{"limit":5}`, logger: slog.New(logs), epoch: time.Now()}
+	w.syncWall()
+	inst := &instance{w: w, mod: mod, mem: mod.Memory(), logger: w.logger}
 	inst.ctx = context.WithValue(ctx, instanceKey{}, inst)
 	p := &probe{rt: rt, mod: mod, inst: inst, logs: logs, fns: map[string]api.Function{}}
 	for _, f := range hostFuncs {
@@ -189,6 +191,7 @@ func TestABIPhases(t *testing.T) {
 		{abi.ImportGetLatency, nil, []phase{phaseResponse}},
 		{abi.ImportGetFault, nil, []phase{phaseResponse}},
 		{abi.ImportSetPhases, []uint64{1}, []phase{phaseInit}},
+		{abi.ImportSetCallBlock, []uint64{1024, abi.CallBlockLen}, []phase{phaseInit}},
 		{abi.ImportGetConfig, []uint64{0, 10}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 		{abi.ImportLog, []uint64{0, 0, 0}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 	} {
@@ -309,6 +312,101 @@ func TestABISetters(t *testing.T) {
 	p.in(phaseInit)
 	_, err = p.call(abi.ImportSetPhases, 8)
 	wantABIError(t, "set_phases unknown bit", err, "unknown phase bits")
+}
+
+// TestABICallBlock checks set_call_block, and what the host writes into the block before
+// each call.
+func TestABICallBlock(t *testing.T) {
+	p := newProbe(t)
+	p.in(phaseInit)
+	_, err := p.call(abi.ImportSetCallBlock, 1024, abi.CallBlockLen-1)
+	wantABIError(t, "a block too small", err, "block of 79 bytes is smaller than 80")
+	_, err = p.call(abi.ImportSetCallBlock, memSize-abi.CallBlockLen+1, abi.CallBlockLen)
+	wantABIError(t, "a block past the memory", err, "outside the guest's memory")
+	if p.inst.st.hasBlock {
+		t.Fatal("a refused block was registered")
+	}
+	const at = 1024
+	if _, err := p.call(abi.ImportSetCallBlock, at, abi.CallBlockLen+8); err != nil { // larger is fine
+		t.Fatal(err)
+	}
+	if !p.inst.st.hasBlock || p.inst.st.block != at {
+		t.Fatalf("block registered at %d (%v), want %d", p.inst.st.block, p.inst.st.hasBlock, at)
+	}
+	p.inst.block, p.inst.hasBlock = p.inst.st.block, p.inst.st.hasBlock // as instantiate does after on_init
+	p.put(at+abi.CallBlockLen, "tail")
+
+	le := binary.LittleEndian
+	u64 := func(off int) uint64 { return le.Uint64([]byte(p.get(at+uint32(off), 8))) }
+	u32 := func(off int) uint32 { return le.Uint32([]byte(p.get(at+uint32(off), 4))) }
+	versions := func() (v [abi.FieldError + 1]uint64) {
+		for f := range v {
+			v[f] = u64(abi.CallBlockVersions + 8*f)
+		}
+		return v
+	}
+	fill := func(ph phase) time.Time {
+		p.inst.st.phase = ph
+		before := time.Now()
+		p.inst.fillBlock(p.inst.w.now())
+		return before
+	}
+
+	p.in(phaseRequest)
+	before := fill(phaseRequest)
+	now := time.Unix(0, int64(u64(abi.CallBlockNow)))
+	if u32(abi.CallBlockSize) != abi.CallBlockLen || u32(abi.CallBlockSize+4) != 0 {
+		t.Errorf("size %d, reserved %d; want %d and 0", u32(abi.CallBlockSize), u32(abi.CallBlockSize+4), abi.CallBlockLen)
+	}
+	if now.Before(before.Add(-time.Millisecond)) || now.After(time.Now().Add(time.Millisecond)) {
+		t.Errorf("now = %v, want the wall clock (%v)", now, before)
+	}
+	if b := time.Duration(u64(abi.CallBlockBudget)); b < 59*time.Minute || b > time.Hour {
+		t.Errorf("budget = %v, want the call's hour", b)
+	}
+	if u64(abi.CallBlockLatency) != 0 || u32(abi.CallBlockStatus) != 0 || u32(abi.CallBlockFault) != 0 {
+		t.Errorf("outcome in on_request: latency %d, status %d, fault %d; want 0s",
+			u64(abi.CallBlockLatency), u32(abi.CallBlockStatus), u32(abi.CallBlockFault))
+	}
+	first := versions()
+	for f, v := range first {
+		if v == 0 {
+			t.Errorf("version of field %d is 0", f)
+		}
+	}
+	if p.get(at+abi.CallBlockLen, 4) != "tail" {
+		t.Error("the host wrote past the block's first CallBlockLen bytes")
+	}
+
+	// The same call's outcome: only the error changed.
+	fill(phaseResponse)
+	if time.Duration(u64(abi.CallBlockLatency)) != 7*time.Millisecond || u32(abi.CallBlockStatus) != 502 || u32(abi.CallBlockFault) != 1 {
+		t.Errorf("outcome: latency %d, status %d, fault %d", u64(abi.CallBlockLatency), u32(abi.CallBlockStatus), u32(abi.CallBlockFault))
+	}
+	want := first
+	want[abi.FieldError]++
+	if got := versions(); got != want {
+		t.Errorf("versions after the outcome %v, want %v: only the error changed", got, want)
+	}
+	// Another call, to another node, with no deadline.
+	p.in(phaseRequest)
+	p.inst.st.call.Node, p.inst.st.call.Deadline = "n2", time.Time{}
+	fill(phaseRequest)
+	want[abi.FieldNode]++
+	want[abi.FieldError]++ // empty again
+	if got := versions(); got != want {
+		t.Errorf("versions after a call to another node %v, want %v", got, want)
+	}
+	if b := int64(u64(abi.CallBlockBudget)); b != abi.BudgetNone {
+		t.Errorf("budget without a deadline = %d, want BudgetNone", b)
+	}
+	// A call with equal fields in other strings changes nothing.
+	p.inst.st.call = &wrapper.Call{Service: strings.Clone("greeter"), Endpoint: strings.Clone("Greeter.Hello"),
+		Node: strings.Clone("n2"), Caller: strings.Clone("app")}
+	fill(phaseRequest)
+	if got := versions(); got != want {
+		t.Errorf("versions after a call with equal fields %v, want %v", got, want)
+	}
 }
 
 // FuzzABI calls host functions with any arguments in any phase. Whatever a guest passes, a

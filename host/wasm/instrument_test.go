@@ -231,6 +231,79 @@ func TestInstrumentGoGuest(t *testing.T) {
 	}
 }
 
+// dataSegments returns how many data segments a module has.
+func dataSegments(t *testing.T, module []byte) int {
+	t.Helper()
+	r := &reader{b: module, pos: 8}
+	for r.pos < len(r.b) && r.err == nil {
+		id, payload := r.byte(), r.bytes(int(r.u32()))
+		if id == secData {
+			return int((&reader{b: payload}).u32())
+		}
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return 0
+}
+
+// memoryAfterInstantiation returns the first page of the memory of a module once wazero
+// has instantiated it, and so written its data segments.
+func memoryAfterInstantiation(t *testing.T, module []byte) []byte {
+	t.Helper()
+	ctx := context.Background()
+	rt := wazero.NewRuntime(ctx)
+	defer rt.Close(ctx)
+	mod, err := rt.Instantiate(ctx, module)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := mod.Memory().Read(0, wasmPageSize)
+	return bytes.Clone(b)
+}
+
+func TestInstrumentMergesData(t *testing.T) {
+	withData := func(data ...wasmData) []byte {
+		return minimalGuest(func(m *wasmModule) { m.data = data })
+	}
+	// Out of order, separated by short runs of zeros, and once by a long one.
+	segs := []wasmData{
+		{offset: 100, bytes: []byte("world")},
+		{offset: 10, bytes: []byte("hello")},
+		{offset: 20, bytes: []byte{0, 0, 7}},
+		{offset: 40000, bytes: []byte("far away")},
+		{offset: 105, bytes: []byte("!")},
+	}
+	for _, tc := range []struct {
+		name     string
+		module   []byte
+		segments int
+	}{
+		{"merged", withData(segs...), 2},
+		{"overlapping, kept", withData(wasmData{offset: 10, bytes: []byte("hello")}, wasmData{offset: 12, bytes: []byte("LL")}), 2},
+		{"one, kept", withData(segs[0]), 1},
+	} {
+		b, err := instrument(tc.module)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if n := dataSegments(t, b); n != tc.segments {
+			t.Errorf("%s: %d segments, want %d", tc.name, n, tc.segments)
+		}
+		if !bytes.Equal(memoryAfterInstantiation(t, b), memoryAfterInstantiation(t, tc.module)) {
+			t.Errorf("%s: the memory differs from the original module's", tc.name)
+		}
+	}
+	// A Go guest: some 40,000 segments become a few.
+	b, err := instrument(guests["pass"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before, after := dataSegments(t, guests["pass"]), dataSegments(t, b); before < 1000 || after > 20 {
+		t.Errorf("the pass guest's %d data segments became %d, want a few", before, after)
+	}
+}
+
 // FuzzInstrument checks that instrument never panics, and that whatever wazero accepts,
 // instrument accepts too, into a module that wazero still accepts.
 //
@@ -243,6 +316,9 @@ func FuzzInstrument(f *testing.F) {
 	f.Add(minimalGuest(nil))
 	f.Add(probeModule())
 	f.Add(withImport("env", "g", tVoid))
+	f.Add(minimalGuest(func(m *wasmModule) {
+		m.data = []wasmData{{offset: 9, bytes: []byte("b")}, {offset: 1, bytes: []byte("a")}, {offset: 5000, bytes: []byte("c")}}
+	}))
 	ctx := context.Background()
 	rt := wazero.NewRuntime(ctx)
 	f.Cleanup(func() { rt.Close(ctx) })

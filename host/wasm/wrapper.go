@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
@@ -47,43 +50,94 @@ type Wrapper struct {
 	watched   []atomic.Pointer[instance] // per slot: the instance it watches
 	stopWatch chan struct{}              // closed to stop it
 	watchDone chan struct{}              // closed when it has stopped
+	// wallOffset turns the watchdog's clock into the wall clock, in nanoseconds since the
+	// Unix epoch, for the call block: a guest call reads one clock (the monotonic one)
+	// rather than two. Each watchdog tick sets it again, so that the guests' wall clock
+	// follows a step of the system's within a tick.
+	wallOffset atomic.Int64
 }
 
 var _ wrapper.Wrapper = (*Wrapper)(nil)
 
 // slot holds one of a wrapper's instances and serializes the calls to it. Its fields are
-// guarded by sem, a lock that a waiting call can give up on, and that a replacement can
-// take over from the call that failed.
+// guarded by its lock (lock and unlock), which a waiting call can give up on, and which a
+// replacement can take over from the call that failed.
 type slot struct {
-	idx     int
-	sem     chan struct{}
+	idx int
+	// held is 0 when the lock is free, and 1+n when it is held with n callers waiting.
+	// An unlock with callers waiting hands the lock to one of them through handoff
+	// (capacity 1), so that a new call never overtakes a waiting one. Without waiters,
+	// lock and unlock are an atomic operation each.
+	held    atomic.Int64
+	handoff chan struct{}
+	// phases is the phase mask of the last instance put in the slot; OnResponse reads it
+	// without the lock, to skip a guest that wants no responses.
+	phases  atomic.Int32
 	inst    *instance // nil while there is no working instance
 	retryAt time.Time // when inst is nil: the next attempt to make one
 	lastErr string    // when inst is nil: why
 	closed  bool
 }
 
+func newSlot(idx int) *slot { return &slot{idx: idx, handoff: make(chan struct{}, 1)} }
+
+// lock takes the slot's lock, or gives up when ctx ends first.
 func (s *slot) lock(ctx context.Context) bool {
-	select {
-	case s.sem <- struct{}{}:
+	if s.held.CompareAndSwap(0, 1) || s.held.Add(1) == 1 {
 		return true
-	default:
 	}
 	select {
-	case s.sem <- struct{}{}:
+	case <-s.handoff:
 		return true
 	case <-ctx.Done():
+	}
+	for {
+		n := s.held.Load()
+		if n > 1 {
+			// Still waiting: count this caller out.
+			if s.held.CompareAndSwap(n, n-1) {
+				return false
+			}
+			continue
+		}
+		// The lock was handed to this caller as it gave up: pass it on.
+		<-s.handoff
+		s.unlock()
 		return false
 	}
 }
 
-func (s *slot) unlock() { <-s.sem }
+// unlock releases the slot's lock, or hands it to a waiting caller.
+func (s *slot) unlock() {
+	for {
+		n := s.held.Load()
+		if n == 1 {
+			if s.held.CompareAndSwap(1, 0) {
+				return
+			}
+			continue
+		}
+		if s.held.CompareAndSwap(n, n-1) {
+			s.handoff <- struct{}{}
+			return
+		}
+	}
+}
+
+// setInstance puts inst, which may be nil, in the slot, which the caller has locked.
+func (s *slot) setInstance(inst *instance) {
+	s.inst = inst
+	if inst != nil {
+		s.phases.Store(inst.phases)
+	}
+}
 
 // instance is one guest instance.
 type instance struct {
 	w          *Wrapper
 	name       string
 	mod        api.Module
+	mem        api.Memory
 	onInit     api.Function
 	onRequest  api.Function
 	onResponse api.Function
@@ -94,6 +148,13 @@ type instance struct {
 	stack      [1]uint64
 	st         callState
 	phases     int32
+
+	// The call block that on_init registered (abi.ImportSetCallBlock), if hasBlock; seen
+	// and version are, per abi.Field, the value written last and its version.
+	block    uint32
+	hasBlock bool
+	seen     [abi.FieldError + 1]string
+	version  [abi.FieldError + 1]uint64
 
 	// stop is the global that instrument added: set to 1, it traps the guest within
 	// fuelPerCheck loop iterations and function entries.
@@ -107,8 +168,14 @@ type instance struct {
 
 // Load compiles a guest and starts its instances. name is the wrapper's name in
 // micro.toml; it appears in every error and log line. ctx bounds the compile and the start.
+//
+// Compiling a guest, or reading it from the compilation cache, leaves tens of MiB of
+// garbage (the compiler's work, the cached code read from its file, copies of the module),
+// which the Go runtime would give back to the OS only over minutes. Load gives it back at
+// once (debug.FreeOSMemory), for a garbage collection of a few milliseconds.
 func (h *Host) Load(ctx context.Context, name string, wasm []byte, opts Options) (*Wrapper, error) {
 	w, err := h.load(ctx, name, wasm, opts)
+	debug.FreeOSMemory()
 	if err != nil {
 		return nil, fmt.Errorf("wrapper %q: %w", name, err)
 	}
@@ -144,6 +211,7 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 		stopWatch: make(chan struct{}),
 		watchDone: make(chan struct{}),
 	}
+	w.syncWall()
 	go w.watch(min(max(o.Timeout/4, time.Millisecond), 100*time.Millisecond))
 	ok := false
 	defer func() {
@@ -177,13 +245,15 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 	}
 	w.slots = make([]*slot, o.Instances)
 	for i := range w.slots {
-		s := &slot{idx: i, sem: make(chan struct{}, 1)}
-		if s.inst, err = w.instantiate(ctx, i); err != nil {
+		s := newSlot(i)
+		inst, err := w.instantiate(ctx, i)
+		if err != nil {
 			if o.Instances > 1 {
 				return nil, fmt.Errorf("instance %d: %w", i, err)
 			}
 			return nil, err
 		}
+		s.setInstance(inst)
 		w.slots[i] = s
 	}
 	h.track(w)
@@ -292,11 +362,12 @@ func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 		WithSysWalltime().
 		WithSysNanotime().
 		WithRandSource(rand.Reader)
-	mod, err := w.rt.InstantiateModule(ctx, w.compiled, cfg)
+	mod, err := w.rt.InstantiateModule(withMemoryAllocator(ctx), w.compiled, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %w", err)
 	}
 	inst.mod = mod
+	inst.mem = mod.Memory()
 	inst.onInit = mod.ExportedFunction(abi.ExportOnInit)
 	inst.onRequest = mod.ExportedFunction(abi.ExportOnRequest)
 	inst.onResponse = mod.ExportedFunction(abi.ExportOnResponse)
@@ -333,6 +404,7 @@ func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 		return fail("init", fmt.Errorf("%s returned %d", abi.ExportOnInit, code))
 	}
 	inst.phases = inst.st.phases
+	inst.block, inst.hasBlock = inst.st.block, inst.st.hasBlock
 	inst.st = callState{}
 	return inst, nil
 }
@@ -340,10 +412,15 @@ func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 // errStopped is the error of a guest call that the watchdog stopped after it returned.
 var errStopped = errors.New("stopped by the watchdog")
 
-// call runs one guest export with a time limit. The caller's context does not reach the
-// guest: a caller that gives up must not kill an instance in the middle of a call.
+// call runs one guest export with a time limit, after filling the call block for a call
+// phase. The caller's context does not reach the guest: a caller that gives up must not
+// kill an instance in the middle of a call.
 func (inst *instance) call(f api.Function, limit time.Duration) (uint64, error) {
-	deadline := inst.w.now() + int64(limit)
+	now := inst.w.now() // the one clock read of a guest call
+	deadline := now + int64(limit)
+	if inst.hasBlock && inst.st.call != nil {
+		inst.fillBlock(now)
+	}
 	inst.deadline.Store(deadline)
 	inst.stdout.reset()
 	inst.stderr.reset()
@@ -357,6 +434,51 @@ func (inst *instance) call(f api.Function, limit time.Duration) (uint64, error) 
 		}
 	}
 	return inst.stack[0], err
+}
+
+// fillBlock writes the call block (abi.ImportSetCallBlock) for the guest call of inst.st
+// that starts at now, on the watchdog's clock.
+func (inst *instance) fillBlock(now int64) {
+	b, ok := inst.mem.Read(inst.block, abi.CallBlockLen)
+	if !ok {
+		return // set_call_block checked the range, and a memory never shrinks
+	}
+	c, r := inst.st.call, inst.st.result
+	budget := abi.BudgetNone
+	if !c.Deadline.IsZero() {
+		budget = int64(c.Deadline.Sub(inst.w.epoch)) - now
+	}
+	var (
+		latency       int64
+		status, fault uint32
+		errMsg        string
+	)
+	if inst.st.phase == phaseResponse {
+		latency, status, errMsg = int64(r.Latency), uint32(int32(r.Status)), r.Err
+		if r.Fault {
+			fault = 1
+		}
+	}
+	le := binary.LittleEndian
+	le.PutUint64(b[abi.CallBlockSize:], abi.CallBlockLen) // and 0 in the 4 reserved bytes
+	le.PutUint64(b[abi.CallBlockNow:], uint64(now+inst.w.wallOffset.Load()))
+	le.PutUint64(b[abi.CallBlockBudget:], uint64(budget))
+	le.PutUint64(b[abi.CallBlockLatency:], uint64(latency))
+	le.PutUint32(b[abi.CallBlockStatus:], status)
+	le.PutUint32(b[abi.CallBlockFault:], fault)
+	for f, v := range [...]string{c.Service, c.Endpoint, c.Node, c.Caller, errMsg} {
+		if !sameString(v, inst.seen[f]) || inst.version[f] == 0 {
+			inst.seen[f] = v
+			inst.version[f]++
+		}
+		le.PutUint64(b[abi.CallBlockVersions+8*f:], inst.version[f])
+	}
+}
+
+// sameString reports whether a and b are equal. A call's field is most often the very
+// string of the last call, which it tells without a call to compare bytes.
+func sameString(a, b string) bool {
+	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
 }
 
 // halt stops the instance's running guest call, if there is one.
@@ -376,8 +498,14 @@ func (inst *instance) stopIfLate(now int64) {
 	}
 }
 
-// now is the watchdog's clock.
+// now is the watchdog's clock: one read of the monotonic clock.
 func (w *Wrapper) now() int64 { return int64(time.Since(w.epoch)) }
+
+// syncWall sets wallOffset from a reading of both clocks.
+func (w *Wrapper) syncWall() {
+	t := time.Now()
+	w.wallOffset.Store(t.UnixNano() - int64(t.Sub(w.epoch)))
+}
 
 // watch is the watchdog: every tick, it stops the guest calls that ran out of time.
 func (w *Wrapper) watch(tick time.Duration) {
@@ -390,6 +518,7 @@ func (w *Wrapper) watch(tick time.Duration) {
 			return
 		case <-t.C:
 		}
+		w.syncWall()
 		now := w.now()
 		for i := range w.watched {
 			if inst := w.watched[i].Load(); inst != nil {
@@ -510,14 +639,19 @@ func (w *Wrapper) OnRequest(ctx context.Context, c *wrapper.Call) wrapper.Verdic
 	}
 	inst.st = callState{phase: phaseRequest, call: c}
 	code, err := inst.call(inst.onRequest, w.timeout)
-	st := inst.st
-	inst.st = callState{}
+	var (
+		v  wrapper.Verdict
+		ok bool
+	)
 	if err == nil {
-		v, ok := w.verdict(int32(uint32(code)), &st)
-		if ok {
-			s.unlock()
-			return v
-		}
+		v, ok = w.verdict(int32(uint32(code)), &inst.st)
+	}
+	inst.st = callState{}
+	if ok {
+		s.unlock()
+		return v
+	}
+	if err == nil {
 		err = &abiError{fn: abi.ExportOnRequest, msg: fmt.Sprintf("returned %d, which is not a result code", int32(uint32(code)))}
 	}
 	reason := w.fault(s, inst, phaseRequest, err)
@@ -550,6 +684,9 @@ func (w *Wrapper) verdict(code int32, st *callState) (wrapper.Verdict, bool) {
 // it is for a call that ran out of time.
 func (w *Wrapper) OnResponse(_ context.Context, c *wrapper.Call, r *wrapper.Result) {
 	s := w.pick(c)
+	if s.phases.Load()&abi.PhaseResponse == 0 {
+		return
+	}
 	s.lock(context.Background())
 	inst, _ := w.ready(s)
 	if inst == nil || inst.phases&abi.PhaseResponse == 0 {
@@ -576,7 +713,7 @@ func (w *Wrapper) fault(s *slot, inst *instance, ph phase, err error) string {
 		"err", reason, "on_trap", map[bool]string{true: OnTrapOpen, false: OnTrapClosed}[w.failOpen])
 	w.logger.Debug("wrapper guest failure in full", "instance", s.idx, "err", err)
 	inst.mod.Close(context.Background())
-	s.inst = nil
+	s.setInstance(nil)
 	s.lastErr = reason
 	go func() {
 		defer s.unlock()
@@ -599,7 +736,7 @@ func (w *Wrapper) restart(s *slot) {
 			"err", err, "retry_after", retryDelay)
 		return
 	}
-	s.inst = inst
+	s.setInstance(inst)
 	w.logger.Info("wrapper instance replaced", "instance", s.idx, "took", time.Since(start).Round(time.Microsecond))
 }
 
@@ -619,7 +756,7 @@ func (w *Wrapper) Close(ctx context.Context) error {
 		s.closed = true
 		if s.inst != nil {
 			s.inst.mod.Close(context.Background())
-			s.inst = nil
+			s.setInstance(nil)
 		}
 		s.unlock()
 	}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -67,6 +68,31 @@ func TestEchoSeesTheCall(t *testing.T) {
 	c3.Deadline = time.Now().Add(-time.Second)
 	if got := w.OnRequest(ctx, c3).Header["X-Echo"]; !strings.HasSuffix(got, "|spent") {
 		t.Errorf("spent budget: X-Echo = %q", got)
+	}
+}
+
+// TestGuestClock checks that a guest's wrapper.Now and Budget come from the host's clock, at
+// the start of the guest call, through the call block.
+func TestGuestClock(t *testing.T) {
+	h, _ := newTestHost(t)
+	w := load(t, h, "echo", Options{Config: []byte(`{"clock":true}`)})
+	c := newCall(nil)
+	for range 3 {
+		before := time.Now()
+		v := w.OnRequest(context.Background(), c)
+		after := time.Now()
+		var now, budget int64
+		if _, err := fmt.Sscanf(v.Header["X-Clock"], "%d|%d", &now, &budget); err != nil {
+			t.Fatalf("X-Clock = %q: %v", v.Header["X-Clock"], err)
+		}
+		// The guests' wall clock may lag a step of the system's by a watchdog tick.
+		if t0 := time.Unix(0, now); t0.Before(before.Add(-time.Second)) || t0.After(after.Add(time.Second)) {
+			t.Errorf("the guest's Now is %v, want about %v", t0, before)
+		}
+		if left := time.Duration(budget); left > c.Deadline.Sub(before) || left < c.Deadline.Sub(after) {
+			t.Errorf("the guest's budget is %v, want between %v and %v", left, c.Deadline.Sub(after), c.Deadline.Sub(before))
+		}
+		w.OnResponse(context.Background(), c, &wrapper.Result{Status: 200})
 	}
 }
 
@@ -255,7 +281,7 @@ func TestReplacementBlocksOnlyItsInstance(t *testing.T) {
 	sa := w.pick(a)
 	looped := make(chan wrapper.Verdict)
 	go func() { looped <- w.OnRequest(context.Background(), a) }()
-	waitFor(t, func() bool { return len(sa.sem) == 1 }) // the loop holds its instance
+	waitFor(t, func() bool { return sa.held.Load() == 1 }) // the loop holds its instance
 	for range 5 {
 		if v := w.OnRequest(context.Background(), b); v.Action != wrapper.Continue || v.Header["X-Count"] == "" {
 			t.Fatalf("a call on the other instance: %+v", v)
@@ -275,6 +301,68 @@ func TestReplacementBlocksOnlyItsInstance(t *testing.T) {
 	}
 	if v := <-looped; v.Action != wrapper.Reject || !strings.Contains(v.Message, "time limit of 2s") {
 		t.Errorf("the looping call: %+v", v)
+	}
+}
+
+// TestSlotLock checks the slot's lock: one holder at a time, a waiter that gives up leaves
+// the lock working, and the lock can be released by another goroutine than the one that
+// took it (as a replacement does).
+func TestSlotLock(t *testing.T) {
+	s := newSlot(0)
+	ctx := context.Background()
+	if !s.lock(ctx) {
+		t.Fatal("a free lock was not taken")
+	}
+	// A waiter whose context ends gives up, before and after the lock is handed to it.
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if s.lock(canceled) {
+		t.Fatal("a held lock was taken with a canceled context")
+	}
+	if n := s.held.Load(); n != 1 {
+		t.Fatalf("held = %d after a waiter gave up, want 1", n)
+	}
+	// Many goroutines, each incrementing a plain counter under the lock; some give up.
+	var (
+		wg      sync.WaitGroup
+		counter int
+		gaveUp  atomic.Int64
+	)
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 2000 {
+				lctx := ctx
+				if (i+j)%7 == 0 {
+					c, cancel := context.WithTimeout(ctx, time.Microsecond)
+					defer cancel()
+					lctx = c
+				}
+				if !s.lock(lctx) {
+					gaveUp.Add(1)
+					continue
+				}
+				counter++
+				s.unlock()
+			}
+		})
+	}
+	s.unlock() // from the test's goroutine, as the first holder
+	wg.Wait()
+	if counter+int(gaveUp.Load()) != 8*2000 {
+		t.Errorf("counter %d + %d gave up, want %d calls", counter, gaveUp.Load(), 8*2000)
+	}
+	if n := s.held.Load(); n != 0 || len(s.handoff) != 0 {
+		t.Errorf("after all: held = %d, %d handoffs pending; want a free lock", n, len(s.handoff))
+	}
+	done := make(chan struct{})
+	go func() {
+		s.lock(ctx)
+		close(done)
+	}()
+	<-done
+	go s.unlock() // another goroutine releases it
+	if !s.lock(ctx) {
+		t.Fatal("the lock released by another goroutine was not taken")
 	}
 }
 

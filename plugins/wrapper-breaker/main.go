@@ -30,7 +30,6 @@ package main
 import (
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/microhost/micro/plugins/wrapper-breaker/breaker"
 	"github.com/microhost/micro/sdk/wrapper"
@@ -55,7 +54,7 @@ func init() {
 			return nil
 		},
 		OnRequest: func(r wrapper.Request) wrapper.Result {
-			d := brk.OnRequest(r, time.Now())
+			d := brk.OnRequest(r, wrapper.Now())
 			switch {
 			case d.Allowed:
 				return wrapper.Continue()
@@ -66,7 +65,7 @@ func init() {
 			}
 		},
 		OnResponse: func(r wrapper.Response) {
-			brk.OnResponse(r, time.Now())
+			brk.OnResponse(r, wrapper.Now())
 		},
 	})
 }

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"time"
 
 	"github.com/microhost/micro/plugins/wrapper-ratelimit/limiter"
 	"github.com/microhost/micro/sdk/wrapper"
@@ -41,7 +40,7 @@ func init() {
 			return nil
 		},
 		OnRequest: func(r wrapper.Request) wrapper.Result {
-			d := lim.Check(r, time.Now())
+			d := lim.Check(r, wrapper.Now())
 			if d.Allowed {
 				return wrapper.Continue()
 			}

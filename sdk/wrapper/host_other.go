@@ -10,14 +10,11 @@ type hostABI interface {
 	getConfig(buf []byte) int32
 	getField(f field, buf []byte) int32
 	getHeader(name string, buf []byte) int32
-	getBudget() int64
 	setHeader(name, value string)
 	setReplyHeader(name, value string)
 	setReject(status int32, message string)
-	getStatus() int32
-	getLatency() int64
-	getFault() int32
 	setPhases(mask int32)
+	setCallBlock(b *callBlock)
 	log(level int32, message string)
 	fail(message string)
 }
@@ -35,13 +32,10 @@ func theHost() hostABI {
 func hostGetConfig(buf []byte) int32              { return theHost().getConfig(buf) }
 func hostGetField(f field, buf []byte) int32      { return theHost().getField(f, buf) }
 func hostGetHeader(name string, buf []byte) int32 { return theHost().getHeader(name, buf) }
-func hostGetBudget() int64                        { return theHost().getBudget() }
 func hostSetHeader(name, value string)            { theHost().setHeader(name, value) }
 func hostSetReplyHeader(name, value string)       { theHost().setReplyHeader(name, value) }
 func hostSetReject(status int32, message string)  { theHost().setReject(status, message) }
-func hostGetStatus() int32                        { return theHost().getStatus() }
-func hostGetLatency() int64                       { return theHost().getLatency() }
-func hostGetFault() int32                         { return theHost().getFault() }
 func hostSetPhases(mask int32)                    { theHost().setPhases(mask) }
+func hostSetCallBlock(b *callBlock)               { theHost().setCallBlock(b) }
 func hostLog(level int32, message string)         { theHost().log(level, message) }
 func hostFail(message string)                     { theHost().fail(message) }

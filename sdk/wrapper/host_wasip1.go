@@ -2,6 +2,8 @@
 
 package wrapper
 
+import "unsafe"
+
 // The exports. Their names are abi's Export constants (a test checks that they match).
 
 //go:wasmexport micro_wrapper_abi_v1
@@ -39,9 +41,6 @@ func importGetError(buf *byte, bufCap uint32) int32
 //go:wasmimport micro get_header
 func importGetHeader(name string, buf *byte, bufCap uint32) int32
 
-//go:wasmimport micro get_budget
-func importGetBudget() int64
-
 //go:wasmimport micro set_header
 func importSetHeader(name, value string)
 
@@ -51,17 +50,11 @@ func importSetReplyHeader(name, value string)
 //go:wasmimport micro set_reject
 func importSetReject(status int32, message string)
 
-//go:wasmimport micro get_status
-func importGetStatus() int32
-
-//go:wasmimport micro get_latency
-func importGetLatency() int64
-
-//go:wasmimport micro get_fault
-func importGetFault() int32
-
 //go:wasmimport micro set_phases
 func importSetPhases(mask int32)
+
+//go:wasmimport micro set_call_block
+func importSetCallBlock(b *callBlock, n uint32)
 
 //go:wasmimport micro log
 func importLog(level int32, message string)
@@ -96,14 +89,11 @@ func hostGetHeader(name string, buf []byte) int32 {
 	return importGetHeader(name, p, n)
 }
 
-func hostGetBudget() int64                       { return importGetBudget() }
 func hostSetHeader(name, value string)           { importSetHeader(name, value) }
 func hostSetReplyHeader(name, value string)      { importSetReplyHeader(name, value) }
 func hostSetReject(status int32, message string) { importSetReject(status, message) }
-func hostGetStatus() int32                       { return importGetStatus() }
-func hostGetLatency() int64                      { return importGetLatency() }
-func hostGetFault() int32                        { return importGetFault() }
 func hostSetPhases(mask int32)                   { importSetPhases(mask) }
+func hostSetCallBlock(b *callBlock)              { importSetCallBlock(b, uint32(unsafe.Sizeof(*b))) }
 func hostLog(level int32, message string)        { importLog(level, message) }
 
 func hostFail(message string) {

@@ -29,6 +29,13 @@
 // OnRequest and OnResponse for each call. Calls to one instance never overlap, so a
 // Handler may keep state in plain variables without locks.
 //
+// Every guest call costs, so this package keeps them few: micro hands each OnRequest and
+// OnResponse the time ([Now]), the budget and the outcome in the guest's memory, and a
+// field read once (Service, Endpoint, ...) is read again from the host only when it
+// changed. A wrapper that needs the time should use [Now] rather than time.Now, which
+// costs two WASI host calls (about 200 ns) in a guest. Allocations cost too: a Go guest's
+// garbage collector runs inside the call that triggers it.
+//
 // The wire contract under this package is in abi/wrapper and abi/README.md.
 package wrapper
 
@@ -39,6 +46,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"structs"
 	"time"
 
 	abi "github.com/microhost/micro/abi/wrapper"
@@ -58,7 +66,8 @@ type Request interface {
 	Caller() string
 	// Header returns a request header; names match case-insensitively.
 	Header(name string) (string, bool)
-	// Budget is the call's remaining time. It is very large when the call has no deadline.
+	// Budget is the call's remaining time when micro called the wrapper, at [Now]. It is
+	// very large when the call has no deadline.
 	Budget() time.Duration
 	// SetHeader adds a header to the request, sent on when the call continues. It is valid
 	// during OnRequest only. Names starting with "Micro-" belong to micro and may not be
@@ -128,8 +137,35 @@ type Handler struct {
 var (
 	handler   *Handler
 	handleErr error
-	call      request // the call in progress, reused
 )
+
+// callBlock is the call block of abi.ImportSetCallBlock, which micro fills before each
+// OnRequest and OnResponse. Its layout is abi's CallBlock offsets (a test checks it).
+type callBlock struct {
+	_        structs.HostLayout
+	size     uint32
+	_        uint32
+	now      int64
+	budget   int64
+	latency  int64
+	status   int32
+	fault    int32
+	versions [abi.FieldError + 1]uint64
+}
+
+// block is this instance's call block. Go's garbage collector never moves it.
+var block callBlock
+
+// Now returns the time of the call in progress: micro reads its clock once before it calls
+// OnRequest or OnResponse, and hands that time to the wrapper at no cost, where time.Now
+// costs two WASI host calls. The time is the same throughout the callback; use time.Now to
+// measure the wrapper's own work. In Init, before any call, Now is time.Now.
+func Now() time.Time {
+	if block.size == 0 { // micro fills the block only for calls
+		return time.Now()
+	}
+	return time.Unix(0, block.now)
+}
 
 // Handle registers h as the wrapper's code. Call it once, from an init func of package main.
 // Mistakes (a second call, a nil OnRequest) make micro refuse to load the wrapper, with a
@@ -170,7 +206,11 @@ func DecodeConfig(config []byte, v any) error {
 
 // onInit runs the on_init export.
 func onInit() int32 {
-	defer recoverAsFailure("Init")
+	defer func() {
+		if r := recover(); r != nil {
+			panicked("Init", r)
+		}
+	}()
 	if handleErr != nil {
 		hostFail(handleErr.Error())
 		return 1
@@ -182,6 +222,7 @@ func onInit() int32 {
 	if handler.OnResponse == nil {
 		hostSetPhases(abi.PhaseRequest)
 	}
+	hostSetCallBlock(&block)
 	if handler.Init != nil {
 		if err := handler.Init(readConfig()); err != nil {
 			hostFail(err.Error())
@@ -193,13 +234,16 @@ func onInit() int32 {
 
 // onRequest runs the on_request export.
 func onRequest() int32 {
-	defer recoverAsFailure("OnRequest")
+	defer func() {
+		if r := recover(); r != nil {
+			panicked("OnRequest", r)
+		}
+	}()
 	if handler == nil || handler.OnRequest == nil {
 		hostFail("on_request before a successful on_init")
 		return abi.ResultContinue
 	}
-	call = request{}
-	r := handler.OnRequest(&call)
+	r := handler.OnRequest(request{})
 	if r.action != abi.ResultContinue && (r.status != 0 || r.message != "") {
 		hostSetReject(r.status, r.message)
 	}
@@ -208,58 +252,46 @@ func onRequest() int32 {
 
 // onResponse runs the on_response export.
 func onResponse() {
-	defer recoverAsFailure("OnResponse")
+	defer func() {
+		if r := recover(); r != nil {
+			panicked("OnResponse", r)
+		}
+	}()
 	if handler == nil || handler.OnResponse == nil {
 		return
 	}
-	call = request{}
-	handler.OnResponse(&call)
+	handler.OnResponse(request{})
 }
 
-// recoverAsFailure turns a panic in the wrapper's code into a failure of the guest call,
+// panicked turns a panic in the wrapper's code, what, into a failure of the guest call,
 // with the panic's message; micro then handles it as a trap. It logs the stack first.
-func recoverAsFailure(what string) {
-	r := recover()
-	if r == nil {
-		return
-	}
+func panicked(what string, r any) {
 	msg := fmt.Sprintf("panic in %s: %v", what, r)
 	hostLog(abi.LogError, msg+"\n"+string(debug.Stack()))
 	hostFail(msg)
 }
 
-// The fields of a call that the host writes into a guest buffer.
+// The fields of a call that the host writes into a guest buffer, numbered as abi's
+// Field constants.
 type field int
 
 const (
-	fieldService field = iota
-	fieldEndpoint
-	fieldNode
-	fieldCaller
-	fieldError
+	fieldService  field = abi.FieldService
+	fieldEndpoint field = abi.FieldEndpoint
+	fieldNode     field = abi.FieldNode
+	fieldCaller   field = abi.FieldCaller
+	fieldError    field = abi.FieldError
 )
 
-// request implements Request and Response over the host functions. It caches the fields it
-// has read, since they do not change during a call.
-type request struct {
-	have                            uint8 // bit i set: the field i is cached
-	service, endpoint, node, caller string
-}
+// request implements Request and Response over the call block and the host functions.
+type request struct{}
 
-func (r *request) field(f field, cached *string) string {
-	if r.have&(1<<f) == 0 {
-		*cached = readField(f)
-		r.have |= 1 << f
-	}
-	return *cached
-}
+func (request) Service() string  { return cachedField(fieldService) }
+func (request) Endpoint() string { return cachedField(fieldEndpoint) }
+func (request) Node() string     { return cachedField(fieldNode) }
+func (request) Caller() string   { return cachedField(fieldCaller) }
 
-func (r *request) Service() string  { return r.field(fieldService, &r.service) }
-func (r *request) Endpoint() string { return r.field(fieldEndpoint, &r.endpoint) }
-func (r *request) Node() string     { return r.field(fieldNode, &r.node) }
-func (r *request) Caller() string   { return r.field(fieldCaller, &r.caller) }
-
-func (r *request) Header(name string) (string, bool) {
+func (request) Header(name string) (string, bool) {
 	for {
 		n := hostGetHeader(name, scratch)
 		if n < 0 {
@@ -272,37 +304,49 @@ func (r *request) Header(name string) (string, bool) {
 	}
 }
 
-func (r *request) Budget() time.Duration        { return time.Duration(hostGetBudget()) }
-func (r *request) SetHeader(name, value string) { hostSetHeader(name, value) }
-func (r *request) Status() int                  { return int(hostGetStatus()) }
-func (r *request) Err() string                  { return readField(fieldError) }
-func (r *request) Latency() time.Duration       { return time.Duration(hostGetLatency()) }
-func (r *request) Fault() bool                  { return hostGetFault() != 0 }
+func (request) Budget() time.Duration        { return time.Duration(block.budget) }
+func (request) SetHeader(name, value string) { hostSetHeader(name, value) }
+func (request) Status() int                  { return int(block.status) }
+func (request) Err() string                  { return cachedField(fieldError) }
+func (request) Latency() time.Duration       { return time.Duration(block.latency) }
+func (request) Fault() bool                  { return block.fault != 0 }
 
 // scratch is the buffer the host writes values into; it grows to the largest value read.
 var scratch = make([]byte, 256)
 
-// readField reads one of the call's string fields.
+// The fields read so far: fieldValue[f] was read when the call block's version of f was
+// fieldVersion[f]. micro changes the version whenever the value changes, and never uses 0.
+var (
+	fieldValue   [fieldError + 1]string
+	fieldVersion [fieldError + 1]uint64
+)
+
+// cachedField returns one of the call's string fields, from the host only when it changed
+// since it was last read. It is small enough to be inlined.
+func cachedField(f field) string {
+	if block.versions[f] == fieldVersion[f] {
+		return fieldValue[f]
+	}
+	return readField(f)
+}
+
+// readField reads one of the call's string fields from the host, and caches it.
 func readField(f field) string {
 	for {
 		n := hostGetField(f, scratch)
 		if n <= 0 {
-			return ""
+			fieldValue[f] = ""
+			break
 		}
 		if int(n) <= len(scratch) {
-			// Most calls repeat the last call's values: reuse its string rather than
-			// allocate an equal one.
-			if b := scratch[:n]; string(b) != lastField[f] {
-				lastField[f] = string(b)
-			}
-			return lastField[f]
+			fieldValue[f] = string(scratch[:n])
+			break
 		}
 		scratch = make([]byte, n)
 	}
+	fieldVersion[f] = block.versions[f]
+	return fieldValue[f]
 }
-
-// lastField holds the last value read of each field.
-var lastField [fieldError + 1]string
 
 // lastHeaders holds the last header values read, for internHeader; next is the entry to
 // replace.
@@ -346,14 +390,11 @@ func readConfig() []byte {
 //	hostGetConfig(buf []byte) int32
 //	hostGetField(f field, buf []byte) int32
 //	hostGetHeader(name string, buf []byte) int32
-//	hostGetBudget() int64
 //	hostSetHeader(name, value string)
 //	hostSetReplyHeader(name, value string)
 //	hostSetReject(status int32, message string)
-//	hostGetStatus() int32
-//	hostGetLatency() int64
-//	hostGetFault() int32
 //	hostSetPhases(mask int32)
+//	hostSetCallBlock(b *callBlock)
 //	hostLog(level int32, message string)
 //	hostFail(message string) // does not return
 //

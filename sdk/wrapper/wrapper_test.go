@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	abi "github.com/microhost/micro/abi/wrapper"
 )
@@ -21,6 +22,7 @@ type fake struct {
 	config      string
 	fields      [fieldError + 1]string
 	headers     map[string]string
+	now         time.Time
 	budget      int64
 	status      int32
 	latency     int64
@@ -29,10 +31,35 @@ type fake struct {
 	setReply    [][2]string
 	rejected    *[2]any
 	phases      int32
+	block       *callBlock
+	seen        [fieldError + 1]string // the fields as the block's versions last saw them
 	logs        []string
 	getCalls    int // calls of getField and getHeader
 	failMessage string
 }
+
+// fill writes the call block as micro does before a guest call: the fields of the response
+// only in on_response, and a new version of each field that changed since the last call.
+func (f *fake) fill(response bool) {
+	b := f.block
+	*b = callBlock{size: 80, now: f.now.UnixNano(), budget: f.budget, versions: b.versions}
+	if response {
+		b.latency, b.status, b.fault = f.latency, f.status, f.fault
+	}
+	for i, v := range f.fields {
+		if i == int(fieldError) && !response {
+			v = ""
+		}
+		if v != f.seen[i] || b.versions[i] == 0 {
+			f.seen[i] = v
+			b.versions[i]++
+		}
+	}
+}
+
+// request plays micro's on_request, response its on_response.
+func (f *fake) request() int32 { f.fill(false); return onRequest() }
+func (f *fake) response()      { f.fill(true); onResponse() }
 
 func (f *fake) write(v string, buf []byte) int32 {
 	f.getCalls++
@@ -52,14 +79,11 @@ func (f *fake) getHeader(name string, buf []byte) int32 {
 	}
 	return abi.HeaderAbsent
 }
-func (f *fake) getBudget() int64                   { return f.budget }
 func (f *fake) setHeader(n, v string)              { f.setHeaders = append(f.setHeaders, [2]string{n, v}) }
 func (f *fake) setReplyHeader(n, v string)         { f.setReply = append(f.setReply, [2]string{n, v}) }
 func (f *fake) setReject(status int32, msg string) { f.rejected = &[2]any{status, msg} }
-func (f *fake) getStatus() int32                   { return f.status }
-func (f *fake) getLatency() int64                  { return f.latency }
-func (f *fake) getFault() int32                    { return f.fault }
 func (f *fake) setPhases(mask int32)               { f.phases = mask }
+func (f *fake) setCallBlock(b *callBlock)          { f.block = b }
 func (f *fake) log(level int32, msg string)        { f.logs = append(f.logs, msg) }
 
 // fail ends the goroutine of the guest call: as the real host, which unwinds the guest's
@@ -70,10 +94,11 @@ func (f *fake) fail(msg string) { f.failMessage = msg; runtime.Goexit() }
 // and on_init's failure message, or "".
 func start(t *testing.T, config string, h Handler) (*fake, string) {
 	t.Helper()
-	handler, handleErr, call = nil, nil, request{}
-	lastField, lastHeaders, nextHeader = [fieldError + 1]string{}, [4]struct{ name, value string }{}, 0
+	handler, handleErr, block = nil, nil, callBlock{}
+	fieldValue, fieldVersion = [fieldError + 1]string{}, [fieldError + 1]uint64{}
+	lastHeaders, nextHeader = [4]struct{ name, value string }{}, 0
 	scratch = make([]byte, 256)
-	f := &fake{config: config, phases: abi.PhaseRequest | abi.PhaseResponse, headers: map[string]string{}}
+	f := &fake{config: config, phases: abi.PhaseRequest | abi.PhaseResponse, headers: map[string]string{}, now: time.Now()}
 	fakeHost = f
 	t.Cleanup(func() { fakeHost = nil })
 	Handle(h)
@@ -195,7 +220,7 @@ func TestRequest(t *testing.T) {
 	f.fields = [fieldError + 1]string{"greeter", "Greeter.Hello", "node-1", strings.Repeat("c", 300), "refused"}
 	f.headers["X-Test"] = "go"
 	f.budget = int64(3 * time.Second)
-	if code := onRequest(); code != abi.ResultContinue || f.rejected != nil {
+	if code := f.request(); code != abi.ResultContinue || f.rejected != nil {
 		t.Errorf("continue: code %d, rejected %v", code, f.rejected)
 	}
 	want := []string{"greeter", "Greeter.Hello", "node-1", strings.Repeat("c", 300), "go", "greeter"}
@@ -210,28 +235,28 @@ func TestRequest(t *testing.T) {
 	}
 	f.status, f.latency, f.fault = 2, int64(time.Millisecond), 1
 	seen = nil
-	onResponse()
+	f.response()
 	if !slices.Equal(seen, []string{"refused", "2ns", "1ms", "true"}) {
 		t.Errorf("the response: %q", seen)
 	}
 	f.status, f.fault = 404, 0
 	seen = nil
-	onResponse()
+	f.response()
 	if !slices.Equal(seen, []string{"refused", "404ns", "1ms", "false"}) {
 		t.Errorf("a response that is no fault: %q", seen)
 	}
 
 	f.headers["X-Test"] = "reject"
-	if code := onRequest(); code != abi.ResultReject || *f.rejected != [2]any{int32(429), "slow down"} ||
+	if code := f.request(); code != abi.ResultReject || *f.rejected != [2]any{int32(429), "slow down"} ||
 		!slices.Equal(f.setReply, [][2]string{{"Retry-After", "2"}}) {
 		t.Errorf("reject: code %d, %v, reply headers %v", code, f.rejected, f.setReply)
 	}
 	f.headers["X-Test"] = "node"
-	if code := onRequest(); code != abi.ResultRejectNode || *f.rejected != [2]any{int32(0), "not you"} {
+	if code := f.request(); code != abi.ResultRejectNode || *f.rejected != [2]any{int32(0), "not you"} {
 		t.Errorf("reject node: code %d, %v", code, f.rejected)
 	}
 	f.headers["X-Test"] = "panic"
-	if fail := guestCall(func() { onRequest() }); fail != "panic in OnRequest: boom" {
+	if fail := guestCall(func() { f.request() }); fail != "panic in OnRequest: boom" {
 		t.Errorf("panic: %q", fail)
 	}
 	if len(f.logs) == 0 || !strings.Contains(f.logs[len(f.logs)-1], "goroutine") {
@@ -249,14 +274,14 @@ func TestInterning(t *testing.T) {
 	}})
 	f.fields[fieldService] = "greeter"
 	f.headers["X-Key"] = "k1"
-	onRequest()
-	if allocs := testing.AllocsPerRun(100, func() { onRequest() }); allocs != 0 {
+	f.request()
+	if allocs := testing.AllocsPerRun(100, func() { f.request() }); allocs != 0 {
 		t.Errorf("%v allocations per call with repeated values, want 0", allocs)
 	}
 	f.fields[fieldService] = "billing"
 	var got string
 	handler.OnRequest = func(r Request) Result { got = r.Service(); return Continue() }
-	onRequest()
+	f.request()
 	if got != "billing" {
 		t.Errorf("a changed value: %q", got)
 	}
@@ -290,10 +315,12 @@ func TestABINames(t *testing.T) {
 	if len(exports) > 0 {
 		t.Errorf("host_wasip1.go exports names that abi does not know: %v", exports)
 	}
+	// What the package imports: the budget, status, latency and fault come in the call
+	// block instead of from get_budget, get_status, get_latency and get_fault.
 	known := map[string]bool{}
 	for _, name := range []string{abi.ImportGetConfig, abi.ImportGetService, abi.ImportGetEndpoint, abi.ImportGetNode,
-		abi.ImportGetCaller, abi.ImportGetHeader, abi.ImportGetBudget, abi.ImportSetHeader, abi.ImportSetReplyHeader,
-		abi.ImportSetReject, abi.ImportGetStatus, abi.ImportGetError, abi.ImportGetLatency, abi.ImportGetFault, abi.ImportSetPhases,
+		abi.ImportGetCaller, abi.ImportGetHeader, abi.ImportSetHeader, abi.ImportSetReplyHeader,
+		abi.ImportSetReject, abi.ImportGetError, abi.ImportSetPhases, abi.ImportSetCallBlock,
 		abi.ImportLog, abi.ImportFail} {
 		known[name] = true
 	}
@@ -304,6 +331,89 @@ func TestABINames(t *testing.T) {
 	for _, m := range imports {
 		if m[1] != abi.ModuleName || !known[m[2]] {
 			t.Errorf("host_wasip1.go imports %s.%s, which abi does not define", m[1], m[2])
+		}
+	}
+}
+
+// TestCallBlockLayout checks that callBlock is laid out as abi's CallBlock offsets say.
+func TestCallBlockLayout(t *testing.T) {
+	var b callBlock
+	for _, tc := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"size", unsafe.Offsetof(b.size), abi.CallBlockSize},
+		{"now", unsafe.Offsetof(b.now), abi.CallBlockNow},
+		{"budget", unsafe.Offsetof(b.budget), abi.CallBlockBudget},
+		{"latency", unsafe.Offsetof(b.latency), abi.CallBlockLatency},
+		{"status", unsafe.Offsetof(b.status), abi.CallBlockStatus},
+		{"fault", unsafe.Offsetof(b.fault), abi.CallBlockFault},
+		{"versions", unsafe.Offsetof(b.versions), abi.CallBlockVersions},
+		{"the block", unsafe.Sizeof(b), abi.CallBlockLen},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s at %d, want %d", tc.name, tc.got, tc.want)
+		}
+	}
+}
+
+// TestNow checks that Now is the time micro put in the call block during calls, and the
+// clock in Init.
+func TestNow(t *testing.T) {
+	var inInit, inRequest, inResponse time.Time
+	before := time.Now()
+	f, fail := start(t, "", Handler{
+		Init:       func([]byte) error { inInit = Now(); return nil },
+		OnRequest:  func(Request) Result { inRequest = Now(); return Continue() },
+		OnResponse: func(Response) { inResponse = Now() },
+	})
+	if fail != "" {
+		t.Fatal(fail)
+	}
+	if inInit.Before(before) || inInit.After(time.Now()) {
+		t.Errorf("Now in Init = %v, want the clock (between %v and now)", inInit, before)
+	}
+	if f.block != &block {
+		t.Fatalf("on_init registered %p as the call block, want %p", f.block, &block)
+	}
+	f.now = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	f.request()
+	f.now = f.now.Add(time.Millisecond)
+	f.response()
+	if want := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC); !inRequest.Equal(want) || !inResponse.Equal(want.Add(time.Millisecond)) {
+		t.Errorf("Now in OnRequest %v, in OnResponse %v; want the block's %v and %v", inRequest, inResponse, want, want.Add(time.Millisecond))
+	}
+}
+
+// TestFieldVersions checks that a field is read from the host again exactly when its
+// version in the call block changes.
+func TestFieldVersions(t *testing.T) {
+	var got []string
+	f, _ := start(t, "", Handler{
+		OnRequest:  func(r Request) Result { got = append(got, r.Service(), r.Node()); return Continue() },
+		OnResponse: func(r Response) { got = append(got, r.Err(), r.Node()) },
+	})
+	f.fields[fieldService], f.fields[fieldNode] = "greeter", "n1"
+	calls := func() int { n := f.getCalls; f.getCalls = 0; return n }
+	for _, step := range []struct {
+		do    func()
+		want  []string
+		reads int
+	}{
+		{func() { f.request() }, []string{"greeter", "n1"}, 2},
+		{func() { f.response() }, []string{"", "n1"}, 1},
+		{func() { f.request() }, []string{"greeter", "n1"}, 0},
+		{func() { f.fields[fieldNode] = "n2"; f.request() }, []string{"greeter", "n2"}, 1},
+		{func() { f.fields[fieldError] = "refused"; f.response() }, []string{"refused", "n2"}, 1},
+		{func() { f.response() }, []string{"refused", "n2"}, 0},
+		{func() { f.request() }, []string{"greeter", "n2"}, 0},
+		{func() { f.response() }, []string{"refused", "n2"}, 1}, // on_request's empty error came between
+		{func() { f.fields[fieldNode] = "n1"; f.request() }, []string{"greeter", "n1"}, 1},
+	} {
+		got = nil
+		step.do()
+		if n := calls(); !slices.Equal(got, step.want) || n != step.reads {
+			t.Errorf("got %q with %d host reads, want %q with %d", got, n, step.want, step.reads)
 		}
 	}
 }

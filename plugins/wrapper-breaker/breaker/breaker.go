@@ -1,19 +1,40 @@
 // Package breaker is the logic of micro's circuit-breaker wrapper: one breaker per node and
-// endpoint, per node or per service, each closed, open or half-open, built on
-// sony/gobreaker's two-step breaker.
+// endpoint, per node or per service, each closed, open or half-open, as sony/gobreaker's
+// two-step breaker is, and on the call's time.
 //
 // A breaker trips when, over a rolling interval, the failure ratio reaches failure_ratio
 // after at least min_requests outcomes, or when consecutive_failures calls in a row fail.
 // It then rejects calls for cooldown, after which it is half-open and lets half_open_max
 // probe calls through: that many successes close it, one failure opens it again.
 //
-// It is plain Go with no dependency on the WebAssembly SDK, so it is tested on the host;
-// the wrapper's main package glues it to sdk/wrapper. Breakers is not safe for concurrent
-// use: the wrapper host serializes calls into one guest instance.
+// It reads calls and outcomes as sdk/wrapper's Request and Response, which work on the
+// host too, so it is tested there with calls that the tests make up; the wrapper's main
+// package glues it to sdk/wrapper's Handler. It takes those interfaces as they are rather
+// than interfaces of its own, because converting a Request to another interface type costs
+// a runtime itab lookup per call in a guest (Go caches type assertions only on native
+// architectures), over 50 ns, and a generic method call through a dictionary costs about
+// 15 ns more than an interface call. Breakers is not safe for concurrent use: the wrapper
+// host serializes calls into one guest instance.
+//
+// # The clock, and gobreaker
+//
+// Every method takes the time of the call, which the wrapper has from micro at no cost
+// (wrapper.Now), and reads no clock itself. sony/gobreaker cannot be given a clock: its
+// breaker calls time.Now when it allows a call, when it takes an outcome and when it is
+// asked its state, and its two-step Allow makes a closure per call. In a Go guest, a
+// time.Now is two WASI host calls (about 200 ns) and an allocation costs its share of the
+// guest's garbage collections; with them a call through the breaker cost 5.3 µs. So this
+// package runs gobreaker's state machine itself, on the call's time, with gobreaker's
+// State and Counts and its semantics: generations that drop the outcomes of calls allowed
+// before a change of state, a closed state that counts outcomes over a rolling window of
+// buckets (by the bucket of the call's start; a run of failures counts the failures of
+// the run still in the window), excluded outcomes that count as neither
+// success nor failure (and free a half-open probe's place), half_open_max probes, and a
+// trip rule that reads Counts.
 //
 // # What fails
 //
-// Only the node's faults fail, as micro reports them (Outcome.Fault): the node could not
+// Only the node's faults fail, as micro reports them (wrapper.Response.Fault): the node could not
 // be reached, it timed out, or its app answered with a 5xx on its own. failure_statuses,
 // when set, narrows the faults that fail to those with a listed status (each a 5xx) and
 // those that got no answer (status 0); it never makes an outcome fail that is not a
@@ -33,9 +54,11 @@
 //
 // # Matching a response to its request
 //
-// A two-step breaker hands out a done callback per allowed call, to be called with the
-// call's outcome; the callback belongs to the breaker's generation (a closed period, a
-// half-open period), and an outcome reported for an older generation is ignored. The
+// A breaker hands out a ticket per allowed call, as gobreaker's two-step breaker hands out
+// a done callback, to go with the call's outcome; the ticket belongs to the breaker's
+// generation (a closed period, a half-open period) and to a bucket of the closed state's
+// window, and an outcome reported for an older generation, or for a bucket that has left
+// the window, is ignored. The
 // wrapper ABI gives no call ID that would tie on_response to its on_request, so Breakers
 // keeps, per key, the allowed calls still waiting for their outcome with the time each was
 // allowed, and gives an outcome to the pending call whose start is nearest to the outcome's
@@ -55,10 +78,12 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sort"
 	"time"
+	"unsafe"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/microhost/micro/sdk/wrapper"
 )
 
 // The values of Config.Key.
@@ -201,30 +226,6 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Call is what Breakers reads of a call before it goes on; sdk/wrapper's Request
-// satisfies it.
-type Call interface {
-	Service() string
-	Endpoint() string
-	Node() string
-	// Budget is the time the call has left.
-	Budget() time.Duration
-}
-
-// Outcome is what Breakers reads of a call's result; sdk/wrapper's Response satisfies it.
-type Outcome interface {
-	Call
-	// Status is the HTTP status, or 0 when no answer came (a connect error, a timeout).
-	Status() int
-	// Err says why no answer came (a connect error, a timeout, a rejection by a later
-	// wrapper), or is "" when one came.
-	Err() string
-	// Latency is how long the call took.
-	Latency() time.Duration
-	// Fault reports whether the outcome counts against the node.
-	Fault() bool
-}
-
 // Decision is the verdict of Breakers on one call.
 type Decision struct {
 	// Allowed reports whether the call may go on.
@@ -245,12 +246,42 @@ type StateChange func(name string, from, to gobreaker.State)
 
 // Breakers holds one breaker per key.
 type Breakers struct {
-	cfg      Config
-	failing  map[int]bool // nil: every fault
-	onChange StateChange
+	rules
 
 	entries map[key]*list.Element // of *entry
 	lru     list.List             // front is most recently used
+	// last is the entry of the last call, found without a map lookup when the next call
+	// has the same key, as most do. It is at the front of lru.
+	last *entry
+}
+
+// rules is what every breaker of a Breakers follows.
+type rules struct {
+	cfg      Config
+	kind     keyKind
+	failing  map[int]bool // nil: every fault
+	onChange StateChange
+	period   int64 // of a bucket of the rolling window, in nanoseconds
+}
+
+// keyKind is Config.Key as a number, quicker to switch on.
+type keyKind int
+
+const (
+	kindNodeEndpoint keyKind = iota
+	kindNode
+	kindService
+)
+
+// kindOf returns the keyKind of a valid Config.Key.
+func kindOf(k string) keyKind {
+	switch k {
+	case KeyService:
+		return kindService
+	case KeyNode:
+		return kindNode
+	}
+	return kindNodeEndpoint
 }
 
 // key identifies a breaker. Only the fields of the config's Key are set.
@@ -259,28 +290,29 @@ type key struct{ node, endpoint, service string }
 // entry is one key's breaker and its calls waiting for an outcome.
 type entry struct {
 	key     key
-	cb      *gobreaker.TwoStepCircuitBreaker[struct{}]
+	circuit circuit
 	pending []pending // in the order allowed
-	// nextExpiry is the earliest expiry in pending, or zero when there is none.
-	nextExpiry time.Time
+	// nextExpiry is the earliest expiry in pending, or 0 when there is none.
+	nextExpiry int64
 }
 
-// pending is an allowed call waiting for its outcome.
+// pending is an allowed call waiting for its outcome. Times are in nanoseconds since the
+// Unix epoch.
 type pending struct {
-	start   time.Time
-	expires time.Time
-	done    func(error)
+	start   int64
+	expires int64
+	ticket  ticket
 }
 
-var (
-	// errFailed is the outcome of a failed call.
-	errFailed = errors.New("call failed")
-	// errNoOutcome is the outcome of a call whose outcome never came: excluded from the
-	// counts.
-	errNoOutcome = errors.New("no outcome")
-	// errNoAnswer is the outcome of a call that got no answer through no fault of the
-	// node's: excluded from the counts.
-	errNoAnswer = errors.New("no answer, not the node's fault")
+// outcome is what a call's outcome counts as.
+type outcome int
+
+const (
+	success outcome = iota
+	failure
+	// excluded is an outcome that counts as neither success nor failure: no answer
+	// through no fault of the node's, or no outcome at all.
+	excluded
 )
 
 // New returns Breakers for a config, or an error naming the fields that are wrong.
@@ -290,9 +322,15 @@ func New(c Config, onChange StateChange) (*Breakers, error) {
 		return nil, err
 	}
 	b := &Breakers{
-		cfg:      c,
-		onChange: onChange,
-		entries:  make(map[key]*list.Element),
+		rules: rules{
+			cfg:      c,
+			kind:     kindOf(c.Key),
+			onChange: onChange,
+			// A rolling window of buckets: outcomes leave it a bucket at a time, and a
+			// breaker's generation changes only with its state.
+			period: max(int64(c.Interval)/buckets, 1),
+		},
+		entries: make(map[key]*list.Element),
 	}
 	if len(c.FailureStatuses) > 0 {
 		b.failing = make(map[int]bool, len(c.FailureStatuses))
@@ -303,23 +341,39 @@ func New(c Config, onChange StateChange) (*Breakers, error) {
 	return b, nil
 }
 
-// key returns the key of a call's breaker.
-func (b *Breakers) key(c Call) key {
-	switch b.cfg.Key {
-	case KeyService:
-		return key{service: c.Service()}
-	case KeyNode:
-		return key{node: c.Node()}
+// requestKey returns the fields of a call that make its breaker's key: those of the
+// config's Key, the others empty.
+func (r *rules) requestKey(c wrapper.Request) (node, endpoint, service string) {
+	switch r.kind {
+	case kindService:
+		return "", "", c.Service()
+	case kindNode:
+		return c.Node(), "", ""
 	}
-	return key{node: c.Node(), endpoint: c.Endpoint()}
+	return c.Node(), c.Endpoint(), ""
+}
+
+// find returns the entry of the breaker with the key of these fields, making it when there
+// is none and create is set. It compares them with the last entry's key first, as most
+// calls have the last call's key; that comparison is inlined where find is called.
+func (b *Breakers) find(node, endpoint, service string, create bool) *entry {
+	if l := b.last; l != nil && l.key.is(node, endpoint, service) {
+		return l
+	}
+	return b.lookup(key{node: node, endpoint: endpoint, service: service}, create)
+}
+
+// is reports whether k has these fields.
+func (k *key) is(node, endpoint, service string) bool {
+	return same(k.node, node) && same(k.endpoint, endpoint) && same(k.service, service)
 }
 
 // name says what the breaker of k is for, in messages and logs.
-func (b *Breakers) name(k key) string {
-	switch b.cfg.Key {
-	case KeyService:
+func (r *rules) name(k key) string {
+	switch r.kind {
+	case kindService:
 		return "service " + k.service
-	case KeyNode:
+	case kindNode:
 		return "node " + k.node
 	}
 	return "node " + k.node + ", endpoint " + k.endpoint
@@ -327,97 +381,145 @@ func (b *Breakers) name(k key) string {
 
 // OnRequest decides about a call at time now: it goes on unless its key's breaker is open,
 // or half-open with its probes all in flight.
-func (b *Breakers) OnRequest(c Call, now time.Time) Decision {
-	k := b.key(c)
-	e := b.entry(k, true)
-	e.expire(now)
-	done, err := e.cb.Allow()
-	if err != nil {
-		d := Decision{NodeOnly: b.cfg.Key != KeyService}
-		if !d.NodeOnly {
-			d.Status = 503
-		}
-		if errors.Is(err, gobreaker.ErrTooManyRequests) {
-			d.Message = fmt.Sprintf("breaker half-open for %s; its probes are in flight", b.name(k))
-		} else {
-			d.Message = "breaker open for " + b.name(k)
-		}
-		return d
+func (b *Breakers) OnRequest(c wrapper.Request, now time.Time) Decision {
+	t := now.UnixNano()
+	// requestKey and the check of the last entry, inlined: in a guest each call costs.
+	var node, endpoint, service string
+	switch b.kind {
+	case kindService:
+		service = c.Service()
+	case kindNode:
+		node = c.Node()
+	default:
+		node, endpoint = c.Node(), c.Endpoint()
+	}
+	e := b.last
+	if e == nil || !e.key.is(node, endpoint, service) {
+		e = b.find(node, endpoint, service, true)
+	}
+	if e.overdue(t) {
+		e.expire(&b.rules, t)
+	}
+	tk, state := e.circuit.allow(&b.rules, e, t)
+	if tk.gen == 0 {
+		return b.rejection(e.key, state)
 	}
 	wait := min(max(c.Budget(), 0), maxPendingWait)
-	p := pending{start: now, expires: now.Add(wait + pendingGrace), done: done}
+	p := pending{start: t, expires: t + int64(wait+pendingGrace), ticket: tk}
 	if len(e.pending) >= maxPending {
 		// Outcomes are being lost: give up on the older half at once, so that a steady
 		// loss costs one copy per maxPending/2 calls, not one per call.
 		for _, p := range e.pending[:maxPending/2] {
-			p.done(errNoOutcome)
+			e.circuit.record(&b.rules, e, p.ticket, excluded, t)
 		}
 		e.pending = slices.Delete(e.pending, 0, maxPending/2)
 	}
 	e.pending = append(e.pending, p)
-	if e.nextExpiry.IsZero() || p.expires.Before(e.nextExpiry) {
+	if e.nextExpiry == 0 || p.expires < e.nextExpiry {
 		e.nextExpiry = p.expires
 	}
 	return Decision{Allowed: true}
 }
 
-// OnResponse records the outcome of a call that OnRequest allowed, at time now.
-func (b *Breakers) OnResponse(o Outcome, now time.Time) {
-	e := b.entry(b.key(o), false)
-	if e == nil {
-		return // dropped since, or never allowed here
+// rejection is the Decision for a call refused by the breaker of k, open or half-open.
+func (b *Breakers) rejection(k key, state gobreaker.State) Decision {
+	d := Decision{NodeOnly: b.kind != kindService}
+	if !d.NodeOnly {
+		d.Status = 503
 	}
-	e.expire(now)
+	if state == gobreaker.StateHalfOpen {
+		d.Message = fmt.Sprintf("breaker half-open for %s; its probes are in flight", b.name(k))
+	} else {
+		d.Message = "breaker open for " + b.name(k)
+	}
+	return d
+}
+
+// OnResponse records the outcome of a call that OnRequest allowed, at time now.
+func (b *Breakers) OnResponse(o wrapper.Response, now time.Time) {
+	// requestKey and the check of the last entry, inlined: in a guest each call costs.
+	var node, endpoint, service string
+	switch b.kind {
+	case kindService:
+		service = o.Service()
+	case kindNode:
+		node = o.Node()
+	default:
+		node, endpoint = o.Node(), o.Endpoint()
+	}
+	e := b.last
+	if e == nil || !e.key.is(node, endpoint, service) {
+		if e = b.find(node, endpoint, service, false); e == nil {
+			return // dropped since, or never allowed here
+		}
+	}
+	t := now.UnixNano()
+	if e.overdue(t) {
+		e.expire(&b.rules, t)
+	}
 	if len(e.pending) == 0 {
 		return
 	}
-	i := nearest(e.pending, now.Add(-o.Latency()))
-	done := e.pending[i].done
-	e.pending = slices.Delete(e.pending, i, i+1)
-	done(b.judge(o))
+	i := nearest(e.pending, t-int64(o.Latency()))
+	tk := e.pending[i].ticket
+	if i < len(e.pending)-1 {
+		copy(e.pending[i:], e.pending[i+1:])
+	}
+	e.pending = e.pending[:len(e.pending)-1]
+	// What the outcome counts as (see the package doc): a failure when it is the node's
+	// fault (narrowed by failure_statuses), nothing when no answer came otherwise.
+	verdict := success
+	s, fault := o.Status(), o.Fault()
+	switch {
+	case fault && (b.failing == nil || s == 0 || b.failing[s]):
+		verdict = failure
+	case !fault && (s == 0 || o.Err() != ""):
+		verdict = excluded
+	}
+	e.circuit.record(&b.rules, e, tk, verdict, t)
 }
 
-// State returns the state of the breaker of a call; a call with no breaker yet is closed.
-func (b *Breakers) State(c Call) gobreaker.State {
-	if e := b.entry(b.key(c), false); e != nil {
-		return e.cb.State()
+// State returns the state at time now of the breaker of a call; a call with no breaker
+// yet is closed.
+func (b *Breakers) State(c wrapper.Request, now time.Time) gobreaker.State {
+	node, endpoint, service := b.requestKey(c)
+	if e := b.find(node, endpoint, service, false); e != nil {
+		e.circuit.advance(&b.rules, e, now.UnixNano())
+		return e.circuit.state
 	}
 	return gobreaker.StateClosed
+}
+
+// Counts returns the counts at time now of the breaker of a call: those of the rolling
+// window when it is closed, of the generation otherwise.
+func (b *Breakers) Counts(c wrapper.Request, now time.Time) gobreaker.Counts {
+	node, endpoint, service := b.requestKey(c)
+	if e := b.find(node, endpoint, service, false); e != nil {
+		e.circuit.advance(&b.rules, e, now.UnixNano())
+		return e.circuit.counts
+	}
+	return gobreaker.Counts{}
 }
 
 // Len returns how many keys have a breaker.
 func (b *Breakers) Len() int { return len(b.entries) }
 
 // Pending returns how many allowed calls with the breaker of c wait for their outcome.
-func (b *Breakers) Pending(c Call) int {
-	if e := b.entry(b.key(c), false); e != nil {
+func (b *Breakers) Pending(c wrapper.Request) int {
+	node, endpoint, service := b.requestKey(c)
+	if e := b.find(node, endpoint, service, false); e != nil {
 		return len(e.pending)
 	}
 	return 0
 }
 
-// judge returns what an outcome counts as (see the package doc): errFailed for a failure,
-// nil for a success, errNoAnswer for neither.
-func (b *Breakers) judge(o Outcome) error {
-	s := o.Status()
-	switch {
-	case o.Fault():
-		if b.failing == nil || s == 0 || b.failing[s] {
-			return errFailed
-		}
-		return nil
-	case s == 0 || o.Err() != "":
-		return errNoAnswer
-	}
-	return nil
-}
-
-// entry returns k's entry, making it (and dropping the least recently used entry past
+// lookup returns k's entry, making it (and dropping the least recently used entry past
 // MaxKeys) when there is none and create is set.
-func (b *Breakers) entry(k key, create bool) *entry {
+func (b *Breakers) lookup(k key, create bool) *entry {
 	if el, ok := b.entries[k]; ok {
 		b.lru.MoveToFront(el)
-		return el.Value.(*entry)
+		b.last = el.Value.(*entry)
+		return b.last
 	}
 	if !create {
 		return nil
@@ -427,53 +529,32 @@ func (b *Breakers) entry(k key, create bool) *entry {
 		delete(b.entries, oldest.Value.(*entry).key)
 		b.lru.Remove(oldest)
 	}
-	e := &entry{key: k, cb: gobreaker.NewTwoStepCircuitBreaker[struct{}](b.settings(b.name(k)))}
-	b.entries[k] = b.lru.PushFront(e)
-	return e
+	b.last = &entry{key: k}
+	b.entries[k] = b.lru.PushFront(b.last)
+	return b.last
 }
 
-// settings returns gobreaker's settings for the breaker called name.
-func (b *Breakers) settings(name string) gobreaker.Settings {
-	c := b.cfg
-	s := gobreaker.Settings{
-		Name:        name,
-		MaxRequests: uint32(c.HalfOpenMax),
-		Interval:    time.Duration(c.Interval),
-		Timeout:     time.Duration(c.Cooldown),
-		ReadyToTrip: func(n gobreaker.Counts) bool {
-			if c.ConsecutiveFailures > 0 && n.ConsecutiveFailures >= uint32(c.ConsecutiveFailures) {
-				return true
-			}
-			outcomes := n.TotalSuccesses + n.TotalFailures
-			return c.FailureRatio > 0 && outcomes >= uint32(c.MinRequests) &&
-				float64(n.TotalFailures) >= c.FailureRatio*float64(outcomes)
-		},
-		IsExcluded: func(err error) bool { return errors.Is(err, errNoOutcome) || errors.Is(err, errNoAnswer) },
-	}
-	// A rolling window: outcomes leave it a bucket at a time, and the breaker's
-	// generation (which drops the outcomes of calls in flight) changes only with its
-	// state. A single fixed window would start a new generation at each interval.
-	if period := time.Duration(c.Interval) / buckets; period > 0 {
-		s.BucketPeriod = period
-	}
-	if b.onChange != nil {
-		s.OnStateChange = func(_ string, from, to gobreaker.State) { b.onChange(name, from, to) }
-	}
-	return s
+// same reports whether a and b are equal. It answers without comparing bytes when they
+// share their bytes, as a key's strings do when they come from the same call fields
+// (sdk/wrapper returns the same string while a field does not change): in a wasm guest a
+// comparison costs two runtime calls.
+func same(a, b string) bool {
+	return len(a) == len(b) && (unsafe.StringData(a) == unsafe.StringData(b) || a == b)
 }
 
-// expire drops the pending calls whose outcome is overdue, as neither success nor failure.
-func (e *entry) expire(now time.Time) {
-	if e.nextExpiry.IsZero() || now.Before(e.nextExpiry) {
-		return
-	}
-	var next time.Time
+// overdue reports whether a pending call's outcome is overdue at now.
+func (e *entry) overdue(now int64) bool { return e.nextExpiry != 0 && now >= e.nextExpiry }
+
+// expire drops the pending calls whose outcome is overdue at now, as neither success nor
+// failure.
+func (e *entry) expire(r *rules, now int64) {
+	var next int64
 	e.pending = slices.DeleteFunc(e.pending, func(p pending) bool {
-		if !now.Before(p.expires) {
-			p.done(errNoOutcome)
+		if now >= p.expires {
+			e.circuit.record(r, e, p.ticket, excluded, now)
 			return true
 		}
-		if next.IsZero() || p.expires.Before(next) {
+		if next == 0 || p.expires < next {
 			next = p.expires
 		}
 		return false
@@ -482,17 +563,188 @@ func (e *entry) expire(now time.Time) {
 }
 
 // nearest returns the index of the pending call whose start is nearest to start. ps is
-// sorted by start, up to clock steps back.
-func nearest(ps []pending, start time.Time) int {
-	i := sort.Search(len(ps), func(i int) bool { return !ps[i].start.Before(start) })
+// not empty, and sorted by start up to clock steps back.
+func nearest(ps []pending, start int64) int {
+	lo, hi := 0, len(ps) // the first index whose start is not before start
+	for lo < hi {
+		if m := int(uint(lo+hi) >> 1); ps[m].start < start {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
 	switch {
-	case i == len(ps):
-		return i - 1
-	case i == 0:
+	case lo == len(ps):
+		return lo - 1
+	case lo == 0:
 		return 0
-	case start.Sub(ps[i-1].start) <= ps[i].start.Sub(start):
-		return i - 1
-	default:
-		return i
+	case start-ps[lo-1].start <= ps[lo].start-start:
+		return lo - 1
+	}
+	return lo
+}
+
+// circuit is one breaker: gobreaker's state machine, on times in nanoseconds since the
+// Unix epoch that its caller gives it.
+type circuit struct {
+	state gobreaker.State
+	// gen numbers the generations from 1: a change of state starts a new one, and the
+	// outcome of a call allowed in an older one is ignored.
+	gen    uint64
+	start  int64 // when the generation started
+	expiry int64 // when an open breaker becomes half-open
+	// counts are those of the rolling window when closed, of the generation otherwise.
+	counts gobreaker.Counts
+	// age is the number of the current bucket, counted from start, and next is when the
+	// next bucket starts. buckets[a%buckets] counts the calls allowed in bucket a, while a
+	// is in the window; its ConsecutiveSuccesses and ConsecutiveFailures are those of the
+	// current runs.
+	age     int64
+	next    int64
+	buckets [buckets]gobreaker.Counts
+}
+
+// ticket is what a call allowed by a circuit takes to its outcome; gen is 0 for a call
+// that was not allowed.
+type ticket struct {
+	gen uint64
+	age int64
+}
+
+// allow lets a call through at now and returns its ticket, or the zero ticket when the
+// circuit refuses it; it returns the state either way.
+func (c *circuit) allow(r *rules, e *entry, now int64) (ticket, gobreaker.State) {
+	c.advance(r, e, now)
+	switch c.state {
+	case gobreaker.StateOpen:
+		return ticket{}, c.state
+	case gobreaker.StateHalfOpen:
+		if c.counts.Requests-min(c.counts.TotalExclusions, c.counts.Requests) >= uint32(r.cfg.HalfOpenMax) {
+			return ticket{}, c.state
+		}
+	}
+	c.counts.Requests++
+	c.buckets[c.age%buckets].Requests++
+	return ticket{gen: c.gen, age: c.age}, c.state
+}
+
+// record counts the outcome of a call with ticket tk at now.
+func (c *circuit) record(r *rules, e *entry, tk ticket, o outcome, now int64) {
+	c.advance(r, e, now)
+	if tk.gen != c.gen || tk.age > c.age || c.age-tk.age >= buckets {
+		return // from an older generation, or out of the window
+	}
+	bucket := &c.buckets[tk.age%buckets]
+	switch o {
+	case excluded:
+		c.counts.TotalExclusions++
+		bucket.TotalExclusions++
+	case success:
+		c.counts.TotalSuccesses++
+		bucket.TotalSuccesses++
+		c.counts.ConsecutiveSuccesses++
+		bucket.ConsecutiveSuccesses++
+		if c.counts.ConsecutiveFailures > 0 {
+			c.counts.ConsecutiveFailures = 0
+			for i := range c.buckets {
+				c.buckets[i].ConsecutiveFailures = 0
+			}
+		}
+		if c.state == gobreaker.StateHalfOpen && c.counts.ConsecutiveSuccesses >= uint32(r.cfg.HalfOpenMax) {
+			c.setState(r, e, gobreaker.StateClosed, now)
+		}
+	case failure:
+		c.counts.TotalFailures++
+		bucket.TotalFailures++
+		c.counts.ConsecutiveFailures++
+		bucket.ConsecutiveFailures++
+		if c.counts.ConsecutiveSuccesses > 0 {
+			c.counts.ConsecutiveSuccesses = 0
+			for i := range c.buckets {
+				c.buckets[i].ConsecutiveSuccesses = 0
+			}
+		}
+		if c.state == gobreaker.StateHalfOpen || readyToTrip(&r.cfg, c.counts) {
+			c.setState(r, e, gobreaker.StateOpen, now)
+		}
+	}
+}
+
+// readyToTrip is the trip rule of a closed breaker: consecutive_failures failures in a
+// row, or a failure_ratio of failures among at least min_requests outcomes.
+func readyToTrip(cfg *Config, n gobreaker.Counts) bool {
+	if cfg.ConsecutiveFailures > 0 && n.ConsecutiveFailures >= uint32(cfg.ConsecutiveFailures) {
+		return true
+	}
+	outcomes := n.TotalSuccesses + n.TotalFailures
+	return cfg.FailureRatio > 0 && outcomes >= uint32(cfg.MinRequests) &&
+		float64(n.TotalFailures) >= cfg.FailureRatio*float64(outcomes)
+}
+
+// advance brings the circuit to now: an open one becomes half-open after the cooldown, a
+// closed one rolls its window, dropping the buckets that left it. It is small enough to
+// be inlined where, as on most calls, there is nothing to do.
+func (c *circuit) advance(r *rules, e *entry, now int64) {
+	if c.state != gobreaker.StateClosed || now >= c.next {
+		c.roll(r, e, now)
+	}
+}
+
+// roll is advance's work.
+func (c *circuit) roll(r *rules, e *entry, now int64) {
+	if c.gen == 0 { // a new circuit: closed, from now
+		c.newGeneration(r, now)
+	}
+	switch c.state {
+	case gobreaker.StateOpen:
+		if now >= c.expiry {
+			c.setState(r, e, gobreaker.StateHalfOpen, now)
+		}
+	case gobreaker.StateClosed:
+		if now < c.next { // also when the clock went back
+			return
+		}
+		age := (now - c.start) / r.period
+		c.next = c.start + (age+1)*r.period
+		if age-c.age >= buckets {
+			c.counts, c.buckets = gobreaker.Counts{}, [buckets]gobreaker.Counts{}
+		} else {
+			for a := c.age + 1; a <= age; a++ {
+				c.drop(&c.buckets[a%buckets])
+			}
+		}
+		c.age = age
+	}
+}
+
+// drop takes a bucket that leaves the window out of the counts, and clears it.
+func (c *circuit) drop(bucket *gobreaker.Counts) {
+	c.counts.Requests -= bucket.Requests
+	c.counts.TotalSuccesses -= bucket.TotalSuccesses
+	c.counts.TotalFailures -= bucket.TotalFailures
+	c.counts.TotalExclusions -= bucket.TotalExclusions
+	c.counts.ConsecutiveSuccesses -= bucket.ConsecutiveSuccesses
+	c.counts.ConsecutiveFailures -= bucket.ConsecutiveFailures
+	*bucket = gobreaker.Counts{}
+}
+
+// setState moves the circuit to state at now, in a new generation, and tells onChange.
+func (c *circuit) setState(r *rules, e *entry, state gobreaker.State, now int64) {
+	from := c.state
+	c.state = state
+	c.newGeneration(r, now)
+	if r.onChange != nil {
+		r.onChange(r.name(e.key), from, state)
+	}
+}
+
+// newGeneration starts a generation at now, with no counts.
+func (c *circuit) newGeneration(r *rules, now int64) {
+	c.gen++
+	c.start, c.age, c.next = now, 0, now+r.period
+	c.counts, c.buckets = gobreaker.Counts{}, [buckets]gobreaker.Counts{}
+	c.expiry = 0
+	if c.state == gobreaker.StateOpen {
+		c.expiry = now + int64(r.cfg.Cooldown)
 	}
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// call is a Call and an Outcome with fixed fields.
+// call is a wrapper.Request and a wrapper.Response with fixed fields.
 type call struct {
 	service, endpoint, node string
 	budget                  time.Duration
@@ -30,6 +30,11 @@ func (c call) Err() string            { return c.err }
 func (c call) Latency() time.Duration { return c.latency }
 func (c call) Fault() bool            { return c.fault }
 
+// The rest of wrapper.Response, which Breakers does not read.
+func (c call) Caller() string               { return "" }
+func (c call) Header(string) (string, bool) { return "", false }
+func (c call) SetHeader(string, string)     {}
+
 var (
 	t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	ok = call{status: 200}
@@ -46,8 +51,8 @@ func on(node string, c call) call {
 	return c
 }
 
-// state returns the state of the breaker of a call to node, as on makes it.
-func state(b *Breakers, node string) gobreaker.State { return b.State(on(node, ok)) }
+// state returns the state at time at of the breaker of a call to node, as on makes it.
+func state(b *Breakers, node string, at time.Time) gobreaker.State { return b.State(on(node, ok), at) }
 
 // waiting returns how many calls to node, as on makes them, wait for their outcome.
 func waiting(b *Breakers, node string) int { return b.Pending(on(node, ok)) }
@@ -90,17 +95,18 @@ func do(b *Breakers, node string, outcome call, now time.Time) bool {
 	return true
 }
 
-// waitState polls key's state until it is want, failing after a deadline. State moves
-// from open to half-open on a real clock (gobreaker's), so this waits out a cooldown.
-func waitState(t *testing.T, b *Breakers, node string, want gobreaker.State) {
+// halfOpenAt checks that the breaker of node, open since opened, is still open just
+// before the cooldown has passed and half-open once it has, and returns that time.
+func halfOpenAt(t *testing.T, b *Breakers, node string, opened time.Time, cooldown time.Duration) time.Time {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for state(b, node) != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("state of %s is %v, want %v", node, state(b, node), want)
-		}
-		time.Sleep(time.Millisecond)
+	at := opened.Add(cooldown)
+	if s := state(b, node, at.Add(-time.Nanosecond)); s != gobreaker.StateOpen {
+		t.Fatalf("state of %s a nanosecond before the cooldown has passed = %v, want open", node, s)
 	}
+	if s := state(b, node, at); s != gobreaker.StateHalfOpen {
+		t.Fatalf("state of %s once the cooldown has passed = %v, want half-open", node, s)
+	}
+	return at
 }
 
 func TestTripsOnRatio(t *testing.T) {
@@ -115,11 +121,11 @@ func TestTripsOnRatio(t *testing.T) {
 		}
 	}
 	// 4 of 9 failed; the 10th outcome, a failure, makes 5 of 10.
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1", t0); s != gobreaker.StateClosed {
 		t.Fatalf("state after 4 failures in 9 = %v, want closed", s)
 	}
 	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", t0); s != gobreaker.StateOpen {
 		t.Fatalf("state after 5 failures in 10 = %v, want open", s)
 	}
 }
@@ -133,7 +139,7 @@ func TestRatioBelowThreshold(t *testing.T) {
 			outcome = ko
 		}
 		do(b, "n1", outcome, t0)
-		if s := state(b, "n1"); s != gobreaker.StateClosed {
+		if s := state(b, "n1", t0); s != gobreaker.StateClosed {
 			t.Fatalf("state after call %d = %v, want closed at a third failing", i+1, s)
 		}
 	}
@@ -143,12 +149,12 @@ func TestStaysClosedBelowMinRequests(t *testing.T) {
 	b := mustNew(t, config(t, `{"failure_ratio": 0.5, "min_requests": 10, "consecutive_failures": 0}`))
 	for i := range 9 {
 		do(b, "n1", ko, t0)
-		if s := state(b, "n1"); s != gobreaker.StateClosed {
+		if s := state(b, "n1", t0); s != gobreaker.StateClosed {
 			t.Fatalf("state after %d failures = %v, want closed below min_requests 10", i+1, s)
 		}
 	}
 	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", t0); s != gobreaker.StateOpen {
 		t.Fatalf("state after 10 failures = %v, want open", s)
 	}
 }
@@ -163,11 +169,11 @@ func TestTripsOnConsecutive(t *testing.T) {
 	do(b, "n1", ok, t0) // breaks the run
 	do(b, "n1", ko, t0)
 	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1", t0); s != gobreaker.StateClosed {
 		t.Fatalf("state after runs of 2 failures = %v, want closed", s)
 	}
 	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", t0); s != gobreaker.StateOpen {
 		t.Fatalf("state after 3 failures in a row = %v, want open", s)
 	}
 }
@@ -219,7 +225,7 @@ func TestPerNodeEndpointIsolation(t *testing.T) {
 	failing.status, failing.fault = 500, true
 	do(b, "n1", failing, t0)
 	do(b, "n1", failing, t0)
-	if s := b.State(on("n1", bad)); s != gobreaker.StateOpen {
+	if s := b.State(on("n1", bad), t0); s != gobreaker.StateOpen {
 		t.Fatalf("n1 for Greeter.Fail = %v, want open", s)
 	}
 	d := b.OnRequest(on("n1", bad), t0)
@@ -245,7 +251,7 @@ func TestPerNodeIsolation(t *testing.T) {
 		t.Fatal("n2 refused after n1 tripped")
 	}
 	do(b, "n2", ko, t0) // one failure on n2 is not two
-	if s := state(b, "n2"); s != gobreaker.StateClosed {
+	if s := state(b, "n2", t0); s != gobreaker.StateClosed {
 		t.Fatalf("n2 = %v, want closed", s)
 	}
 	if b.OnRequest(on("n1", ok), t0).Allowed {
@@ -256,21 +262,21 @@ func TestPerNodeIsolation(t *testing.T) {
 func TestHalfOpenProbeSuccessCloses(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "20ms", "half_open_max": 1}`))
 	do(b, "n1", ko, t0)
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
+	th := halfOpenAt(t, b, "n1", t0, 20*time.Millisecond)
 
 	probe := on("n1", ok)
-	if d := b.OnRequest(probe, t0); !d.Allowed {
+	if d := b.OnRequest(probe, th); !d.Allowed {
 		t.Fatalf("probe refused: %+v", d)
 	}
-	d := b.OnRequest(on("n1", ok), t0)
+	d := b.OnRequest(on("n1", ok), th)
 	if d.Allowed || !strings.Contains(d.Message, "half-open") || !d.NodeOnly {
 		t.Fatalf("a second call while the probe is in flight: %+v, want a node rejection", d)
 	}
-	b.OnResponse(probe, t0)
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	b.OnResponse(probe, th)
+	if s := state(b, "n1", th); s != gobreaker.StateClosed {
 		t.Fatalf("state after a good probe = %v, want closed", s)
 	}
-	if !do(b, "n1", ok, t0) {
+	if !do(b, "n1", ok, th) {
 		t.Fatal("refused after closing")
 	}
 }
@@ -278,37 +284,37 @@ func TestHalfOpenProbeSuccessCloses(t *testing.T) {
 func TestHalfOpenProbeFailureReopens(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "20ms"}`))
 	do(b, "n1", ko, t0)
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
-	if !do(b, "n1", call{status: 0, err: "connection refused", fault: true}, t0) {
+	th := halfOpenAt(t, b, "n1", t0, 20*time.Millisecond)
+	if !do(b, "n1", call{status: 0, err: "connection refused", fault: true}, th) {
 		t.Fatal("probe refused")
 	}
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", th); s != gobreaker.StateOpen {
 		t.Fatalf("state after a failed probe = %v, want open", s)
 	}
 	// It is half-open again after another cooldown.
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
+	halfOpenAt(t, b, "n1", th, 20*time.Millisecond)
 }
 
 func TestHalfOpenMax(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "20ms", "half_open_max": 3}`))
 	do(b, "n1", ko, t0)
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
+	th := halfOpenAt(t, b, "n1", t0, 20*time.Millisecond)
 	probes := []call{on("n1", ok), on("n1", ok), on("n1", ok)}
 	for i, p := range probes {
-		if !b.OnRequest(p, t0).Allowed {
+		if !b.OnRequest(p, th).Allowed {
 			t.Fatalf("probe %d of 3 refused", i+1)
 		}
 	}
-	if b.OnRequest(on("n1", ok), t0).Allowed {
+	if b.OnRequest(on("n1", ok), th).Allowed {
 		t.Fatal("a fourth probe allowed with half_open_max 3")
 	}
 	for i, p := range probes {
-		if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
+		if s := state(b, "n1", th); s != gobreaker.StateHalfOpen {
 			t.Fatalf("state after %d good probes = %v, want half-open", i, s)
 		}
-		b.OnResponse(p, t0)
+		b.OnResponse(p, th)
 	}
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1", th); s != gobreaker.StateClosed {
 		t.Fatalf("state after 3 good probes = %v, want closed", s)
 	}
 }
@@ -322,12 +328,13 @@ func TestStaleResponseIsNotTheProbe(t *testing.T) {
 	}
 	do(b, "n1", ko, t0.Add(time.Millisecond))
 	do(b, "n1", ko, t0.Add(2*time.Millisecond))
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", t0.Add(2*time.Millisecond)); s != gobreaker.StateOpen {
 		t.Fatalf("state = %v, want open", s)
 	}
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
-
 	tProbe := t0.Add(10 * time.Second)
+	if s := state(b, "n1", tProbe); s != gobreaker.StateHalfOpen {
+		t.Fatalf("state after the cooldown = %v, want half-open", s)
+	}
 	probe := on("n1", call{status: 500, latency: 5 * time.Millisecond, fault: true})
 	if !b.OnRequest(probe, tProbe).Allowed {
 		t.Fatal("probe refused")
@@ -336,7 +343,7 @@ func TestStaleResponseIsNotTheProbe(t *testing.T) {
 	tSlow := tProbe.Add(time.Millisecond)
 	slow.latency = tSlow.Sub(t0)
 	b.OnResponse(slow, tSlow)
-	if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
+	if s := state(b, "n1", tSlow); s != gobreaker.StateHalfOpen {
 		t.Fatalf("state after the stale answer = %v, want still half-open", s)
 	}
 	if n := waiting(b, "n1"); n != 1 {
@@ -347,7 +354,7 @@ func TestStaleResponseIsNotTheProbe(t *testing.T) {
 	}
 	// The probe's own (failed) answer reopens the breaker.
 	b.OnResponse(probe, tProbe.Add(probe.latency))
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", tProbe.Add(probe.latency)); s != gobreaker.StateOpen {
 		t.Fatalf("state after the failed probe = %v, want open", s)
 	}
 }
@@ -371,7 +378,7 @@ func TestOutOfOrderOutcomes(t *testing.T) {
 	if n := waiting(b, "n1"); n != 0 {
 		t.Fatalf("pending = %d, want 0", n)
 	}
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", end); s != gobreaker.StateOpen {
 		t.Fatalf("state after 4 of 4 failed = %v, want open", s)
 	}
 }
@@ -381,18 +388,18 @@ func TestOutOfOrderOutcomes(t *testing.T) {
 func TestLostProbeExpires(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "20ms"}`))
 	do(b, "n1", ko, t0)
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
-	if !b.OnRequest(on("n1", call{budget: 100 * time.Millisecond}), t0).Allowed {
+	th := halfOpenAt(t, b, "n1", t0, 20*time.Millisecond)
+	if !b.OnRequest(on("n1", call{budget: 100 * time.Millisecond}), th).Allowed {
 		t.Fatal("probe refused")
 	}
-	if b.OnRequest(on("n1", ok), t0.Add(time.Second)).Allowed {
+	if b.OnRequest(on("n1", ok), th.Add(time.Second)).Allowed {
 		t.Fatal("second probe allowed within the first's budget and grace")
 	}
-	later := t0.Add(100*time.Millisecond + pendingGrace)
+	later := th.Add(100*time.Millisecond + pendingGrace)
 	if !b.OnRequest(on("n1", ok), later).Allowed {
 		t.Fatal("second probe refused after the first's budget and grace")
 	}
-	if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
+	if s := state(b, "n1", later); s != gobreaker.StateHalfOpen {
 		t.Fatalf("state = %v, want half-open (a lost probe is neither success nor failure)", s)
 	}
 }
@@ -426,7 +433,7 @@ func TestWhatFails(t *testing.T) {
 	for _, tt := range tests {
 		b := mustNew(t, config(t, `{"consecutive_failures": 1, "cooldown": "1h", "failure_statuses": `+tt.statuses+`}`))
 		do(b, "n1", tt.outcome, t0)
-		if got := state(b, "n1") == gobreaker.StateOpen; got != tt.fails {
+		if got := state(b, "n1", t0) == gobreaker.StateOpen; got != tt.fails {
 			t.Errorf("failure_statuses %s, outcome %+v: counted as failure = %v, want %v", tt.statuses, tt.outcome, got, tt.fails)
 		}
 	}
@@ -440,29 +447,29 @@ func TestOutcomesThatAreNoFault(t *testing.T) {
 	do(b, "n1", ko, t0)
 	do(b, "n1", call{status: 404}, t0)
 	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1", t0); s != gobreaker.StateClosed {
 		t.Fatalf("state after failure, 404, failure = %v, want closed", s)
 	}
 	// No answer does not.
 	do(b, "n1", call{status: 0, err: "context deadline exceeded"}, t0)
 	do(b, "n1", call{status: 429, err: "rejected by wrapper ratelimit"}, t0)
 	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateOpen {
+	if s := state(b, "n1", t0); s != gobreaker.StateOpen {
 		t.Fatalf("state after failure, two calls without an answer, failure = %v, want open", s)
 	}
 	// A half-open breaker's probe without an answer closes nothing, and frees its place
 	// for another probe.
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
-	if !do(b, "n1", call{status: 0, err: "context canceled"}, t0) {
+	th := halfOpenAt(t, b, "n1", t0, 20*time.Millisecond)
+	if !do(b, "n1", call{status: 0, err: "context canceled"}, th) {
 		t.Fatal("probe refused")
 	}
-	if s := state(b, "n1"); s != gobreaker.StateHalfOpen {
+	if s := state(b, "n1", th); s != gobreaker.StateHalfOpen {
 		t.Fatalf("state after a probe without an answer = %v, want half-open", s)
 	}
-	if !do(b, "n1", ok, t0) {
+	if !do(b, "n1", ok, th) {
 		t.Fatal("a second probe refused after the first got no answer")
 	}
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1", th); s != gobreaker.StateClosed {
 		t.Fatalf("state after a good probe = %v, want closed", s)
 	}
 }
@@ -470,18 +477,22 @@ func TestOutcomesThatAreNoFault(t *testing.T) {
 func TestRollingInterval(t *testing.T) {
 	b := mustNew(t, config(t, `{"consecutive_failures": 2, "interval": "50ms"}`))
 	do(b, "n1", ko, t0)
-	cb := b.entries[b.key(on("n1", ok))].Value.(*entry).cb
 	// The failure leaves the window once the interval has passed.
-	deadline := time.Now().Add(10 * time.Second)
-	for state(b, "n1") == gobreaker.StateClosed && cb.Counts().ConsecutiveFailures != 0 { // State rolls the window
-		if time.Now().After(deadline) {
-			t.Fatal("the failure never left the 50ms window")
-		}
-		time.Sleep(5 * time.Millisecond)
+	if n := b.Counts(on("n1", ok), t0.Add(49*time.Millisecond)).ConsecutiveFailures; n != 1 {
+		t.Fatalf("consecutive failures within the 50ms window = %d, want 1", n)
 	}
-	do(b, "n1", ko, t0)
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if n := b.Counts(on("n1", ok), t0.Add(50*time.Millisecond)).ConsecutiveFailures; n != 0 {
+		t.Fatalf("consecutive failures once the 50ms window has passed = %d, want 0", n)
+	}
+	do(b, "n1", ko, t0.Add(50*time.Millisecond))
+	if s := state(b, "n1", t0.Add(50*time.Millisecond)); s != gobreaker.StateClosed {
 		t.Fatalf("state = %v, want closed: the first failure was out of the window", s)
+	}
+	// Two failures within the window trip it.
+	do(b, "n2", ko, t0)
+	do(b, "n2", ko, t0.Add(45*time.Millisecond))
+	if s := state(b, "n2", t0.Add(45*time.Millisecond)); s != gobreaker.StateOpen {
+		t.Fatalf("state after two failures 45ms apart = %v, want open", s)
 	}
 }
 
@@ -498,8 +509,8 @@ func TestStateChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	do(b, "n1", ko, t0)
-	waitState(t, b, "n1", gobreaker.StateHalfOpen)
-	do(b, "n1", ok, t0)
+	th := halfOpenAt(t, b, "n1", t0, 20*time.Millisecond)
+	do(b, "n1", ok, th)
 	const name = "node n1, endpoint Greeter.Hello"
 	want := []change{
 		{name, gobreaker.StateClosed, gobreaker.StateOpen},
@@ -580,6 +591,48 @@ func TestConfig(t *testing.T) {
 	}
 }
 
+// TestTheCallsClock checks that a breaker keeps time by the calls' times alone: an hour's
+// cooldown passes at once, and a clock that goes back neither ends a cooldown nor empties
+// the rolling window.
+func TestTheCallsClock(t *testing.T) {
+	b := mustNew(t, config(t, `{"consecutive_failures": 2, "cooldown": "1h", "interval": "10s"}`))
+	do(b, "n1", ko, t0)
+	do(b, "n1", ok, t0.Add(time.Second))
+	do(b, "n1", ko, t0.Add(2*time.Second))
+	if n := b.Counts(on("n1", ok), t0.Add(-time.Hour)); n.TotalFailures != 2 || n.TotalSuccesses != 1 {
+		t.Fatalf("counts an hour back = %+v, want the 2 failures and 1 success", n)
+	}
+	do(b, "n1", ko, t0.Add(3*time.Second))
+	if s := state(b, "n1", t0); s != gobreaker.StateOpen {
+		t.Fatalf("state after 2 failures in a row = %v, want open", s)
+	}
+	if s := state(b, "n1", t0.Add(-time.Hour)); s != gobreaker.StateOpen {
+		t.Fatalf("state with the clock an hour back = %v, want open", s)
+	}
+	th := halfOpenAt(t, b, "n1", t0.Add(3*time.Second), time.Hour)
+	if !do(b, "n1", ok, th) {
+		t.Fatal("the probe after an hour was refused")
+	}
+}
+
+// TestNoAllocations checks that a call through a closed breaker allocates nothing: an
+// allocation costs a guest its garbage collector's time.
+func TestNoAllocations(t *testing.T) {
+	b := mustNew(t, DefaultConfig())
+	c := on("n1", call{status: 200, budget: time.Second, latency: time.Millisecond})
+	p := &c // as sdk/wrapper's Request, an interface value that needs no allocation
+	now := t0
+	if allocs := testing.AllocsPerRun(100, func() {
+		now = now.Add(time.Millisecond)
+		if !b.OnRequest(p, now).Allowed {
+			t.Fatal("refused")
+		}
+		b.OnResponse(p, now.Add(c.latency))
+	}); allocs != 0 {
+		t.Errorf("%v allocations per call, want 0", allocs)
+	}
+}
+
 func BenchmarkRequestResponse(b *testing.B) {
 	br, err := New(DefaultConfig(), nil)
 	if err != nil {
@@ -622,7 +675,7 @@ func TestPendingBound(t *testing.T) {
 	if n, want := waiting(b, "n1"), maxPending/2+1; n != want {
 		t.Fatalf("pending past the bound = %d, want %d", n, want)
 	}
-	if s := state(b, "n1"); s != gobreaker.StateClosed {
+	if s := state(b, "n1", t0); s != gobreaker.StateClosed {
 		t.Fatalf("state = %v, want closed: lost outcomes are not failures", s)
 	}
 }

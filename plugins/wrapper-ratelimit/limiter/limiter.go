@@ -1,9 +1,20 @@
 // Package limiter is the logic of micro's rate-limit wrapper: a token bucket per key, with
 // the key taken from the call (its service, endpoint, caller or a header).
 //
-// It is plain Go with no dependency on the WebAssembly SDK, so it is tested on the host;
-// the wrapper's main package glues it to sdk/wrapper. A Limiter is not safe for concurrent
-// use: the wrapper host serializes calls into one guest instance.
+// A bucket holds up to burst tokens, refills at rate tokens per second, and a call takes
+// one token or, when there is none, takes nothing and is rejected: the semantics of
+// golang.org/x/time/rate's Limiter.AllowN, which a test checks this against. The bucket is
+// a float and a time in nanoseconds rather than an x/time/rate Limiter, because the
+// wrapper runs as a Go guest in WebAssembly, where that Limiter's AllowN (a mutex, a defer
+// and time.Time arithmetic) costs about 260 ns: more than the rest of the call.
+//
+// It reads calls as sdk/wrapper's Request, which works on the host too, so it is tested
+// there with calls that the tests make up; the wrapper's main package glues it to
+// sdk/wrapper's Handler. It takes that interface as it is rather than an interface of its
+// own, because converting a Request to another interface type costs a runtime itab lookup
+// per call in a guest (Go caches type assertions only on native architectures), over
+// 50 ns. A Limiter is not safe for concurrent use: the wrapper host serializes calls into
+// one guest instance.
 package limiter
 
 import (
@@ -15,7 +26,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/time/rate"
+	"github.com/microhost/micro/sdk/wrapper"
 )
 
 // DefaultMaxKeys is how many keys a Limiter tracks when Config.MaxKeys is 0.
@@ -35,14 +46,6 @@ type Config struct {
 	// MaxKeys bounds how many buckets are kept; past it the least recently used bucket is
 	// dropped (a dropped key starts again with a full bucket). 0 means DefaultMaxKeys.
 	MaxKeys int `json:"max_keys"`
-}
-
-// Call is what the limiter reads of a call; sdk/wrapper's Request satisfies it.
-type Call interface {
-	Service() string
-	Endpoint() string
-	Caller() string
-	Header(name string) (string, bool)
 }
 
 // Decision is the limiter's verdict on one call.
@@ -69,19 +72,27 @@ const (
 
 // Limiter holds one token bucket per key.
 type Limiter struct {
-	rate    rate.Limit
-	burst   int
+	rate    float64 // tokens per second
+	burst   float64
 	kind    keyKind
 	header  string // for byHeader
 	maxKeys int
 
 	buckets map[string]*list.Element // of *bucket
 	lru     list.List                // front is most recently used
+	// last is the bucket of the last call, found without a map lookup when the next call
+	// has the same key, as most do. It is at the front of lru.
+	last *bucket
+	// The last key made for key "endpoint", from these service and endpoint: a call with
+	// the same ones reuses it rather than allocate it again.
+	keyService, keyEndpoint, endpointKey string
 }
 
+// bucket is one key's token bucket.
 type bucket struct {
-	key string
-	lim *rate.Limiter
+	key    string
+	tokens float64 // at time last
+	last   int64   // when a token was last taken, in nanoseconds since the Unix epoch
 }
 
 // New returns a Limiter for a config, or an error naming the field that is wrong.
@@ -90,13 +101,13 @@ func New(c Config) (*Limiter, error) {
 		return nil, err
 	}
 	l := &Limiter{
-		rate:    rate.Limit(c.Rate),
-		burst:   c.Burst,
+		rate:    c.Rate,
+		burst:   float64(c.Burst),
 		maxKeys: c.MaxKeys,
 		buckets: make(map[string]*list.Element),
 	}
 	if l.burst == 0 {
-		l.burst = max(1, int(math.Ceil(c.Rate)))
+		l.burst = max(1, math.Ceil(c.Rate))
 	}
 	if l.maxKeys == 0 {
 		l.maxKeys = DefaultMaxKeys
@@ -157,10 +168,14 @@ func validHeaderName(s string) bool {
 }
 
 // Key returns the bucket key of a call.
-func (l *Limiter) Key(c Call) string {
+func (l *Limiter) Key(c wrapper.Request) string {
 	switch l.kind {
 	case byEndpoint:
-		return c.Service() + "/" + c.Endpoint()
+		s, e := c.Service(), c.Endpoint()
+		if s != l.keyService || e != l.keyEndpoint || l.endpointKey == "" {
+			l.keyService, l.keyEndpoint, l.endpointKey = s, e, s+"/"+e
+		}
+		return l.endpointKey
 	case byCaller:
 		return c.Caller()
 	case byHeader:
@@ -186,52 +201,76 @@ func (l *Limiter) describe(key string) string {
 }
 
 // Check takes a token for the call's key at time now, or says when to retry.
-func (l *Limiter) Check(c Call, now time.Time) Decision {
+func (l *Limiter) Check(c wrapper.Request, now time.Time) Decision {
 	key := l.Key(c)
-	ok, wait := l.Allow(key, now)
-	if ok {
-		return Decision{Allowed: true}
+	if ok, wait := l.Allow(key, now); !ok {
+		return l.rejection(key, wait)
 	}
+	return Decision{Allowed: true}
+}
+
+// rejection is the Decision for a call over the limit of key, which has a token again
+// after wait.
+func (l *Limiter) rejection(key string, wait time.Duration) Decision {
 	return Decision{
 		RetryAfter: retryAfterSeconds(wait),
 		Message: fmt.Sprintf("rate limit of %s/s exceeded for %s",
-			strconv.FormatFloat(float64(l.rate), 'g', -1, 64), l.describe(key)),
+			strconv.FormatFloat(l.rate, 'g', -1, 64), l.describe(key)),
 	}
 }
 
 // Allow takes a token from key's bucket at time now. When the bucket is empty it takes
 // nothing and returns how long until a token is there.
 func (l *Limiter) Allow(key string, now time.Time) (ok bool, wait time.Duration) {
-	lim := l.bucket(key)
-	if lim.AllowN(now, 1) {
-		return true, 0
+	b := l.last
+	if b == nil || b.key != key {
+		b = l.bucket(key, now.UnixNano())
 	}
-	missing := 1 - lim.TokensAt(now) // > 0, since AllowN failed
-	ns := math.Ceil(missing / float64(l.rate) * float64(time.Second))
-	if ns >= math.MaxInt64 {
-		return false, time.Duration(math.MaxInt64)
+	return l.take(b, now.UnixNano())
+}
+
+// take takes a token from b at now, in nanoseconds since the Unix epoch, as
+// x/time/rate's AllowN(now, 1) does: the bucket refills at rate for the time since its
+// last token (or not at all when the clock went back), up to burst; a wait that rounds to
+// 0 ns counts as none.
+func (l *Limiter) take(b *bucket, now int64) (ok bool, wait time.Duration) {
+	last := min(b.last, now)
+	tokens := b.tokens + time.Duration(now-last).Seconds()*l.rate
+	if tokens > l.burst { // not min, which is a runtime call for floats in wasm
+		tokens = l.burst
 	}
-	return false, time.Duration(ns)
+	tokens--
+	if tokens < 0 {
+		switch ns := -tokens / l.rate * float64(time.Second); {
+		case ns >= math.MaxInt64:
+			return false, time.Duration(math.MaxInt64)
+		case ns >= 1:
+			return false, time.Duration(math.Ceil(ns))
+		}
+	}
+	b.tokens, b.last = tokens, now
+	return true, 0
 }
 
 // Len returns how many keys have a bucket.
 func (l *Limiter) Len() int { return len(l.buckets) }
 
-// bucket returns key's limiter, making it (and dropping the least recently used one past
-// maxKeys) when there is none.
-func (l *Limiter) bucket(key string) *rate.Limiter {
+// bucket returns key's bucket, making a full one at now (and dropping the least recently
+// used one past maxKeys) when there is none, and makes it the last used.
+func (l *Limiter) bucket(key string, now int64) *bucket {
 	if e, ok := l.buckets[key]; ok {
 		l.lru.MoveToFront(e)
-		return e.Value.(*bucket).lim
+		l.last = e.Value.(*bucket)
+		return l.last
 	}
 	for len(l.buckets) >= l.maxKeys {
 		oldest := l.lru.Back()
 		delete(l.buckets, oldest.Value.(*bucket).key)
 		l.lru.Remove(oldest)
 	}
-	b := &bucket{key: key, lim: rate.NewLimiter(l.rate, l.burst)}
-	l.buckets[key] = l.lru.PushFront(b)
-	return b.lim
+	l.last = &bucket{key: key, tokens: l.burst, last: now}
+	l.buckets[key] = l.lru.PushFront(l.last)
+	return l.last
 }
 
 // retryAfterSeconds rounds a wait up to whole seconds, at least 1.

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
-// call is a Call with fixed fields.
+// call is a wrapper.Request with fixed fields.
 type call struct {
 	service, endpoint, caller string
 	header                    map[string]string
@@ -22,6 +26,11 @@ func (c call) Header(name string) (string, bool) {
 	v, ok := c.header[name]
 	return v, ok
 }
+
+// The rest of wrapper.Request, which the limiter does not read.
+func (c call) Node() string             { return "" }
+func (c call) Budget() time.Duration    { return 0 }
+func (c call) SetHeader(string, string) {}
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
@@ -265,6 +274,64 @@ func TestConfigErrors(t *testing.T) {
 	for _, field := range []string{"rate:", "burst:", "key:"} {
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("error %v does not name %s", err, field)
+		}
+	}
+}
+
+// TestMatchesXTimeRate checks the buckets against x/time/rate's Limiter, call by call:
+// the same decisions, and a wait that is that Limiter's rounded up to whole nanoseconds.
+func TestMatchesXTimeRate(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct {
+		rate  float64
+		burst int
+	}{{10, 3}, {5, 1}, {0.5, 2}, {1.0 / 3600, 1}, {1e4, 100}, {3.3, 7}, {1e12, 1e9}} {
+		l := mustNew(t, Config{Rate: tc.rate, Burst: tc.burst, Key: "caller"})
+		ref := map[string]*rate.Limiter{}
+		now := t0
+		for i := range 20000 {
+			// Mostly small steps, some large, a few back in time.
+			step := time.Duration(rng.ExpFloat64() * float64(time.Second) / tc.rate / 3)
+			if rng.IntN(50) == 0 {
+				step = -time.Duration(rng.Int64N(int64(time.Second)))
+			}
+			now = now.Add(step)
+			key := []string{"a", "b", "c"}[rng.IntN(3)]
+			r := ref[key]
+			if r == nil {
+				r = rate.NewLimiter(rate.Limit(tc.rate), tc.burst)
+				ref[key] = r
+			}
+			want := r.AllowN(now, 1)
+			ok, wait := l.Allow(key, now)
+			if ok != want {
+				t.Fatalf("rate %g burst %d, call %d (key %s at %v): allowed %v, x/time/rate %v", tc.rate, tc.burst, i, key, now.Sub(t0), ok, want)
+			}
+			if !ok {
+				refWait := time.Duration(math.Ceil((1 - r.TokensAt(now)) / tc.rate * float64(time.Second)))
+				if wait != refWait {
+					t.Fatalf("rate %g burst %d, call %d: wait %v, x/time/rate's %v", tc.rate, tc.burst, i, wait, refWait)
+				}
+			}
+		}
+	}
+}
+
+// TestNoAllocations checks that an allowed call allocates nothing, for every kind of key:
+// an allocation costs a guest its garbage collector's time.
+func TestNoAllocations(t *testing.T) {
+	c := call{service: "greeter", endpoint: "Greeter.Hello", caller: "ada", header: map[string]string{"X-User": "ada"}}
+	for _, key := range []string{"service", "endpoint", "caller", "header:X-User"} {
+		l := mustNew(t, Config{Rate: 1e9, Burst: 1e9, Key: key})
+		p := &c // as sdk/wrapper's Request, an interface value that needs no allocation
+		now := t0
+		if allocs := testing.AllocsPerRun(100, func() {
+			now = now.Add(time.Microsecond)
+			if !l.Check(p, now).Allowed {
+				t.Fatal("limited")
+			}
+		}); allocs != 0 {
+			t.Errorf("key %s: %v allocations per call, want 0", key, allocs)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 type config struct {
 	Tag      string `json:"tag"`
 	Response bool   `json:"response"` // observe responses
+	Clock    bool   `json:"clock"`    // tell the time and the budget in X-Clock
 }
 
 var (
@@ -64,6 +65,9 @@ func onRequest(r wrapper.Request) wrapper.Result {
 	}
 	r.SetHeader("X-Echo", fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s", cfg.Tag, r.Service(), r.Endpoint(), r.Node(), r.Caller(), x, budget))
 	r.SetHeader("X-Count", strconv.Itoa(requests))
+	if cfg.Clock {
+		r.SetHeader("X-Clock", fmt.Sprintf("%d|%d", wrapper.Now().UnixNano(), r.Budget()))
+	}
 	r.SetHeader("X-Last", last)
 	return wrapper.Continue()
 }
