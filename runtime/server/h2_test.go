@@ -412,3 +412,26 @@ func TestIngressH2Hostile(t *testing.T) {
 		t.Errorf("the caller's call ended with %v", err)
 	}
 }
+
+// TestIngressH2SlowCaller: a caller that sends its headers and then never its body holds
+// nothing past its budget: it gets 504, and the ingress
+// goes on serving.
+func TestIngressH2SlowCaller(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	h := newIngressOver(t, Settings{RetryBuffer: 64 << 10}, h2Path, false)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	start := time.Now()
+	resp, b, err := h.post(t, ctx, "app", "/Stream.Read", pr, http.Header{transport.HeaderTimeout: {"200ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("a body that never came: %d %s, want 504", resp.StatusCode, b)
+	}
+	t.Logf("answered 504 after %v", time.Since(start).Round(time.Millisecond))
+	if _, b, err := h.post(t, ctx, "app", "/Echo.Stream", strings.NewReader("ok\n"), nil); err != nil || string(b) != "ok\n" {
+		t.Fatalf("after the slow caller: %q, %v", b, err)
+	}
+}
