@@ -18,6 +18,21 @@ import (
 	"github.com/microhost/micro/runtime/transport"
 )
 
+// countingServer serves h on loopback, counting the connections it accepts in conns, and
+// returns its address.
+func countingServer(t *testing.T, conns *atomic.Int64, h http.Handler) string {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
+
 // rawServer answers each connection with serve, on loopback.
 func rawServer(t *testing.T, serve func(c net.Conn)) string {
 	t.Helper()
@@ -57,20 +72,12 @@ func request(method, uri, body string, hdr ...string) *fasthttp.Request {
 
 func TestRoundTripAndReuse(t *testing.T) {
 	var conns atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := countingServer(t, &conns, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		w.Header()["Set-Cookie"] = []string{"a=1", "b=2"}
 		w.Header().Set("X-Got", r.Method+" "+r.RequestURI+" "+strings.Join(r.Header["X-Multi"], ",")+" "+string(b))
 		w.WriteHeader(201)
 	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	defer srv.Close()
-	addr := srv.Listener.Addr().String()
 	c := New(Options{})
 	defer c.Close()
 	for range 5 {
@@ -204,7 +211,7 @@ func TestIdleClosedByServer(t *testing.T) {
 // its Content-Length says.
 func TestStreamedAnswers(t *testing.T) {
 	var conns atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	addr := countingServer(t, &conns, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/long":
 			w.Header().Set("Content-Length", "5000")
@@ -225,14 +232,6 @@ func TestStreamedAnswers(t *testing.T) {
 			w.Header().Set("Content-Length", "1000")
 		}
 	}))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			conns.Add(1)
-		}
-	}
-	srv.Start()
-	defer srv.Close()
-	addr := srv.Listener.Addr().String()
 	c := New(Options{InMemory: 1000, MaxBody: 50000})
 	defer c.Close()
 	get := func(method, path string) (*fasthttp.Response, error) {
