@@ -100,11 +100,19 @@ address = "http://%s"
 
 	// Junk.
 	junk(base, 0, junkN/10, conc)
-	rssBefore, seriesBefore := rss(micro.Process.Pid), series(base)
+	rssBefore, err := proc.RSS(micro.Process.Pid)
+	if err != nil {
+		return err
+	}
+	seriesBefore := series(base)
 	start := time.Now()
 	junk(base, junkN/10, junkN, conc)
 	took := time.Since(start)
-	rssAfter, seriesAfter := rss(micro.Process.Pid), series(base)
+	rssAfter, err := proc.RSS(micro.Process.Pid)
+	if err != nil {
+		return err
+	}
+	seriesAfter := series(base)
 	fmt.Printf("junk: %d calls to made-up services in %v (%.0f/s)\n", junkN, took.Round(time.Millisecond), float64(junkN)/took.Seconds())
 	fmt.Printf("  RSS %.1f MiB before, %.1f MiB after (%+.1f MiB); /metrics micro_ series %d before, %d after\n",
 		mib(rssBefore), mib(rssAfter), mib(rssAfter-rssBefore), seriesBefore, seriesAfter)
@@ -200,20 +208,6 @@ func shed(base string, inflight, conc int, dur time.Duration) {
 	if n := len(byStatus[503]); n > 0 {
 		fmt.Printf("  503s with Retry-After: %d of %d\n", retryAfter, n)
 	}
-}
-
-func rss(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 func series(base string) int {

@@ -380,31 +380,48 @@ type messageExchange struct {
 
 // Attempt implements Exchange.
 func (ex *messageExchange) Attempt(ctx context.Context, node *registry.Node, remaining time.Duration, extra map[string]string) (Answer, bool, error) {
-	pool := ex.c.pool
-	conn, err := pool.Get(ctx, node.Address)
+	m, status, sent, err := RoundTrip(ctx, ex.c.pool, node.Address, &transport.Message{Header: MessageHeader(ex.req, node, remaining, extra), Body: ex.req.Body})
 	if err != nil {
-		return Answer{}, false, err
+		return Answer{}, sent, err
 	}
-	h := MessageHeader(ex.req, node, remaining, extra)
-	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
-		pool.Put(node.Address, conn, err)
-		return Answer{}, false, err
-	}
-	m, err := conn.Recv(ctx)
-	pool.Put(node.Address, conn, err)
-	if err != nil {
-		return Answer{}, true, err
-	}
-	return ex.answer(m)
+	return ex.answer(m, status)
 }
 
-// answer reads a response message into ex.resp.
-func (ex *messageExchange) answer(m *transport.Message) (Answer, bool, error) {
-	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
-	if convErr != nil || status < 100 || status > 999 {
-		return Answer{}, true, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
+// RoundTrip sends request m to addr on a connection of pool and returns the answer, without
+// its transport.HeaderStatus, and that status. When it fails, sent reports whether the
+// request went out, so that the node may have acted on it.
+func RoundTrip(ctx context.Context, pool Pool, addr string, m *transport.Message) (answer *transport.Message, status int, sent bool, err error) {
+	conn, err := pool.Get(ctx, addr)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	if err := conn.Send(ctx, m); err != nil {
+		pool.Put(addr, conn, err)
+		return nil, 0, false, err
+	}
+	answer, err = conn.Recv(ctx)
+	pool.Put(addr, conn, err)
+	if err != nil {
+		return nil, 0, true, err
+	}
+	if status, err = answerStatus(answer); err != nil {
+		return nil, 0, true, err
+	}
+	return answer, status, true, nil
+}
+
+// answerStatus reads, and removes, the transport.HeaderStatus of an answer message.
+func answerStatus(m *transport.Message) (int, error) {
+	status, err := strconv.Atoi(m.Header[transport.HeaderStatus])
+	if err != nil || status < 100 || status > 999 {
+		return 0, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
 	}
 	delete(m.Header, transport.HeaderStatus)
+	return status, nil
+}
+
+// answer keeps answer message m, of status, as ex.resp.
+func (ex *messageExchange) answer(m *transport.Message, status int) (Answer, bool, error) {
 	ex.resp = &Response{Status: status, Header: m.Header, Body: m.Body}
 	return Answer{Status: status, Error: m.Header[transport.HeaderError], RetryAfter: m.Header["Retry-After"], Body: m.Body}, true, nil
 }
@@ -438,7 +455,11 @@ func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, rema
 		return Answer{Status: http.StatusSwitchingProtocols}, true, nil
 	}
 	conn.Close()
-	return ex.answer(m)
+	status, err := answerStatus(m)
+	if err != nil {
+		return Answer{}, true, err
+	}
+	return ex.answer(m, status)
 }
 
 // MessageHeader is the message header of an attempt of req on node: the request's headers,

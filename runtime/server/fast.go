@@ -428,32 +428,16 @@ func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, lef
 			return client.Answer{}, false, &transport.MessageError{Err: err}
 		}
 	}
-	pool := ex.in.cfg.Fast.Pool
-	conn, err := pool.Get(ctx, node.Address)
+	m, status, sent, err := client.RoundTrip(ctx, ex.in.cfg.Fast.Pool, node.Address,
+		&transport.Message{Header: client.MessageHeader(ex.req, node, left, extra), Body: body})
 	if err != nil {
-		return client.Answer{}, false, err
-	}
-	h := client.MessageHeader(ex.req, node, left, extra)
-	if err := conn.Send(ctx, &transport.Message{Header: h, Body: body}); err != nil {
-		pool.Put(node.Address, conn, err)
-		return client.Answer{}, false, err
-	}
-	m, err := conn.Recv(ctx)
-	pool.Put(node.Address, conn, err)
-	if err != nil {
-		return client.Answer{}, true, err
-	}
-	status, convErr := strconv.Atoi(m.Header[transport.HeaderStatus])
-	if convErr != nil || status < 100 || status > 999 {
-		return client.Answer{}, true, errors.New("node answered without a valid " + transport.HeaderStatus + " header")
+		return client.Answer{}, sent, err
 	}
 	resp := &ex.c.Response
 	resp.Reset()
 	resp.SetStatusCode(status)
 	for k, v := range m.Header {
-		if k != transport.HeaderStatus {
-			setValues(&resp.Header, k, v)
-		}
+		setValues(&resp.Header, k, v)
 	}
 	resp.SetBody(m.Body)
 	return answerOf(resp), true, nil
