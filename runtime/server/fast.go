@@ -147,7 +147,7 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 		ex.body, ex.length = newReplayBody(stream, st.RetryBuffer), stream.length
 	}
 	out, err := in.cfg.Fast.Doer.Do(ctx, req, ex)
-	if callerClose {
+	if callerClose || stream.unread() {
 		c.SetConnectionClose()
 	}
 	switch {
@@ -357,7 +357,8 @@ func tooLarge(id string, max int64) *callerr.Error {
 type limitedBody struct {
 	r      io.Reader
 	left   int64
-	length int // the Content-Length, -1 when unknown (chunked)
+	length int  // the Content-Length, -1 when unknown (chunked)
+	ended  bool // read to its end
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
@@ -365,8 +366,14 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	if b.left -= int64(n); b.left < 0 {
 		return n, fasthttp.ErrBodyTooLarge
 	}
+	b.ended = err == io.EOF
 	return n, err
 }
+
+// unread reports whether a body that streams was not read to its end (it was refused, or
+// cut at its limit): its connection must close after the answer, since what is left of the
+// body, of a length fasthttp may not know, would be read as the next request.
+func (b *limitedBody) unread() bool { return b != nil && !b.ended }
 
 // fastExchange makes the attempts of a call that came to the ingress's HTTP/1.1 path. The
 // caller's request goes out as it is, but for its target and micro's headers; the answer is
@@ -521,6 +528,9 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 	}
 	recorded = true
 	in.serveFast(ctx, c, call.service, call.endpoint, call.target, call.node, call.base, call.budget, nil, nil)
+	if stream.unread() {
+		c.SetConnectionClose()
+	}
 }
 
 // inboundCall is a call that another micro sent to the inbound server, as readCall reads it.
