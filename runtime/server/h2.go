@@ -269,7 +269,7 @@ func (ex *h2Exchange) Attempt(ctx context.Context, node *registry.Node, left tim
 		service: ex.req.Service, endpoint: ex.req.Endpoint, node: node.ID,
 		method: ex.r.Method, target: ex.req.Target, header: ex.r.Header,
 		contentLength: ex.r.ContentLength, body: ex.body, grpc: ex.grpc,
-		deadline: time.Now().Add(left), extra: extra,
+		deadline: time.Now().Add(left), extra: extra, hdr: ex.req.Header,
 	}
 	if base, ok := ib.cfg.Apps.Local(ex.req.Service, node.ID); ok {
 		hc.base = base
@@ -302,6 +302,8 @@ type h2Call struct {
 	grpc                    bool
 	deadline                time.Time         // of the budget for the answer's headers
 	extra                   map[string]string // headers the client wrappers set
+	// hdr is header as a message header, for server wrappers, when the caller made it.
+	hdr map[string]string
 }
 
 // roundTrip sends hc to base (scheme and host, and a path prefix) over HTTP/2 and returns
@@ -468,7 +470,10 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 	defer chain.Release()
 	call := wrapper.Call{Service: hc.service, Endpoint: hc.endpoint, Node: hc.node, Deadline: hc.deadline}
 	if chain != nil {
-		call.Header = filterHeader(hc.header)
+		if hc.hdr == nil {
+			hc.hdr = filterHeader(hc.header)
+		}
+		call.Header = hc.hdr
 	}
 	code, kind, _, rejected := in.wrapApp(actx, chain, &call, start, func(more map[string]string) (int, string, string) {
 		fail := func(e *callerr.Error, kind string) (int, string, string) {
