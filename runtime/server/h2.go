@@ -87,18 +87,10 @@ func (in *Ingress) callH2(w http.ResponseWriter, r *http.Request, st *Settings, 
 		fail(callerr.New(IngressID, http.StatusBadRequest, "header %s on an HTTP/2 call: its body and answer stream already", transport.HeaderStream))
 		return
 	}
-	idem, hasIdem := r.Header[transport.HeaderIdempotent]
-	d, idempotent, e := options(strings.Join(idem, ","), hasIdem, r.Header.Get(transport.HeaderTimeout), st)
+	ctx, cancel, idempotent, e := callOptions(r, st)
 	if e != nil {
 		fail(e)
 		return
-	}
-	if gt, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok && d == 0 && grpc {
-		d = min(gt, st.MaxBudget)
-	}
-	ctx, cancel := r.Context(), context.CancelFunc(func() {})
-	if d > 0 {
-		ctx, cancel = context.WithTimeout(ctx, d)
 	}
 	defer cancel()
 

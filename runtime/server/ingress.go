@@ -263,13 +263,16 @@ func refuse(w http.ResponseWriter, rc *http.ResponseController, r *http.Request,
 }
 
 // callOptions reads what a caller may ask of a call: its budget (Micro-Timeout, at most
-// st.MaxBudget), which it puts in the returned context, and whether it is safe to repeat
-// (Micro-Idempotent).
+// st.MaxBudget; or else a gRPC call's grpc-timeout, cut to st.MaxBudget), which it puts in
+// the returned context, and whether it is safe to repeat (Micro-Idempotent).
 func callOptions(r *http.Request, st *Settings) (context.Context, context.CancelFunc, bool, *callerr.Error) {
 	idem, hasIdem := r.Header[transport.HeaderIdempotent]
 	d, idempotent, e := options(strings.Join(idem, ","), hasIdem, r.Header.Get(transport.HeaderTimeout), st)
 	if e != nil {
 		return nil, nil, false, e
+	}
+	if gt, ok := parseGRPCTimeout(r.Header.Get("Grpc-Timeout")); ok && d == 0 && isGRPC(r.Header) {
+		d = min(gt, st.MaxBudget)
 	}
 	if d == 0 {
 		return r.Context(), func() {}, idempotent, nil
