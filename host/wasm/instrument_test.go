@@ -305,7 +305,8 @@ func TestInstrumentMergesData(t *testing.T) {
 }
 
 // FuzzInstrument checks that instrument never panics, and that whatever wazero accepts,
-// instrument accepts too, into a module that wazero still accepts.
+// instrument accepts too, into a module that wazero still accepts. It compiles as micro does,
+// with compile, which turns a wazero panic on a malformed module into an error.
 //
 // wazero allocates what a module declares before it reads it (a type of 2^32 parameters is
 // 4 GiB), which would take the fuzzer down, so inputs that may declare a large count (three
@@ -327,7 +328,7 @@ func FuzzInstrument(f *testing.F) {
 		if mayDeclareLarge(b) {
 			return
 		}
-		cm, cerr := rt.CompileModule(ctx, b)
+		cm, cerr := compile(ctx, rt, b)
 		if cerr != nil {
 			return
 		}
@@ -338,7 +339,7 @@ func FuzzInstrument(f *testing.F) {
 			}
 			t.Fatalf("wazero compiles the module, but instrument fails: %v", err)
 		}
-		cm2, err := rt.CompileModule(ctx, out)
+		cm2, err := compile(ctx, rt, out)
 		if err != nil {
 			t.Fatalf("the instrumented module does not compile: %v", err)
 		}
