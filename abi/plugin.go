@@ -33,3 +33,11 @@ const TransportPlugin = "transport"
 // TransportProtocolVersion is the version of the transport protocol, sent in the go-plugin
 // handshake; it changes as RegistryProtocolVersion does, for abi/transportpb.
 const TransportProtocolVersion uint = 1
+
+// BrokerPlugin is the name under which a broker plugin serves the broker protocol
+// (abi/brokerpb) in its go-plugin plugin set.
+const BrokerPlugin = "broker"
+
+// BrokerProtocolVersion is the version of the broker protocol, sent in the go-plugin
+// handshake; it changes as RegistryProtocolVersion does, for abi/brokerpb.
+const BrokerProtocolVersion uint = 1
