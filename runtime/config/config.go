@@ -29,6 +29,7 @@ type Config struct {
 	Server    Server             `koanf:"server"`
 	Registry  Registry           `koanf:"registry"`
 	Transport Transport          `koanf:"transport"`
+	Broker    Broker             `koanf:"broker"`
 	Client    Client             `koanf:"client"`
 	Routes    map[string]Route   `koanf:"routes"`
 	Services  map[string]Service `koanf:"services"`
@@ -127,6 +128,51 @@ type Transport struct {
 	SHA256 string `koanf:"sha256"`
 }
 
+// Broker holds where published messages are kept until delivered, and how micro delivers
+// them to the services that subscribe. Changing the broker (plugin, dir, url, path,
+// sha256 and the limits) switches brokers live; the delivery settings apply at once.
+type Broker struct {
+	// Plugin names the broker: "embedded" is the in-process default, kept on disk and
+	// shared by the micro processes of one machine; another name runs the plugin
+	// plugins/broker-{plugin}, e.g. "nats" (NATS JetStream).
+	Plugin string `koanf:"plugin"`
+	// Dir is where the embedded broker keeps its messages. Empty means a directory under
+	// the user's cache or temp directory, beside the embedded registry's.
+	Dir string `koanf:"dir"`
+	// URL is the plugin's backend, e.g. "nats://127.0.0.1:4222"; empty means its default.
+	URL string `koanf:"url"`
+	// Path is the plugin's executable. Empty means micro builds plugins/broker-{plugin}
+	// from source on first use and caches the binary.
+	Path string `koanf:"path"`
+	// SHA256 pins the plugin executable: micro refuses to start a binary with another digest.
+	SHA256 string `koanf:"sha256"`
+	// MaxBytes bounds the store, e.g. "1GiB": a publish to a full store is refused with 503.
+	MaxBytes ByteSize `koanf:"max_bytes"`
+	// MaxAge is how long an undelivered message is kept at most.
+	MaxAge time.Duration `koanf:"max_age"`
+	// MaxMessage bounds one message, its body and headers, e.g. "1MiB"; a larger publish
+	// is refused with 413.
+	MaxMessage ByteSize `koanf:"max_message"`
+	// MaxDeliveries is how many times a message is delivered to a subscribing service that
+	// fails it before it goes to the dead-letter topic.
+	MaxDeliveries int `koanf:"max_deliveries"`
+	// DeliveryTimeout is the budget of one delivery, the call that carries a message to a
+	// subscriber.
+	DeliveryTimeout time.Duration `koanf:"delivery_timeout"`
+	// Backoff is the wait before the first redelivery of a failed message; it doubles, with
+	// jitter, up to BackoffMax.
+	Backoff    time.Duration `koanf:"backoff"`
+	BackoffMax time.Duration `koanf:"backoff_max"`
+	// MaxInflight bounds the deliveries in flight at once for each subscription of a
+	// service fronted here.
+	MaxInflight int `koanf:"max_inflight"`
+	// DeadLetter names the dead-letter topic of a topic: "{topic}" stands for the topic.
+	DeadLetter string `koanf:"dead_letter"`
+	// DrainTimeout bounds how long the old broker's subscriptions go on delivering what it
+	// holds after a switch, before it is closed; what is left stays in its store.
+	DrainTimeout time.Duration `koanf:"drain_timeout"`
+}
+
 // Client configures outgoing calls.
 type Client struct {
 	// Strategy is p2c_ewma, round_robin or random.
@@ -219,6 +265,10 @@ type Service struct {
 	// the registration, so callers learn it. Calls to other endpoints run at most once
 	// unless they provably never reached an app.
 	Idempotent []string `koanf:"idempotent"`
+	// Subscribe maps the topics the service consumes to the endpoint each is delivered to,
+	// e.g. {"orders.created" = "Orders.OnCreated"}. Each message goes to one instance of
+	// the service, as a POST to that endpoint, at least once.
+	Subscribe map[string]string `koanf:"subscribe"`
 	// Address is the base URL of an app that runs on its own, e.g. "http://127.0.0.1:9000".
 	// Exactly one of Address and Command is set.
 	Address string `koanf:"address"`

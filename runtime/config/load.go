@@ -444,6 +444,9 @@ func (l *Loader) fill(c *Config, raw map[string]any) {
 	c.Registry.TokenFile = resolve(c.Registry.TokenFile)
 	c.Registry.SHA256 = strings.ToLower(c.Registry.SHA256)
 	c.Transport.Path = resolve(c.Transport.Path)
+	c.Broker.Dir = resolve(c.Broker.Dir)
+	c.Broker.Path = resolve(c.Broker.Path)
+	c.Broker.SHA256 = strings.ToLower(c.Broker.SHA256)
 	c.Transport.SHA256 = strings.ToLower(c.Transport.SHA256)
 }
 

@@ -48,6 +48,9 @@ func TestDefault(t *testing.T) {
 			IdleTimeout: 90 * time.Second, StreamIdleTimeout: 5 * time.Minute, CheckOrigin: true},
 		Registry:  Registry{Plugin: "embedded", TTL: 10 * time.Second, Heartbeat: 3 * time.Second, CacheTTL: 30 * time.Second},
 		Transport: Transport{Plugin: "http"},
+		Broker: Broker{Plugin: "embedded", MaxBytes: 1 << 30, MaxAge: 168 * time.Hour, MaxMessage: 1 << 20, MaxDeliveries: 5,
+			DeliveryTimeout: 10 * time.Second, Backoff: time.Second, BackoffMax: time.Minute, MaxInflight: 16,
+			DeadLetter: "{topic}.dead", DrainTimeout: 30 * time.Second},
 		Client: Client{
 			Strategy: "p2c_ewma", Timeout: 5 * time.Second, MaxTimeout: time.Minute, Attempts: 3,
 			Backoff: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond,

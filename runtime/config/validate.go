@@ -11,7 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/microhost/micro/runtime/broker"
 )
+
+// MaxBrokerInflight is the largest [Broker] MaxInflight allowed.
+const MaxBrokerInflight = 1024
 
 // MaxAttempts is the largest [Client] Attempts allowed.
 const MaxAttempts = 10
@@ -73,6 +78,8 @@ func Validate(c *Config) error {
 	if h := c.Transport.SHA256; h != "" && !isSHA256(h) {
 		v.errorf("transport.sha256", "invalid digest %q: want 64 hexadecimal digits", h)
 	}
+
+	v.broker(c.Broker)
 
 	cl := c.Client
 	v.strategy("client.strategy", cl.Strategy, false)
@@ -376,6 +383,17 @@ func (v *validator) service(name string, s Service) {
 			v.errorf(key+".endpoints", "invalid endpoint %q (element %d): want a non-empty name without '/'", e, i)
 		}
 	}
+	for _, topic := range slices.Sorted(maps.Keys(s.Subscribe)) {
+		switch e := s.Subscribe[topic]; {
+		case broker.ValidTopic(topic) != nil:
+			v.errorf(key+".subscribe", "%v", broker.ValidTopic(topic))
+		case e == "" || strings.Contains(e, "/"):
+			v.errorf(joinKey([]string{"services", name, "subscribe", topic}), "invalid endpoint %q: want a non-empty name without '/'", e)
+		}
+	}
+	if len(s.Subscribe) > 0 && broker.ValidGroup(name) != nil {
+		v.errorf(key+".subscribe", "the service's name cannot name its subscription group: %v", broker.ValidGroup(name))
+	}
 	for i, e := range s.Idempotent {
 		switch {
 		case e == "" || strings.Contains(e, "/"):
@@ -422,4 +440,42 @@ func (v *validator) service(name string, s Service) {
 	if s.Health != "" && !strings.HasPrefix(s.Health, "/") {
 		v.errorf(key+".health", "invalid path %q: want a path starting with '/'", s.Health)
 	}
+}
+
+// broker checks [broker].
+func (v *validator) broker(b Broker) {
+	v.plugin("broker.plugin", b.Plugin)
+	if h := b.SHA256; h != "" && !isSHA256(h) {
+		v.errorf("broker.sha256", "invalid digest %q: want 64 hexadecimal digits", h)
+	}
+	if b.MaxBytes <= 0 {
+		v.errorf("broker.max_bytes", "must be more than 0, got %d", int64(b.MaxBytes))
+	}
+	v.positive("broker.max_age", b.MaxAge)
+	if b.MaxMessage <= 0 || (b.MaxBytes > 0 && b.MaxMessage > b.MaxBytes) {
+		v.errorf("broker.max_message", "must be more than 0 and at most broker.max_bytes (%s), got %d", b.MaxBytes, int64(b.MaxMessage))
+	}
+	if b.MaxDeliveries < 1 {
+		v.errorf("broker.max_deliveries", "must be at least 1, got %d", b.MaxDeliveries)
+	}
+	v.positive("broker.delivery_timeout", b.DeliveryTimeout)
+	v.positive("broker.backoff", b.Backoff)
+	v.positive("broker.backoff_max", b.BackoffMax)
+	if b.Backoff > 0 && b.BackoffMax > 0 && b.BackoffMax < b.Backoff {
+		v.errorf("broker.backoff_max", "must be at least broker.backoff (%s), got %s", b.Backoff, b.BackoffMax)
+	}
+	if b.MaxInflight < 1 || b.MaxInflight > MaxBrokerInflight {
+		v.errorf("broker.max_inflight", "must be from 1 to %d, got %d", MaxBrokerInflight, b.MaxInflight)
+	}
+	if !strings.Contains(b.DeadLetter, "{topic}") {
+		v.errorf("broker.dead_letter", "invalid %q: want a name with {topic} in it, such as \"{topic}.dead\"", b.DeadLetter)
+	} else if err := broker.ValidTopic(strings.ReplaceAll(b.DeadLetter, "{topic}", "t")); err != nil {
+		v.errorf("broker.dead_letter", "invalid %q: %v", b.DeadLetter, err)
+	}
+	v.positive("broker.drain_timeout", b.DrainTimeout)
+}
+
+// DeadLetterTopic is the dead-letter topic of topic under [Broker] DeadLetter pattern.
+func DeadLetterTopic(pattern, topic string) string {
+	return strings.ReplaceAll(pattern, "{topic}", topic)
 }

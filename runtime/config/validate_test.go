@@ -280,6 +280,27 @@ func TestValidateRules(t *testing.T) {
 		{"server wrapper unknown", func(c *Config) { c.Server.Wrappers = []string{"a.b"} }, "server.wrappers", `unknown wrapper "a.b" (element 0): declare it as [wrappers."a.b"]`},
 		{"server wrapper twice", func(c *Config) { c.Server.Wrappers = []string{"ratelimit", "ratelimit"} }, "server.wrappers", "listed twice"},
 		{"wrapper removed but listed", func(c *Config) { delete(c.Wrappers, "breaker") }, "client.wrappers", `unknown wrapper "breaker"`},
+		{"broker plugin", func(c *Config) { c.Broker.Plugin = "NATS" }, "broker.plugin", "NATS"},
+		{"broker sha256", func(c *Config) { c.Broker.SHA256 = "abc" }, "broker.sha256", `invalid digest "abc"`},
+		{"broker max bytes", func(c *Config) { c.Broker.MaxBytes = 0 }, "broker.max_bytes", "more than 0"},
+		{"broker max message", func(c *Config) { c.Broker.MaxMessage = 2 << 30 }, "broker.max_message", "at most broker.max_bytes (1GiB)"},
+		{"broker max age", func(c *Config) { c.Broker.MaxAge = 0 }, "broker.max_age", "more than 0"},
+		{"broker max deliveries", func(c *Config) { c.Broker.MaxDeliveries = 0 }, "broker.max_deliveries", "at least 1, got 0"},
+		{"broker delivery timeout", func(c *Config) { c.Broker.DeliveryTimeout = 0 }, "broker.delivery_timeout", "more than 0"},
+		{"broker backoff max", func(c *Config) { c.Broker.BackoffMax = time.Millisecond }, "broker.backoff_max", "at least broker.backoff (1s)"},
+		{"broker max inflight", func(c *Config) { c.Broker.MaxInflight = 5000 }, "broker.max_inflight", "from 1 to 1024, got 5000"},
+		{"broker dead letter no topic", func(c *Config) { c.Broker.DeadLetter = "dead" }, "broker.dead_letter", "with {topic} in it"},
+		{"broker dead letter bad", func(c *Config) { c.Broker.DeadLetter = "{topic}.*" }, "broker.dead_letter", `has '*'`},
+		{"subscribe bad topic", func(c *Config) {
+			s := c.Services["greeter"]
+			s.Subscribe = map[string]string{"orders..created": "Orders.On"}
+			c.Services["greeter"] = s
+		}, "services.greeter.subscribe", "empty segment"},
+		{"subscribe bad endpoint", func(c *Config) {
+			s := c.Services["greeter"]
+			s.Subscribe = map[string]string{"orders.created": "a/b"}
+			c.Services["greeter"] = s
+		}, `services.greeter.subscribe."orders.created"`, `invalid endpoint "a/b"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
