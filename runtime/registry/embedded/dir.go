@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/microhost/micro/runtime/internal/statedir"
 )
 
 // This file is the only code that reads, writes or removes what is inside the registry
@@ -270,29 +272,8 @@ func (fi fileInfo) same(o fileInfo) bool { return fi.dev == o.dev && fi.ino == o
 func (fi fileInfo) isRegular() bool { return fi.mode&unix.S_IFMT == unix.S_IFREG }
 func (fi fileInfo) isDir() bool     { return fi.mode&unix.S_IFMT == unix.S_IFDIR }
 
-// perm returns the permission bits.
-func (fi fileInfo) perm() fs.FileMode { return fs.FileMode(fi.mode).Perm() }
-
 // kind names the type of the file.
-func (fi fileInfo) kind() string {
-	switch fi.mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		return "regular file"
-	case unix.S_IFDIR:
-		return "directory"
-	case unix.S_IFLNK:
-		return "symbolic link"
-	case unix.S_IFIFO:
-		return "named pipe"
-	case unix.S_IFSOCK:
-		return "socket"
-	case unix.S_IFCHR:
-		return "character device"
-	case unix.S_IFBLK:
-		return "block device"
-	}
-	return "file of unknown type"
-}
+func (fi fileInfo) kind() string { return statedir.Kind(fi.mode) }
 
 // wrongTypeError is the error for a file that is not of the type the registry keeps in its
 // place.

@@ -40,12 +40,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/microhost/micro/runtime/internal/statedir"
 	"github.com/microhost/micro/runtime/registry"
 )
 
@@ -83,13 +83,10 @@ type Options struct {
 // Registry is a registry.Registry kept in a directory. It is safe for concurrent use, and any
 // number of Registry values, in one process or many, may share a directory.
 type Registry struct {
-	dir string
-	// private is the per-user directory in the shared temporary directory that holds dir,
-	// when dir is the fallback location of DefaultDir, and "" otherwise. It gets the
-	// strict checks of prepare.
-	private string
-	log     *slog.Logger
-	scan    time.Duration
+	// loc is the registry directory, and how strictly it is checked.
+	loc  statedir.Location
+	log  *slog.Logger
+	scan time.Duration
 
 	// noEvents makes watchers poll instead of using file-system events, as they do when
 	// those are unavailable. Tests set it to cover that path.
@@ -116,16 +113,12 @@ func Open(dir string, opts Options) (*Registry, error) {
 	if opts.ScanInterval < 0 {
 		return nil, fmt.Errorf("embedded registry: scan interval %v is negative", opts.ScanInterval)
 	}
-	var private string
-	if dir == "" {
-		dir, private = defaultDir()
-	}
-	abs, err := filepath.Abs(dir)
+	loc, err := statedir.New(dir, "registry", "registry")
 	if err != nil {
-		return nil, fmt.Errorf("embedded registry: directory %q: %w", dir, err)
+		return nil, fmt.Errorf("embedded registry: %w", err)
 	}
 	r := &Registry{
-		dir:        abs,
+		loc:        loc,
 		log:        opts.Logger,
 		scan:       opts.ScanInterval,
 		maxWatched: maxWatched,
@@ -133,28 +126,25 @@ func Open(dir string, opts Options) (*Registry, error) {
 		watchers:   make(map[*watcher]struct{}),
 		warned:     newWarnings(maxWarned),
 	}
-	if private != "" {
-		r.private = filepath.Dir(abs)
-	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
 	if r.scan == 0 {
 		r.scan = DefaultScanInterval
 	}
-	fi, err := r.prepare()
+	perm, err := loc.Prepare()
 	if err != nil {
 		return nil, fmt.Errorf("embedded registry: %w", err)
 	}
-	if fi.perm()&0o022 != 0 {
+	if perm&0o022 != 0 {
 		r.log.Warn("embedded registry: directory is writable by other users, who can add nodes",
-			"dir", abs, "mode", fi.perm())
+			"dir", loc.Path, "mode", perm)
 	}
 	return r, nil
 }
 
 // Dir returns the directory that holds the registry, as an absolute path.
-func (r *Registry) Dir() string { return r.dir }
+func (r *Registry) Dir() string { return r.loc.Path }
 
 // Register writes an entry for each node of s that expires ttl from now, replacing the
 // node's previous entry. ttl must be positive. Service name and node IDs must be plain file
@@ -468,7 +458,7 @@ func (r *Registry) warnOnce(msg, path string, mod time.Time, err error) {
 	warn, overflow := r.warned.note(path, mod, time.Now())
 	if overflow {
 		r.log.Warn("embedded registry: too many bad files to keep track of; logging further ones at debug level",
-			"dir", r.dir, "max", r.warned.max)
+			"dir", r.loc.Path, "max", r.warned.max)
 	}
 	level := slog.LevelDebug
 	if warn {

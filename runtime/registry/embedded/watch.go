@@ -198,7 +198,7 @@ func (w *watcher) emit(t registry.EventType, service string, node *registry.Node
 
 // handle follows one file-system event: it rereads the node or the service it names.
 func (w *watcher) handle(ev fsnotify.Event) bool {
-	rel, err := filepath.Rel(w.r.dir, ev.Name)
+	rel, err := filepath.Rel(w.r.loc.Path, ev.Name)
 	if err != nil || rel == "." {
 		if ev.Has(fsnotify.Remove) || ev.Has(fsnotify.Rename) {
 			delete(w.watched, "") // the root went away; scans watch it again when it is back
@@ -282,7 +282,7 @@ func (w *watcher) resync(emit bool) error {
 		if !emit {
 			return fmt.Errorf("embedded registry: watch: %w", err)
 		}
-		w.r.warnOnce(watchMsg, w.r.dir, time.Time{}, err)
+		w.r.warnOnce(watchMsg, w.r.loc.Path, time.Time{}, err)
 		return nil
 	}
 	// The names of this scan that are known or watched, to tell which of those are gone.
@@ -316,7 +316,7 @@ func (w *watcher) resync(emit bool) error {
 			if !emit {
 				return fmt.Errorf("embedded registry: watch: %w", err)
 			}
-			w.r.warnOnce(watchMsg, w.r.dir, time.Time{}, err)
+			w.r.warnOnce(watchMsg, w.r.loc.Path, time.Time{}, err)
 			return nil
 		}
 	}
@@ -361,7 +361,7 @@ func (w *watcher) watch(service string) {
 			return
 		}
 	}
-	path := filepath.Join(w.r.dir, service)
+	path := filepath.Join(w.r.loc.Path, service)
 	if err := w.fs.Add(path); err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			w.trouble(&w.watchTrouble, "embedded registry: cannot watch directory; relying on scans",
@@ -375,7 +375,7 @@ func (w *watcher) watch(service string) {
 // unwatch removes the file-system watch of a service directory that is gone.
 func (w *watcher) unwatch(service string) {
 	delete(w.watched, service)
-	w.fs.Remove(filepath.Join(w.r.dir, service)) // an error means the watch went with the directory
+	w.fs.Remove(filepath.Join(w.r.loc.Path, service)) // an error means the watch went with the directory
 }
 
 // trouble logs a problem that may recur at every scan: as a warning the first time, when
@@ -400,7 +400,7 @@ func (w *watcher) openRoot() (*dir, bool) {
 		return nil, true
 	}
 	if err != nil {
-		w.r.warnOnce(watchMsg, w.r.dir, time.Time{}, err)
+		w.r.warnOnce(watchMsg, w.r.loc.Path, time.Time{}, err)
 		return nil, false
 	}
 	return root, true
