@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the Go code of abi's protocols (abi/*/*.proto: registrypb, transportpb) with
+# Regenerates the Go code of abi's protocols (abi/*/*.proto: registrypb, transportpb, brokerpb) with
 # protoc and the protoc-gen-go and protoc-gen-go-grpc versions pinned in tools/go.mod.
 #
 #   abi/gen.sh
