@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -38,6 +39,13 @@ const (
 	// failed.
 	HeaderDeadReason = "Micro-Dead-Reason"
 )
+
+// IsDeliveryHeader reports whether k, in any case, is one of the headers micro sets on a
+// delivery (HeaderTopic, HeaderMessageID, HeaderDelivery). Unlike micro's other headers,
+// the inbound server passes these on to the app that a delivery is for.
+func IsDeliveryHeader(k string) bool {
+	return strings.EqualFold(k, HeaderTopic) || strings.EqualFold(k, HeaderMessageID) || strings.EqualFold(k, HeaderDelivery)
+}
 
 // ValueSep joins the values of a header that has several in a Message's Header, as it does
 // in runtime/transport.

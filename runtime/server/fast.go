@@ -14,6 +14,7 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
@@ -70,6 +71,10 @@ func (in *Ingress) ServeFast(c *fasthttp.RequestCtx) {
 	}
 	if !absolute && string(uri) == "/metrics" {
 		in.fastMetrics(c)
+		return
+	}
+	if !absolute && bytes.HasPrefix(uri, []byte(PublishPrefix)) {
+		in.fastPublish(c, st, uri)
 		return
 	}
 	in.fastCall(c, st, uri, absolute)
@@ -137,7 +142,7 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 	defer watchCaller(c.Conn(), cancel).stop()
 
 	callerClose := h.ConnectionClose()
-	dropHeaders(h)
+	dropHeaders(h, nil)
 	req := &client.Request{
 		Service: service, Endpoint: endpoint, Method: string(c.Method()), Target: target,
 		Header: messageHeader(h), Body: body, Idempotent: idempotent,
@@ -196,16 +201,16 @@ func splitURI(uri []byte, absolute bool) (host, path, query string) {
 }
 
 // dropHeaders removes from a request the headers that belong to one connection, and every
-// Micro-* header: micro sets its own. A caller's Connection: close is kept apart by the
-// caller. Host and Content-Length stay: fasthttp writes them anew at every hop, from the
-// host set for the hop and from the body.
-func dropHeaders(h *fasthttp.RequestHeader) {
+// Micro-* header but those keep reports (nil keeps none): micro sets its own. A caller's
+// Connection: close is kept apart by the caller. Host and Content-Length stay: fasthttp
+// writes them anew at every hop, from the host set for the hop and from the body.
+func dropHeaders(h *fasthttp.RequestHeader, keep func(string) bool) {
 	var drop [][]byte
 	for k := range h.All() {
 		if string(k) == "Host" || string(k) == "Content-Length" {
 			continue
 		}
-		if transport.IsMicroHeader(string(k)) || hopByHop(string(k)) {
+		if (transport.IsMicroHeader(string(k)) && (keep == nil || !keep(string(k)))) || hopByHop(string(k)) {
 			drop = append(drop, bytes.Clone(k))
 		}
 	}
@@ -522,7 +527,7 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 	ctx, cancel := context.WithTimeout(context.Background(), call.budget)
 	defer cancel()
 	defer watchCaller(c.Conn(), cancel).stop()
-	dropHeaders(h)
+	dropHeaders(h, broker.IsDeliveryHeader)
 	if stream != nil {
 		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
 	}

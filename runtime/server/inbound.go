@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/transport"
@@ -329,13 +330,13 @@ func requestLine(h map[string]string) (method, target string) {
 }
 
 // appHeader is the header of a call's request to its app: the caller's end-to-end headers
-// and those the server wrappers set, without any Micro-* header the caller sent, and
-// micro's own budget header.
+// and those the server wrappers set, without any Micro-* header the caller sent but a
+// delivery's (broker.IsDeliveryHeader), and micro's own budget header.
 func appHeader(h, extra map[string]string, deadline time.Time) http.Header {
 	out := make(http.Header, len(h)+len(extra)+1)
 	for _, m := range []map[string]string{h, extra} {
 		for k, v := range m {
-			if ck := http.CanonicalHeaderKey(k); !transport.IsMicroHeader(ck) && !hopByHop(ck) {
+			if ck := http.CanonicalHeaderKey(k); (!transport.IsMicroHeader(ck) || broker.IsDeliveryHeader(ck)) && !hopByHop(ck) {
 				out[ck] = strings.Split(v, transport.ValueSep)
 			}
 		}

@@ -74,6 +74,8 @@ type IngressConfig struct {
 	Inbound *Inbound
 	// Fast is what the HTTP/1.1 path needs to make calls.
 	Fast FastPath
+	// Publisher serves the broker paths (PublishPrefix); nil answers them 404.
+	Publisher Publisher
 }
 
 // Ingress is the HTTP handler apps call: POST /{service}/{endpoint}, with the budget in
@@ -132,7 +134,8 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.call(w, r, rc, st)
 }
 
-// serveOwn serves the ingress's own paths, GET /health, /metrics and /services. It reports
+// serveOwn serves the ingress's own paths, GET /health, /metrics and /services, and the
+// broker's (PublishPrefix). It reports
 // false when r asks for none of them.
 func (in *Ingress) serveOwn(w http.ResponseWriter, r *http.Request) bool {
 	switch r.URL.Path {
@@ -143,7 +146,10 @@ func (in *Ingress) serveOwn(w http.ResponseWriter, r *http.Request) bool {
 	case "/services":
 		in.services(w, r)
 	default:
-		return false
+		if !strings.HasPrefix(r.URL.Path, PublishPrefix) {
+			return false
+		}
+		in.servePublish(w, r)
 	}
 	return true
 }
