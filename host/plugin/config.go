@@ -176,6 +176,89 @@ func (c TransportConfig) proc() procConfig {
 	}
 }
 
+// BrokerConfig says which broker plugin to run and how to initialise it.
+//
+// A BrokerConfig never prints or logs the password of its URL.
+type BrokerConfig struct {
+	// Name of the plugin, e.g. "nats". It names the plugin in logs and errors and the
+	// binary that a build from source writes ("broker-" + Name).
+	Name string
+	// Path is the plugin's executable. Empty means: build SourceDir into CacheDir.
+	Path string
+	// SourceDir is the Go package of the plugin, e.g. <repo>/plugins/broker-nats; it is
+	// built as Config.SourceDir is.
+	SourceDir string
+	// CacheDir is where a build from source writes the binary.
+	CacheDir string
+	// SHA256 pins the executable's digest (64 hex digits); empty means not pinned.
+	SHA256 string
+
+	// URL of the backend, passed to the plugin's Init, e.g. "nats://127.0.0.1:4222"; ""
+	// for the plugin's default.
+	URL string
+	// MaxAge is how long a message is kept at most; 0 means the plugin's default.
+	MaxAge time.Duration
+	// MaxBytes bounds the store; 0 means the plugin's default.
+	MaxBytes int64
+	// MaxMessage bounds one message (body, header keys and values); 0 means the plugin's
+	// default. Whatever it says, micro refuses messages over brokerpb.MaxMessageSize.
+	MaxMessage int64
+
+	// StartTimeout bounds the plugin's handshake, and then its Init; 0 means
+	// DefaultStartTimeout. It also bounds the wait for a Subscribe's answer.
+	StartTimeout time.Duration
+
+	// env is added to the plugin's environment (tests drive the test plugin with it).
+	env []string
+	// restartMin and restartMax override the restart backoff's bounds (tests).
+	restartMin, restartMax time.Duration
+}
+
+// plainBrokerConfig is BrokerConfig without its methods, for printing.
+type plainBrokerConfig BrokerConfig
+
+// redact returns c with the password of its URL replaced.
+func (c BrokerConfig) redact() plainBrokerConfig {
+	if u, err := url.Parse(c.URL); err == nil && u.User != nil {
+		if _, ok := u.User.Password(); ok {
+			c.URL = u.Redacted()
+		}
+	}
+	return plainBrokerConfig(c)
+}
+
+// Format prints c with every fmt verb, with its URL's password redacted.
+func (c BrokerConfig) Format(f fmt.State, verb rune) {
+	fmt.Fprintf(f, fmt.FormatString(f, verb), c.redact())
+}
+
+// String returns c as fmt's %+v shows it, with its URL's password redacted.
+func (c BrokerConfig) String() string { return fmt.Sprintf("%+v", c.redact()) }
+
+// LogValue logs c's settings, with its URL's password redacted.
+func (c BrokerConfig) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("name", c.Name),
+		slog.String("path", c.Path),
+		slog.String("source_dir", c.SourceDir),
+		slog.String("cache_dir", c.CacheDir),
+		slog.String("sha256", c.SHA256),
+		slog.String("url", c.redact().URL),
+		slog.Duration("max_age", c.MaxAge),
+		slog.Int64("max_bytes", c.MaxBytes),
+		slog.Int64("max_message", c.MaxMessage),
+		slog.Duration("start_timeout", c.StartTimeout),
+	)
+}
+
+// proc returns the settings for starting c's process.
+func (c BrokerConfig) proc() procConfig {
+	return procConfig{
+		Name: c.Name, Path: c.Path, SourceDir: c.SourceDir, CacheDir: c.CacheDir, SHA256: c.SHA256,
+		StartTimeout: c.StartTimeout, env: c.env, restartMin: c.restartMin, restartMax: c.restartMax,
+	}
+}
+
 // procConfig is what every kind of plugin needs to start and supervise its process.
 type procConfig struct {
 	Name, Path, SourceDir, CacheDir, SHA256 string

@@ -16,6 +16,7 @@ import (
 
 	goplugin "github.com/hashicorp/go-plugin"
 	"github.com/microhost/micro/abi"
+	"github.com/microhost/micro/abi/brokerpb"
 	"github.com/microhost/micro/abi/registrypb"
 	"github.com/microhost/micro/abi/transportpb"
 	"google.golang.org/grpc"
@@ -50,6 +51,15 @@ var (
 			grpc.MaxCallSendMsgSize(transportpb.MaxFrameSize),
 		)},
 	}
+	brokerKind = kind{
+		name:    abi.BrokerPlugin,
+		version: abi.BrokerProtocolVersion,
+		sdk:     "sdk/broker",
+		dialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(brokerpb.MaxFrameSize),
+			grpc.MaxCallSendMsgSize(brokerpb.MaxFrameSize),
+		)},
+	}
 )
 
 // instance is one running plugin process.
@@ -58,6 +68,7 @@ type instance struct {
 	conn      *grpc.ClientConn
 	registry  registrypb.RegistryClient
 	transport transportpb.TransportClient
+	broker    brokerpb.BrokerClient
 	health    healthpb.HealthClient
 	exited    <-chan struct{} // closed when the process has exited
 	pid       int
@@ -216,6 +227,7 @@ func dispense(k kind, client *goplugin.Client) (*instance, error) {
 		conn:      d.conn,
 		registry:  registrypb.NewRegistryClient(d.conn),
 		transport: transportpb.NewTransportClient(d.conn),
+		broker:    brokerpb.NewBrokerClient(d.conn),
 		health:    healthpb.NewHealthClient(d.conn),
 		exited:    d.exited,
 		started:   time.Now(),
