@@ -1,7 +1,8 @@
 // Package natstest runs a real NATS server for tests, in the test's own process
 // (github.com/nats-io/nats-server/v2), on a free loopback port. Stop and Restart bring it
 // down and back up on the same port, so that clients reconnect to the same URL; the server
-// is shut down when the test ends.
+// is shut down when the test ends. WithJetStream turns JetStream on, with a store that
+// survives Restart.
 package natstest
 
 import (
@@ -28,6 +29,7 @@ type Server struct {
 
 	t        testing.TB
 	maxBytes int32
+	storeDir string // JetStream's store; "" runs without JetStream
 
 	mu  sync.Mutex
 	srv *server.Server // nil while stopped
@@ -40,6 +42,13 @@ type Option func(*Server)
 // NATS's default is 1 MiB).
 func WithMaxPayload(n int32) Option {
 	return func(s *Server) { s.maxBytes = n }
+}
+
+// WithJetStream runs the server with JetStream on, storing streams as files in storeDir
+// (a t.TempDir(), say). The directory outlives Stop, so that Restart brings back every
+// stream, consumer and message the server had stored.
+func WithJetStream(storeDir string) Option {
+	return func(s *Server) { s.storeDir = storeDir }
 }
 
 // Start runs a NATS server on a free port of 127.0.0.1 and registers its shutdown with
@@ -74,6 +83,8 @@ func (s *Server) run(port int) (*server.Server, error) {
 		NoLog:      true,
 		NoSigs:     true,
 		MaxPayload: s.maxBytes,
+		JetStream:  s.storeDir != "",
+		StoreDir:   s.storeDir,
 	}
 	srv, err := server.NewServer(o)
 	if err != nil {
