@@ -746,4 +746,3 @@ func consumerFrameKind(f any) string {
 	}
 	return fmt.Sprintf("a %T", f)
 }
-

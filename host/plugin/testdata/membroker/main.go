@@ -5,6 +5,8 @@
 //	MEMBROKER_PROTOCOL=N      speak broker protocol N instead of micro's
 //	MEMBROKER_UNAVAILABLE=1   fail Publish as if the backend were unreachable
 //	MEMBROKER_INIT_FAIL=1     fail Init
+//	MEMBROKER_EXIT_IF_FILE=F  exit with status 3 at once, before the handshake, while the
+//	                          file F exists
 //	MEMBROKER_RAW=MODE        serve a raw protocol server whose Subscribe answers
 //	                          subscribed and then MODE: "overflow" (one delivery more than
 //	                          max_inflight), "duplicate" (two deliveries with one token),
@@ -39,6 +41,12 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	if f := os.Getenv("MEMBROKER_EXIT_IF_FILE"); f != "" {
+		if _, err := os.Stat(f); err == nil {
+			fmt.Fprintln(os.Stderr, "membroker: exiting at once, since", f, "exists")
+			os.Exit(3)
+		}
+	}
 	m := &mem{
 		unavailable: os.Getenv("MEMBROKER_UNAVAILABLE") != "",
 		initFail:    os.Getenv("MEMBROKER_INIT_FAIL") != "",
@@ -65,7 +73,8 @@ func serveRaw(v uint, srv brokerpb.BrokerServer) {
 			MagicCookieKey:   abi.MagicCookieKey,
 			MagicCookieValue: abi.MagicCookieValue,
 		},
-		Plugins: goplugin.PluginSet{abi.BrokerPlugin: &grpcPlugin{srv: srv}},
+		Plugins:    goplugin.PluginSet{abi.BrokerPlugin: &grpcPlugin{srv: srv}},
+		GRPCServer: goplugin.DefaultGRPCServer,
 	})
 }
 
