@@ -487,3 +487,17 @@ func FuzzSplitToken(f *testing.F) {
 		}
 	})
 }
+
+// FuzzValidName checks that the protocol's name rule, which plugins apply, agrees with
+// runtime/broker's, which micro applies: a name micro accepts is never refused by a
+// plugin, and the other way round.
+func FuzzValidName(f *testing.F) {
+	for _, s := range []string{"orders.created", "a", "a..b", ".a", "a.", "a b", "a.*", "a.>", "Ü", strings.Repeat("a", 201), "a-b_c.D9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if a, b := brokerpb.ValidName(s) == nil, broker.ValidTopic(s) == nil; a != b {
+			t.Fatalf("%q: brokerpb.ValidName ok %v, broker.ValidTopic ok %v", s, a, b)
+		}
+	})
+}
