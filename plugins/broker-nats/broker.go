@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/microhost/micro/abi/brokerpb"
 	"github.com/microhost/micro/sdk/broker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -517,7 +518,9 @@ func groups(ctx context.Context, str jetstream.Stream, subject string) ([]*jetst
 }
 
 // Messages returns up to limit messages held on topic after the lowest ack floor of its
-// groups (all it holds on topic when no group consumes it), oldest first.
+// groups (all it holds on topic when no group consumes it), oldest first. It stops once
+// they add up to more than a response of the plugin protocol carries, and leaves out
+// messages that micro cannot carry (published by others, see checkMessage).
 func (b *natsBroker) Messages(ctx context.Context, topic string, limit int) ([]*broker.Message, error) {
 	st, err := b.state()
 	if err != nil {
@@ -527,11 +530,19 @@ func (b *natsBroker) Messages(ctx context.Context, topic string, limit int) ([]*
 		return nil, fmt.Errorf("broker-nats: messages: %w", err)
 	}
 	var out []*broker.Message
+	size := int64(0)
 	err = scan(ctx, st.str, topic, func(raw *jetstream.RawStreamMsg) bool {
-		if len(out) >= limit {
+		if len(out) >= limit || size > brokerpb.MaxMessageSize {
 			return false
 		}
-		out = append(out, rawMessage(topic, raw))
+		m := rawMessage(topic, raw)
+		if err := checkMessage(m); err != nil {
+			b.log.Warn("broker-nats: messages: left out a message that micro cannot carry",
+				"topic", topic, "sequence", raw.Sequence, "err", err)
+			return true
+		}
+		out = append(out, m)
+		size += messageSize(m)
 		return true
 	})
 	if err != nil {
@@ -607,6 +618,21 @@ func rawMessage(topic string, raw *jetstream.RawStreamMsg) *broker.Message {
 		Body:   raw.Data,
 		Time:   raw.Time,
 	}
+}
+
+// checkMessage returns an error if m breaks the plugin protocol's limits on a message
+// (abi/brokerpb): an ID too long, too many headers, too large. micro's own messages never
+// do; a message published to the stream by another client may.
+func checkMessage(m *broker.Message) error {
+	switch {
+	case len(m.ID) > brokerpb.MaxIDLen:
+		return fmt.Errorf("message ID of %d bytes is longer than %d", len(m.ID), brokerpb.MaxIDLen)
+	case len(m.Header) > brokerpb.MaxHeaders:
+		return fmt.Errorf("message %s has %d headers, more than %d", m.ID, len(m.Header), brokerpb.MaxHeaders)
+	case messageSize(m) > brokerpb.MaxMessageSize:
+		return fmt.Errorf("message %s of %d bytes is larger than %d", m.ID, messageSize(m), brokerpb.MaxMessageSize)
+	}
+	return nil
 }
 
 // messageID returns a stored message's ID: its Nats-Msg-Id, or, for a message published

@@ -701,6 +701,7 @@ func TestRestartLosesNothing(t *testing.T) {
 	})
 
 	stop := make(chan struct{})
+	progress := make(chan struct{}, 1) // a publish ended
 	var publishers sync.WaitGroup
 	for p := range 4 {
 		publishers.Go(func() {
@@ -724,37 +725,50 @@ func TestRestartLosesNothing(t *testing.T) {
 					}
 				}
 				mu.Unlock()
+				select {
+				case progress <- struct{}{}:
+				default:
+				}
 				if err != nil {
 					time.Sleep(20 * time.Millisecond) // a publisher backing off
 				}
 			}
 		})
 	}
-	// Restart once some messages are in, and stop once more are in after the restart.
-	waitAccepted := func(n int) {
+	// waitFor waits until cond, called under mu, holds.
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
 		for {
 			mu.Lock()
-			k := len(accepted)
+			ok := cond()
 			mu.Unlock()
-			if k >= n || ctx.Err() != nil {
+			if ok {
 				return
 			}
-			time.Sleep(10 * time.Millisecond)
+			select {
+			case <-progress:
+			case <-ctx.Done():
+				t.Fatalf("waiting for %s: %v", what, ctx.Err())
+			}
 		}
 	}
-	waitAccepted(200)
+	// Stop the server once some messages are in, keep publishing while it is down, start
+	// it again, and stop once more messages are in.
+	waitFor("200 accepted", func() bool { return len(accepted) >= 200 })
+	s.Stop()
+	waitFor("20 refused", func() bool { return failed >= 20 })
 	s.Restart()
 	mu.Lock()
 	atRestart := len(accepted)
 	mu.Unlock()
-	waitAccepted(atRestart + 200)
+	waitFor("200 more accepted", func() bool { return len(accepted) >= atRestart+200 })
 	close(stop)
 	publishers.Wait()
 
 	mu.Lock()
 	publishing = false
 	checkDone()
-	t.Logf("accepted %d (%d before the restart finished), refused %d", len(accepted), atRestart, failed)
+	t.Logf("accepted %d (%d before the restart), refused %d", len(accepted), atRestart, failed)
 	mu.Unlock()
 	select {
 	case <-gotAll:
@@ -771,4 +785,50 @@ func TestRestartLosesNothing(t *testing.T) {
 	}
 	cancel()
 	consumers.Wait()
+}
+
+// TestForeignMessages: messages that other NATS clients put in the stream. One with no
+// message ID gets one from its sequence; one that micro's protocol cannot carry is
+// terminated and left out rather than stopping the group.
+func TestForeignMessages(t *testing.T) {
+	s := startNATS(t)
+	b := newTestBroker(t, s.URL, broker.Config{})
+	nc, err := nats.Connect(s.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	many := nats.Header{}
+	for i := range 1100 {
+		many.Set(fmt.Sprint("K", i), "v")
+	}
+	for _, m := range []*nats.Msg{
+		{Subject: subject("t"), Header: many, Data: []byte("too many headers")},
+		{Subject: subject("t"), Data: []byte("plain")},
+	} {
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms, err := b.Messages(ctx, "t", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids(ms), []string{"nats-seq-2"}) {
+		t.Errorf("Messages = %q, want nats-seq-2", ids(ms))
+	}
+	c := subscribe(t, b, broker.Subscription{Topic: "t", Group: "g"})
+	d := next(t, c)
+	if d.ID != "nats-seq-2" || string(d.Body) != "plain" || len(d.Header) != 0 {
+		t.Errorf("delivery = %s %q %q, want nats-seq-2 plain", d.ID, d.Body, d.Header)
+	}
+	ack(t, c, d)
+	if err := b.Delete(ctx, "t", "nats-seq-1"); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -91,6 +91,16 @@ func (c *consumer) Next(ctx context.Context) (*broker.Delivery, error) {
 				c.log.Error("broker-nats: dropped a message with no JetStream metadata", "err", err)
 				continue
 			}
+			if err := checkMessage(&d.Message); err != nil {
+				// Published to the stream by something other than micro, and more than
+				// micro's protocol carries: it would stop the group at every delivery.
+				c.log.Error("broker-nats: terminated a message that micro cannot deliver; it stays in the stream",
+					"id", d.ID, "err", err)
+				if err := m.TermWithReason("micro cannot deliver it: " + err.Error()); err != nil {
+					c.log.Warn("broker-nats: terminate failed", "id", d.ID, "err", err)
+				}
+				continue
+			}
 			c.held[d.Token] = m
 			return d, nil
 		}
