@@ -269,11 +269,12 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg settings, log
 	return str, nil
 }
 
-// setLimits sets c's limits from cfg.
+// setLimits sets c's limits from cfg. The largest message is max_message plus
+// headerSlack, but never more than the whole stream.
 func setLimits(c *jetstream.StreamConfig, cfg settings) {
 	c.MaxAge = cfg.maxAge
 	c.MaxBytes = cfg.maxBytes
-	c.MaxMsgSize = int32(cfg.maxMessage + headerSlack)
+	c.MaxMsgSize = int32(min(cfg.maxMessage+headerSlack, cfg.maxBytes))
 	c.Duplicates = min(dupWindow, cfg.maxAge)
 	c.Discard = jetstream.DiscardNew
 }
