@@ -28,8 +28,10 @@ import (
 var bins struct {
 	micro, greeter, consulPlugin string
 	natsPlugin                   string
+	brokerNats                   string // plugins/broker-nats
 	counter                      string // e2e/testdata/counter
 	grpcapp                      string // e2e/testdata/grpcapp
+	subscriber                   string // e2e/testdata/subscriber
 	ratelimit, breaker           string // .wasm
 }
 
@@ -43,9 +45,11 @@ func TestMain(m *testing.M) {
 	bins.greeter = filepath.Join(dir, "greeter")
 	bins.consulPlugin = filepath.Join(dir, "registry-consul")
 	bins.natsPlugin = filepath.Join(dir, "transport-nats")
+	bins.brokerNats = filepath.Join(dir, "broker-nats")
 	bins.counter = filepath.Join(dir, "counter")
 	bins.grpcapp = filepath.Join(dir, "grpcapp")
-	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats", bins.counter: "./testdata/counter", bins.grpcapp: "./testdata/grpcapp"} {
+	bins.subscriber = filepath.Join(dir, "subscriber")
+	for out, pkg := range map[string]string{bins.micro: "../cmd/micro", bins.greeter: "../examples/greeter", bins.consulPlugin: "../plugins/registry-consul", bins.natsPlugin: "../plugins/transport-nats", bins.brokerNats: "../plugins/broker-nats", bins.counter: "./testdata/counter", bins.grpcapp: "./testdata/grpcapp", bins.subscriber: "./testdata/subscriber"} {
 		cmd := exec.Command("go", "build", "-o", out, pkg)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Run(); err != nil {
@@ -275,6 +279,17 @@ func (m *micro) post(path, body string, header map[string]string) (reply, error)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return reply{status: resp.StatusCode, header: resp.Header, body: b}, err
+}
+
+// httpGet returns the body of a GET of url.
+func httpGet(url string) (string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
 }
 
 // servicesRaw returns the ingress's /services answer as it is.

@@ -22,10 +22,12 @@ import (
 
 	"github.com/valyala/fasthttp"
 
+	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/pool"
+	"github.com/microhost/micro/runtime/pubsub"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/cache"
 	"github.com/microhost/micro/runtime/selector"
@@ -41,6 +43,8 @@ type Factories struct {
 	Registry func(ctx context.Context, c config.Registry, logger *slog.Logger) (registry.Registry, error)
 	// Transport opens the transport that [transport] names.
 	Transport func(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error)
+	// Broker opens the broker that [broker] names.
+	Broker func(ctx context.Context, c config.Broker, logger *slog.Logger) (broker.Broker, error)
 	// Wrapper loads the wrapper that [wrappers.NAME] describes. It may be nil when no
 	// wrapper is configured.
 	Wrapper func(ctx context.Context, name string, c config.Wrapper, logger *slog.Logger) (wrapper.Wrapper, error)
@@ -59,12 +63,13 @@ type Runtime struct {
 	mu  sync.Mutex // guards cfg and services against concurrent Apply and Stop
 	cfg *config.Config
 
-	regMu       sync.RWMutex // guards reg, cache and cacheCancel, which a registry switch replaces
-	reg         registry.Registry
-	cache       *cache.Cache
-	cacheCancel context.CancelFunc
-	swapErr     error // the last failed registry switch, until one succeeds or is undone
-	trSwapErr   error // the last failed transport switch, likewise
+	regMu         sync.RWMutex // guards reg, cache and cacheCancel, which a registry switch replaces
+	reg           registry.Registry
+	cache         *cache.Cache
+	cacheCancel   context.CancelFunc
+	swapErr       error // the last failed registry switch, until one succeeds or is undone
+	trSwapErr     error // the last failed transport switch, likewise
+	brokerSwapErr error // the last failed broker switch, likewise
 
 	sel      *selector.Selector
 	wrappers *wrappers
@@ -87,6 +92,7 @@ type Runtime struct {
 	advertise string             // inboundLn's address as registered
 
 	services *services
+	pubsub   *pubsub.PubSub
 
 	bgctx  context.Context    // lives until Stop
 	cancel context.CancelFunc // stops background loops
@@ -172,6 +178,9 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		InMemory: server.InMemoryBody, BodyTimeout: cfg.Server.BodyTimeout,
 	})
 
+	if err := r.openPubSub(ctx, cfg); err != nil {
+		return err
+	}
 	r.services = newServices(r, cfg.Registry)
 	r.inbound = server.NewInbound(server.InboundConfig{
 		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream, H2C: r.h2c,
@@ -200,6 +209,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		BodyTimeout:  cfg.Server.BodyTimeout,
 		WriteTimeout: cfg.Server.WriteTimeout,
 		Inbound:      r.inbound,
+		Publisher:    r.pubsub,
 		Fast: server.FastPath{
 			Doer: r.client, Upstream: r.upstream, Pool: r.pool, HTTPNode: r.mux.httpNode,
 		},
@@ -213,6 +223,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		return err
 	}
 	r.goBackground(func() { r.wrappers.watch(bgctx) })
+	r.pubsub.SetSubscriptions(subscriptions(cfg.Services))
 
 	firstCache := r.cache
 	r.goBackground(func() { firstCache.Run(cacheCtx) })
@@ -369,6 +380,7 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	if err := r.services.apply(ctx, next.Services); err != nil {
 		r.logger.Error("config reload: services", "err", err)
 	}
+	next.Broker = r.applyBroker(ctx, old, cfg)
 	if err := r.wrappers.apply(ctx, &next); err != nil {
 		r.logger.Error("config reload: wrappers refused; the running ones stay", "err", err)
 		next.Client.Wrappers, next.Server.Wrappers, next.Wrappers = old.Client.Wrappers, old.Server.Wrappers, old.Wrappers
@@ -397,6 +409,11 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	}
 	if err := r.fastIngress.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
+	}
+	// Deliveries in flight finish while the inbound and the apps still serve; what is left
+	// goes back to the broker.
+	if err := r.pubsub.Close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("broker close: %w", err))
 	}
 	r.trMu.RLock()
 	ln := r.inboundLn
@@ -444,6 +461,9 @@ func (r *Runtime) closeAll() {
 	if r.reg != nil {
 		_ = r.reg.Close()
 	}
+	if r.pubsub != nil {
+		_ = r.pubsub.Close(context.Background())
+	}
 }
 
 // health reports the fronted services' ready instances.
@@ -454,8 +474,18 @@ func (r *Runtime) health() server.Status {
 		st.Errors = append(st.Errors, "registry: "+regErr.Error())
 	}
 	r.regMu.RLock()
-	swapErr, trSwapErr, reg := r.swapErr, r.trSwapErr, r.reg
+	swapErr, trSwapErr, brokerSwapErr, reg := r.swapErr, r.trSwapErr, r.brokerSwapErr, r.reg
 	r.regMu.RUnlock()
+	if brokerSwapErr != nil {
+		st.Errors = append(st.Errors, "broker: "+brokerSwapErr.Error())
+	}
+	if b, _ := r.pubsub.Broker(); b != nil {
+		if h, ok := b.(interface{ Health() error }); ok {
+			if err := h.Health(); err != nil {
+				st.Errors = append(st.Errors, "broker: "+err.Error())
+			}
+		}
+	}
 	if swapErr != nil {
 		st.Errors = append(st.Errors, "registry: "+swapErr.Error())
 	}

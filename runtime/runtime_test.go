@@ -17,6 +17,8 @@ import (
 	"github.com/coder/websocket"
 	micrort "github.com/microhost/micro/runtime"
 
+	"github.com/microhost/micro/runtime/broker"
+	embeddedbroker "github.com/microhost/micro/runtime/broker/embedded"
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/embedded"
@@ -50,6 +52,7 @@ func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context
 	c := config.Default()
 	c.Server.Ingress = "127.0.0.1:0"
 	c.Registry.Dir = tb.TempDir()
+	c.Broker.Dir = tb.TempDir()
 	c.Registry.TTL, c.Registry.Heartbeat = 2*time.Second, 500*time.Millisecond
 	c.Services = map[string]config.Service{"echo": {Version: "1.0.0", Address: app.URL, Instances: 1}}
 	if edit != nil {
@@ -69,6 +72,9 @@ func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context
 				return schemed{t}, nil
 			}
 			return t, nil
+		},
+		Broker: func(ctx context.Context, bc config.Broker, l *slog.Logger) (broker.Broker, error) {
+			return embeddedbroker.Open(ctx, embeddedbroker.Options{Dir: bc.Dir, MaxBytes: int64(bc.MaxBytes), MaxMessage: int64(bc.MaxMessage), Logger: l})
 		},
 		Wrapper: wf,
 	}, logger)

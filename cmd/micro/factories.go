@@ -12,6 +12,8 @@ import (
 
 	"github.com/microhost/micro/host/plugin"
 	"github.com/microhost/micro/host/wasm"
+	"github.com/microhost/micro/runtime/broker"
+	embeddedbroker "github.com/microhost/micro/runtime/broker/embedded"
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/embedded"
@@ -112,6 +114,34 @@ func (f *factories) transport(ctx context.Context, c config.Transport, s config.
 		tc.SourceDir = dir
 	}
 	return plugin.OpenTransport(ctx, tc, logger)
+}
+
+// broker opens the broker that [broker] names: the embedded one in process, or a plugin
+// through host/plugin.
+func (f *factories) broker(ctx context.Context, c config.Broker, logger *slog.Logger) (broker.Broker, error) {
+	if c.Plugin == "embedded" {
+		return embeddedbroker.Open(ctx, embeddedbroker.Options{
+			Dir: c.Dir, MaxBytes: int64(c.MaxBytes), MaxAge: c.MaxAge, MaxMessage: int64(c.MaxMessage), Logger: logger,
+		})
+	}
+	bc := plugin.BrokerConfig{
+		Name:       c.Plugin,
+		Path:       c.Path,
+		CacheDir:   filepath.Join(f.cacheDir, "bin"),
+		SHA256:     c.SHA256,
+		URL:        c.URL,
+		MaxAge:     c.MaxAge,
+		MaxBytes:   int64(c.MaxBytes),
+		MaxMessage: int64(c.MaxMessage),
+	}
+	if bc.Path == "" {
+		dir, err := f.pluginSource("broker-"+c.Plugin, "broker.path")
+		if err != nil {
+			return nil, err
+		}
+		bc.SourceDir = dir
+	}
+	return plugin.OpenBroker(ctx, bc, logger)
 }
 
 // wrapper loads the WebAssembly wrapper that [wrappers.NAME] describes, building it from

@@ -4,6 +4,8 @@
 //
 //	micro run [-c micro.toml]             start micro on a configuration
 //	micro call SERVICE ENDPOINT [JSON]    call a service through a running micro
+//	micro publish TOPIC [JSON]            publish a message through a running micro
+//	micro messages TOPIC                  list the messages a broker holds for a topic
 //	micro services                        list the registered services and their nodes
 //	micro wrapper new|build               write or build a WebAssembly wrapper
 //	micro version                         print the version
@@ -29,6 +31,9 @@ Usage:
   micro run [flags]                         start micro on micro.toml
   micro call [flags] SERVICE ENDPOINT [JSON] call a service through a running micro
   micro call --stream SERVICE ENDPOINT [MSG...]  open a stream (WebSocket) to a service
+  micro publish [flags] TOPIC [JSON]        publish a message to every service that subscribes
+  micro publish --replay DEAD_TOPIC         republish what a dead-letter topic holds
+  micro messages [flags] TOPIC              list the messages a broker holds for a topic
   micro services [flags]                    list registered services and their nodes
   micro wrapper new|build [flags] ARG       write a new wrapper project, or build one to .wasm
   micro version                             print the version
@@ -69,6 +74,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return callCmd(ctx, rest, stdin, stdout, stderr)
 	case "services":
 		return servicesCmd(ctx, rest, stdout, stderr)
+	case "publish":
+		return publishCmd(ctx, rest, stdin, stdout, stderr)
+	case "messages":
+		return messagesCmd(ctx, rest, stdout, stderr)
 	case "wrapper":
 		return wrapperCmd(ctx, rest, stdout, stderr)
 	case "version":

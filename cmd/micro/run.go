@@ -68,7 +68,7 @@ Settings are layered: defaults, then the file, then MICRO_SECTION_KEY env variab
 		return err
 	}
 	defer f.close(context.Background())
-	rt := micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Wrapper: f.wrapper, Keeper: keeper}, logger)
+	rt := micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Broker: f.broker, Wrapper: f.wrapper, Keeper: keeper}, logger)
 	if err := rt.Start(ctx); err != nil {
 		return err
 	}

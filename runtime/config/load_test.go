@@ -109,7 +109,7 @@ func TestLoadExampleFile(t *testing.T) {
 			Endpoints: []string{"Greeter.Hello"}, Idempotent: []string{"Greeter.Hello"},
 			Health: "/health",
 		},
-		"billing": {Address: "http://127.0.0.1:9000", Instances: 1},
+		"billing": {Address: "http://127.0.0.1:9000", Instances: 1, Subscribe: map[string]string{"orders.created": "Billing.OnOrder"}},
 	}
 	want.Server.Wrappers = []string{"ratelimit"}
 	want.Client.Wrappers = []string{"breaker"}
