@@ -479,24 +479,7 @@ func TestPubSubNATSRestart(t *testing.T) {
 	nats := natstest.Start(t, natstest.WithJetStream(t.TempDir()))
 	state, logs := t.TempDir(), filepath.Join(t.TempDir(), "deliveries")
 	m := startMicro(t, withBroker(baseConfig(t.TempDir(), subscriberService("orders", 1, logs, state, 0, map[string]string{"orders.created": "Orders.OnCreated"})), natsBroker(nats.URL)))
-	stop := make(chan struct{})
-	p := startPublishing(m, "orders.created", stop)
-	eventually(t, 10*time.Second, func() error {
-		if n := metric(t, m, "micro_broker_published_total"); n < 20 {
-			return fmt.Errorf("%v published", n)
-		}
-		return nil
-	})
-	nats.Restart()
-	before := metric(t, m, "micro_broker_published_total")
-	eventually(t, 30*time.Second, func() error {
-		if n := metric(t, m, "micro_broker_published_total"); n < before+20 {
-			return fmt.Errorf("publishing has not resumed after the restart")
-		}
-		return nil
-	})
-	close(stop)
-	<-p.done
+	p := publishAcross(t, m, nats.Restart)
 	t.Logf("%d messages accepted, %d refused while NATS was down (first: %s)", len(p.ids), p.refused, p.firstBad)
 	waitDelivered(t, logs, "orders", p.ids)
 }
@@ -508,29 +491,39 @@ func TestPubSubBrokerPluginCrash(t *testing.T) {
 	nats := natstest.Start(t, natstest.WithJetStream(t.TempDir()))
 	state, logs := t.TempDir(), filepath.Join(t.TempDir(), "deliveries")
 	m := startMicro(t, withBroker(baseConfig(t.TempDir(), subscriberService("orders", 1, logs, state, 0, map[string]string{"orders.created": "Orders.OnCreated"})), natsBroker(nats.URL)))
-	stop := make(chan struct{})
-	p := startPublishing(m, "orders.created", stop)
-	eventually(t, 10*time.Second, func() error {
-		if n := metric(t, m, "micro_broker_published_total"); n < 20 {
-			return fmt.Errorf("%v published", n)
+	p := publishAcross(t, m, func() {
+		if err := syscall.Kill(childPID(t, m, "broker-nats"), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
 		}
-		return nil
 	})
-	if err := syscall.Kill(childPID(t, m, "broker-nats"), syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	before := metric(t, m, "micro_broker_published_total")
-	eventually(t, 30*time.Second, func() error {
-		if n := metric(t, m, "micro_broker_published_total"); n < before+20 {
-			return fmt.Errorf("publishing has not resumed after the plugin crash")
-		}
-		return nil
-	})
-	close(stop)
-	<-p.done
 	t.Logf("%d messages accepted, %d refused while the plugin restarted (first: %s)", len(p.ids), p.refused, p.firstBad)
 	waitDelivered(t, logs, "orders", p.ids)
 	mustHealthy(t, m)
+}
+
+// publishAcross publishes steadily at m, runs disrupt once publishing is under way, and
+// stops once 20 more messages have been accepted after it.
+func publishAcross(t *testing.T, m *micro, disrupt func()) *publishing {
+	t.Helper()
+	stop := make(chan struct{})
+	p := startPublishing(m, "orders.created", stop)
+	waitPublished(t, m, 20)
+	disrupt()
+	waitPublished(t, m, metric(t, m, "micro_broker_published_total")+20)
+	close(stop)
+	<-p.done
+	return p
+}
+
+// waitPublished waits until m has had n messages accepted.
+func waitPublished(t *testing.T, m *micro, n float64) {
+	t.Helper()
+	eventually(t, 30*time.Second, func() error {
+		if c := metric(t, m, "micro_broker_published_total"); c < n {
+			return fmt.Errorf("%v of %v messages published", c, n)
+		}
+		return nil
+	})
 }
 
 // TestPubSubBrokerSwitch: [broker] switches from the embedded broker to NATS JetStream and
@@ -554,12 +547,7 @@ func TestPubSubBrokerSwitch(t *testing.T) {
 			}
 			return nil
 		})
-		eventually(t, 20*time.Second, func() error {
-			if c := metric(t, m, "micro_broker_published_total"); c < n+50 {
-				return fmt.Errorf("%v published since the switch", c-n)
-			}
-			return nil
-		})
+		waitPublished(t, m, n+50)
 	}
 	close(stop)
 	<-p.done

@@ -139,12 +139,18 @@ type plainTransportConfig TransportConfig
 
 // redact returns c with the password of its URL replaced.
 func (c TransportConfig) redact() plainTransportConfig {
-	if u, err := url.Parse(c.URL); err == nil && u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			c.URL = u.Redacted()
+	c.URL = redactURL(c.URL)
+	return plainTransportConfig(c)
+}
+
+// redactURL returns u with its password, if it has one, replaced.
+func redactURL(u string) string {
+	if p, err := url.Parse(u); err == nil && p.User != nil {
+		if _, ok := p.User.Password(); ok {
+			return p.Redacted()
 		}
 	}
-	return plainTransportConfig(c)
+	return u
 }
 
 // Format prints c with every fmt verb, with its URL's password redacted.
@@ -163,7 +169,7 @@ func (c TransportConfig) LogValue() slog.Value {
 		slog.String("source_dir", c.SourceDir),
 		slog.String("cache_dir", c.CacheDir),
 		slog.String("sha256", c.SHA256),
-		slog.String("url", c.redact().URL),
+		slog.String("url", redactURL(c.URL)),
 		slog.Duration("start_timeout", c.StartTimeout),
 	)
 }
@@ -219,11 +225,7 @@ type plainBrokerConfig BrokerConfig
 
 // redact returns c with the password of its URL replaced.
 func (c BrokerConfig) redact() plainBrokerConfig {
-	if u, err := url.Parse(c.URL); err == nil && u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			c.URL = u.Redacted()
-		}
-	}
+	c.URL = redactURL(c.URL)
 	return plainBrokerConfig(c)
 }
 
@@ -243,7 +245,7 @@ func (c BrokerConfig) LogValue() slog.Value {
 		slog.String("source_dir", c.SourceDir),
 		slog.String("cache_dir", c.CacheDir),
 		slog.String("sha256", c.SHA256),
-		slog.String("url", c.redact().URL),
+		slog.String("url", redactURL(c.URL)),
 		slog.Duration("max_age", c.MaxAge),
 		slog.Int64("max_bytes", c.MaxBytes),
 		slog.Int64("max_message", c.MaxMessage),

@@ -1,7 +1,7 @@
-// Package plugin runs registry and transport plugins: it starts a plugin executable as a
-// go-plugin subprocess (gRPC, AutoMTLS, the handshake of abi) and implements
-// runtime/registry's Registry (OpenRegistry) or runtime/transport's Transport
-// (OpenTransport) over it. It builds the executable from source when asked, refuses a
+// Package plugin runs registry, transport and broker plugins: it starts a plugin executable
+// as a go-plugin subprocess (gRPC, AutoMTLS, the handshake of abi) and implements
+// runtime/registry's Registry (OpenRegistry), runtime/transport's Transport
+// (OpenTransport) or runtime/broker's Broker (OpenBroker) over it. It builds the executable from source when asked, refuses a
 // binary whose sha256 differs from its pin, forwards the plugin's logs into micro's log,
 // restarts a plugin that crashed, and makes plugins die with micro.
 package plugin
