@@ -557,3 +557,44 @@ func TestPubSubBrokerSwitch(t *testing.T) {
 	waitDelivered(t, logs, "orders", p.ids)
 	t.Logf("%d messages published across 2 broker switches, all delivered", len(p.ids))
 }
+
+// TestPubSubRateLimitedDeliveries: a client rate-limit wrapper on the subscribing service
+// refuses most deliveries with 429; they are held and delivered later, each once, and none
+// counts as a failure or reaches the dead-letter topic.
+func TestPubSubRateLimitedDeliveries(t *testing.T) {
+	t.Parallel()
+	state, logs := t.TempDir(), filepath.Join(t.TempDir(), "deliveries")
+	cfg := withBroker(baseConfig(t.TempDir(), subscriberService("orders", 1, logs, state, 0, map[string]string{"orders.created": "Orders.OnCreated"})),
+		brokerSection(fmt.Sprintf("dir = %q\nmax_deliveries = 1\n", t.TempDir())))
+	cfg = strings.Replace(cfg, "[client]\n", "[client]\nwrappers = [\"ratelimit\"]\n", 1) + fmt.Sprintf(`
+[wrappers.ratelimit]
+path = %q
+services = ["orders"]
+[wrappers.ratelimit.config]
+rate = 10
+burst = 1
+key = "service"
+`, bins.ratelimit)
+	m := startMicro(t, cfg)
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, publishMsg(t, m, "orders.created", fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	waitDelivered(t, logs, "orders", ids)
+	for id, n := range okCount(deliveries(t, logs), "orders") {
+		if n != 1 {
+			t.Errorf("message %s delivered %d times", id, n)
+		}
+	}
+	for _, d := range deliveries(t, logs) {
+		if d.attempt != "1" {
+			t.Errorf("a delivery held by the rate limit counted as an attempt: %+v", d)
+		}
+	}
+	if n := metric(t, m, "micro_broker_held_total", `service="orders"`); n == 0 {
+		t.Error("no delivery was held: the rate limit did not apply to deliveries")
+	}
+	if n := metric(t, m, "micro_broker_dead_lettered_total") + metric(t, m, "micro_broker_redelivered_total"); n != 0 {
+		t.Errorf("refusals by the rate limit counted as failures (%v)", n)
+	}
+}
