@@ -81,11 +81,17 @@ func run(n, conc, size int) error {
 		{"micro, embedded broker", fmt.Sprintf("dir = %q\n", filepath.Join(dir, "broker"))},
 		{"micro, NATS JetStream (plugin)", fmt.Sprintf("plugin = \"nats\"\nurl = %q\npath = %q\n", ns.ClientURL(), pluginBin)},
 	} {
-		r, err := throughMicro(dir, microBin, b.section, sink, n, conc, payload)
-		if err != nil {
-			return fmt.Errorf("%s: %w", b.name, err)
+		for _, subscribed := range []bool{true, false} {
+			r, err := throughMicro(dir, microBin, b.section, sink, n, conc, payload, subscribed)
+			if err != nil {
+				return fmt.Errorf("%s: %w", b.name, err)
+			}
+			if subscribed {
+				r.print(b.name)
+			} else {
+				r.print("  publish only, no subscriber")
+			}
 		}
-		r.print(b.name)
 	}
 	r, err := straightToJetStream(ns.ClientURL(), n, conc, payload)
 	if err != nil {
@@ -102,6 +108,10 @@ type result struct {
 }
 
 func (r result) print(name string) {
+	if r.p50 == 0 {
+		fmt.Printf("%-34s %12.0f %10s %10s\n", name, r.rate, "-", "-")
+		return
+	}
 	fmt.Printf("%-34s %12.0f %10s %10s\n", name, r.rate, r.p50.Round(10*time.Microsecond), r.p99.Round(10*time.Microsecond))
 }
 
@@ -164,9 +174,14 @@ func (s *sink) wait(n int, timeout time.Duration) (p50, p99 time.Duration, err e
 
 func (s *sink) close() { _ = s.srv.Close() }
 
-// throughMicro runs a micro with the [broker] keys of section, the sink as a service that
-// subscribes to bench.events, and publishes n messages at its ingress.
-func throughMicro(dir, microBin, section string, sk *sink, n, conc int, payload []byte) (result, error) {
+// throughMicro runs a micro with the [broker] keys of section and the sink as a service
+// that subscribes to bench.events (or, unless subscribed, to nothing), and publishes n
+// messages at its ingress.
+func throughMicro(dir, microBin, section string, sk *sink, n, conc int, payload []byte, subscribed bool) (result, error) {
+	topic := "bench.events"
+	if !subscribed {
+		topic = "bench.unread"
+	}
 	cfg := filepath.Join(dir, "micro.toml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`[server]
 ingress = "127.0.0.1:0"
@@ -188,7 +203,7 @@ subscribe = { "bench.events" = "Sink.On" }
 		return result{}, err
 	}
 	defer proc.Stop(micro)
-	url := "http://" + ingress + "/publish/bench.events"
+	url := "http://" + ingress + "/publish/" + topic
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: conc}}
 	publish := func() error {
 		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(string(payload)))
@@ -206,6 +221,13 @@ subscribe = { "bench.events" = "Sink.On" }
 			return fmt.Errorf("publish: %s", resp.Status)
 		}
 		return nil
+	}
+	if !subscribed {
+		if err := publish(); err != nil { // warm up
+			return result{}, err
+		}
+		took, err := spread(n, conc, publish)
+		return result{rate: float64(n) / took.Seconds()}, err
 	}
 	// Warm up until the subscription delivers.
 	sk.reset()
