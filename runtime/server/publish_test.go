@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/callerr"
+	"github.com/microhost/micro/runtime/transport"
 )
 
 // recordingPublisher is a Publisher that keeps what it is given; the broker paths end to
@@ -150,6 +152,65 @@ func TestIngressMessagesAndDelete(t *testing.T) {
 		}
 		if w := serve(h(in), "DELETE", "/publish/t.dead/abc", "", nil); w.Code != http.StatusNoContent || p.deleted != "t.dead/abc" {
 			t.Errorf("DELETE: %d %s, deleted %q", w.Code, w.Body, p.deleted)
+		}
+	})
+}
+
+// FuzzPublish sends arbitrary methods, paths, budgets, headers and bodies to the broker
+// paths of both handlers: every answer is 202, 200 or 204 from the publisher or a JSON 4xx
+// error, and what reaches the publisher has a valid topic and none of micro's headers.
+func FuzzPublish(f *testing.F) {
+	f.Add("POST", "orders.created", "1s", "X-Trace", "t1", `{"n":1}`)
+	f.Add("GET", "orders.created.dead?limit=5", "", "", "", "")
+	f.Add("DELETE", "t.dead/abc", "", "Micro-Topic", "forged", "")
+	f.Add("POST", "a..b", "1h", "Micro-Message-Id", "x", "")
+	f.Add("POST", "%2e%2e/%ff", "-1s", "Origin", "https://evil.example", "\x00")
+	p := &recordingPublisher{}
+	in := publishIngress(p)
+	f.Fuzz(func(t *testing.T, method, rest, timeout, hk, hv, body string) {
+		for i, h := range []http.Handler{in, fastAdapter{in}} {
+			req, err := http.NewRequest(method, "http://127.0.0.1:8080/", strings.NewReader(body))
+			if err != nil {
+				return
+			}
+			req.URL.Opaque = PublishPrefix + rest
+			req.RequestURI = req.URL.Opaque
+			if strings.ContainsAny(rest, " \r\n\t#") {
+				return // not a request line a client could send
+			}
+			if timeout != "" {
+				req.Header["Micro-Timeout"] = []string{timeout}
+			}
+			if hk != "" {
+				req.Header[hk] = []string{hv}
+			}
+			p.mu.Lock()
+			p.topic, p.header = "", nil
+			p.mu.Unlock()
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			handler := []string{"net/http", "fasthttp"}[i]
+			switch w.Code {
+			case http.StatusAccepted, http.StatusOK, http.StatusNoContent:
+			default:
+				if w.Code < 400 || w.Code > 499 {
+					t.Fatalf("%s: %s %q: status %d %s", handler, method, rest, w.Code, w.Body)
+				}
+				if _, ok := callerr.Parse(w.Body.Bytes()); !ok {
+					t.Fatalf("%s: %s %q: body is not a JSON error: %q", handler, method, rest, w.Body)
+				}
+			}
+			p.mu.Lock()
+			topic, header := p.topic, p.header
+			p.mu.Unlock()
+			if topic != "" && broker.ValidTopic(topic) != nil {
+				t.Fatalf("%s: published to an invalid topic %q", handler, topic)
+			}
+			for k := range header {
+				if transport.IsMicroHeader(k) {
+					t.Fatalf("%s: a caller's %s reached the broker", handler, k)
+				}
+			}
 		}
 	})
 }
