@@ -222,7 +222,7 @@ func TestPubSubDeadLetterAndReplay(t *testing.T) {
 	}
 	m := startMicro(t, withBroker(baseConfig(t.TempDir(), subscriberService("orders", 1, logs, state, 0, map[string]string{"orders.created": "Orders.OnCreated"})),
 		brokerSection(fmt.Sprintf("dir = %q\nmax_deliveries = 3\n", t.TempDir()))))
-	id := publishMsg(t, m, "orders.created", `{"n":1}`)
+	publishMsg(t, m, "orders.created", `{"n":1}`)
 	eventually(t, 30*time.Second, func() error {
 		if n := metric(t, m, "micro_broker_dead_lettered_total", `topic="orders.created"`); n != 1 {
 			return fmt.Errorf("micro_broker_dead_lettered_total = %v", n)
@@ -266,7 +266,6 @@ func TestPubSubDeadLetterAndReplay(t *testing.T) {
 	if err != nil || strings.TrimSpace(string(out)) != "[]" {
 		t.Errorf("the dead-letter topic still holds messages after the replay: %v\n%s", err, out)
 	}
-	_ = id
 }
 
 // TestPubSubSurvivesKill: micro is killed with SIGKILL right after the last 202; a micro

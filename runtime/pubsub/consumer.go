@@ -20,9 +20,10 @@ type consumer struct {
 	g   *generation
 	sub Subscription
 
-	fetch context.CancelFunc // stops taking deliveries
-	abort context.CancelFunc // cancels deliveries in flight
-	done  chan struct{}      // closed once run has returned and its deliveries ended
+	fetch    context.CancelFunc // stops taking deliveries
+	stopping <-chan struct{}    // closed by fetch: held deliveries give up their wait
+	abort    context.CancelFunc // cancels deliveries in flight
+	done     chan struct{}      // closed once run has returned and its deliveries ended
 
 	mu  sync.Mutex
 	con broker.Consumer // nil until subscribed
@@ -130,8 +131,8 @@ func seconds(v string) time.Duration {
 	return time.Duration(min(n, 3600)) * time.Second
 }
 
-// deliver carries d to the subscriber until it is done, failed or ctx ends (the
-// subscription stops: the broker then has d back).
+// deliver carries d to the subscriber until it is done, failed or ctx ends; a held
+// delivery also gives up when the subscription stops. The broker then has d back.
 func (c *consumer) deliver(ctx context.Context, con broker.Consumer, d *broker.Delivery) {
 	met := c.p.met
 	hold := time.Duration(0)
@@ -171,8 +172,8 @@ func (c *consumer) deliver(ctx context.Context, con broker.Consumer, d *broker.D
 					return
 				}
 				step := min(wait, ackMargin/2)
-				if !sleep(ctx, step) {
-					return
+				if !sleepUnless(ctx, c.stopping, step) {
+					return // the subscription stops: the broker has d back
 				}
 				wait -= step
 			}
@@ -281,11 +282,16 @@ func (c *consumer) stop(grace time.Duration) {
 }
 
 // sleep waits d or until ctx ends; it reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
+func sleep(ctx context.Context, d time.Duration) bool { return sleepUnless(ctx, nil, d) }
+
+// sleepUnless waits d, or until ctx ends or stop is closed; it reports whether it waited d.
+func sleepUnless(ctx context.Context, stop <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
+		return false
+	case <-stop:
 		return false
 	case <-t.C:
 		return true

@@ -318,7 +318,7 @@ func (p *PubSub) Close(ctx context.Context) error {
 func (p *PubSub) start(g *generation, s Subscription) *consumer {
 	ctx, cancel := context.WithCancel(context.Background())
 	dctx, dcancel := context.WithCancel(context.Background())
-	c := &consumer{p: p, g: g, sub: s, fetch: cancel, abort: dcancel, done: make(chan struct{})}
+	c := &consumer{p: p, g: g, sub: s, fetch: cancel, stopping: ctx.Done(), abort: dcancel, done: make(chan struct{})}
 	go c.run(ctx, dctx)
 	return c
 }

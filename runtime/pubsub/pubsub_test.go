@@ -478,3 +478,29 @@ func waitCounter(t *testing.T, reg *prometheus.Registry, name string, want float
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestCloseEndsHeldDeliveries: a delivery held back (a wrapper keeps refusing it) does not
+// keep Close waiting for its grace: Close returns, and the message was not acknowledged.
+func TestCloseEndsHeldDeliveries(t *testing.T) {
+	b := newMemBroker()
+	rec := newRecorder(func(int, *client.Request) (*client.Response, error) {
+		return &client.Response{Status: http.StatusTooManyRequests, Header: map[string]string{"Retry-After": "3600"}}, nil
+	})
+	reg := prometheus.NewRegistry()
+	p := New(b, "mem", rec, reg, slog.New(slog.DiscardHandler), testOptions())
+	p.SetSubscriptions([]Subscription{{Service: "orders", Topic: "t", Endpoint: "E"}})
+	waitSubscribed(t, b, "t/orders")
+	if _, err := p.Publish(context.Background(), "t", nil, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	rec.wait(t)
+	waitCounter(t, reg, "micro_broker_held_total", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Hour) // the grace Close would wait
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := counter(t, reg, "micro_broker_delivered_total"); n != 0 {
+		t.Errorf("delivered = %v, want 0", n)
+	}
+}

@@ -79,7 +79,8 @@ type IngressConfig struct {
 }
 
 // Ingress is the HTTP handler apps call: POST /{service}/{endpoint}, with the budget in
-// the Micro-Timeout header, and GET /health, /metrics and /services.
+// the Micro-Timeout header; GET /health, /metrics and /services; and the broker's paths
+// under PublishPrefix.
 //
 // It owns every Micro-* header: it drops those a caller sends, but for the caller's options
 // Micro-Timeout and Micro-Idempotent, and sets its own on the answer. It refuses what a
