@@ -75,6 +75,13 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// InitRequest configures the plugin. Fields 5 to 13 (credentials and TLS) were added
+// after max_message without a bump of abi.BrokerProtocolVersion: an old plugin ignores
+// them (it connects as before, and a backend that needs them refuses it with an error
+// that Init reports), and an old micro leaves them empty, which means no credentials and
+// TLS only when the url asks for it. Every secret is named by a file, which the plugin
+// reads; the request carries paths, never a secret. A plugin whose backend has no use
+// for a setting refuses it rather than ignoring it.
 type InitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// url of the backend, e.g. "nats://127.0.0.1:4222", or "" for the plugin's default.
@@ -85,7 +92,29 @@ type InitRequest struct {
 	MaxBytes int64 `protobuf:"varint,3,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	// max_message bounds one message as MaxMessageSize counts it; 0 for the plugin's
 	// default.
-	MaxMessage    int64 `protobuf:"varint,4,opt,name=max_message,json=maxMessage,proto3" json:"max_message,omitempty"`
+	MaxMessage int64 `protobuf:"varint,4,opt,name=max_message,json=maxMessage,proto3" json:"max_message,omitempty"`
+	// credentials_file is a NATS credentials file (.creds: a user JWT and its nkey seed);
+	// "" for none.
+	CredentialsFile string `protobuf:"bytes,5,opt,name=credentials_file,json=credentialsFile,proto3" json:"credentials_file,omitempty"`
+	// nkey_seed_file holds a user nkey seed ("SU…"), for a server that lists the user's
+	// public nkey; "" for none.
+	NkeySeedFile string `protobuf:"bytes,6,opt,name=nkey_seed_file,json=nkeySeedFile,proto3" json:"nkey_seed_file,omitempty"`
+	// token_file holds the backend's token; "" for none.
+	TokenFile string `protobuf:"bytes,7,opt,name=token_file,json=tokenFile,proto3" json:"token_file,omitempty"`
+	// user names the backend user that password_file authenticates; "" for none.
+	User string `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
+	// password_file holds user's password; set with user, or neither.
+	PasswordFile string `protobuf:"bytes,9,opt,name=password_file,json=passwordFile,proto3" json:"password_file,omitempty"`
+	// tls_ca_file is a PEM bundle of the CAs that verify the backend's certificate; ""
+	// means the system's roots. Setting it requires TLS.
+	TlsCaFile string `protobuf:"bytes,10,opt,name=tls_ca_file,json=tlsCaFile,proto3" json:"tls_ca_file,omitempty"`
+	// tls_cert_file and tls_key_file are the PEM certificate and key that the plugin shows
+	// the backend (mutual TLS); both or neither. Setting them requires TLS.
+	TlsCertFile string `protobuf:"bytes,11,opt,name=tls_cert_file,json=tlsCertFile,proto3" json:"tls_cert_file,omitempty"`
+	TlsKeyFile  string `protobuf:"bytes,12,opt,name=tls_key_file,json=tlsKeyFile,proto3" json:"tls_key_file,omitempty"`
+	// tls_required requires TLS even when the url does not ask for it (NATS: a nats://
+	// url; a tls:// url always requires it).
+	TlsRequired   bool `protobuf:"varint,13,opt,name=tls_required,json=tlsRequired,proto3" json:"tls_required,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -146,6 +175,69 @@ func (x *InitRequest) GetMaxMessage() int64 {
 		return x.MaxMessage
 	}
 	return 0
+}
+
+func (x *InitRequest) GetCredentialsFile() string {
+	if x != nil {
+		return x.CredentialsFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetNkeySeedFile() string {
+	if x != nil {
+		return x.NkeySeedFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTokenFile() string {
+	if x != nil {
+		return x.TokenFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *InitRequest) GetPasswordFile() string {
+	if x != nil {
+		return x.PasswordFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsCaFile() string {
+	if x != nil {
+		return x.TlsCaFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsCertFile() string {
+	if x != nil {
+		return x.TlsCertFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsKeyFile() string {
+	if x != nil {
+		return x.TlsKeyFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsRequired() bool {
+	if x != nil {
+		return x.TlsRequired
+	}
+	return false
 }
 
 type InitResponse struct {
@@ -1218,13 +1310,25 @@ var File_abi_brokerpb_broker_proto protoreflect.FileDescriptor
 
 const file_abi_brokerpb_broker_proto_rawDesc = "" +
 	"\n" +
-	"\x19abi/brokerpb/broker.proto\x12\x0fmicro.broker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x01\n" +
+	"\x19abi/brokerpb/broker.proto\x12\x0fmicro.broker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x03\n" +
 	"\vInitRequest\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x122\n" +
 	"\amax_age\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\x12\x1b\n" +
 	"\tmax_bytes\x18\x03 \x01(\x03R\bmaxBytes\x12\x1f\n" +
 	"\vmax_message\x18\x04 \x01(\x03R\n" +
-	"maxMessage\"\x0e\n" +
+	"maxMessage\x12)\n" +
+	"\x10credentials_file\x18\x05 \x01(\tR\x0fcredentialsFile\x12$\n" +
+	"\x0enkey_seed_file\x18\x06 \x01(\tR\fnkeySeedFile\x12\x1d\n" +
+	"\n" +
+	"token_file\x18\a \x01(\tR\ttokenFile\x12\x12\n" +
+	"\x04user\x18\b \x01(\tR\x04user\x12#\n" +
+	"\rpassword_file\x18\t \x01(\tR\fpasswordFile\x12\x1e\n" +
+	"\vtls_ca_file\x18\n" +
+	" \x01(\tR\ttlsCaFile\x12\"\n" +
+	"\rtls_cert_file\x18\v \x01(\tR\vtlsCertFile\x12 \n" +
+	"\ftls_key_file\x18\f \x01(\tR\n" +
+	"tlsKeyFile\x12!\n" +
+	"\ftls_required\x18\r \x01(\bR\vtlsRequired\"\x0e\n" +
 	"\fInitResponse\"\xec\x01\n" +
 	"\aMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +

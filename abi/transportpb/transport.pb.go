@@ -48,10 +48,39 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// InitRequest configures the plugin. Fields 2 to 10 (credentials and TLS) were added
+// after url without a bump of abi.TransportProtocolVersion: an old plugin ignores them
+// (it connects as before, and a backend that needs them refuses it with an error that
+// Init reports), and an old micro leaves them empty, which means no credentials and TLS
+// only when the url asks for it. Every secret is named by a file, which the plugin
+// reads; the request carries paths, never a secret. A plugin whose backend has no use
+// for a setting refuses it rather than ignoring it.
 type InitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// url of the backend, e.g. "nats://127.0.0.1:4222", or "" for the plugin's default.
-	Url           string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// credentials_file is a NATS credentials file (.creds: a user JWT and its nkey seed);
+	// "" for none.
+	CredentialsFile string `protobuf:"bytes,2,opt,name=credentials_file,json=credentialsFile,proto3" json:"credentials_file,omitempty"`
+	// nkey_seed_file holds a user nkey seed ("SU…"), for a server that lists the user's
+	// public nkey; "" for none.
+	NkeySeedFile string `protobuf:"bytes,3,opt,name=nkey_seed_file,json=nkeySeedFile,proto3" json:"nkey_seed_file,omitempty"`
+	// token_file holds the backend's token; "" for none.
+	TokenFile string `protobuf:"bytes,4,opt,name=token_file,json=tokenFile,proto3" json:"token_file,omitempty"`
+	// user names the backend user that password_file authenticates; "" for none.
+	User string `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	// password_file holds user's password; set with user, or neither.
+	PasswordFile string `protobuf:"bytes,6,opt,name=password_file,json=passwordFile,proto3" json:"password_file,omitempty"`
+	// tls_ca_file is a PEM bundle of the CAs that verify the backend's certificate; ""
+	// means the system's roots. Setting it requires TLS.
+	TlsCaFile string `protobuf:"bytes,7,opt,name=tls_ca_file,json=tlsCaFile,proto3" json:"tls_ca_file,omitempty"`
+	// tls_cert_file and tls_key_file are the PEM certificate and key that the plugin shows
+	// the backend (mutual TLS); both or neither. Setting them requires TLS.
+	TlsCertFile string `protobuf:"bytes,8,opt,name=tls_cert_file,json=tlsCertFile,proto3" json:"tls_cert_file,omitempty"`
+	TlsKeyFile  string `protobuf:"bytes,9,opt,name=tls_key_file,json=tlsKeyFile,proto3" json:"tls_key_file,omitempty"`
+	// tls_required requires TLS even when the url does not ask for it (NATS: a nats://
+	// url; a tls:// url always requires it).
+	TlsRequired   bool `protobuf:"varint,10,opt,name=tls_required,json=tlsRequired,proto3" json:"tls_required,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -91,6 +120,69 @@ func (x *InitRequest) GetUrl() string {
 		return x.Url
 	}
 	return ""
+}
+
+func (x *InitRequest) GetCredentialsFile() string {
+	if x != nil {
+		return x.CredentialsFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetNkeySeedFile() string {
+	if x != nil {
+		return x.NkeySeedFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTokenFile() string {
+	if x != nil {
+		return x.TokenFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *InitRequest) GetPasswordFile() string {
+	if x != nil {
+		return x.PasswordFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsCaFile() string {
+	if x != nil {
+		return x.TlsCaFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsCertFile() string {
+	if x != nil {
+		return x.TlsCertFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsKeyFile() string {
+	if x != nil {
+		return x.TlsKeyFile
+	}
+	return ""
+}
+
+func (x *InitRequest) GetTlsRequired() bool {
+	if x != nil {
+		return x.TlsRequired
+	}
+	return false
 }
 
 type InitResponse struct {
@@ -579,9 +671,21 @@ var File_abi_transportpb_transport_proto protoreflect.FileDescriptor
 
 const file_abi_transportpb_transport_proto_rawDesc = "" +
 	"\n" +
-	"\x1fabi/transportpb/transport.proto\x12\x12micro.transport.v1\"\x1f\n" +
+	"\x1fabi/transportpb/transport.proto\x12\x12micro.transport.v1\"\xd1\x02\n" +
 	"\vInitRequest\x12\x10\n" +
-	"\x03url\x18\x01 \x01(\tR\x03url\"\x0e\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12)\n" +
+	"\x10credentials_file\x18\x02 \x01(\tR\x0fcredentialsFile\x12$\n" +
+	"\x0enkey_seed_file\x18\x03 \x01(\tR\fnkeySeedFile\x12\x1d\n" +
+	"\n" +
+	"token_file\x18\x04 \x01(\tR\ttokenFile\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\x12#\n" +
+	"\rpassword_file\x18\x06 \x01(\tR\fpasswordFile\x12\x1e\n" +
+	"\vtls_ca_file\x18\a \x01(\tR\ttlsCaFile\x12\"\n" +
+	"\rtls_cert_file\x18\b \x01(\tR\vtlsCertFile\x12 \n" +
+	"\ftls_key_file\x18\t \x01(\tR\n" +
+	"tlsKeyFile\x12!\n" +
+	"\ftls_required\x18\n" +
+	" \x01(\bR\vtlsRequired\"\x0e\n" +
 	"\fInitResponse\"\x99\x01\n" +
 	"\aMessage\x12?\n" +
 	"\x06header\x18\x01 \x03(\v2'.micro.transport.v1.Message.HeaderEntryR\x06header\x12\x12\n" +

@@ -37,7 +37,13 @@ type server struct {
 }
 
 func (s *server) Init(ctx context.Context, req *brokerpb.InitRequest) (*brokerpb.InitResponse, error) {
-	c := Config{URL: req.GetUrl(), MaxBytes: req.GetMaxBytes(), MaxMessage: req.GetMaxMessage()}
+	c := Config{
+		URL: req.GetUrl(), MaxBytes: req.GetMaxBytes(), MaxMessage: req.GetMaxMessage(),
+		CredentialsFile: req.GetCredentialsFile(), NkeySeedFile: req.GetNkeySeedFile(),
+		TokenFile: req.GetTokenFile(), User: req.GetUser(), PasswordFile: req.GetPasswordFile(),
+		TLSCAFile: req.GetTlsCaFile(), TLSCertFile: req.GetTlsCertFile(), TLSKeyFile: req.GetTlsKeyFile(),
+		TLSRequired: req.GetTlsRequired(),
+	}
 	if d := req.GetMaxAge(); d != nil {
 		if err := d.CheckValid(); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "init: max_age: %v", err)

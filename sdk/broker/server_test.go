@@ -208,10 +208,18 @@ func TestServerPublish(t *testing.T) {
 	b := newMemBroker()
 	cl := client(t, b)
 	ctx := context.Background()
-	if _, err := cl.Init(ctx, &brokerpb.InitRequest{Url: "mem://x", MaxAge: durationpb.New(time.Hour), MaxBytes: 10, MaxMessage: 5}); err != nil {
+	if _, err := cl.Init(ctx, &brokerpb.InitRequest{
+		Url: "mem://x", MaxAge: durationpb.New(time.Hour), MaxBytes: 10, MaxMessage: 5,
+		CredentialsFile: "/c.creds", NkeySeedFile: "/seed", TokenFile: "/token", User: "u", PasswordFile: "/pw",
+		TlsCaFile: "/ca.pem", TlsCertFile: "/cert.pem", TlsKeyFile: "/key.pem", TlsRequired: true,
+	}); err != nil {
 		t.Fatal(err)
 	}
-	if b.cfg != (Config{URL: "mem://x", MaxAge: time.Hour, MaxBytes: 10, MaxMessage: 5}) {
+	if b.cfg != (Config{
+		URL: "mem://x", MaxAge: time.Hour, MaxBytes: 10, MaxMessage: 5,
+		CredentialsFile: "/c.creds", NkeySeedFile: "/seed", TokenFile: "/token", User: "u", PasswordFile: "/pw",
+		TLSCAFile: "/ca.pem", TLSCertFile: "/cert.pem", TLSKeyFile: "/key.pem", TLSRequired: true,
+	}) {
 		t.Errorf("config %+v", b.cfg)
 	}
 	if _, err := cl.Init(ctx, &brokerpb.InitRequest{Url: "mem://down"}); status.Code(err) != codes.Unavailable {

@@ -39,7 +39,14 @@ type server struct {
 }
 
 func (s *server) Init(ctx context.Context, req *transportpb.InitRequest) (*transportpb.InitResponse, error) {
-	if err := s.t.Init(ctx, Config{URL: req.GetUrl()}); err != nil {
+	c := Config{
+		URL:             req.GetUrl(),
+		CredentialsFile: req.GetCredentialsFile(), NkeySeedFile: req.GetNkeySeedFile(),
+		TokenFile: req.GetTokenFile(), User: req.GetUser(), PasswordFile: req.GetPasswordFile(),
+		TLSCAFile: req.GetTlsCaFile(), TLSCertFile: req.GetTlsCertFile(), TLSKeyFile: req.GetTlsKeyFile(),
+		TLSRequired: req.GetTlsRequired(),
+	}
+	if err := s.t.Init(ctx, c); err != nil {
 		return nil, toStatus(err, codes.Unknown)
 	}
 	return &transportpb.InitResponse{}, nil

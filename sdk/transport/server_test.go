@@ -192,6 +192,32 @@ func TestServerRoundTrip(t *testing.T) {
 	}
 }
 
+// configTransport records the Config of its last Init.
+type configTransport struct {
+	*memTransport
+	got Config
+}
+
+func (t *configTransport) Init(_ context.Context, c Config) error { t.got = c; return nil }
+
+func TestServerInitConfig(t *testing.T) {
+	tr := &configTransport{memTransport: &memTransport{listeners: map[string]*memListener{}}}
+	req := &transportpb.InitRequest{
+		Url: "nats://x", CredentialsFile: "/c.creds", NkeySeedFile: "/seed", TokenFile: "/token", User: "u",
+		PasswordFile: "/pw", TlsCaFile: "/ca.pem", TlsCertFile: "/cert.pem", TlsKeyFile: "/key.pem", TlsRequired: true,
+	}
+	if _, err := NewServer(tr).Init(context.Background(), req); err != nil {
+		t.Fatal(err)
+	}
+	want := Config{
+		URL: "nats://x", CredentialsFile: "/c.creds", NkeySeedFile: "/seed", TokenFile: "/token", User: "u",
+		PasswordFile: "/pw", TLSCAFile: "/ca.pem", TLSCertFile: "/cert.pem", TLSKeyFile: "/key.pem", TLSRequired: true,
+	}
+	if tr.got != want {
+		t.Errorf("Init got %+v, want %+v", tr.got, want)
+	}
+}
+
 func TestServerRefuses(t *testing.T) {
 	c := client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

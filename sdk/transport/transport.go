@@ -48,10 +48,34 @@ type Listener interface {
 	Close() error
 }
 
-// Config is the plugin's part of micro.toml's [transport] section.
+// Config is the plugin's part of micro.toml's [transport] section. Secrets reach the
+// plugin as the paths of files it reads, never as values. A plugin refuses a setting its
+// backend has no use for, rather than ignoring it.
 type Config struct {
 	// URL of the backend, e.g. "nats://127.0.0.1:4222", or "" for the plugin's default.
 	URL string
+
+	// CredentialsFile is a NATS credentials file (.creds: a user JWT and its nkey seed);
+	// "" for none. The plugin reads it, at every connect, and never logs what it holds.
+	CredentialsFile string
+	// NkeySeedFile holds a user nkey seed ("SU…"), for a server that lists the user's
+	// public nkey; "" for none.
+	NkeySeedFile string
+	// TokenFile holds the backend's token; "" for none.
+	TokenFile string
+	// User names the backend user that PasswordFile authenticates; "" for none.
+	User string
+	// PasswordFile holds User's password; set with User, or neither.
+	PasswordFile string
+	// TLSCAFile is a PEM bundle of the CAs that verify the backend's certificate; ""
+	// means the system's roots. Setting it requires TLS.
+	TLSCAFile string
+	// TLSCertFile and TLSKeyFile are the PEM certificate and key the plugin shows the
+	// backend (mutual TLS); both or neither. Setting them requires TLS.
+	TLSCertFile, TLSKeyFile string
+	// TLSRequired requires TLS even when URL does not ask for it (NATS: a nats:// URL; a
+	// tls:// URL always requires it).
+	TLSRequired bool
 }
 
 // Transport is a transport backend. Methods are called concurrently.
