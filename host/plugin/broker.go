@@ -44,7 +44,7 @@ type Broker struct {
 var _ broker.Broker = (*Broker)(nil)
 
 // OpenBroker starts the broker plugin that cfg names and initialises it with cfg's URL,
-// MaxAge, MaxBytes and MaxMessage, as OpenRegistry does for registry plugins: it builds
+// MaxAge, MaxBytes, MaxMessage and Auth, as OpenRegistry does for registry plugins: it builds
 // the executable from source when cfg.Path is empty, checks cfg.SHA256, and fails when the
 // handshake (or the protocol version) or Init fails, leaving no process running then. The
 // plugin's log lines go to logger with plugin=<cfg.Name>.
@@ -60,10 +60,7 @@ func OpenBroker(ctx context.Context, cfg BrokerConfig, logger *slog.Logger) (*Br
 	if logger != nil && validName(cfg.Name) {
 		logger.With("plugin", cfg.Name).Debug("opening broker plugin", "config", cfg)
 	}
-	req := &brokerpb.InitRequest{Url: cfg.URL, MaxBytes: cfg.MaxBytes, MaxMessage: cfg.MaxMessage}
-	if cfg.MaxAge > 0 {
-		req.MaxAge = durationpb.New(cfg.MaxAge)
-	}
+	req := cfg.initRequest()
 	init := func(ctx context.Context, in *instance) error {
 		_, err := in.broker.Init(ctx, req)
 		return err
@@ -73,6 +70,21 @@ func OpenBroker(ctx context.Context, cfg BrokerConfig, logger *slog.Logger) (*Br
 		return nil, err
 	}
 	return &Broker{cfg: cfg, s: s, consumers: map[*consumer]struct{}{}}, nil
+}
+
+// initRequest returns the Init request that c's settings make.
+func (c BrokerConfig) initRequest() *brokerpb.InitRequest {
+	a := c.Auth
+	req := &brokerpb.InitRequest{
+		Url: c.URL, MaxBytes: c.MaxBytes, MaxMessage: c.MaxMessage,
+		CredentialsFile: a.CredentialsFile, NkeySeedFile: a.NkeySeedFile, TokenFile: a.TokenFile,
+		User: a.User, PasswordFile: a.PasswordFile,
+		TlsCaFile: a.TLSCAFile, TlsCertFile: a.TLSCertFile, TlsKeyFile: a.TLSKeyFile, TlsRequired: a.TLSRequired,
+	}
+	if c.MaxAge > 0 {
+		req.MaxAge = durationpb.New(c.MaxAge)
+	}
+	return req
 }
 
 // Health returns nil while the plugin runs, and else why it does not.

@@ -123,6 +123,9 @@ type TransportConfig struct {
 	// URL of the backend, passed to the plugin's Init, e.g. "nats://127.0.0.1:4222"; ""
 	// for the plugin's default.
 	URL string
+	// Auth says how the plugin authenticates to its backend and secures its connection,
+	// passed to the plugin's Init.
+	Auth BackendAuth
 
 	// StartTimeout bounds the plugin's handshake, and then its Init; 0 means
 	// DefaultStartTimeout. (The ctx of Dial and Listen bounds those.)
@@ -170,6 +173,7 @@ func (c TransportConfig) LogValue() slog.Value {
 		slog.String("cache_dir", c.CacheDir),
 		slog.String("sha256", c.SHA256),
 		slog.String("url", redactURL(c.URL)),
+		slog.Any("auth", c.Auth),
 		slog.Duration("start_timeout", c.StartTimeout),
 	)
 }
@@ -209,6 +213,9 @@ type BrokerConfig struct {
 	// MaxMessage bounds one message (body, header keys and values); 0 means the plugin's
 	// default. Whatever it says, micro refuses messages over brokerpb.MaxMessageSize.
 	MaxMessage int64
+	// Auth says how the plugin authenticates to its backend and secures its connection,
+	// passed to the plugin's Init.
+	Auth BackendAuth
 
 	// StartTimeout bounds the plugin's handshake, and then its Init; 0 means
 	// DefaultStartTimeout. It also bounds the wait for a Subscribe's answer.
@@ -249,6 +256,7 @@ func (c BrokerConfig) LogValue() slog.Value {
 		slog.Duration("max_age", c.MaxAge),
 		slog.Int64("max_bytes", c.MaxBytes),
 		slog.Int64("max_message", c.MaxMessage),
+		slog.Any("auth", c.Auth),
 		slog.Duration("start_timeout", c.StartTimeout),
 	)
 }
@@ -259,6 +267,48 @@ func (c BrokerConfig) proc() procConfig {
 		Name: c.Name, Path: c.Path, SourceDir: c.SourceDir, CacheDir: c.CacheDir, SHA256: c.SHA256,
 		StartTimeout: c.StartTimeout, env: c.env, restartMin: c.restartMin, restartMax: c.restartMax,
 	}
+}
+
+// BackendAuth says how a transport or broker plugin authenticates to its backend (a NATS
+// server, say) and secures its connection to it. Every secret is in a file that the
+// plugin itself reads: BackendAuth holds paths and the user's name, which are logged, and
+// never a file's contents. The zero BackendAuth means no credentials, and TLS only when
+// the URL asks for it. What each setting means to a backend is the plugin's to say; see
+// sdk/transport.Config and sdk/broker.Config.
+type BackendAuth struct {
+	// CredentialsFile is a NATS credentials file (.creds: a user JWT and its nkey seed).
+	CredentialsFile string
+	// NkeySeedFile holds a user nkey seed.
+	NkeySeedFile string
+	// TokenFile holds the backend's token.
+	TokenFile string
+	// User names the user that PasswordFile authenticates; set with PasswordFile.
+	User string
+	// PasswordFile holds User's password.
+	PasswordFile string
+	// TLSCAFile is a PEM bundle of the CAs that verify the backend's certificate; empty
+	// means the system's roots.
+	TLSCAFile string
+	// TLSCertFile and TLSKeyFile are the PEM certificate and key that the plugin shows
+	// the backend (mutual TLS); both or neither.
+	TLSCertFile, TLSKeyFile string
+	// TLSRequired requires TLS even when the URL does not ask for it.
+	TLSRequired bool
+}
+
+// LogValue logs a's settings: paths and the user's name, no secret.
+func (a BackendAuth) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("credentials_file", a.CredentialsFile),
+		slog.String("nkey_seed_file", a.NkeySeedFile),
+		slog.String("token_file", a.TokenFile),
+		slog.String("user", a.User),
+		slog.String("password_file", a.PasswordFile),
+		slog.String("tls_ca_file", a.TLSCAFile),
+		slog.String("tls_cert_file", a.TLSCertFile),
+		slog.String("tls_key_file", a.TLSKeyFile),
+		slog.Bool("tls_required", a.TLSRequired),
+	)
 }
 
 // procConfig is what every kind of plugin needs to start and supervise its process.

@@ -47,7 +47,7 @@ type Transport struct {
 var _ transport.Transport = (*Transport)(nil)
 
 // OpenTransport starts the transport plugin that cfg names and initialises it with cfg's
-// URL, as OpenRegistry does for registry plugins: it builds the executable from source
+// URL and Auth, as OpenRegistry does for registry plugins: it builds the executable from source
 // when cfg.Path is empty, checks cfg.SHA256, and fails when the handshake (or the protocol
 // version) or Init fails, leaving no process running then. The plugin's log lines go to
 // logger with plugin=<cfg.Name>.
@@ -56,7 +56,7 @@ func OpenTransport(ctx context.Context, cfg TransportConfig, logger *slog.Logger
 		logger.With("plugin", cfg.Name).Debug("opening transport plugin", "config", cfg)
 	}
 	init := func(ctx context.Context, in *instance) error {
-		_, err := in.transport.Init(ctx, &transportpb.InitRequest{Url: cfg.URL})
+		_, err := in.transport.Init(ctx, cfg.initRequest())
 		return err
 	}
 	s, err := openSupervisor(ctx, transportKind, cfg.proc(), logger, init)
@@ -64,6 +64,17 @@ func OpenTransport(ctx context.Context, cfg TransportConfig, logger *slog.Logger
 		return nil, err
 	}
 	return &Transport{cfg: cfg, s: s, listeners: map[*listener]struct{}{}}, nil
+}
+
+// initRequest returns the Init request that c's settings make.
+func (c TransportConfig) initRequest() *transportpb.InitRequest {
+	a := c.Auth
+	return &transportpb.InitRequest{
+		Url:             c.URL,
+		CredentialsFile: a.CredentialsFile, NkeySeedFile: a.NkeySeedFile, TokenFile: a.TokenFile,
+		User: a.User, PasswordFile: a.PasswordFile,
+		TlsCaFile: a.TLSCAFile, TlsCertFile: a.TLSCertFile, TlsKeyFile: a.TLSKeyFile, TlsRequired: a.TLSRequired,
+	}
 }
 
 // Health returns nil while the plugin runs, and else why it does not.
