@@ -30,6 +30,7 @@ type Config struct {
 	Registry  Registry           `koanf:"registry"`
 	Transport Transport          `koanf:"transport"`
 	Broker    Broker             `koanf:"broker"`
+	Security  Security           `koanf:"security"`
 	Client    Client             `koanf:"client"`
 	Routes    map[string]Route   `koanf:"routes"`
 	Services  map[string]Service `koanf:"services"`
@@ -173,6 +174,37 @@ type Broker struct {
 	DrainTimeout time.Duration `koanf:"drain_timeout"`
 }
 
+// Security is how micro processes prove who they are to each other. Changing it needs a
+// restart; the certificate files it names are reloaded when they change.
+type Security struct {
+	// Mode is "mtls" (the default: every inbound connection needs a client certificate of
+	// the trust domain, and calls between micros are encrypted) or "off" (plain HTTP, no
+	// caller identity; for local experiments).
+	Mode string `koanf:"mode"`
+	// TrustDomain names the fleet whose micros trust each other, e.g. "micro.local"; it is
+	// the host of every SPIFFE ID: spiffe://{trust_domain}/service/{name}.
+	TrustDomain string `koanf:"trust_domain"`
+	// Dir is where the machine's local certificate authority lives when no files are set:
+	// micro creates it on first start. Empty means a directory under the user's cache or
+	// temp directory.
+	Dir string `koanf:"dir"`
+	// CAFile, CertFile and KeyFile, all three or none, name PEM files: the trust bundle,
+	// this micro's certificate chain and its key, e.g. from cert-manager, Vault, step-ca or
+	// `micro ca issue`. They replace the local CA.
+	CAFile   string `koanf:"ca_file"`
+	CertFile string `koanf:"cert_file"`
+	KeyFile  string `koanf:"key_file"`
+	// CertTTL is the life of the certificates the local CA issues; micro renews them well
+	// before they expire.
+	CertTTL time.Duration `koanf:"cert_ttl"`
+}
+
+// The choices of [Security] Mode.
+const (
+	SecurityMTLS = "mtls"
+	SecurityOff  = "off"
+)
+
 // Client configures outgoing calls.
 type Client struct {
 	// Strategy is p2c_ewma, round_robin or random.
@@ -265,6 +297,9 @@ type Service struct {
 	// the registration, so callers learn it. Calls to other endpoints run at most once
 	// unless they provably never reached an app.
 	Idempotent []string `koanf:"idempotent"`
+	// Allow names the services whose callers may call this one; their identity comes from
+	// their certificates. Empty admits every caller of the trust domain.
+	Allow []string `koanf:"allow"`
 	// Subscribe maps the topics the service consumes to the endpoint each is delivered to,
 	// e.g. {"orders.created" = "Orders.OnCreated"}. Each message goes to one instance of
 	// the service, as a POST to that endpoint, at least once.

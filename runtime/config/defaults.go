@@ -27,6 +27,7 @@ func Default() Config {
 			CacheTTL:  30 * time.Second,
 		},
 		Transport: Transport{Plugin: "http"},
+		Security:  Security{Mode: SecurityMTLS, TrustDomain: "micro.local", CertTTL: time.Hour},
 		Broker: Broker{
 			Plugin:          "embedded",
 			MaxBytes:        1 << 30,

@@ -48,6 +48,7 @@ func TestDefault(t *testing.T) {
 			IdleTimeout: 90 * time.Second, StreamIdleTimeout: 5 * time.Minute, CheckOrigin: true},
 		Registry:  Registry{Plugin: "embedded", TTL: 10 * time.Second, Heartbeat: 3 * time.Second, CacheTTL: 30 * time.Second},
 		Transport: Transport{Plugin: "http"},
+		Security:  Security{Mode: "mtls", TrustDomain: "micro.local", CertTTL: time.Hour},
 		Broker: Broker{Plugin: "embedded", MaxBytes: 1 << 30, MaxAge: 168 * time.Hour, MaxMessage: 1 << 20, MaxDeliveries: 5,
 			DeliveryTimeout: 10 * time.Second, Backoff: time.Second, BackoffMax: time.Minute, MaxInflight: 16,
 			DeadLetter: "{topic}.dead", DrainTimeout: 30 * time.Second},

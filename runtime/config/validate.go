@@ -80,6 +80,7 @@ func Validate(c *Config) error {
 	}
 
 	v.broker(c.Broker)
+	v.security(c.Security)
 
 	cl := c.Client
 	v.strategy("client.strategy", cl.Strategy, false)
@@ -391,6 +392,11 @@ func (v *validator) service(name string, s Service) {
 			v.errorf(joinKey([]string{"services", name, "subscribe", topic}), "invalid endpoint %q: want a non-empty name without '/'", e)
 		}
 	}
+	for i, a := range s.Allow {
+		if !ValidName(a) {
+			v.errorf(key+".allow", "invalid service name %q (element %d): want 1 to 63 lower-case letters, digits, '-', '.' and '_'", a, i)
+		}
+	}
 	if len(s.Subscribe) > 0 && broker.ValidGroup(name) != nil {
 		v.errorf(key+".subscribe", "the service's name cannot name its subscription group: %v", broker.ValidGroup(name))
 	}
@@ -478,4 +484,46 @@ func (v *validator) broker(b Broker) {
 // DeadLetterTopic is the dead-letter topic of topic under [Broker] DeadLetter pattern.
 func DeadLetterTopic(pattern, topic string) string {
 	return strings.ReplaceAll(pattern, "{topic}", topic)
+}
+
+// security checks [security].
+func (v *validator) security(s Security) {
+	if s.Mode != SecurityMTLS && s.Mode != SecurityOff {
+		v.errorf("security.mode", "unknown mode %q (want %q or %q)", s.Mode, SecurityMTLS, SecurityOff)
+	}
+	if !validTrustDomain(s.TrustDomain) {
+		v.errorf("security.trust_domain", "invalid trust domain %q: want a lower-case DNS name such as \"micro.local\"", s.TrustDomain)
+	}
+	set := 0
+	for _, f := range []string{s.CAFile, s.CertFile, s.KeyFile} {
+		if f != "" {
+			set++
+		}
+	}
+	if set != 0 && set != 3 {
+		v.errorf("security", "set all of ca_file, cert_file and key_file, or none (the local CA)")
+	}
+	v.positive("security.cert_ttl", s.CertTTL)
+	if s.CertTTL > 0 && s.CertTTL < time.Minute {
+		v.errorf("security.cert_ttl", "must be at least 1m, got %s", s.CertTTL)
+	}
+}
+
+// validTrustDomain reports whether td is a lower-case DNS name of 1 to 253 bytes.
+func validTrustDomain(td string) bool {
+	if td == "" || len(td) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(td, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -281,6 +281,15 @@ func TestValidateRules(t *testing.T) {
 		{"server wrapper twice", func(c *Config) { c.Server.Wrappers = []string{"ratelimit", "ratelimit"} }, "server.wrappers", "listed twice"},
 		{"wrapper removed but listed", func(c *Config) { delete(c.Wrappers, "breaker") }, "client.wrappers", `unknown wrapper "breaker"`},
 		{"broker plugin", func(c *Config) { c.Broker.Plugin = "NATS" }, "broker.plugin", "NATS"},
+		{"security mode", func(c *Config) { c.Security.Mode = "tls" }, "security.mode", `unknown mode "tls"`},
+		{"security trust domain", func(c *Config) { c.Security.TrustDomain = "Micro_Local" }, "security.trust_domain", `invalid trust domain "Micro_Local"`},
+		{"security files", func(c *Config) { c.Security.CertFile = "/c.pem" }, "security", "all of ca_file, cert_file and key_file"},
+		{"security cert ttl", func(c *Config) { c.Security.CertTTL = time.Second }, "security.cert_ttl", "at least 1m"},
+		{"allow", func(c *Config) {
+			s := c.Services["greeter"]
+			s.Allow = []string{"frontend", "Bad Name"}
+			c.Services["greeter"] = s
+		}, "services.greeter.allow", `invalid service name "Bad Name" (element 1)`},
 		{"broker sha256", func(c *Config) { c.Broker.SHA256 = "abc" }, "broker.sha256", `invalid digest "abc"`},
 		{"broker max bytes", func(c *Config) { c.Broker.MaxBytes = 0 }, "broker.max_bytes", "more than 0"},
 		{"broker max message", func(c *Config) { c.Broker.MaxMessage = 2 << 30 }, "broker.max_message", "at most broker.max_bytes (1GiB)"},
