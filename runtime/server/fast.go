@@ -47,6 +47,21 @@ type FastPath struct {
 	// HTTPNode reports whether a node's address is reached over HTTP, rather than through
 	// a transport plugin.
 	HTTPNode func(addr string) bool
+	// Peers carries requests to other micro processes over HTTP/1.1, with TLS when
+	// security is on; nil means Upstream.
+	Peers *upstream.Client
+	// H2Peers carries requests to other micro processes over HTTP/2 (TLS when security is
+	// on, else h2c), with PeerScheme ("https" or "http"); nil means the inbound's H2C.
+	H2Peers    http.RoundTripper
+	PeerScheme string
+}
+
+// peers is the client that reaches other micro processes over HTTP/1.1.
+func (fp *FastPath) peers() *upstream.Client {
+	if fp.Peers != nil {
+		return fp.Peers
+	}
+	return fp.Upstream
 }
 
 // ServeFast serves a request on the ingress's HTTP/1.1 path.
@@ -403,7 +418,13 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 		ex.c.Request.SetBodyStream(ex.body.attempt(), ex.length)
 	}
 	if base, ok := ex.in.cfg.Inbound.cfg.Apps.Local(ex.req.Service, node.ID); ok {
-		return ex.in.cfg.Inbound.serveFast(ctx, ex.c, ex.req.Service, ex.req.Endpoint, ex.req.Target, node.ID, base, left, extra, ex.req.Header)
+		ib := ex.in.cfg.Inbound
+		self := ib.self()
+		if e := admit(ib.settings.load(), ex.req.Service, self); e != nil {
+			writeError(&ex.c.Response, e, transport.ErrorCaller)
+			return answerOf(&ex.c.Response), false, nil
+		}
+		return ib.serveFast(ctx, ex.c, ex.req.Service, ex.req.Endpoint, ex.req.Target, node.ID, base, left, extra, ex.req.Header, self)
 	}
 	if !fp.HTTPNode(node.Address) {
 		return ex.viaMessage(ctx, node, left, extra)
@@ -416,7 +437,7 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 	}
 	out.Header.Set(transport.HeaderNode, node.ID)
 	out.Header.Set(transport.HeaderTimeout, budget.Format(left))
-	sent, err := fp.Upstream.Do(ctx, node.Address, out, &ex.c.Response)
+	sent, err := fp.peers().Do(ctx, node.Address, out, &ex.c.Response)
 	if err != nil {
 		if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {
 			return client.Answer{}, false, &transport.MessageError{Err: tooLarge(IngressID, ex.in.settings.load().MaxBody)}
@@ -515,6 +536,10 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 	tv := h.Peek(transport.HeaderTimeout)
 	call, e, kind := in.readCall(st, path, query, string(tv), tv != nil, string(h.Peek(transport.HeaderNode)), false)
 	service = call.service
+	caller := PeerOf(c.Conn())
+	if e == nil {
+		e, kind = admit(st, call.service, caller), transport.ErrorCaller
+	}
 	if e != nil {
 		fail(e, kind)
 		return
@@ -532,7 +557,7 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
 	}
 	recorded = true
-	in.serveFast(ctx, c, call.service, call.endpoint, call.target, call.node, call.base, call.budget, nil, nil)
+	in.serveFast(ctx, c, call.service, call.endpoint, call.target, call.node, call.base, call.budget, nil, nil, caller)
 	if stream.unread() {
 		c.SetConnectionClose()
 	}
@@ -586,7 +611,7 @@ func (in *Inbound) readCall(st *Settings, path, query, timeout string, present b
 // transport.HeaderError). It serves the inbound server's calls, and the ingress's calls to
 // nodes this micro fronts. extra are headers the client wrappers set; hdr is the request's
 // header as a message header, when the caller has made it.
-func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, service, endpoint, target, node, base string, left time.Duration, extra, hdr map[string]string) (client.Answer, bool, error) {
+func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, service, endpoint, target, node, base string, left time.Duration, extra, hdr map[string]string, caller Peer) (client.Answer, bool, error) {
 	start := time.Now()
 	deadline := start.Add(left)
 	resp := &c.Response
@@ -597,7 +622,7 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 	}
 	chain := in.chain.Acquire()
 	defer chain.Release()
-	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: node, Deadline: deadline}
+	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: node, Caller: caller.Name(), Deadline: deadline}
 	if chain != nil {
 		if hdr == nil {
 			hdr = messageHeader(&c.Request.Header)
@@ -621,6 +646,9 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 		}
 		out.Header.Del(transport.HeaderNode)
 		out.Header.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
+		if name := caller.Name(); name != "" {
+			out.Header.Set(transport.HeaderCaller, name)
+		}
 		sent, err := in.cfg.Upstream.Do(ctx, app.addr, out, resp)
 		if err != nil {
 			e, kind := appFailure(ctx, err, service, endpoint, base)

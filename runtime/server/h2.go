@@ -264,7 +264,11 @@ func (ex *h2Exchange) Attempt(ctx context.Context, node *registry.Node, left tim
 		deadline: time.Now().Add(left), extra: extra, hdr: ex.req.Header,
 	}
 	if base, ok := ib.cfg.Apps.Local(ex.req.Service, node.ID); ok {
-		hc.base = base
+		hc.base, hc.caller = base, ib.self()
+		if e := admit(ib.settings.load(), ex.req.Service, hc.caller); e != nil {
+			ex.resp = errorResponse(e, transport.ErrorCaller)
+			return h2Answer(ex.resp, ex.grpc), false, nil
+		}
 		ex.resp, ex.cancel = ib.h2App(ctx, ex.ctx, hc)
 		return h2Answer(ex.resp, ex.grpc), true, nil
 	}
@@ -275,7 +279,11 @@ func (ex *h2Exchange) Attempt(ctx context.Context, node *registry.Node, left tim
 	h.Set(transport.HeaderNode, node.ID)
 	h.Set(transport.HeaderTimeout, budget.Format(left))
 	hc.header = h
-	resp, cancel, sent, err := roundTrip(ctx, ex.ctx, ib.cfg.H2C, "http://"+node.Address+"/"+url.PathEscape(ex.req.Service), hc)
+	rt, scheme := ex.in.cfg.Fast.H2Peers, ex.in.cfg.Fast.PeerScheme
+	if rt == nil {
+		rt, scheme = ib.cfg.H2C, "http"
+	}
+	resp, cancel, sent, err := roundTrip(ctx, ex.ctx, rt, scheme+"://"+node.Address+"/"+url.PathEscape(ex.req.Service), hc)
 	if err != nil {
 		return client.Answer{}, sent, err
 	}
@@ -296,6 +304,8 @@ type h2Call struct {
 	extra                   map[string]string // headers the client wrappers set
 	// hdr is header as a message header, for server wrappers, when the caller made it.
 	hdr map[string]string
+	// caller is who made the call, as its connection proved it.
+	caller Peer
 }
 
 // roundTrip sends hc to base (scheme and host, and a path prefix) over HTTP/2 and returns
@@ -422,6 +432,10 @@ func (in *Inbound) ServeH2(w http.ResponseWriter, r *http.Request) {
 	tv, present := r.Header[transport.HeaderTimeout]
 	call, e, kind := in.readCall(st, r.URL.EscapedPath(), r.URL.RawQuery, strings.Join(tv, ","), present, r.Header.Get(transport.HeaderNode), grpc)
 	service = call.service
+	caller := PeerFrom(r.Context())
+	if e == nil {
+		e, kind = admit(st, call.service, caller), transport.ErrorCaller
+	}
 	if e != nil {
 		fail(e, kind)
 		return
@@ -429,7 +443,7 @@ func (in *Inbound) ServeH2(w http.ResponseWriter, r *http.Request) {
 	hc := &h2Call{
 		service: call.service, endpoint: call.endpoint, node: call.node, base: call.base,
 		method: r.Method, target: call.target, header: r.Header, contentLength: r.ContentLength,
-		grpc: grpc, deadline: start.Add(call.budget),
+		grpc: grpc, deadline: start.Add(call.budget), caller: caller,
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		hc.body = newReplayBody(r.Body, 0) // one attempt: nothing to keep
@@ -460,7 +474,7 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 	}
 	chain := in.chain.Acquire()
 	defer chain.Release()
-	call := wrapper.Call{Service: hc.service, Endpoint: hc.endpoint, Node: hc.node, Deadline: hc.deadline}
+	call := wrapper.Call{Service: hc.service, Endpoint: hc.endpoint, Node: hc.node, Caller: hc.caller.Name(), Deadline: hc.deadline}
 	if chain != nil {
 		if hc.hdr == nil {
 			hc.hdr = filterHeader(hc.header)
@@ -479,6 +493,9 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 		out := *hc
 		out.header = outHeader(hc.header, hc.extra, more)
 		out.header.Set(transport.HeaderTimeout, budget.Format(time.Until(hc.deadline)))
+		if name := hc.caller.Name(); name != "" {
+			out.header.Set(transport.HeaderCaller, name)
+		}
 		if dl, ok := sctx.Deadline(); ok && hc.grpc {
 			out.header.Set("Grpc-Timeout", formatGRPCTimeout(time.Until(dl)))
 		}

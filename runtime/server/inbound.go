@@ -45,12 +45,15 @@ type InboundConfig struct {
 	HTTP *http.Client
 	// Upstream is the client that reaches the apps from the HTTP/1.1 path.
 	Upstream *upstream.Client
-	// H2C reaches apps and other micro processes over HTTP/2 without TLS, for the calls
-	// that come over HTTP/2.
+	// H2C reaches apps over HTTP/2 without TLS, for the calls that come over HTTP/2 (and
+	// other micro processes too, unless the ingress's FastPath.H2Peers is set).
 	H2C http.RoundTripper
 	// Settings are the first settings; Set changes them. MaxBody bounds the app's
 	// responses; the transport bounds requests.
 	Settings Settings
+	// Self is this micro's own identity: the caller of the calls that the ingress serves
+	// straight from a local app to another. Nil is the zero Peer.
+	Self func() Peer
 }
 
 // Inbound serves calls that other micro processes send to the services fronted here: it
@@ -79,6 +82,14 @@ func NewInbound(cfg InboundConfig) *Inbound {
 // SetChain makes chain the server wrappers of later calls and returns the chain it
 // replaces, which the caller retires.
 func (in *Inbound) SetChain(chain *wrapper.Chain) *wrapper.Chain { return in.chain.Store(chain) }
+
+// self is this micro's own identity.
+func (in *Inbound) self() Peer {
+	if in.cfg.Self == nil {
+		return Peer{}
+	}
+	return in.cfg.Self()
+}
 
 // Set changes the settings of later calls.
 func (in *Inbound) Set(s Settings) { in.settings.store(s) }
@@ -166,7 +177,7 @@ func (in *Inbound) handle(ctx context.Context, conn transport.Conn) {
 		defer stop()
 	}
 	service := req.Header[transport.HeaderService]
-	code, resp := in.forward(callCtx, req, st, start)
+	code, resp := in.forward(callCtx, req, st, start, peerOfConn(conn))
 	in.cfg.Recorder.Inbound(service, code, time.Since(start))
 	replied = true
 	if err := conn.Send(ctx, resp); err != nil {
@@ -195,12 +206,16 @@ func checkCall(req *transport.Message, st *Settings) (time.Duration, *callerr.Er
 	return min(d, st.MaxBudget), nil
 }
 
-// forward passes req to its app and returns the app's answer as a response message.
-func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Settings, start time.Time) (int, *transport.Message) {
+// forward passes req, from caller, to its app and returns the app's answer as a response
+// message.
+func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Settings, start time.Time, caller Peer) (int, *transport.Message) {
 	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
 	fail := func(e *callerr.Error, kind string) (int, *transport.Message) { return e.Code, errorMessage(e, kind) }
 
 	d, e := checkCall(req, st)
+	if e == nil {
+		e = admit(st, service, caller)
+	}
 	if e != nil {
 		return fail(e, transport.ErrorCaller)
 	}
@@ -215,13 +230,13 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 	defer chain.Release()
 	call := wrapper.Call{
 		Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Header: req.Header, Deadline: deadline,
+		Caller: caller.Name(), Header: req.Header, Deadline: deadline,
 	}
 	var m *transport.Message
 	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(extra map[string]string) (int, string, string) {
 		var code int
 		var failure string
-		code, m, failure = in.toApp(ctx, req, extra, st, deadline)
+		code, m, failure = in.toApp(ctx, req, extra, st, deadline, caller)
 		return code, m.Header[transport.HeaderError], failure
 	})
 	if rejected != nil {
@@ -268,7 +283,7 @@ func (in *Inbound) wrapApp(ctx context.Context, chain *wrapper.Chain, call *wrap
 
 // toApp forwards req, with the headers extra that server wrappers set, to an instance of
 // its service's app and returns the app's answer. failure describes why no answer came.
-func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[string]string, st *Settings, deadline time.Time) (code int, reply *transport.Message, failure string) {
+func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[string]string, st *Settings, deadline time.Time, caller Peer) (code int, reply *transport.Message, failure string) {
 	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
 	fail := func(e *callerr.Error, kind string) (int, *transport.Message, string) {
 		return e.Code, errorMessage(e, kind), e.Detail
@@ -287,7 +302,7 @@ func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[
 	if err != nil {
 		return fail(callerr.New(InboundID, http.StatusBadRequest, "building request to %s: %v", base, err), transport.ErrorCaller)
 	}
-	hr.Header = appHeader(req.Header, extra, deadline)
+	hr.Header = appHeader(req.Header, extra, deadline, caller)
 	hresp, err := in.cfg.HTTP.Do(hr)
 	if err != nil {
 		switch {
@@ -331,8 +346,9 @@ func requestLine(h map[string]string) (method, target string) {
 
 // appHeader is the header of a call's request to its app: the caller's end-to-end headers
 // and those the server wrappers set, without any Micro-* header the caller sent but a
-// delivery's (broker.IsDeliveryHeader), and micro's own budget header.
-func appHeader(h, extra map[string]string, deadline time.Time) http.Header {
+// delivery's (broker.IsDeliveryHeader), and micro's own: the budget, and the caller that
+// its connection proved (Micro-Caller), when one did.
+func appHeader(h, extra map[string]string, deadline time.Time, caller Peer) http.Header {
 	out := make(http.Header, len(h)+len(extra)+1)
 	for _, m := range []map[string]string{h, extra} {
 		for k, v := range m {
@@ -342,6 +358,9 @@ func appHeader(h, extra map[string]string, deadline time.Time) http.Header {
 		}
 	}
 	out.Set(transport.HeaderTimeout, budget.Format(time.Until(deadline)))
+	if name := caller.Name(); name != "" {
+		out.Set(transport.HeaderCaller, name)
+	}
 	return out
 }
 

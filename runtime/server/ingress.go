@@ -49,6 +49,8 @@ type Status struct {
 	Services map[string]int `json:"services"`
 	// Errors lists current problems, such as a registry that cannot be reached.
 	Errors []string `json:"errors,omitempty"`
+	// Security says how calls between micros are protected: "mtls", or why not.
+	Security string `json:"security,omitempty"`
 }
 
 // IngressConfig wires an Ingress.

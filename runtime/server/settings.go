@@ -37,6 +37,9 @@ type Settings struct {
 	// AllowedOrigins are origins ("https://app.example.com") whose pages may call the
 	// ingress.
 	AllowedOrigins []string
+	// Allow maps a service fronted here to the services whose callers the inbound admits
+	// (services.NAME.allow); a service that is not in it admits every caller.
+	Allow map[string][]string
 }
 
 // DefaultSettings are the settings of a server that is given none: micro's defaults.

@@ -2,6 +2,8 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -29,7 +31,15 @@ type Listeners struct {
 // The bytes read to decide are read again by whoever gets the connection. Closing any of
 // the three closes ln, and so all of them.
 func Split(ln net.Listener, timeout time.Duration, max int) Listeners {
-	s := &splitter{ln: ln, timeout: timeout, max: max, done: make(chan struct{})}
+	return SplitTLS(ln, timeout, max, nil, nil, nil)
+}
+
+// SplitTLS is Split for a listener whose connections speak TLS with cfg: each connection's
+// handshake must end within timeout, and identify must accept what it proved, before its
+// first bytes are read; the Peer it returns goes with the connection (PeerOf). A connection
+// whose handshake or identification fails is closed, and onError is told why.
+func SplitTLS(ln net.Listener, timeout time.Duration, max int, cfg *tls.Config, identify Identify, onError func(remote net.Addr, err error)) Listeners {
+	s := &splitter{ln: ln, timeout: timeout, max: max, done: make(chan struct{}), tls: cfg, identify: identify, onError: onError}
 	s.fast = &chanListener{s: s, conns: make(chan net.Conn)}
 	s.upgrade = &chanListener{s: s, conns: make(chan net.Conn)}
 	s.h2 = &chanListener{s: s, conns: make(chan net.Conn)}
@@ -42,6 +52,10 @@ type splitter struct {
 	timeout           time.Duration
 	max               int
 	fast, upgrade, h2 *chanListener
+
+	tls      *tls.Config // nil: plain connections
+	identify Identify
+	onError  func(net.Addr, error)
 
 	done      chan struct{} // closed when ln fails or is closed
 	err       error         // why; set before done is closed
@@ -67,6 +81,18 @@ func (s *splitter) run() {
 
 // route reads the start of c and hands it to the listener it belongs to.
 func (s *splitter) route(c net.Conn) {
+	var who Peer
+	if s.tls != nil {
+		tc, peer, err := s.handshake(c)
+		if err != nil {
+			if s.onError != nil {
+				s.onError(c.RemoteAddr(), err)
+			}
+			c.Close()
+			return
+		}
+		c, who = tc, peer
+	}
 	_ = c.SetReadDeadline(time.Now().Add(s.timeout))
 	buf := make([]byte, 0, 1024)
 	to := s.fast
@@ -97,7 +123,7 @@ func (s *splitter) route(c net.Conn) {
 		}
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	pc := &prefixConn{Conn: c, prefix: buf}
+	pc := &prefixConn{Conn: c, prefix: buf, who: who}
 	select {
 	case to.conns <- pc:
 	case <-s.done:
@@ -105,6 +131,22 @@ func (s *splitter) route(c net.Conn) {
 	case <-to.closed():
 		c.Close()
 	}
+}
+
+// handshake runs the TLS handshake of c within the splitter's timeout and identifies the
+// peer.
+func (s *splitter) handshake(c net.Conn) (*tls.Conn, Peer, error) {
+	tc := tls.Server(c, s.tls)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, Peer{}, err
+	}
+	if s.identify == nil {
+		return tc, Peer{}, nil
+	}
+	who, err := s.identify(tc.ConnectionState())
+	return tc, who, err
 }
 
 // hasUpgrade reports whether a request's header block has an Upgrade header.
@@ -169,6 +211,7 @@ func (l *chanListener) Addr() net.Addr { return l.s.ln.Addr() }
 type prefixConn struct {
 	net.Conn
 	prefix []byte
+	who    Peer // what the connection's TLS handshake proved
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {

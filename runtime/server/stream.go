@@ -182,7 +182,11 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 		}
 		answer(m)
 	}
+	caller := peerOfConn(conn)
 	d, e := checkCall(req, st)
+	if e == nil {
+		e = admit(st, service, caller)
+	}
 	if e != nil {
 		fail(e, transport.ErrorCaller, nil)
 		return
@@ -193,7 +197,7 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 
 	chain := in.chain.Acquire()
 	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Header: req.Header, Deadline: deadline}
+		Caller: caller.Name(), Header: req.Header, Deadline: deadline}
 	var ran wrapper.Ran
 	v := chain.OnRequest(openCtx, &call, &ran)
 	if v.Action != wrapper.Continue {
@@ -207,7 +211,7 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 		fail(callerr.New(InboundID, status, "%s", v.Message), kind, v.ReplyHeader)
 		return
 	}
-	ws, refusal, e, kind := in.dialApp(openCtx, req, v.Header, deadline)
+	ws, refusal, e, kind := in.dialApp(openCtx, req, v.Header, deadline, caller)
 	r := wrapper.Result{Status: http.StatusSwitchingProtocols, Latency: time.Since(start)}
 	switch {
 	case refusal != nil:
@@ -241,13 +245,13 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 // wrappers set. When the app answers the upgrade with anything but 101, refusal is its
 // answer as a message; when no answer came, e is the error and kind its transport.Error
 // value.
-func (in *Inbound) dialApp(ctx context.Context, req *transport.Message, extra map[string]string, deadline time.Time) (ws *websocket.Conn, refusal *transport.Message, e *callerr.Error, kind string) {
+func (in *Inbound) dialApp(ctx context.Context, req *transport.Message, extra map[string]string, deadline time.Time, caller Peer) (ws *websocket.Conn, refusal *transport.Message, e *callerr.Error, kind string) {
 	service, endpoint := req.Header[transport.HeaderService], req.Header[transport.HeaderEndpoint]
 	base, ok := in.cfg.Apps.Resolve(service, req.Header[transport.HeaderNode])
 	if !ok {
 		return nil, nil, callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable
 	}
-	h := appHeader(req.Header, extra, deadline)
+	h := appHeader(req.Header, extra, deadline, caller)
 	_, target := requestLine(req.Header)
 	ws, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+target, &websocket.DialOptions{HTTPHeader: h, HTTPClient: in.cfg.HTTP})
 	switch {

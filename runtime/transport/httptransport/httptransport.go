@@ -59,6 +59,7 @@ package httptransport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -106,6 +107,13 @@ type Options struct {
 	ShutdownTimeout time.Duration
 	// Logger receives the transport's logs. Nil discards them.
 	Logger *slog.Logger
+	// ClientTLS, when set, makes Dial speak TLS with it on every connection (mutual TLS
+	// between micro processes). The listener's side is the listener's business: Serve
+	// takes connections that are TLS already, when they are.
+	ClientTLS *tls.Config
+	// ConnContext, when set, is the server's http.Server.ConnContext: it may put what a
+	// connection proved (its peer) in the context that server Conns report.
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
 }
 
 func (o Options) withDefaults() Options {
@@ -178,6 +186,14 @@ func (t *Transport) Dial(ctx context.Context, addr string) (transport.Conn, erro
 			err = fmt.Errorf("%w: %w", err, cerr)
 		}
 		return nil, &transport.ConnectError{Addr: addr, Err: err}
+	}
+	if t.opts.ClientTLS != nil {
+		tc := tls.Client(nc, t.opts.ClientTLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, &transport.ConnectError{Addr: addr, Err: fmt.Errorf("TLS handshake: %w", err)}
+		}
+		nc = tc
 	}
 	return newClientConn(nc, addr, t.opts), nil
 }

@@ -78,6 +78,7 @@ func newListener(ln net.Listener, opts Options, forget func(*listener)) *listene
 		IdleTimeout:       opts.IdleTimeout,
 		MaxHeaderBytes:    opts.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(l.log.Handler(), slog.LevelWarn),
+		ConnContext:       opts.ConnContext,
 	}
 	go func() {
 		defer close(l.serveDone)
@@ -576,11 +577,12 @@ func (sc *serverConn) Close() error {
 func (sc *serverConn) RemoteAddr() string { return sc.remote }
 
 // Context is done when the client goes away before the call is answered (it closed the
-// connection), and once the call has been answered. On a stream it says nothing: the
-// stream's Recv reports the end of the connection.
+// connection), and once the call has been answered. On a stream it is never done: the
+// stream's Recv reports the end of the connection. Either way it carries the values that
+// Options.ConnContext put in the connection's context.
 func (sc *serverConn) Context() context.Context {
 	if sc.stream {
-		return context.Background()
+		return context.WithoutCancel(sc.ctx)
 	}
 	return sc.ctx
 }
