@@ -25,6 +25,19 @@ import (
 // Inits it with url, and returns a client for it.
 func pluginClient(t *testing.T, url string) transportpb.TransportClient {
 	t.Helper()
+	c := grpcClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Init(ctx, &transportpb.InitRequest{Url: url}); err != nil {
+		t.Fatalf("Init: %v", err)
+	}
+	return c
+}
+
+// grpcClient serves a new transport over gRPC in process, as the plugin binary does, and
+// returns a client for it.
+func grpcClient(t *testing.T) transportpb.TransportClient {
+	t.Helper()
 	tr := newNATS(nil)
 	t.Cleanup(func() { _ = tr.Close() })
 	lis := bufconn.Listen(1 << 20)
@@ -39,13 +52,7 @@ func pluginClient(t *testing.T, url string) transportpb.TransportClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cc.Close() })
-	c := transportpb.NewTransportClient(cc)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := c.Init(ctx, &transportpb.InitRequest{Url: url}); err != nil {
-		t.Fatalf("Init: %v", err)
-	}
-	return c
+	return transportpb.NewTransportClient(cc)
 }
 
 // TestOverGRPC runs calls between two plugin instances through the sdk's plugin server,

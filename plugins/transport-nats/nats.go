@@ -65,9 +65,11 @@ func newNATS(log *slog.Logger) *natsTransport {
 
 var _ transport.Transport = (*natsTransport)(nil)
 
-// Init connects to c.URL (nats.DefaultURL when empty). It fails if the first connection
-// fails; after that the connection comes back by itself whenever it drops. A second Init
-// replaces the connection; listeners and conns made on the old one stop working.
+// Init connects to c.URL (nats.DefaultURL when empty) with c's credentials and TLS
+// settings (see securityOf). It fails if a file they name is missing or malformed, or if
+// the first connection fails, saying so when the server refused the credentials or TLS
+// failed; after that the connection comes back by itself whenever it drops. A second
+// Init replaces the connection; listeners and conns made on the old one stop working.
 func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 	u := c.URL
 	if u == "" {
@@ -76,6 +78,10 @@ func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 	shown := redactURLs(u)
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, err)
+	}
+	sec, err := securityOf(c)
+	if err != nil {
+		return fmt.Errorf("transport-nats: %w", err)
 	}
 	log := t.log.With("url", shown)
 	opts := []nats.Option{
@@ -101,6 +107,7 @@ func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 			log.Error("transport-nats: NATS error", "subject", subject, "err", err)
 		}),
 	}
+	opts = append(opts, sec.opts...)
 
 	type result struct {
 		nc  *nats.Conn
@@ -123,10 +130,11 @@ func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, ctx.Err())
 	}
 	if r.err != nil {
-		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, r.err)
+		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, sec.explain(r.err))
 	}
+	_, notTLS := r.nc.TLSConnectionState()
 	log.Info("transport-nats: connected to NATS", "server", r.nc.ConnectedUrlRedacted(),
-		"max_payload", r.nc.MaxPayload())
+		"max_payload", r.nc.MaxPayload(), "credentials", sec.auth, "tls", notTLS == nil)
 
 	t.mu.Lock()
 	old := t.nc

@@ -3,6 +3,11 @@
 // down and back up on the same port, so that clients reconnect to the same URL; the server
 // is shut down when the test ends. WithJetStream turns JetStream on, with a store that
 // survives Restart.
+//
+// By default anyone may connect, in clear text. WithTLS requires TLS (and, if asked,
+// client certificates) from a CA that NewCA makes; WithNkeyUser, WithUser and WithToken
+// admit only clients that authenticate so; WithOperator runs the server in operator (JWT)
+// mode, whose users Creds issues as .creds files. Every setting survives Restart.
 package natstest
 
 import (
@@ -14,6 +19,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 )
 
 // readyTimeout is how long a server may take to accept connections after it starts.
@@ -30,6 +36,15 @@ type Server struct {
 	t        testing.TB
 	maxBytes int32
 	storeDir string // JetStream's store; "" runs without JetStream
+
+	tls        *CA  // nil: no TLS
+	tlsVerify  bool // require client certificates from tls
+	nkeyUsers  []*server.NkeyUser
+	users      []*server.User
+	token      string
+	operator   nkeys.KeyPair // nil: not in operator mode
+	account    nkeys.KeyPair // the operator's one account
+	accountJWT string
 
 	mu  sync.Mutex
 	srv *server.Server // nil while stopped
@@ -59,6 +74,11 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(s)
 	}
+	if s.operator != nil {
+		if err := s.makeAccount(); err != nil {
+			t.Fatalf("natstest: %v", err)
+		}
+	}
 	srv, err := s.run(-1)
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
@@ -85,6 +105,9 @@ func (s *Server) run(port int) (*server.Server, error) {
 		MaxPayload: s.maxBytes,
 		JetStream:  s.storeDir != "",
 		StoreDir:   s.storeDir,
+	}
+	if err := s.secure(o); err != nil {
+		return nil, err
 	}
 	srv, err := server.NewServer(o)
 	if err != nil {
