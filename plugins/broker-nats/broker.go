@@ -114,8 +114,10 @@ func settingsOf(c broker.Config) (settings, error) {
 	return s, nil
 }
 
-// Init connects to c.URL (nats.DefaultURL when empty), and creates the stream MICRO, or
-// sets its limits to c's when it exists. It fails if the first connection fails, if
+// Init connects to c.URL (nats.DefaultURL when empty) with c's credentials and TLS
+// settings (see securityOf), and creates the stream MICRO, or sets its limits to c's when
+// it exists. It fails if a file the settings name is missing or malformed, if the first
+// connection fails (saying so when the server refused the credentials or TLS failed), if
 // JetStream does not answer, or if MICRO exists with other subjects; after that the
 // connection comes back by itself whenever it drops. A second Init replaces the
 // connection; consumers move to the new one.
@@ -124,15 +126,19 @@ func (b *natsBroker) Init(ctx context.Context, c broker.Config) error {
 	if err != nil {
 		return err
 	}
+	sec, err := securityOf(c)
+	if err != nil {
+		return fmt.Errorf("broker-nats: %w", err)
+	}
 	u := c.URL
 	if u == "" {
 		u = nats.DefaultURL
 	}
 	shown := redactURLs(u)
 	log := b.log.With("url", shown)
-	nc, err := connect(ctx, u, log, b.signal)
+	nc, err := connect(ctx, u, log, b.signal, sec.opts)
 	if err != nil {
-		return fmt.Errorf("broker-nats: connect to NATS at %s: %w", shown, err)
+		return fmt.Errorf("broker-nats: connect to NATS at %s: %w", shown, sec.explain(err))
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -148,7 +154,9 @@ func (b *natsBroker) Init(ctx context.Context, c broker.Config) error {
 		log.Warn("broker-nats: max_message is larger than the NATS server's max_payload; larger messages are refused as too large",
 			"max_message", cfg.maxMessage, "max_payload", p)
 	}
-	log.Info("broker-nats: connected to NATS", "server", nc.ConnectedUrlRedacted(), "stream", streamName)
+	_, notTLS := nc.TLSConnectionState()
+	log.Info("broker-nats: connected to NATS", "server", nc.ConnectedUrlRedacted(), "stream", streamName,
+		"credentials", sec.auth, "tls", notTLS == nil)
 
 	b.mu.Lock()
 	old := b.st
@@ -162,8 +170,8 @@ func (b *natsBroker) Init(ctx context.Context, c broker.Config) error {
 }
 
 // connect dials NATS at u within ctx, with a connection that reconnects forever and calls
-// changed whenever it drops or comes back.
-func connect(ctx context.Context, u string, log *slog.Logger, changed func()) (*nats.Conn, error) {
+// changed whenever it drops or comes back, and with extra, the credential and TLS options.
+func connect(ctx context.Context, u string, log *slog.Logger, changed func(), extra []nats.Option) (*nats.Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -192,6 +200,7 @@ func connect(ctx context.Context, u string, log *slog.Logger, changed func()) (*
 			log.Error("broker-nats: NATS error", "subject", subject, "err", err)
 		}),
 	}
+	opts = append(opts, extra...)
 	type result struct {
 		nc  *nats.Conn
 		err error

@@ -76,27 +76,38 @@ func (p *Perms) server() *server.Permissions {
 	return sp
 }
 
-// makeAccount creates the operator's account and its JWT.
+// makeAccount creates the operator's account, and the system account that the server
+// needs to run JetStream in operator mode.
 func (s *Server) makeAccount() error {
+	var err error
+	if s.account, s.accountJWT, err = s.newAccount("micro", s.storeDir != ""); err != nil {
+		return err
+	}
+	s.system, s.systemJWT, err = s.newAccount("SYS", false)
+	return err
+}
+
+// newAccount creates an account of the operator, named name, with JetStream or not, and
+// returns its key and JWT.
+func (s *Server) newAccount(name string, jetStream bool) (nkeys.KeyPair, string, error) {
 	akp, err := nkeys.CreateAccount()
 	if err != nil {
-		return fmt.Errorf("create account key: %w", err)
+		return nil, "", fmt.Errorf("create account %s: %w", name, err)
 	}
 	pub, err := akp.PublicKey()
 	if err != nil {
-		return fmt.Errorf("account public key: %w", err)
+		return nil, "", fmt.Errorf("account %s public key: %w", name, err)
 	}
 	ac := jwt.NewAccountClaims(pub)
-	ac.Name = "micro"
-	if s.storeDir != "" {
+	ac.Name = name
+	if jetStream {
 		ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
 	}
 	enc, err := ac.Encode(s.operator)
 	if err != nil {
-		return fmt.Errorf("sign the account JWT: %w", err)
+		return nil, "", fmt.Errorf("sign the JWT of account %s: %w", name, err)
 	}
-	s.account, s.accountJWT = akp, enc
-	return nil
+	return akp, enc, nil
 }
 
 // secure sets o's TLS and authentication from s's options.
@@ -119,15 +130,24 @@ func (s *Server) secure(o *server.Options) error {
 		if err != nil {
 			return fmt.Errorf("operator public key: %w", err)
 		}
-		apub, err := s.account.PublicKey()
-		if err != nil {
-			return fmt.Errorf("account public key: %w", err)
-		}
 		r := &server.MemAccResolver{}
-		if err := r.Store(apub, s.accountJWT); err != nil {
-			return fmt.Errorf("store the account JWT: %w", err)
+		for _, a := range []struct {
+			kp  nkeys.KeyPair
+			jwt string
+		}{{s.account, s.accountJWT}, {s.system, s.systemJWT}} {
+			pub, err := a.kp.PublicKey()
+			if err != nil {
+				return fmt.Errorf("account public key: %w", err)
+			}
+			if err := r.Store(pub, a.jwt); err != nil {
+				return fmt.Errorf("store the account JWT: %w", err)
+			}
 		}
-		o.TrustedKeys, o.AccountResolver = []string{opub}, r
+		sys, err := s.system.PublicKey()
+		if err != nil {
+			return fmt.Errorf("system account public key: %w", err)
+		}
+		o.TrustedKeys, o.AccountResolver, o.SystemAccount = []string{opub}, r, sys
 	}
 	return nil
 }

@@ -43,8 +43,10 @@ type Server struct {
 	users      []*server.User
 	token      string
 	operator   nkeys.KeyPair // nil: not in operator mode
-	account    nkeys.KeyPair // the operator's one account
+	account    nkeys.KeyPair // the operator's account for users
 	accountJWT string
+	system     nkeys.KeyPair // the operator's system account
+	systemJWT  string
 
 	mu  sync.Mutex
 	srv *server.Server // nil while stopped
