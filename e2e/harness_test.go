@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"github.com/microhost/micro/host/wasm"
+	"github.com/microhost/micro/runtime/security"
 )
 
 // bins holds the binaries TestMain builds.
@@ -101,7 +103,8 @@ func (s *syncBuffer) String() string {
 }
 
 // baseConfig is a micro.toml for tests: loopback ports picked by the kernel, the shared
-// registry in regDir with a short TTL, and the given extra TOML.
+// registry in regDir with a short TTL, a local CA beside it (caDir) that the micros of the
+// test share, and the given extra TOML.
 func baseConfig(regDir, extra string) string {
 	return fmt.Sprintf(`
 [server]
@@ -115,6 +118,9 @@ ttl = "2s"
 heartbeat = "500ms"
 cache_ttl = "5s"
 
+[security]
+dir = %q
+
 [client]
 timeout = "5s"
 backoff = "5ms"
@@ -122,7 +128,31 @@ backoff_max = "50ms"
 
 [log]
 level = "debug"
-%s`, regDir, extra)
+%s`, regDir, caDir(regDir), extra)
+}
+
+// caDir is the directory of the local CA of the micros that share the registry in regDir.
+func caDir(regDir string) string { return regDir + "-ca" }
+
+// testTLS is a client TLS config for a test that talks to an inbound server itself: a
+// certificate for services from the local CA of the micros of regDir.
+func testTLS(t *testing.T, regDir string, services ...string) *tls.Config {
+	t.Helper()
+	ca, err := security.OpenLocalCA(caDir(regDir), security.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Issue(security.IdentitySpec{Services: services, Micro: "e2e-test"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		// The inbound's certificate names SPIFFE IDs, not the loopback address it listens
+		// on; these tests check the server's side.
+		InsecureSkipVerify: true,
+		NextProtos:         []string{"http/1.1"},
+	}
 }
 
 // greeterService declares a greeter service run from the test's greeter binary. As in the

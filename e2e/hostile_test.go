@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bufio"
+	"crypto/tls"
 	"context"
 	"fmt"
 	"io"
@@ -24,8 +25,8 @@ import (
 
 // rawRequest writes raw to addr and returns the status of the answer, or an error when none
 // came.
-func rawRequest(addr, raw string) (int, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func rawRequest(addr string, cfg *tls.Config, raw string) (int, error) {
+	c, err := dialRaw(addr, cfg)
 	if err != nil {
 		return 0, err
 	}
@@ -40,6 +41,15 @@ func rawRequest(addr, raw string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// dialRaw connects to addr, over TLS with cfg when it is set.
+func dialRaw(addr string, cfg *tls.Config) (net.Conn, error) {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	if cfg == nil {
+		return d.Dial("tcp", addr)
+	}
+	return tls.DialWithDialer(d, "tcp", addr, cfg)
 }
 
 // mustHello makes one Greeter.Hello call that must succeed.
@@ -57,6 +67,8 @@ func TestHostileInputNoCrash(t *testing.T) {
 	t.Parallel()
 	reg := t.TempDir()
 	m := startMicro(t, baseConfig(reg, greeterService("greeter", 1, "")))
+	// The inbound takes only callers of the trust domain: these bytes come from one.
+	listeners := map[string]*tls.Config{m.inbound: testTLS(t, reg, "tester"), strings.TrimPrefix(m.ingress, "http://"): nil}
 	for _, raw := range []string{
 		"POST /%FF/x HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
 		"POST /%C0%AF/%FF%FE HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
@@ -65,8 +77,8 @@ func TestHostileInputNoCrash(t *testing.T) {
 		"POST /greeter/%00 HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
 		"POST //Greeter.Hello HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 0\r\n\r\n",
 	} {
-		for _, addr := range []string{m.inbound, strings.TrimPrefix(m.ingress, "http://")} {
-			status, err := rawRequest(addr, raw)
+		for addr, cfg := range listeners {
+			status, err := rawRequest(addr, cfg, raw)
 			if err != nil || status < 400 || status > 499 {
 				t.Errorf("%s ← %q: %d %v, want a 4xx answer", addr, raw, status, err)
 			}
@@ -79,8 +91,12 @@ func TestHostileInputNoCrash(t *testing.T) {
 		"\xff\xff\xff\x01\x05\x00\x00\x00\x01" + strings.Repeat("A", 100),   // a frame header claiming 16 MiB
 		"\x00\x00\x10\x01\x05\x00\x00\x00\x01" + strings.Repeat("\x80", 16), // headers that are not HPACK
 	} {
-		for _, addr := range []string{m.inbound, strings.TrimPrefix(m.ingress, "http://")} {
-			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		for addr, cfg := range listeners {
+			if cfg != nil {
+				cfg = cfg.Clone()
+				cfg.NextProtos = []string{"h2"}
+			}
+			c, err := dialRaw(addr, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

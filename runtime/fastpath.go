@@ -118,6 +118,7 @@ func (r *Runtime) h2Server(h http.Handler, s config.Server, http1 bool) *http.Se
 		IdleTimeout:       s.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(r.logger.Handler(), slog.LevelDebug),
+		ConnContext:       server.ConnContext,
 	}
 }
 
@@ -137,7 +138,7 @@ func (r *Runtime) listenInbound(ctx context.Context, tr transport.Transport, plu
 	if err != nil {
 		return nil, err
 	}
-	ls := server.Split(ln, s.HeaderTimeout, maxHeaderBytes)
+	ls := r.splitInbound(ln, s)
 	stdLn, err := ht.Serve(ls.Upgrade)
 	if err != nil {
 		ln.Close()

@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -30,6 +32,7 @@ import (
 	"github.com/microhost/micro/runtime/pubsub"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/cache"
+	"github.com/microhost/micro/runtime/security"
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/server"
 	"github.com/microhost/micro/runtime/transport"
@@ -83,8 +86,11 @@ type Runtime struct {
 	ingressSrv  *http.Server     // upgrades (streams) and HTTP/2
 	fastIngress *fasthttp.Server // plain HTTP/1.1
 	appHTTP     *http.Client
-	h2c         *http.Transport  // HTTP/2 without TLS, to apps and other micros
-	upstream    *upstream.Client // apps and other micros, from the HTTP/1.1 path
+	h2c         *http.Transport  // HTTP/2 without TLS, to apps (and other micros when security is off)
+	upstream    *upstream.Client // apps (and other micros when security is off), from the HTTP/1.1 path
+	security    *security.Source // nil when security.mode is off
+	peers       *upstream.Client // other micros over TLS, from the HTTP/1.1 path; nil when security is off
+	h2Peers     *http.Transport  // other micros over HTTP/2 with TLS; nil when security is off
 
 	mux       *transportMux      // dials every node with its address's transport
 	trMu      sync.RWMutex       // guards tr, inboundLn and advertise, which a transport switch replaces
@@ -138,14 +144,13 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		}
 	}()
 
+	if r.security, err = r.openSecurity(ctx, cfg); err != nil {
+		return err
+	}
 	if r.reg, err = r.factories.Registry(ctx, cfg.Registry, r.logger); err != nil {
 		return fmt.Errorf("registry %q: %w", cfg.Registry.Plugin, err)
 	}
-	httpT, err := r.factories.Transport(ctx, config.Transport{Plugin: "http"}, cfg.Server, r.logger)
-	if err != nil {
-		return fmt.Errorf("transport http: %w", err)
-	}
-	r.mux = newTransportMux(httpT)
+	r.mux = newTransportMux(r.newHTTPTransport(cfg.Server))
 	if r.tr, err = r.openTransport(ctx, cfg.Transport, cfg.Server); err != nil {
 		return err
 	}
@@ -173,10 +178,17 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	r.h2c = &http.Transport{Proxy: nil, Protocols: &h2c, IdleConnTimeout: cfg.Client.Pool.IdleTTL}
-	r.upstream = upstream.New(upstream.Options{
+	upOpts := upstream.Options{
 		MaxIdle: poolOptions(cfg).MaxIdle, IdleTTL: cfg.Client.Pool.IdleTTL, MaxBody: int(cfg.Server.MaxBody),
 		InMemory: server.InMemoryBody, BodyTimeout: cfg.Server.BodyTimeout,
-	})
+	}
+	r.upstream = upstream.New(upOpts)
+	var h2Peers http.RoundTripper
+	var peerScheme string
+	r.peers, h2Peers, peerScheme = r.peerClients(upOpts, cfg.Client.Pool.IdleTTL)
+	if h2Peers != nil {
+		r.h2Peers = h2Peers.(*http.Transport)
+	}
 
 	if err := r.openPubSub(ctx, cfg); err != nil {
 		return err
@@ -184,7 +196,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	r.services = newServices(r, cfg.Registry)
 	r.inbound = server.NewInbound(server.InboundConfig{
 		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream, H2C: r.h2c,
-		Settings: serverSettings(cfg),
+		Settings: serverSettings(cfg), Self: r.self,
 	})
 	if r.inboundLn, err = r.listenInbound(ctx, r.tr, cfg.Transport.Plugin, cfg.Server); err != nil {
 		return fmt.Errorf("inbound listen on %s (server.inbound): %w", cfg.Server.Inbound, err)
@@ -212,6 +224,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		Publisher:    r.pubsub,
 		Fast: server.FastPath{
 			Doer: r.client, Upstream: r.upstream, Pool: r.pool, HTTPNode: r.mux.httpNode,
+			Peers: r.peers, H2Peers: h2Peers, PeerScheme: peerScheme,
 		},
 	})
 	r.ingressSrv = r.h2Server(r.ingress, cfg.Server, true)
@@ -380,6 +393,11 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	if err := r.services.apply(ctx, next.Services); err != nil {
 		r.logger.Error("config reload: services", "err", err)
 	}
+	if r.security != nil && !slices.Equal(slices.Sorted(maps.Keys(old.Services)), slices.Sorted(maps.Keys(next.Services))) {
+		if err := r.security.SetServices(slices.Sorted(maps.Keys(next.Services))); err != nil {
+			r.logger.Error("config reload: a certificate for the services fronted now", "err", err)
+		}
+	}
 	next.Broker = r.applyBroker(ctx, old, cfg)
 	if err := r.wrappers.apply(ctx, &next); err != nil {
 		r.logger.Error("config reload: wrappers refused; the running ones stay", "err", err)
@@ -449,6 +467,12 @@ func (r *Runtime) closeAll() {
 	if r.upstream != nil {
 		r.upstream.Close()
 	}
+	if r.peers != nil {
+		r.peers.Close()
+	}
+	if r.h2Peers != nil {
+		r.h2Peers.CloseIdleConnections()
+	}
 	if r.h2c != nil {
 		r.h2c.CloseIdleConnections()
 	}
@@ -463,6 +487,9 @@ func (r *Runtime) closeAll() {
 	}
 	if r.pubsub != nil {
 		_ = r.pubsub.Close(context.Background())
+	}
+	if r.security != nil {
+		r.security.Close()
 	}
 }
 
@@ -491,6 +518,14 @@ func (r *Runtime) health() server.Status {
 	}
 	if trSwapErr != nil {
 		st.Errors = append(st.Errors, "transport: "+trSwapErr.Error())
+	}
+	if r.security == nil {
+		st.Security = "off: calls between micros are neither encrypted nor authenticated (security.mode)"
+	} else {
+		st.Security = "mtls"
+		if err := r.security.Health(); err != nil {
+			st.Errors = append(st.Errors, "security: "+err.Error())
+		}
 	}
 	if h, ok := reg.(interface{ Health() error }); ok {
 		if err := h.Health(); err != nil {
@@ -539,6 +574,7 @@ func serverSettings(cfg *config.Config) server.Settings {
 		CheckOrigin:    s.CheckOrigin,
 		AllowedHosts:   s.AllowedHosts,
 		AllowedOrigins: s.AllowedOrigins,
+		Allow:          allowRules(cfg.Services),
 	}
 }
 
@@ -578,6 +614,9 @@ func restartKeys(a, b *config.Config) []string {
 	}
 	if a.Log != b.Log {
 		keys = append(keys, "log")
+	}
+	if a.Security != b.Security {
+		keys = append(keys, "security")
 	}
 	return keys
 }

@@ -53,6 +53,7 @@ func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context
 	c.Server.Ingress = "127.0.0.1:0"
 	c.Registry.Dir = tb.TempDir()
 	c.Broker.Dir = tb.TempDir()
+	c.Security.Dir = tb.TempDir()
 	c.Registry.TTL, c.Registry.Heartbeat = 2*time.Second, 500*time.Millisecond
 	c.Services = map[string]config.Service{"echo": {Version: "1.0.0", Address: app.URL, Instances: 1}}
 	if edit != nil {

@@ -18,7 +18,6 @@ import (
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/embedded"
 	"github.com/microhost/micro/runtime/transport"
-	"github.com/microhost/micro/runtime/transport/httptransport"
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
@@ -86,19 +85,9 @@ func (f *factories) pluginSource(name, pathKey string) (string, error) {
 	return "", fmt.Errorf("no plugins/%s next to the config file or in the working directory: set %s to the plugin's executable", name, pathKey)
 }
 
-// transport opens the transport that [transport] names: the built-in HTTP transport, or a
-// plugin through host/plugin.
+// transport opens the transport plugin that [transport] names through host/plugin; the
+// runtime runs the built-in HTTP transport itself.
 func (f *factories) transport(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error) {
-	if c.Plugin == "http" {
-		return httptransport.New(httptransport.Options{
-			MaxBody:           int64(s.MaxBody),
-			ReadHeaderTimeout: s.HeaderTimeout,
-			BodyTimeout:       s.BodyTimeout,
-			WriteTimeout:      s.WriteTimeout,
-			IdleTimeout:       s.IdleTimeout,
-			Logger:            logger,
-		}), nil
-	}
 	tc := plugin.TransportConfig{
 		Name:     c.Plugin,
 		Path:     c.Path,
