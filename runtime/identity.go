@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/microhost/micro/runtime/config"
@@ -158,9 +159,33 @@ func (r *Runtime) splitInbound(ln net.Listener, s config.Server) server.Listener
 	if r.security == nil {
 		return server.Split(ln, s.HeaderTimeout, maxHeaderBytes)
 	}
+	refused := &sparseLog{every: 10 * time.Second}
 	return server.SplitTLS(ln, s.HeaderTimeout, maxHeaderBytes, serverTLS(r.security), identify(r.security), func(remote net.Addr, err error) {
-		r.logger.Debug("inbound TLS handshake refused", "remote", remote.String(), "err", err)
+		if n, ok := refused.due(time.Now()); ok {
+			r.logger.Warn("inbound refused a connection: its TLS handshake failed", "remote", remote.String(), "err", err, "refused_since_last_logged", n)
+		}
 	})
+}
+
+// sparseLog lets a line be logged at most once per every, so that a flood of bad
+// connections cannot flood the log; it counts what it held back.
+type sparseLog struct {
+	every time.Duration
+	mu    sync.Mutex
+	last  time.Time
+	held  int
+}
+
+// due reports whether a line may be logged at now, and how many were held back before it.
+func (l *sparseLog) due(now time.Time) (held int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < l.every {
+		l.held++
+		return 0, false
+	}
+	held, l.held, l.last = l.held, 0, now
+	return held, true
 }
 
 // allowRules are the access rules of the services fronted here, for the servers' settings.

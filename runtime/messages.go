@@ -60,7 +60,7 @@ func (r *Runtime) applyBroker(ctx context.Context, old, cfg *config.Config) conf
 // from running, and how they are delivered from cfg.
 func mergeBroker(running, cfg config.Broker) config.Broker {
 	out := cfg
-	out.Plugin, out.Dir, out.URL, out.Path, out.SHA256 = running.Plugin, running.Dir, running.URL, running.Path, running.SHA256
+	out.Plugin, out.Dir, out.URL, out.Path, out.SHA256, out.Auth = running.Plugin, running.Dir, running.URL, running.Path, running.SHA256, running.Auth
 	out.MaxBytes, out.MaxAge, out.MaxMessage = running.MaxBytes, running.MaxAge, running.MaxMessage
 	return out
 }
@@ -68,7 +68,7 @@ func mergeBroker(running, cfg config.Broker) config.Broker {
 // brokerChanged reports whether b keeps messages elsewhere, or under other limits, than
 // a: micro must switch to a new broker.
 func brokerChanged(a, b config.Broker) bool {
-	return a.Plugin != b.Plugin || a.Dir != b.Dir || a.URL != b.URL || a.Path != b.Path || a.SHA256 != b.SHA256 ||
+	return a.Plugin != b.Plugin || a.Dir != b.Dir || a.URL != b.URL || a.Path != b.Path || a.SHA256 != b.SHA256 || a.Auth != b.Auth ||
 		a.MaxBytes != b.MaxBytes || a.MaxAge != b.MaxAge || a.MaxMessage != b.MaxMessage
 }
 

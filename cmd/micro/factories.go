@@ -94,6 +94,7 @@ func (f *factories) transport(ctx context.Context, c config.Transport, s config.
 		CacheDir: filepath.Join(f.cacheDir, "bin"),
 		SHA256:   c.SHA256,
 		URL:      c.URL,
+		Auth:     plugin.BackendAuth(c.Auth),
 	}
 	if tc.Path == "" {
 		dir, err := f.pluginSource("transport-"+c.Plugin, "transport.path")
@@ -119,6 +120,7 @@ func (f *factories) broker(ctx context.Context, c config.Broker, logger *slog.Lo
 		CacheDir:   filepath.Join(f.cacheDir, "bin"),
 		SHA256:     c.SHA256,
 		URL:        c.URL,
+		Auth:       plugin.BackendAuth(c.Auth),
 		MaxAge:     c.MaxAge,
 		MaxBytes:   int64(c.MaxBytes),
 		MaxMessage: int64(c.MaxMessage),

@@ -127,6 +127,33 @@ type Transport struct {
 	Path string `koanf:"path"`
 	// SHA256 pins the plugin executable: micro refuses to start a binary with another digest.
 	SHA256 string `koanf:"sha256"`
+	// Auth is how the plugin proves itself to its backend: [transport.auth].
+	Auth BackendAuth `koanf:"auth"`
+}
+
+// BackendAuth is how a plugin authenticates to its backend (NATS) and secures its
+// connection: [transport.auth] and [broker.auth]. Secrets come only from the files named
+// here, which the plugin reads; micro never logs their contents. At most one of
+// CredentialsFile, NkeySeedFile, TokenFile and User may be set.
+type BackendAuth struct {
+	// CredentialsFile is a NATS credentials file (.creds: a user JWT and its nkey seed).
+	CredentialsFile string `koanf:"credentials_file"`
+	// NkeySeedFile holds a NATS user's nkey seed.
+	NkeySeedFile string `koanf:"nkey_seed_file"`
+	// TokenFile holds the backend's token.
+	TokenFile string `koanf:"token_file"`
+	// User names the user whose password PasswordFile holds.
+	User         string `koanf:"user"`
+	PasswordFile string `koanf:"password_file"`
+	// TLSCAFile is a PEM bundle that verifies the backend's certificate; empty means the
+	// system's roots.
+	TLSCAFile string `koanf:"tls_ca_file"`
+	// TLSCertFile and TLSKeyFile are the certificate and key the plugin shows the backend
+	// (mutual TLS); both or neither.
+	TLSCertFile string `koanf:"tls_cert_file"`
+	TLSKeyFile  string `koanf:"tls_key_file"`
+	// TLSRequired requires TLS even when the URL does not ask for it.
+	TLSRequired bool `koanf:"tls_required"`
 }
 
 // Broker holds where published messages are kept until delivered, and how micro delivers
@@ -147,6 +174,8 @@ type Broker struct {
 	Path string `koanf:"path"`
 	// SHA256 pins the plugin executable: micro refuses to start a binary with another digest.
 	SHA256 string `koanf:"sha256"`
+	// Auth is how the plugin proves itself to its backend: [broker.auth].
+	Auth BackendAuth `koanf:"auth"`
 	// MaxBytes bounds the store, e.g. "1GiB": a publish to a full store is refused with 503.
 	MaxBytes ByteSize `koanf:"max_bytes"`
 	// MaxAge is how long an undelivered message is kept at most.

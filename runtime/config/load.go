@@ -444,6 +444,8 @@ func (l *Loader) fill(c *Config, raw map[string]any) {
 	c.Registry.TokenFile = resolve(c.Registry.TokenFile)
 	c.Registry.SHA256 = strings.ToLower(c.Registry.SHA256)
 	c.Transport.Path = resolve(c.Transport.Path)
+	c.Transport.Auth = c.Transport.Auth.resolved(resolve)
+	c.Broker.Auth = c.Broker.Auth.resolved(resolve)
 	c.Security.Dir = resolve(c.Security.Dir)
 	c.Security.CAFile = resolve(c.Security.CAFile)
 	c.Security.CertFile = resolve(c.Security.CertFile)
@@ -546,4 +548,12 @@ func cloneMap[V any](m map[string]V, f func(V) V) map[string]V {
 		out[k] = v
 	}
 	return out
+}
+
+// resolved returns a with its file paths made absolute by resolve.
+func (a BackendAuth) resolved(resolve func(string) string) BackendAuth {
+	for _, p := range []*string{&a.CredentialsFile, &a.NkeySeedFile, &a.TokenFile, &a.PasswordFile, &a.TLSCAFile, &a.TLSCertFile, &a.TLSKeyFile} {
+		*p = resolve(*p)
+	}
+	return a
 }

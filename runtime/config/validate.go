@@ -75,6 +75,7 @@ func Validate(c *Config) error {
 	v.positive("registry.cache_ttl", c.Registry.CacheTTL)
 
 	v.nonEmpty("transport.plugin", c.Transport.Plugin)
+	v.auth("transport.auth", c.Transport.Auth)
 	if h := c.Transport.SHA256; h != "" && !isSHA256(h) {
 		v.errorf("transport.sha256", "invalid digest %q: want 64 hexadecimal digits", h)
 	}
@@ -451,6 +452,7 @@ func (v *validator) service(name string, s Service) {
 // broker checks [broker].
 func (v *validator) broker(b Broker) {
 	v.plugin("broker.plugin", b.Plugin)
+	v.auth("broker.auth", b.Auth)
 	if h := b.SHA256; h != "" && !isSHA256(h) {
 		v.errorf("broker.sha256", "invalid digest %q: want 64 hexadecimal digits", h)
 	}
@@ -526,4 +528,23 @@ func validTrustDomain(td string) bool {
 		}
 	}
 	return true
+}
+
+// auth checks a plugin's [*.auth] table.
+func (v *validator) auth(key string, a BackendAuth) {
+	n := 0
+	for _, set := range []bool{a.CredentialsFile != "", a.NkeySeedFile != "", a.TokenFile != "", a.User != "" || a.PasswordFile != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		v.errorf(key, "set at most one of credentials_file, nkey_seed_file, token_file and user with password_file")
+	}
+	if (a.User == "") != (a.PasswordFile == "") {
+		v.errorf(key, "set user and password_file together")
+	}
+	if (a.TLSCertFile == "") != (a.TLSKeyFile == "") {
+		v.errorf(key, "set tls_cert_file and tls_key_file together")
+	}
 }

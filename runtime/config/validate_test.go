@@ -282,6 +282,11 @@ func TestValidateRules(t *testing.T) {
 		{"wrapper removed but listed", func(c *Config) { delete(c.Wrappers, "breaker") }, "client.wrappers", `unknown wrapper "breaker"`},
 		{"broker plugin", func(c *Config) { c.Broker.Plugin = "NATS" }, "broker.plugin", "NATS"},
 		{"security mode", func(c *Config) { c.Security.Mode = "tls" }, "security.mode", `unknown mode "tls"`},
+		{"transport auth two credentials", func(c *Config) {
+			c.Transport.Auth = BackendAuth{CredentialsFile: "/a.creds", TokenFile: "/t"}
+		}, "transport.auth", "at most one of"},
+		{"broker auth user", func(c *Config) { c.Broker.Auth.User = "u" }, "broker.auth", "user and password_file together"},
+		{"broker auth cert", func(c *Config) { c.Broker.Auth.TLSCertFile = "/c.pem" }, "broker.auth", "tls_cert_file and tls_key_file together"},
 		{"security trust domain", func(c *Config) { c.Security.TrustDomain = "Micro_Local" }, "security.trust_domain", `invalid trust domain "Micro_Local"`},
 		{"security files", func(c *Config) { c.Security.CertFile = "/c.pem" }, "security", "all of ca_file, cert_file and key_file"},
 		{"security cert ttl", func(c *Config) { c.Security.CertTTL = time.Second }, "security.cert_ttl", "at least 1m"},
