@@ -223,8 +223,8 @@ type Security struct {
 	CAFile   string `koanf:"ca_file"`
 	CertFile string `koanf:"cert_file"`
 	KeyFile  string `koanf:"key_file"`
-	// CertTTL is the life of the certificates the local CA issues; micro renews them well
-	// before they expire.
+	// CertTTL is the life of the certificates the local CA issues, at least 10s; micro
+	// renews them at two thirds of it.
 	CertTTL time.Duration `koanf:"cert_ttl"`
 }
 

@@ -506,8 +506,8 @@ func (v *validator) security(s Security) {
 		v.errorf("security", "set all of ca_file, cert_file and key_file, or none (the local CA)")
 	}
 	v.positive("security.cert_ttl", s.CertTTL)
-	if s.CertTTL > 0 && s.CertTTL < time.Minute {
-		v.errorf("security.cert_ttl", "must be at least 1m, got %s", s.CertTTL)
+	if s.CertTTL > 0 && s.CertTTL < 10*time.Second {
+		v.errorf("security.cert_ttl", "must be at least 10s, got %s", s.CertTTL)
 	}
 }
 

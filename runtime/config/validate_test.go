@@ -289,7 +289,7 @@ func TestValidateRules(t *testing.T) {
 		{"broker auth cert", func(c *Config) { c.Broker.Auth.TLSCertFile = "/c.pem" }, "broker.auth", "tls_cert_file and tls_key_file together"},
 		{"security trust domain", func(c *Config) { c.Security.TrustDomain = "Micro_Local" }, "security.trust_domain", `invalid trust domain "Micro_Local"`},
 		{"security files", func(c *Config) { c.Security.CertFile = "/c.pem" }, "security", "all of ca_file, cert_file and key_file"},
-		{"security cert ttl", func(c *Config) { c.Security.CertTTL = time.Second }, "security.cert_ttl", "at least 1m"},
+		{"security cert ttl", func(c *Config) { c.Security.CertTTL = time.Second }, "security.cert_ttl", "at least 10s"},
 		{"allow", func(c *Config) {
 			s := c.Services["greeter"]
 			s.Allow = []string{"frontend", "Bad Name"}

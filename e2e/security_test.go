@@ -1,0 +1,183 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microhost/micro/runtime/security"
+)
+
+// Identity between micros, end to end: mutual TLS by default, callers known by their
+// certificates, access rules.
+
+// echoedCaller calls count's /echo/ endpoint at m and returns the Micro-Caller header the
+// app got, and the answer's status.
+func echoedCaller(t *testing.T, m *micro, header map[string]string) (string, reply) {
+	t.Helper()
+	r, err := m.post("/count/echo/who", "", header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.status != 200 {
+		return "", r
+	}
+	var v struct{ Header http.Header }
+	if err := json.Unmarshal(r.body, &v); err != nil {
+		t.Fatalf("echo answer %s: %v", r.body, err)
+	}
+	return v.Header.Get("Micro-Caller"), r
+}
+
+// TestMTLSBetweenMicros: two micros call each other over mutual TLS with no setup; the
+// inbound refuses a plaintext caller, a caller without a certificate and one whose
+// certificate another CA issued, and none of them reaches an app.
+func TestMTLSBetweenMicros(t *testing.T) {
+	t.Parallel()
+	reg, dir := t.TempDir(), t.TempDir()
+	countFile := filepath.Join(dir, "count")
+	a := startMicro(t, baseConfig(reg, counterService("count", countFile, dir)))
+	b := startMicro(t, baseConfig(reg, greeterService("frontend", 1, "")))
+	nodesOf(t, b, "count", 1)
+
+	caller, r := echoedCaller(t, b, map[string]string{"Micro-Caller": "forged"})
+	if r.status != 200 || caller != "frontend" {
+		t.Fatalf("call over mTLS: %d %s; the app saw Micro-Caller %q, want frontend (the certificate's, not the forged header)", r.status, r.body, caller)
+	}
+
+	raw := "POST /count/Count.Once HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nX-Call-Id: intruder\r\nContent-Length: 0\r\n\r\n"
+	foreign, err := security.OpenLocalCA(t.TempDir(), security.DefaultTrustDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignCert, err := foreign.Issue(security.IdentitySpec{Services: []string{"frontend"}}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, cfg := range map[string]*tls.Config{
+		"plaintext":                nil,
+		"no certificate":           {InsecureSkipVerify: true},
+		"another CA's certificate": {InsecureSkipVerify: true, Certificates: []tls.Certificate{foreignCert}},
+	} {
+		if status, err := rawRequest(a.inbound, cfg, raw); err == nil {
+			t.Errorf("%s: the inbound answered %d, want the connection refused", name, status)
+		}
+	}
+	if n := executions(t, countFile)["intruder"]; n != 0 {
+		t.Errorf("a refused caller's call ran %d times on the app", n)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(a.logs.String(), "inbound refused a connection") {
+			return fmt.Errorf("no refusal logged")
+		}
+		return nil
+	})
+	// A caller of the trust domain gets through.
+	if status, err := rawRequest(a.inbound, testTLS(t, reg, "tester"), raw); err != nil || status != 200 {
+		t.Errorf("a caller of the trust domain: %d %v", status, err)
+	}
+}
+
+// TestAllowRules: services.NAME.allow admits only the callers it names, with a 403 naming
+// caller and service for the others, and an edit applies at once.
+func TestAllowRules(t *testing.T) {
+	t.Parallel()
+	reg, dir := t.TempDir(), t.TempDir()
+	countFile := filepath.Join(dir, "count")
+	withAllow := func(names string) string {
+		return baseConfig(reg, counterService("count", countFile, dir)+"allow = ["+names+"]\n")
+	}
+	a := startMicro(t, withAllow(`"frontend"`))
+	frontend := startMicro(t, baseConfig(reg, greeterService("frontend", 1, "")))
+	other := startMicro(t, baseConfig(reg, greeterService("other", 1, "")))
+	nodesOf(t, frontend, "count", 1)
+	nodesOf(t, other, "count", 1)
+
+	if caller, r := echoedCaller(t, frontend, nil); r.status != 200 || caller != "frontend" {
+		t.Fatalf("frontend, allowed: %d %s (caller %q)", r.status, r.body, caller)
+	}
+	_, r := echoedCaller(t, other, nil)
+	if r.status != 403 || !strings.Contains(string(r.body), `other may not call service \"count\"`) {
+		t.Fatalf("other, not allowed: %d %s", r.status, r.body)
+	}
+
+	a.writeConfig(withAllow(`"other"`))
+	eventually(t, 20*time.Second, func() error {
+		if _, r := echoedCaller(t, other, nil); r.status != 200 {
+			return fmt.Errorf("other after the edit: %d %s", r.status, r.body)
+		}
+		if _, r := echoedCaller(t, frontend, nil); r.status != 403 {
+			return fmt.Errorf("frontend after the edit: %d %s", r.status, r.body)
+		}
+		return nil
+	})
+}
+
+// TestCertRotationUnderLoad: with certificates of 10s, each micro renews its own several
+// times while calls stream between them, and no call fails.
+func TestCertRotationUnderLoad(t *testing.T) {
+	t.Parallel()
+	reg := t.TempDir()
+	withTTL := func(cfg string) string {
+		return strings.Replace(cfg, "[security]\n", "[security]\ncert_ttl = \"10s\"\n", 1)
+	}
+	startMicro(t, withTTL(baseConfig(reg, greeterService("greeter", 2, ""))))
+	caller := startMicro(t, withTTL(baseConfig(reg, greeterService("frontend", 1, ""))))
+	nodesOf(t, caller, "greeter", 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	l := runLoad(ctx, caller, 4, nil)
+	// Two renewals of the caller's certificate, each at two thirds of 10s.
+	eventually(t, 60*time.Second, func() error {
+		if n := strings.Count(caller.logs.String(), "certificate renewed"); n < 2 {
+			return fmt.Errorf("%d renewals so far", n)
+		}
+		return nil
+	})
+	// New connections after the renewals must handshake with the new certificates.
+	http.DefaultClient.CloseIdleConnections()
+	l.waitCalls(t, 100)
+	cancel()
+	ok, failures, _ := l.wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d calls failed across certificate renewals; first: %s", len(failures), ok+len(failures), failures[0])
+	}
+	t.Logf("%d calls across certificate renewals, none failed", ok)
+}
+
+// TestSecurityOff: security.mode = "off" is plain HTTP between micros, said at start and in
+// /health.
+func TestSecurityOff(t *testing.T) {
+	t.Parallel()
+	reg := t.TempDir()
+	off := func(cfg string) string {
+		return strings.Replace(cfg, "[security]\n", "[security]\nmode = \"off\"\n", 1)
+	}
+	a := startMicro(t, off(baseConfig(reg, greeterService("greeter", 1, ""))))
+	b := startMicro(t, off(baseConfig(reg, "")))
+	nodesOf(t, b, "greeter", 1)
+	mustHello(t, b)
+	if !strings.Contains(a.logs.String(), "security.mode is off") {
+		t.Error("no warning at start")
+	}
+	resp, err := http.Get(a.ingress + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var h struct{ Status, Security string }
+	if err := json.Unmarshal(body, &h); err != nil || h.Status != "ok" || !strings.HasPrefix(h.Security, "off") {
+		t.Errorf("/health with security off: %s", body)
+	}
+	status, err := rawRequest(a.inbound, nil, "POST /greeter/Greeter.Hello HTTP/1.1\r\nHost: x\r\nMicro-Timeout: 1s\r\nContent-Length: 14\r\n\r\n{\"name\":\"Ada\"}")
+	if err != nil || status != 200 {
+		t.Errorf("a plaintext call with security off: %d %v", status, err)
+	}
+}
