@@ -252,3 +252,33 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// TestVerifyExpiredSigner checks that a remembered signer is refused once its chain has
+// expired, while a resumed TLS session, which proved its certificate when it began, still
+// reads as its identity.
+func TestVerifyExpiredSigner(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "ca")
+	a := localSource(t, dir, "", "m1")
+	b := localSource(t, dir, "", "m2")
+	h := signed(t, a, "n", nil, nil)
+	if _, err := b.Verify("n", h, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Age the remembered chain, as time would.
+	for k, v := range b.cache.m {
+		old := *v
+		old.notAfter = time.Now().Add(-time.Second)
+		b.cache.m[k] = &old
+	}
+	if _, err := b.Verify("n", h, nil); !errContains(err, "signer certificate has expired: its chain was valid until") {
+		t.Errorf("Verify of an expired signer: %v", err)
+	}
+	cs := tls.ConnectionState{PeerCertificates: []*x509.Certificate{a.Certificate().Leaf}}
+	if _, err := b.PeerIdentity(cs); !errContains(err, "peer certificate has expired") {
+		t.Errorf("PeerIdentity of an expired full handshake: %v", err)
+	}
+	cs.DidResume = true
+	if id, err := b.PeerIdentity(cs); err != nil || id.Micro != "m1" {
+		t.Errorf("PeerIdentity of a resumed session: %+v, %v", id, err)
+	}
+}

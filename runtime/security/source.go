@@ -143,50 +143,45 @@ func NewSource(ctx context.Context, opts Options) (*Source, error) {
 	if s.renewFraction <= 0 || s.renewFraction >= 1 {
 		s.renewFraction = defaultRenewFraction
 	}
-	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
+	var run func(context.Context) // keeps the certificate fresh until its context ends
 	switch files := opts.CAFile != "" || opts.CertFile != "" || opts.KeyFile != ""; {
 	case files && (opts.CAFile == "" || opts.CertFile == "" || opts.KeyFile == ""):
-		cancel()
 		return nil, fmt.Errorf("certificates from files need a CA file, a certificate file and a key file "+
 			"(got ca_file %q, cert_file %q, key_file %q)", opts.CAFile, opts.CertFile, opts.KeyFile)
 	case files:
 		if err := validNames(s.spec.Services); err != nil {
-			cancel()
 			return nil, err
 		}
 		st, err := s.loadFiles()
 		if err != nil {
-			cancel()
 			return nil, err
 		}
 		s.cur.Store(st)
 		s.warnUnnamed(st, s.spec.Services)
 		w, err := s.watch()
 		if err != nil {
-			cancel()
 			return nil, err
 		}
-		go s.reloadLoop(bg, w)
+		run = func(ctx context.Context) { s.reloadLoop(ctx, w) }
 	default:
 		if _, err := s.spec.ids(s.td); err != nil {
-			cancel()
 			return nil, fmt.Errorf("identity of this micro: %w", err)
 		}
 		ca, err := OpenLocalCA(opts.Dir, s.td)
 		if err != nil {
-			cancel()
 			return nil, err
 		}
 		s.ca = ca
 		st, err := s.issue(s.spec)
 		if err != nil {
-			cancel()
 			return nil, err
 		}
 		s.cur.Store(st)
-		go s.renewLoop(bg)
+		run = s.renewLoop
 	}
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	go run(bg)
 	go func() {
 		select {
 		case <-ctx.Done():
