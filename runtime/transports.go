@@ -89,6 +89,10 @@ func (r *Runtime) openTransport(ctx context.Context, c config.Transport, s confi
 	if err != nil {
 		return nil, fmt.Errorf("transport %q: %w", c.Plugin, err)
 	}
+	if r.security != nil {
+		// A plugin's backend carries no TLS of micro's: every message is signed instead.
+		t = newSignedTransport(t, r.security, r.logger)
+	}
 	r.mux.add(c.Plugin, t)
 	return t, nil
 }

@@ -8,6 +8,7 @@
 //	micro messages TOPIC                  list the messages a broker holds for a topic
 //	micro services                        list the registered services and their nodes
 //	micro wrapper new|build               write or build a WebAssembly wrapper
+//	micro ca init|issue                   create a CA for a fleet, and certificates from it
 //	micro version                         print the version
 package main
 
@@ -36,6 +37,7 @@ Usage:
   micro messages [flags] TOPIC              list the messages a broker holds for a topic
   micro services [flags]                    list registered services and their nodes
   micro wrapper new|build [flags] ARG       write a new wrapper project, or build one to .wasm
+  micro ca init|issue [flags]               create a CA for a fleet of machines, and certificates from it
   micro version                             print the version
 
 Run 'micro COMMAND -h' for the flags of a command.
@@ -80,6 +82,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return messagesCmd(ctx, rest, stdout, stderr)
 	case "wrapper":
 		return wrapperCmd(ctx, rest, stdout, stderr)
+	case "ca":
+		return caCmd(ctx, rest, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "micro", version)
 		return nil

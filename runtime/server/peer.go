@@ -58,10 +58,16 @@ func PeerOf(conn net.Conn) Peer {
 
 type peerKey struct{}
 
+// WithPeer returns ctx carrying p, for PeerFrom: how a transport that proves its callers
+// its own way (message signatures) tells the inbound who called.
+func WithPeer(ctx context.Context, p Peer) context.Context {
+	return context.WithValue(ctx, peerKey{}, p)
+}
+
 // ConnContext is an http.Server's ConnContext for the inbound's net/http servers: it puts
 // the Peer that conn proved in the context of its requests, for PeerFrom.
 func ConnContext(ctx context.Context, conn net.Conn) context.Context {
-	return context.WithValue(ctx, peerKey{}, PeerOf(conn))
+	return WithPeer(ctx, PeerOf(conn))
 }
 
 // PeerFrom returns the Peer that ConnContext put in ctx.
