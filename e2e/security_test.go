@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -180,4 +181,70 @@ func TestSecurityOff(t *testing.T) {
 	if err != nil || status != 200 {
 		t.Errorf("a plaintext call with security off: %d %v", status, err)
 	}
+}
+
+// microCmd runs the micro binary with args and fails the test when it fails.
+func microCmd(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(bins.micro, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("micro %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// withFiles points a baseConfig's [security] at the certificate files micro ca issue wrote
+// in dir, in trust domain td.
+func withFiles(cfg, dir, td string) string {
+	return strings.Replace(cfg, "[security]\n", fmt.Sprintf("[security]\ntrust_domain = %q\nca_file = %q\ncert_file = %q\nkey_file = %q\n",
+		td, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")), 1)
+}
+
+// TestFleetCertificates: micros on certificates from files that micro ca made call each
+// other; a certificate reissued under load is reloaded with no failed call; a micro of
+// another trust domain is refused, with an error that says so on both sides.
+func TestFleetCertificates(t *testing.T) {
+	t.Parallel()
+	reg, dir := t.TempDir(), t.TempDir()
+	ca, hostA, hostB := filepath.Join(dir, "ca"), filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	microCmd(t, "ca", "init", "-dir", ca)
+	microCmd(t, "ca", "issue", "-ca", ca, "-service", "greeter", "-out", hostA)
+	microCmd(t, "ca", "issue", "-ca", ca, "-service", "frontend", "-out", hostB)
+	a := startMicro(t, withFiles(baseConfig(reg, greeterService("greeter", 2, "")), hostA, "micro.local"))
+	b := startMicro(t, withFiles(baseConfig(reg, greeterService("frontend", 1, "")), hostB, "micro.local"))
+	nodesOf(t, b, "greeter", 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	l := runLoad(ctx, b, 4, nil)
+	l.waitCalls(t, 50)
+	microCmd(t, "ca", "issue", "-ca", ca, "-service", "greeter", "-out", hostA)
+	eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(a.logs.String(), "certificate files reloaded") {
+			return fmt.Errorf("the reissued certificate is not reloaded yet")
+		}
+		return nil
+	})
+	http.DefaultClient.CloseIdleConnections()
+	l.waitCalls(t, 100)
+	cancel()
+	ok, failures, _ := l.wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d calls failed across a certificate reload; first: %s", len(failures), ok+len(failures), failures[0])
+	}
+
+	// Another fleet: its own CA and trust domain, the same registry.
+	other, hostC := filepath.Join(dir, "other"), filepath.Join(dir, "c")
+	microCmd(t, "ca", "init", "-dir", other, "-trust-domain", "other.local")
+	microCmd(t, "ca", "issue", "-ca", other, "-service", "intruder", "-out", hostC)
+	c := startMicro(t, withFiles(baseConfig(reg, ""), hostC, "other.local"))
+	nodesOf(t, c, "greeter", 2)
+	r, err := c.call("greeter", "Greeter.Hello", `{"name":"Ada"}`, nil)
+	if err != nil || r.status < 500 || !strings.Contains(string(r.body), "trust domain") {
+		t.Errorf("a call from another trust domain: %v %d %s, want a failure that names the trust domain", err, r.status, r.body)
+	}
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(a.logs.String(), "inbound refused a connection") {
+			return fmt.Errorf("the refusal is not logged")
+		}
+		return nil
+	})
 }
