@@ -105,6 +105,9 @@ const (
 	pMicro   = "micro"
 	pWrapped = "micro + both wrappers"
 	pRemote  = "2 micros (remote path)"
+	// pRemoteOff is pRemote with security.mode = "off": plain HTTP between the micros, so
+	// that the two rows give what mutual TLS costs with pooled connections.
+	pRemoteOff = "2 micros, security off"
 )
 
 func run(o options) error {
@@ -240,6 +243,17 @@ cooldown = "5s"
 	}
 	caller.role, server.role = "caller", "server"
 	paths = append(paths, &path{name: pRemote, url: u, micros: []*microProc{caller, server}})
+	off := "[security]\nmode = \"off\"\n"
+	server, _, err = launch("remote-off-server", "", registry("remote-off")+off+fronts)
+	if err != nil {
+		return err
+	}
+	caller, u, err = launch("remote-off-caller", "", registry("remote-off")+off)
+	if err != nil {
+		return err
+	}
+	caller.role, server.role = "caller", "server"
+	paths = append(paths, &path{name: pRemoteOff, url: u, micros: []*microProc{caller, server}})
 
 	// Every path answers the greeting before it is measured; then the micros are idle.
 	for _, p := range paths {
@@ -558,6 +572,10 @@ func report(w io.Writer, o options, paths []*path) {
 			fmt.Sprintf("%.2f×: %s against %s req/s", remote.rps()/nginx.rps(), thousands(remote.rps()), thousands(nginx.rps())), pRemote, pNginx)
 	} else {
 		fmt.Fprintln(w, "- 2 micros (remote path) ≥ 0.5× nginx: not measured (nginx is not installed)")
+	}
+	if off, ok := byName[pRemoteOff]; ok {
+		target("mutual TLS between two micros costs < 10% of their throughput (pooled connections)", remote.rps() >= 0.9*off.rps(),
+			fmt.Sprintf("%s req/s with mTLS against %s with security off: %.1f%% less", thousands(remote.rps()), thousands(off.rps()), 100*(1-remote.rps()/off.rps())), pRemote, pRemoteOff)
 	}
 	if m := micros[pWrapped]; len(m) == 1 {
 		target("micro + both wrappers under load < 40 MiB RSS", m[0].peak < 40<<20, fmt.Sprintf("peak %.1f MiB", mib(m[0].peak)))
