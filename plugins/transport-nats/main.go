@@ -8,10 +8,13 @@
 // It carries micro's calls between micro processes as NATS requests (github.com/nats-io/nats.go),
 // so that the processes need no direct connection, only a shared NATS server. Each listener
 // subscribes to a subject of its own, "micro.inbound.<NUID>", and micro registers its nodes
-// at the address "nats:micro.inbound.<NUID>". A call is a NATS request to that subject with
-// the message's headers as NATS headers and its body as the payload; the reply carries the
-// response the same way. A call to a subject nobody listens on fails at once with a connect
-// error ("no responders"). The connection to NATS comes back by itself after the server
+// at the address "nats:micro.inbound.<NUID>". A call publishes the request to that subject
+// with the message's headers as NATS headers, its body as the payload and a fresh reply
+// subject of the client conn's own; the reply carries the response the same way. The
+// client conn hands micro every reply to the request (up to 8), not only the first, so
+// that micro, which checks that a reply is signed by a micro, can skip one forged by a NATS
+// client that answered first. A call to a subject nobody listens on fails at once with a
+// connect error ("no responders"). The connection to NATS comes back by itself after the server
 // restarts; calls made meanwhile wait in a reconnect buffer until their budget ends.
 // Messages larger than the server's max_payload (1 MiB by default) are refused with an
 // error that says so. A URL's password is never logged. Credentials (a .creds file, an

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -43,9 +44,11 @@ const headerEscape = "Micro-Nats-"
 // natsTransport is a transport.Transport over a NATS connection.
 //
 // Addresses are "nats:<subject>". Listen subscribes to a subject of its own,
-// "micro.inbound.<NUID>", and Addr returns "nats:micro.inbound.<NUID>". A call is a NATS
-// request to that subject: the request Message's headers travel as NATS headers and its
-// body as the payload; the listener answers on the request's reply subject. Header values
+// "micro.inbound.<NUID>", and Addr returns "nats:micro.inbound.<NUID>". A call publishes
+// the request to that subject with a reply subject of the client conn's own: the request
+// Message's headers travel as NATS headers and its body as the payload; the listener
+// answers on the request's reply subject, and the client conn returns every reply it gets
+// there (see clientConn). Header values
 // lose leading and trailing white space and have CR and LF turned into spaces, as NATS
 // headers do.
 type natsTransport struct {
@@ -415,9 +418,24 @@ func (c *serverConn) Close() error {
 	return nil
 }
 
-// clientConn carries one call at a time to a listener's subject: Send hands the request to
-// Recv, which sends it as a NATS request and waits for the reply. Recv may be called
-// before Send (the plugin server's pump waits in Recv); it then waits for the request.
+// maxReplies bounds the replies a client Conn takes for one request. A listener answers
+// once, so more than one means that something else answers on its subject too (a NATS
+// client that subscribes to micro.inbound.>); micro skips replies that are not signed by
+// a micro, and a bound keeps a flood of them from holding memory or reaching micro. Later
+// replies to the request are dropped.
+const maxReplies = 8
+
+// clientConn carries one call at a time to a listener's subject. Send publishes the
+// request with a reply subject of its own, and Recv returns the replies to it in the
+// order they arrive: the first, and then, for a further Recv before the next Send, the
+// next one, which only comes when something other than the listener answers too (micro
+// verifies each reply and skips a forged one). At most maxReplies are taken per request.
+// Recv may be called before Send (the plugin server's pump waits in Recv); it then waits
+// for the request's replies.
+//
+// Replies come on one subscription per conn, to inbox+".*", made at the first call. Each
+// request gets a fresh, unguessable reply subject under it; the next Send and Close retire
+// it, so a late reply to an earlier request is dropped and never returned for a later one.
 //
 // A first message with HeaderStream = "1" makes the conn a stream for good: that Send
 // opens it and waits, within its ctx, for the listener to acknowledge; later Sends and
@@ -427,22 +445,58 @@ type clientConn struct {
 	addr    string
 	subject string
 
-	pending   chan *nats.Msg // holds at most one request that Recv has not taken
 	closeOnce sync.Once
 	closed    chan struct{}
 
-	sendMu   sync.Mutex    // serialises Send, and so the opening of a stream
-	opening  bool          // a stream's first message was sent (under sendMu)
-	opened   chan struct{} // closed once the stream is open or failed to open
-	stMu     sync.Mutex
-	st       *stream // the open stream; set (under stMu) before opened is closed
+	sendMu  sync.Mutex    // serialises Send, and so the opening of a stream
+	opening bool          // a stream's first message was sent (under sendMu)
+	opened  chan struct{} // closed once the stream is open or failed to open
+
+	mu       sync.Mutex
+	st       *stream // the open stream; set before opened is closed
 	openErr  error   // why the stream did not open; set before opened is closed
-	isClosed bool    // Close was called (under stMu)
+	isClosed bool    // Close was called
+
+	// Calls, under mu.
+	wake    chan struct{}      // closed (and replaced) whenever the call state changes
+	sub     *nats.Subscription // the replies' subscription; nil before the first call
+	inbox   string             // sub's subject without the ".*"
+	reply   string             // the current request's reply subject; "" for none
+	replies []*nats.Msg        // replies to the current request that Recv has not returned
+	taken   int                // replies taken for the current request, returned or not
+	callErr error              // why the current request failed; Recv returns it until the next Send
 }
 
 func newClientConn(nc *nats.Conn, addr, subject string) *clientConn {
 	return &clientConn{nc: nc, addr: addr, subject: subject,
-		pending: make(chan *nats.Msg, 1), closed: make(chan struct{}), opened: make(chan struct{})}
+		closed: make(chan struct{}), opened: make(chan struct{}), wake: make(chan struct{})}
+}
+
+// changed wakes every Recv that waits for a reply; c.mu is held.
+func (c *clientConn) changed() {
+	close(c.wake)
+	c.wake = make(chan struct{})
+}
+
+// handle takes one message on the replies' subscription: a reply to the current request,
+// up to maxReplies, or NATS's "no responders" in place of any reply.
+func (c *clientConn) handle(msg *nats.Msg) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if msg.Subject != c.reply || c.taken >= maxReplies || c.callErr != nil {
+		return // to an earlier request, one too many, or after the request failed
+	}
+	if isNoResponders(msg) {
+		// NATS says so only when nobody got the request, so never after a reply.
+		if c.taken == 0 {
+			c.callErr = &connectError{addr: c.addr, err: nats.ErrNoResponders}
+			c.changed()
+		}
+		return
+	}
+	c.taken++
+	c.replies = append(c.replies, msg)
+	c.changed()
 }
 
 // sendStream opens the stream with m, or sends m on the stream opened before.
@@ -452,6 +506,12 @@ func (c *clientConn) sendStream(ctx context.Context, m *transport.Message) error
 			return c.openErr
 		}
 		return c.st.send(ctx, toNATS("", m))
+	}
+	c.mu.Lock()
+	called := c.sub != nil
+	c.mu.Unlock()
+	if called {
+		return fmt.Errorf("transport-nats: send to %s: this conn has carried calls; a stream needs a conn of its own", c.addr)
 	}
 	c.opening = true
 	octx, cancel := context.WithCancel(ctx)
@@ -464,7 +524,7 @@ func (c *clientConn) sendStream(ctx context.Context, m *transport.Message) error
 		}
 	}()
 	st, err := openStream(octx, c.nc, c.addr, toNATS(c.subject, m))
-	c.stMu.Lock()
+	c.mu.Lock()
 	if c.isClosed { // closed while opening: tell the listener
 		if st != nil {
 			_ = st.close()
@@ -476,13 +536,14 @@ func (c *clientConn) sendStream(ctx context.Context, m *transport.Message) error
 	} else {
 		c.st = st
 	}
-	c.stMu.Unlock()
+	c.mu.Unlock()
 	close(c.opened)
 	return err
 }
 
-// Send hands m to Recv as the request of the next call, after checking that NATS will
-// take it.
+// Send publishes m as the request of the next call, after checking that NATS will take
+// it. The previous request's replies that Recv has not returned are dropped, and so is
+// every later reply to it. A failure to publish is also what Recv returns.
 func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -495,72 +556,139 @@ func (c *clientConn) Send(ctx context.Context, m *transport.Message) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	if c.opening || (m != nil && m.Header[transport.HeaderStream] == "1") {
-		if len(c.pending) > 0 {
-			return fmt.Errorf("transport-nats: send to %s: a call is in progress; a stream needs a conn of its own", c.addr)
-		}
 		return c.sendStream(ctx, m)
 	}
 	msg := toNATS(c.subject, m)
 	if err := checkSize(c.nc, msg); err != nil {
 		return err
 	}
-	select {
-	case c.pending <- msg:
-		return nil
-	default:
-		return fmt.Errorf("transport-nats: send to %s: the previous call has not been received yet", c.addr)
+	if err := c.startCall(msg); err != nil {
+		return err
 	}
+	if err := c.nc.PublishMsg(msg); err != nil {
+		err = c.callError(err)
+		c.mu.Lock()
+		if c.reply == msg.Reply {
+			c.callErr = err
+			c.changed()
+		}
+		c.mu.Unlock()
+		return err
+	}
+	return nil
 }
 
-// Recv waits for the request that Send hands over, sends it, and waits for the reply,
-// all until ctx ends.
-func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
-	var msg *nats.Msg
-	select {
-	case msg = <-c.pending:
-	case <-c.opened:
-		if c.openErr != nil {
-			return nil, c.openErr
+// startCall retires the previous request and gives msg a fresh reply subject, subscribing
+// to the replies first if this is the conn's first call.
+func (c *clientConn) startCall(msg *nats.Msg) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.isClosed {
+		return fmt.Errorf("transport-nats: send to %s: %w", c.addr, net.ErrClosed)
+	}
+	if c.sub == nil {
+		inbox := c.nc.NewInbox()
+		sub, err := c.nc.Subscribe(inbox+".*", c.handle)
+		if err != nil {
+			return c.callError(err)
 		}
-		m, err := c.st.recv(ctx)
+		c.sub, c.inbox = sub, inbox
+	}
+	c.reply = c.inbox + "." + rand.Text()
+	clear(c.replies)
+	c.replies = c.replies[:0]
+	c.taken = 0
+	c.callErr = nil
+	msg.Reply = c.reply
+	c.changed()
+	return nil
+}
+
+// callError is what a call returns when NATS refuses to subscribe or publish for it: a
+// connect error when there is no connection to send it on.
+func (c *clientConn) callError(err error) error {
+	switch {
+	case errors.Is(err, nats.ErrConnectionClosed),
+		errors.Is(err, nats.ErrConnectionDraining),
+		errors.Is(err, nats.ErrReconnectBufExceeded):
+		return &connectError{addr: c.addr, err: err}
+	case errors.Is(err, nats.ErrMaxPayload):
+		return fmt.Errorf("transport-nats: call %s: message exceeds the NATS server's max payload of %d: %w",
+			c.addr, c.nc.MaxPayload(), err)
+	}
+	return fmt.Errorf("transport-nats: call %s: %w", c.addr, err)
+}
+
+// Recv returns the next reply to the request Send published last, waiting for it (or
+// for the request) until ctx ends. A request that nobody received fails with a connect
+// error, which every Recv returns until the next Send.
+func (c *clientConn) Recv(ctx context.Context) (*transport.Message, error) {
+	for {
+		select {
+		case <-c.opened:
+			return c.recvStream(ctx)
+		case <-c.closed:
+			return nil, fmt.Errorf("transport-nats: receive from %s: %w", c.addr, net.ErrClosed)
+		default:
+		}
+		c.mu.Lock()
+		if len(c.replies) > 0 {
+			msg := c.replies[0]
+			c.replies[0] = nil
+			c.replies = c.replies[1:]
+			c.mu.Unlock()
+			return fromNATS(msg), nil
+		}
+		err, wake := c.callErr, c.wake
+		c.mu.Unlock()
 		if err != nil {
 			return nil, err
 		}
-		return fromNATS(m), nil
-	case <-c.closed:
-		return nil, fmt.Errorf("transport-nats: receive from %s: %w", c.addr, net.ErrClosed)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	resp, err := c.nc.RequestMsgWithContext(ctx, msg)
-	if err != nil {
-		switch {
-		case errors.Is(err, nats.ErrNoResponders),
-			errors.Is(err, nats.ErrConnectionClosed),
-			errors.Is(err, nats.ErrConnectionDraining),
-			errors.Is(err, nats.ErrReconnectBufExceeded):
-			return nil, &connectError{addr: c.addr, err: err}
-		case errors.Is(err, nats.ErrMaxPayload):
-			return nil, fmt.Errorf("transport-nats: call %s: message exceeds the NATS server's max payload of %d: %w",
-				c.addr, c.nc.MaxPayload(), err)
+		select {
+		case <-wake:
+		case <-c.opened:
+		case <-c.closed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("transport-nats: receive from %s: %w", c.addr, ctx.Err())
 		}
-		return nil, fmt.Errorf("transport-nats: call %s: %w", c.addr, err)
 	}
-	return fromNATS(resp), nil
 }
 
-// Close ends the conn: a Recv waiting for a request returns. A call's conn holds no NATS
-// resources; a stream's tells the listener (its Recv returns io.EOF) and unsubscribes.
+// recvStream returns the stream's next message, or why it did not open.
+func (c *clientConn) recvStream(ctx context.Context) (*transport.Message, error) {
+	if c.openErr != nil {
+		return nil, c.openErr
+	}
+	m, err := c.st.recv(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return fromNATS(m), nil
+}
+
+// Close ends the conn: a waiting Recv returns, and the replies' subscription goes, so no
+// reply arrives after it. A stream's close tells the listener (its Recv returns io.EOF).
 func (c *clientConn) Close() error {
 	c.closeOnce.Do(func() { close(c.closed) })
-	c.stMu.Lock()
+	c.mu.Lock()
 	c.isClosed = true
-	st := c.st
-	c.stMu.Unlock()
-	if st != nil {
-		return st.close()
+	st, sub := c.st, c.sub
+	c.reply = ""
+	c.replies = nil
+	c.mu.Unlock()
+	var err error
+	if sub != nil {
+		if uerr := sub.Unsubscribe(); uerr != nil &&
+			!errors.Is(uerr, nats.ErrConnectionClosed) && !errors.Is(uerr, nats.ErrBadSubscription) {
+			err = fmt.Errorf("transport-nats: close conn to %s: %w", c.addr, uerr)
+		}
 	}
-	return nil
+	if st != nil {
+		if serr := st.close(); err == nil {
+			err = serr
+		}
+	}
+	return err
 }
 
 // toNATS makes the NATS message that carries m to subject.
