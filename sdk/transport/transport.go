@@ -4,9 +4,21 @@
 //
 // A transport moves Messages. A client Conn from Dial carries one call at a time: Send the
 // request, Recv the response; micro pools it for later calls. A server Conn from
-// Listener.Accept carries one call: Recv the request, Send the response. A stream, opened
-// by a first message carrying HeaderStream, sends any number of messages each way on one
-// Conn until a side closes it; the other side's Recv then returns io.EOF.
+// Listener.Accept carries one call: Recv the request, Send the response (once).
+//
+// A backend may deliver more than one reply to a request: on NATS, a client that
+// subscribes to the listener's subject sees the request and can answer before the
+// listener. A client Conn then returns every reply, in the order they came: Recv returns
+// the first, and a further Recv before the next Send returns the next reply to the same
+// request, waiting until its ctx ends. micro signs its requests with a fresh nonce and
+// skips a reply that is not signed by a micro over it, so it must see the listener's
+// reply as well as a forged one. A transport may bound how many replies it returns per
+// request (a few, such as 8) and drop the rest. The next Send, and Close, retire the
+// request: a reply to it that Recv has not returned, or that comes later, is never
+// returned for a later request.
+//
+// A stream, opened by a first message carrying HeaderStream, sends any number of messages
+// each way on one Conn until a side closes it; the other side's Recv then returns io.EOF.
 package transport
 
 import "context"
@@ -29,9 +41,12 @@ type Message struct {
 
 // Conn is one connection between two micro processes.
 type Conn interface {
-	// Send writes m; it honours ctx.
+	// Send writes m; it honours ctx. On a client Conn that carries calls, m is the
+	// request of the next call, and the previous request's replies are no longer returned.
 	Send(ctx context.Context, m *Message) error
-	// Recv reads the next message; it honours ctx.
+	// Recv reads the next message; it honours ctx. On a client Conn that carries calls,
+	// that is the next reply to the request Send sent last, which may follow other
+	// replies to it (see the package comment); Recv before Send waits for the request.
 	Recv(ctx context.Context) (*Message, error)
 	// Close releases the connection.
 	Close() error
