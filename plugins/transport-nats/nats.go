@@ -48,9 +48,8 @@ const headerEscape = "Micro-Nats-"
 // the request to that subject with a reply subject of the client conn's own: the request
 // Message's headers travel as NATS headers and its body as the payload; the listener
 // answers on the request's reply subject, and the client conn returns every reply it gets
-// there (see clientConn). Header values
-// lose leading and trailing white space and have CR and LF turned into spaces, as NATS
-// headers do.
+// there (see clientConn). Header values lose leading and trailing white space and have
+// CR and LF turned into spaces, as NATS headers do.
 type natsTransport struct {
 	log *slog.Logger
 
