@@ -7,12 +7,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+
+	"github.com/microhost/micro/plugins/transport-nats/natstest"
 	"github.com/microhost/micro/runtime/security"
 )
 
@@ -248,3 +253,83 @@ func TestFleetCertificates(t *testing.T) {
 		return nil
 	})
 }
+
+// TestNATSSignedCalls: two micros call each other over the NATS transport, connecting to a
+// NATS server over TLS with user credentials. A rogue NATS client that may read and answer
+// micro.inbound.> (NATS permissions left open) answers every request first with a forged
+// reply: micro ignores it and takes the node's real answer. A request the rogue sends to a
+// node itself is refused: no app sees it.
+func TestNATSSignedCalls(t *testing.T) {
+	t.Parallel()
+	natsCA := natstest.NewCA(t)
+	nats := natstest.Start(t, natstest.WithTLS(natsCA, false), natstest.WithUser("micro", "s3cret", nil), natstest.WithUser("rogue", "r0gue", nil))
+	pw := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pw, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	section := natsTransport(nats.URL) + fmt.Sprintf("[transport.auth]\nuser = \"micro\"\npassword_file = %q\ntls_ca_file = %q\n", pw, natsCA.CertFile)
+	reg, dir := t.TempDir(), t.TempDir()
+	countFile := filepath.Join(dir, "count")
+	a := startMicro(t, withTransport(baseConfig(reg, counterService("count", countFile, dir)), section))
+	b := startMicro(t, withTransport(baseConfig(reg, greeterService("frontend", 1, "")), section))
+	nodesOf(t, b, "count", 1)
+
+	rogue, err := natsgo.Connect(nats.URL, natsgo.UserInfo("rogue", "r0gue"), natsgo.RootCAs(natsCA.CertFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rogue.Close()
+	sub, err := rogue.Subscribe("micro.inbound.>", func(m *natsgo.Msg) {
+		reply := natsgo.NewMsg(m.Reply)
+		reply.Header.Set("Micro-Status", "200")
+		reply.Data = []byte(`{"forged":true}`)
+		_ = m.RespondMsg(reply)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rogue.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	for i := range 5 {
+		caller, r := echoedCaller(t, b, nil)
+		if r.status != 200 || caller != "frontend" || strings.Contains(string(r.body), "forged") {
+			t.Fatalf("call %d over NATS with a rogue answering first: %d %s (caller %q)", i, r.status, r.body, caller)
+		}
+	}
+	eventually(t, 10*time.Second, func() error {
+		if !strings.Contains(b.logs.String(), "ignored a message not signed by a micro of the trust domain") {
+			return fmt.Errorf("the forged replies are not logged")
+		}
+		return nil
+	})
+
+	// The rogue calls the node itself: refused, and the app never runs it.
+	out, err := a.servicesRaw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := regexpNATS.FindString(out)
+	if subject == "" {
+		t.Fatalf("no nats address for count in %s", out)
+	}
+	_ = sub.Unsubscribe()
+	req := natsgo.NewMsg(strings.TrimPrefix(subject, "nats:"))
+	req.Header.Set("Micro-Service", "count")
+	req.Header.Set("Micro-Endpoint", "Count.Once")
+	req.Header.Set("Micro-Timeout", "2s")
+	req.Header.Set("X-Call-Id", "rogue-call")
+	resp, err := rogue.RequestMsg(req, 5*time.Second)
+	if err != nil {
+		t.Fatalf("the rogue's request got no answer: %v", err)
+	}
+	if got := resp.Header.Get("Micro-Status"); got != "403" {
+		t.Errorf("the rogue's request was answered %s %s, want 403", got, resp.Data)
+	}
+	if n := executions(t, countFile)["rogue-call"]; n != 0 {
+		t.Errorf("the rogue's call ran %d times on the app", n)
+	}
+}
+
+var regexpNATS = regexp.MustCompile(`nats:micro\.inbound\.[A-Za-z0-9]+`)

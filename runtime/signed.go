@@ -215,6 +215,13 @@ func (c *signedConn) check(m *transport.Message) error {
 	return nil
 }
 
+// Reusable reports what the wrapped Conn reports, for the pool: whether it may carry
+// another call. A Conn that cannot tell may.
+func (c *signedConn) Reusable() bool {
+	r, ok := c.Conn.(interface{ Reusable() bool })
+	return !ok || r.Reusable()
+}
+
 // Context carries the caller that the call's first request proved, for the inbound.
 func (c *signedConn) Context() context.Context {
 	ctx := context.Background()
