@@ -247,8 +247,8 @@ func TestFleetCertificates(t *testing.T) {
 		t.Errorf("a call from another trust domain: %v %d %s, want a failure that names the trust domain", err, r.status, r.body)
 	}
 	eventually(t, 10*time.Second, func() error {
-		if !strings.Contains(a.logs.String(), "inbound refused a connection") {
-			return fmt.Errorf("the refusal is not logged")
+		if !strings.Contains(a.logs.String(), "it trusts another CA or trust domain") {
+			return fmt.Errorf("the refusal is not logged with why")
 		}
 		return nil
 	})

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -162,9 +163,25 @@ func (r *Runtime) splitInbound(ln net.Listener, s config.Server) server.Listener
 	refused := &sparseLog{every: 10 * time.Second}
 	return server.SplitTLS(ln, s.HeaderTimeout, maxHeaderBytes, serverTLS(r.security), identify(r.security), func(remote net.Addr, err error) {
 		if n, ok := refused.due(time.Now()); ok {
-			r.logger.Warn("inbound refused a connection: its TLS handshake failed", "remote", remote.String(), "err", err, "refused_since_last_logged", n)
+			r.logger.Warn("inbound refused a connection: its TLS handshake failed", "remote", remote.String(), "err", err,
+				"why", handshakeWhy(err), "refused_since_last_logged", n)
 		}
 	})
+}
+
+// handshakeWhy explains a failed inbound handshake in the words of micro's setup. In TLS
+// 1.3 a caller checks this micro's certificate before it shows its own, so a caller of
+// another trust domain or CA shows up here only as the alert it sent.
+func handshakeWhy(err error) string {
+	switch msg := err.Error(); {
+	case strings.Contains(msg, "remote error: tls: bad certificate"), strings.Contains(msg, "remote error: tls: unknown certificate authority"):
+		return "the caller refused this micro's certificate: it trusts another CA or trust domain (security.trust_domain, security.ca_file)"
+	case strings.Contains(msg, "first record does not look like a TLS handshake"):
+		return "the caller speaks plain HTTP: the inbound takes mutual TLS only (security.mode)"
+	case strings.Contains(msg, "didn't provide a certificate"):
+		return "the caller showed no client certificate"
+	}
+	return "the caller's certificate is not of this trust domain and CA"
 }
 
 // sparseLog lets a line be logged at most once per every, so that a flood of bad
