@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/microhost/micro/plugins/internal/natsauth"
 	"log/slog"
 	"math"
 	"net/url"
@@ -115,7 +116,7 @@ func settingsOf(c broker.Config) (settings, error) {
 }
 
 // Init connects to c.URL (nats.DefaultURL when empty) with c's credentials and TLS
-// settings (see securityOf), and creates the stream MICRO, or sets its limits to c's when
+// settings (see natsauth.Of), and creates the stream MICRO, or sets its limits to c's when
 // it exists. It fails if a file the settings name is missing or malformed, if the first
 // connection fails (saying so when the server refused the credentials or TLS failed), if
 // JetStream does not answer, or if MICRO exists with other subjects; after that the
@@ -126,7 +127,11 @@ func (b *natsBroker) Init(ctx context.Context, c broker.Config) error {
 	if err != nil {
 		return err
 	}
-	sec, err := securityOf(c)
+	sec, err := natsauth.Of(natsauth.Settings{
+		URL: c.URL, CredentialsFile: c.CredentialsFile, NkeySeedFile: c.NkeySeedFile, TokenFile: c.TokenFile,
+		User: c.User, PasswordFile: c.PasswordFile, TLSCAFile: c.TLSCAFile, TLSCertFile: c.TLSCertFile, TLSKeyFile: c.TLSKeyFile,
+		TLSRequired: c.TLSRequired,
+	})
 	if err != nil {
 		return fmt.Errorf("broker-nats: %w", err)
 	}
@@ -136,9 +141,9 @@ func (b *natsBroker) Init(ctx context.Context, c broker.Config) error {
 	}
 	shown := redactURLs(u)
 	log := b.log.With("url", shown)
-	nc, err := connect(ctx, u, log, b.signal, sec.opts)
+	nc, err := connect(ctx, u, log, b.signal, sec.Opts)
 	if err != nil {
-		return fmt.Errorf("broker-nats: connect to NATS at %s: %w", shown, sec.explain(err))
+		return fmt.Errorf("broker-nats: connect to NATS at %s: %w", shown, sec.Explain(err))
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -156,7 +161,7 @@ func (b *natsBroker) Init(ctx context.Context, c broker.Config) error {
 	}
 	_, notTLS := nc.TLSConnectionState()
 	log.Info("broker-nats: connected to NATS", "server", nc.ConnectedUrlRedacted(), "stream", streamName,
-		"credentials", sec.auth, "tls", notTLS == nil)
+		"credentials", sec.Auth, "tls", notTLS == nil)
 
 	b.mu.Lock()
 	old := b.st

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/microhost/micro/plugins/internal/natsauth"
 	"io"
 	"log/slog"
 	"net"
@@ -68,7 +69,7 @@ func newNATS(log *slog.Logger) *natsTransport {
 var _ transport.Transport = (*natsTransport)(nil)
 
 // Init connects to c.URL (nats.DefaultURL when empty) with c's credentials and TLS
-// settings (see securityOf). It fails if a file they name is missing or malformed, or if
+// settings (see natsauth.Of). It fails if a file they name is missing or malformed, or if
 // the first connection fails, saying so when the server refused the credentials or TLS
 // failed; after that the connection comes back by itself whenever it drops. A second
 // Init replaces the connection; listeners and conns made on the old one stop working.
@@ -81,7 +82,11 @@ func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, err)
 	}
-	sec, err := securityOf(c)
+	sec, err := natsauth.Of(natsauth.Settings{
+		URL: c.URL, CredentialsFile: c.CredentialsFile, NkeySeedFile: c.NkeySeedFile, TokenFile: c.TokenFile,
+		User: c.User, PasswordFile: c.PasswordFile, TLSCAFile: c.TLSCAFile, TLSCertFile: c.TLSCertFile, TLSKeyFile: c.TLSKeyFile,
+		TLSRequired: c.TLSRequired,
+	})
 	if err != nil {
 		return fmt.Errorf("transport-nats: %w", err)
 	}
@@ -109,7 +114,7 @@ func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 			log.Error("transport-nats: NATS error", "subject", subject, "err", err)
 		}),
 	}
-	opts = append(opts, sec.opts...)
+	opts = append(opts, sec.Opts...)
 
 	type result struct {
 		nc  *nats.Conn
@@ -132,11 +137,11 @@ func (t *natsTransport) Init(ctx context.Context, c transport.Config) error {
 		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, ctx.Err())
 	}
 	if r.err != nil {
-		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, sec.explain(r.err))
+		return fmt.Errorf("transport-nats: connect to NATS at %s: %w", shown, sec.Explain(r.err))
 	}
 	_, notTLS := r.nc.TLSConnectionState()
 	log.Info("transport-nats: connected to NATS", "server", r.nc.ConnectedUrlRedacted(),
-		"max_payload", r.nc.MaxPayload(), "credentials", sec.auth, "tls", notTLS == nil)
+		"max_payload", r.nc.MaxPayload(), "credentials", sec.Auth, "tls", notTLS == nil)
 
 	t.mu.Lock()
 	old := t.nc

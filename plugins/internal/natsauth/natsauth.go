@@ -1,4 +1,7 @@
-package main
+// Package natsauth turns a NATS plugin's credential and TLS settings (the fields of
+// sdk/transport.Config and sdk/broker.Config) into nats.go options, checking every file
+// they name, for micro's NATS transport and broker plugins.
+package natsauth
 
 import (
 	"crypto/tls"
@@ -9,32 +12,42 @@ import (
 	"os"
 	"strings"
 
-	"github.com/microhost/micro/sdk/broker"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
 
-// security is what a Config says about credentials and TLS, checked: the nats.go options
+// Settings are a plugin's credential and TLS settings for NATS, as micro.toml's
+// [transport.auth] and [broker.auth] give them, and the URL they go with.
+type Settings struct {
+	URL                                      string
+	CredentialsFile, NkeySeedFile, TokenFile string
+	User, PasswordFile                       string
+	TLSCAFile, TLSCertFile, TLSKeyFile       string
+	TLSRequired                              bool
+}
+
+// Security is what Settings say about credentials and TLS, checked: the nats.go options
 // that carry it, and how to name it in errors. It holds no secret: the options read the
 // credentials and seed files at every connect (so a renewed file is used at the next
 // reconnect), and the client certificate and key at every TLS handshake.
-type security struct {
-	opts []nats.Option
-	// auth names the credential setting, e.g. "credentials_file /etc/micro/nats.creds";
+type Security struct {
+	// Opts apply the settings to a connection.
+	Opts []nats.Option
+	// Auth names the credential setting, e.g. "credentials_file /etc/micro/nats.creds";
 	// "" when there is none.
-	auth string
+	Auth string
 	// tls names the TLS settings, e.g. "tls_ca_file /etc/micro/ca.pem"; "" when the
 	// Config asks for no TLS.
 	tls string
 }
 
-// securityOf checks c's credential and TLS settings, reading every file they name so that
+// Of checks c's credential and TLS settings, reading every file they name so that
 // a missing, unreadable or malformed one fails Init with an error that names it, and
 // returns the options that apply them. At most one credential setting may be set (user
 // goes with password_file), and none of them beside credentials in the URL. Setting a
 // TLS file, or TLSRequired, requires TLS of the server whatever the URL's scheme.
-func securityOf(c broker.Config) (security, error) {
-	var s security
+func Of(c Settings) (Security, error) {
+	var s Security
 	var set []string
 	for _, f := range []struct{ name, path string }{
 		{"credentials_file", c.CredentialsFile}, {"nkey_seed_file", c.NkeySeedFile},
@@ -42,7 +55,7 @@ func securityOf(c broker.Config) (security, error) {
 	} {
 		if f.path != "" {
 			set = append(set, f.name)
-			s.auth = f.name + " " + f.path
+			s.Auth = f.name + " " + f.path
 		}
 	}
 	switch {
@@ -61,7 +74,7 @@ func securityOf(c broker.Config) (security, error) {
 		if err := checkUserSeed("credentials_file", c.CredentialsFile); err != nil {
 			return s, err
 		}
-		s.opts = append(s.opts, nats.UserJWT(userJWT(c.CredentialsFile), signer("credentials_file", c.CredentialsFile)))
+		s.Opts = append(s.Opts, nats.UserJWT(userJWT(c.CredentialsFile), signer("credentials_file", c.CredentialsFile)))
 	case c.NkeySeedFile != "":
 		kp, err := keyPair("nkey_seed_file", c.NkeySeedFile)
 		if err != nil {
@@ -72,19 +85,19 @@ func securityOf(c broker.Config) (security, error) {
 		if err != nil || !nkeys.IsValidPublicUserKey(pub) {
 			return s, fmt.Errorf("nkey_seed_file %s: not a user nkey seed (SU…)", c.NkeySeedFile)
 		}
-		s.opts = append(s.opts, nats.Nkey(pub, signer("nkey_seed_file", c.NkeySeedFile)))
+		s.Opts = append(s.Opts, nats.Nkey(pub, signer("nkey_seed_file", c.NkeySeedFile)))
 	case c.TokenFile != "":
 		token, err := readSecret("token_file", c.TokenFile)
 		if err != nil {
 			return s, err
 		}
-		s.opts = append(s.opts, nats.Token(token))
+		s.Opts = append(s.Opts, nats.Token(token))
 	case c.PasswordFile != "":
 		password, err := readSecret("password_file", c.PasswordFile)
 		if err != nil {
 			return s, err
 		}
-		s.opts = append(s.opts, nats.UserInfo(c.User, password))
+		s.Opts = append(s.Opts, nats.UserInfo(c.User, password))
 	}
 
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
@@ -125,14 +138,14 @@ func securityOf(c broker.Config) (security, error) {
 		named = append(named, "tls_required")
 	}
 	s.tls = strings.Join(named, ", ")
-	s.opts = append(s.opts, nats.Secure(cfg))
+	s.Opts = append(s.Opts, nats.Secure(cfg))
 	return s, nil
 }
 
-// explain returns err, from a first connect, with what it means for s's settings when it
+// Explain returns err, from a first connect, with what it means for s's settings when it
 // is a refusal of the credentials or a failure of TLS.
-func (s security) explain(err error) error {
-	auth := s.auth
+func (s Security) Explain(err error) error {
+	auth := s.Auth
 	if auth == "" {
 		auth = "none set"
 	}
