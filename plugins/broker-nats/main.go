@@ -16,7 +16,7 @@
 // when it is full a publish is refused (discard new) rather than an old message dropped.
 // The connection comes back by itself after the server restarts; meanwhile publishes fail
 // at once as unavailable. Credentials and TLS come from files that micro.toml names, as
-// for transport-nats (security.go). See the README for the names, limits and permissions.
+// for transport-nats (plugins/internal/natsauth). See the README for the names, limits and permissions.
 package main
 
 import "github.com/microhost/micro/sdk/broker"

@@ -19,8 +19,8 @@
 // Messages larger than the server's max_payload (1 MiB by default) are refused with an
 // error that says so. A URL's password is never logged. Credentials (a .creds file, an
 // nkey seed, a token or a password) and TLS (a CA bundle, a client certificate for mutual
-// TLS, tls_required) come from files that micro.toml names; see security.go and the
-// README, which also lists the NATS permissions a micro needs.
+// TLS, tls_required) come from files that micro.toml names; see plugins/internal/natsauth
+// and the README, which also lists the NATS permissions a micro needs.
 //
 // A stream (a first message with Micro-Stream: 1) runs on two inboxes, one per side: the
 // client publishes the first message with its inbox as the reply subject and waits, within
