@@ -137,24 +137,36 @@ func TestCertRotationUnderLoad(t *testing.T) {
 	startMicro(t, withTTL(baseConfig(reg, greeterService("greeter", 2, ""))))
 	caller := startMicro(t, withTTL(baseConfig(reg, greeterService("frontend", 1, ""))))
 	nodesOf(t, caller, "greeter", 2)
-	ctx, cancel := context.WithCancel(context.Background())
-	l := runLoad(ctx, caller, 4, nil)
-	// Two renewals of the caller's certificate, each at two thirds of 10s.
-	eventually(t, 60*time.Second, func() error {
-		if n := strings.Count(caller.logs.String(), "certificate renewed"); n < 2 {
-			return fmt.Errorf("%d renewals so far", n)
-		}
-		return nil
+	loadAcross(t, caller, "certificate renewals", func() {
+		// Two renewals of the caller's certificate, each at two thirds of 10s.
+		eventually(t, 60*time.Second, func() error {
+			if n := strings.Count(caller.logs.String(), "certificate renewed"); n < 2 {
+				return fmt.Errorf("%d renewals so far", n)
+			}
+			return nil
+		})
 	})
-	// New connections after the renewals must handshake with the new certificates.
-	http.DefaultClient.CloseIdleConnections()
+	// A micro that starts now handshakes with the renewed certificates of the nodes.
+	late := startMicro(t, withTTL(baseConfig(reg, "")))
+	nodesOf(t, late, "greeter", 2)
+	mustHello(t, late)
+}
+
+// loadAcross streams calls to greeter at m from 4 workers while during runs, and after it
+// until 100 more have succeeded; it fails the test if any call failed.
+func loadAcross(t *testing.T, m *micro, what string, during func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	l := runLoad(ctx, m, 4, nil)
+	l.waitCalls(t, 50)
+	during()
 	l.waitCalls(t, 100)
 	cancel()
 	ok, failures, _ := l.wait()
 	if len(failures) > 0 {
-		t.Fatalf("%d of %d calls failed across certificate renewals; first: %s", len(failures), ok+len(failures), failures[0])
+		t.Fatalf("%d of %d calls failed across %s; first: %s", len(failures), ok+len(failures), what, failures[0])
 	}
-	t.Logf("%d calls across certificate renewals, none failed", ok)
+	t.Logf("%d calls across %s, none failed", ok, what)
 }
 
 // TestSecurityOff: security.mode = "off" is plain HTTP between micros, said at start and in
@@ -218,23 +230,15 @@ func TestFleetCertificates(t *testing.T) {
 	a := startMicro(t, withFiles(baseConfig(reg, greeterService("greeter", 2, "")), hostA, "micro.local"))
 	b := startMicro(t, withFiles(baseConfig(reg, greeterService("frontend", 1, "")), hostB, "micro.local"))
 	nodesOf(t, b, "greeter", 2)
-	ctx, cancel := context.WithCancel(context.Background())
-	l := runLoad(ctx, b, 4, nil)
-	l.waitCalls(t, 50)
-	microCmd(t, "ca", "issue", "-ca", ca, "-service", "greeter", "-out", hostA)
-	eventually(t, 30*time.Second, func() error {
-		if !strings.Contains(a.logs.String(), "certificate files reloaded") {
-			return fmt.Errorf("the reissued certificate is not reloaded yet")
-		}
-		return nil
+	loadAcross(t, b, "a certificate reload", func() {
+		microCmd(t, "ca", "issue", "-ca", ca, "-service", "greeter", "-out", hostA)
+		eventually(t, 30*time.Second, func() error {
+			if !strings.Contains(a.logs.String(), "certificate files reloaded") {
+				return fmt.Errorf("the reissued certificate is not reloaded yet")
+			}
+			return nil
+		})
 	})
-	http.DefaultClient.CloseIdleConnections()
-	l.waitCalls(t, 100)
-	cancel()
-	ok, failures, _ := l.wait()
-	if len(failures) > 0 {
-		t.Fatalf("%d of %d calls failed across a certificate reload; first: %s", len(failures), ok+len(failures), failures[0])
-	}
 
 	// Another fleet: its own CA and trust domain, the same registry.
 	other, hostC := filepath.Join(dir, "other"), filepath.Join(dir, "c")
