@@ -144,6 +144,9 @@ func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, 
 	if f.wasmErr != nil {
 		return nil, f.wasmErr
 	}
+	if c.ABI != config.ABIMicro {
+		return nil, fmt.Errorf("wrapper %q: abi %q: this micro runs guests of the %q ABI only", name, c.ABI, config.ABIMicro)
+	}
 	path := c.Path
 	if c.Source != "" {
 		logger.Info("building wrapper", "wrapper", name, "source", c.Source)

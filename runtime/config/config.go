@@ -358,6 +358,9 @@ type Wrapper struct {
 	// Source is a Go package directory that micro builds to .wasm on first use, and again
 	// when its sources change.
 	Source string `koanf:"source"`
+	// ABI is the contract the guest is built for: "micro" (abi/wrapper, sdk/wrapper) or
+	// "http-wasm" (the http-wasm handler ABI, https://http-wasm.io).
+	ABI string `koanf:"abi"`
 	// Services limits the wrapper to calls to these services; empty means every service.
 	Services []string `koanf:"services"`
 	// Instances is how many guest instances run; calls with the same shard key always go

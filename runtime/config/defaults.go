@@ -75,6 +75,7 @@ const (
 // 100ms per guest call. Path, Source, Services and Config have no default.
 func DefaultWrapper() Wrapper {
 	return Wrapper{
+		ABI:         ABIMicro,
 		Instances:   1,
 		Shard:       ShardService,
 		OnTrap:      OnTrapOpen,
@@ -82,6 +83,12 @@ func DefaultWrapper() Wrapper {
 		Timeout:     100 * time.Millisecond,
 	}
 }
+
+// The guest contracts of [Wrapper] ABI.
+const (
+	ABIMicro    = "micro"     // abi/wrapper: what sdk/wrapper builds
+	ABIHTTPWasm = "http-wasm" // the http-wasm handler ABI
+)
 
 // The shard keys of [Wrapper] Shard: what picks the instance that serves a call.
 const (

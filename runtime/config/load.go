@@ -430,6 +430,7 @@ func (l *Loader) fill(c *Config, raw map[string]any) {
 				set()
 			}
 		}
+		setDefault("abi", func() { w.ABI = defaults.ABI })
 		setDefault("instances", func() { w.Instances = defaults.Instances })
 		setDefault("shard", func() { w.Shard = defaults.Shard })
 		setDefault("on_trap", func() { w.OnTrap = defaults.OnTrap })

@@ -308,6 +308,9 @@ func (v *validator) wrapper(name string, w Wrapper) {
 	case w.Path != "" && !strings.HasSuffix(w.Path, ".wasm"):
 		v.errorf(key+".path", "invalid path %q: want a .wasm file", w.Path)
 	}
+	if w.ABI != ABIMicro && w.ABI != ABIHTTPWasm {
+		v.errorf(key+".abi", "unknown ABI %q (want %q or %q)", w.ABI, ABIMicro, ABIHTTPWasm)
+	}
 	for i, s := range w.Services {
 		if !ValidName(s) {
 			v.errorf(key+".services", "invalid service name %q (element %d)", s, i)

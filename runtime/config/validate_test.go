@@ -282,6 +282,11 @@ func TestValidateRules(t *testing.T) {
 		{"wrapper removed but listed", func(c *Config) { delete(c.Wrappers, "breaker") }, "client.wrappers", `unknown wrapper "breaker"`},
 		{"broker plugin", func(c *Config) { c.Broker.Plugin = "NATS" }, "broker.plugin", "NATS"},
 		{"security mode", func(c *Config) { c.Security.Mode = "tls" }, "security.mode", `unknown mode "tls"`},
+		{"wrapper abi", func(c *Config) {
+			w := c.Wrappers["breaker"]
+			w.ABI = "proxy-wasm"
+			c.Wrappers["breaker"] = w
+		}, "wrappers.breaker.abi", `unknown ABI "proxy-wasm"`},
 		{"transport auth two credentials", func(c *Config) {
 			c.Transport.Auth = BackendAuth{CredentialsFile: "/a.creds", TokenFile: "/t"}
 		}, "transport.auth", "at most one of"},

@@ -157,7 +157,7 @@ services = ["greeter", "billing"]
 	plain := DefaultWrapper()
 	plain.Path = "/w/plain.wasm"
 	set := Wrapper{
-		Path: "/w/set.wasm", Instances: 4, Shard: ShardCaller, OnTrap: OnTrapClosed,
+		Path: "/w/set.wasm", ABI: ABIMicro, Instances: 4, Shard: ShardCaller, OnTrap: OnTrapClosed,
 		MemoryLimit: 16 << 20, Timeout: 2 * time.Second, Services: []string{"greeter", "billing"},
 	}
 	if got := c.Wrappers["plain"]; !reflect.DeepEqual(got, plain) {
@@ -212,7 +212,7 @@ path = "other.wasm"
 	}})
 	rl := c.Wrappers["rl"]
 	want := Wrapper{
-		Source: filepath.Join(filepath.Dir(path), "src", "rl"), Services: []string{"greeter", "billing"},
+		Source: filepath.Join(filepath.Dir(path), "src", "rl"), ABI: ABIMicro, Services: []string{"greeter", "billing"},
 		Instances: 3, Shard: ShardService, OnTrap: OnTrapClosed, MemoryLimit: 8 << 20,
 		Timeout: 250 * time.Millisecond, Config: map[string]any{"rate": int64(5)},
 	}
