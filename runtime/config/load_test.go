@@ -130,15 +130,15 @@ func TestLoadExampleFile(t *testing.T) {
 	}
 }
 
-// TestDocsExample keeps the annotated example in README.md's reference loadable.
+// TestDocsExample keeps the annotated example in docs/configuration.md loadable.
 func TestDocsExample(t *testing.T) {
-	doc, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "configuration.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, rest, ok := strings.Cut(string(doc), "<!-- example: runtime/config/testdata/micro.toml -->\n```toml\n")
 	if !ok {
-		t.Fatal("README.md has no marked example")
+		t.Fatal("docs/configuration.md has no marked example")
 	}
 	example, _, _ := strings.Cut(rest, "```")
 	want, err := os.ReadFile(filepath.Join("testdata", "micro.toml"))
@@ -146,7 +146,7 @@ func TestDocsExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	if example != string(want) {
-		t.Errorf("the marked example in README.md differs from testdata/micro.toml; keep them the same")
+		t.Errorf("the marked example in docs/configuration.md differs from testdata/micro.toml; keep them the same")
 	}
 }
 
