@@ -18,8 +18,10 @@ import (
 const (
 	// pullWait is how long one pull request waits on the server for messages. A pull is
 	// also cut short when the connection drops or comes back, so that pulling resumes at
-	// once after a reconnect.
-	pullWait = 5 * time.Second
+	// once after a reconnect. Close lets the pull in flight run out rather than cut it:
+	// JetStream keeps a pull request until it expires, and would hand a message to a cut
+	// one, where it would wait out its ack timeout. So Close takes up to pullWait.
+	pullWait = 2 * time.Second
 	// maxBatch bounds the messages one pull asks for.
 	maxBatch = 256
 	// retryWait is how long the puller waits after a failed pull before the next, unless
@@ -47,6 +49,7 @@ type consumer struct {
 
 	wake      chan struct{} // tells pull that waiting or held changed
 	stop      context.CancelFunc
+	closing   chan struct{} // closed by Close: pull asks for no more, and naks what still comes
 	done      chan struct{} // closed when pull returns
 	closeOnce sync.Once
 }
@@ -55,15 +58,16 @@ type consumer struct {
 func newConsumer(b *natsBroker, s broker.Subscription, jc jetstream.Consumer) *consumer {
 	ctx, stop := context.WithCancel(context.Background())
 	c := &consumer{
-		b:    b,
-		sub:  s,
-		log:  b.log.With("topic", s.Topic, "group", s.Group, "consumer", consumerName(s.Topic, s.Group)),
-		jc:   jc,
-		held: make(map[string]jetstream.Msg),
-		more: make(chan struct{}),
-		wake: make(chan struct{}, 1),
-		stop: stop,
-		done: make(chan struct{}),
+		b:       b,
+		sub:     s,
+		log:     b.log.With("topic", s.Topic, "group", s.Group, "consumer", consumerName(s.Topic, s.Group)),
+		jc:      jc,
+		held:    make(map[string]jetstream.Msg),
+		more:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		stop:    stop,
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	go c.pull(ctx)
 	return c
@@ -244,8 +248,9 @@ func (c *consumer) Backlog(ctx context.Context) (broker.Backlog, error) {
 // delivers them again at once.
 func (c *consumer) Close() error {
 	c.closeOnce.Do(func() {
+		close(c.closing)
+		<-c.done // the pull in flight has run out
 		c.stop()
-		<-c.done
 		c.mu.Lock()
 		c.closed = true
 		close(c.more)
@@ -298,6 +303,11 @@ func (c *consumer) pull(ctx context.Context) {
 // MaxInflight, and returns how many messages to pull. It returns false when ctx ends.
 func (c *consumer) room(ctx context.Context) (int, bool) {
 	for {
+		select {
+		case <-c.closing:
+			return 0, false
+		default:
+		}
 		c.mu.Lock()
 		n := c.sub.MaxInflight - len(c.held) - len(c.ready)
 		want := c.waiting > len(c.ready)
@@ -308,6 +318,8 @@ func (c *consumer) room(ctx context.Context) (int, bool) {
 		select {
 		case <-c.wake:
 		case <-ctx.Done():
+			return 0, false
+		case <-c.closing:
 			return 0, false
 		}
 	}
@@ -333,6 +345,15 @@ func (c *consumer) fetch(ctx context.Context, changed <-chan struct{}, n int) er
 		return unavailable(err)
 	}
 	for m := range batch.Messages() {
+		select {
+		case <-c.closing:
+			// Nobody takes it now: back to the group at once.
+			if err := m.Nak(); err != nil {
+				c.log.Warn("broker-nats: close: nak failed; the message is delivered again after the ack timeout", "err", err)
+			}
+			continue
+		default:
+		}
 		c.mu.Lock()
 		c.ready = append(c.ready, m)
 		close(c.more)
