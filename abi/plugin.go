@@ -1,6 +1,7 @@
 // Package abi holds the contracts between micro and its plugins: the go-plugin handshake
-// here, the gRPC protocols of registry plugins in abi/registrypb and of transport plugins
-// in abi/transportpb, and the wrapper ABI in abi/wrapper. It imports nothing of micro's,
+// and the Micro-* headers of a call here, the gRPC protocols of registry, transport and
+// broker plugins in abi/registrypb, abi/transportpb and abi/brokerpb, and the wrapper ABI
+// in abi/wrapper. It imports nothing of micro's,
 // so that both sides build against the same constants.
 package abi
 

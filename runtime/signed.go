@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/microhost/micro/abi"
 	"log/slog"
 	"maps"
 	"net/http"
@@ -32,10 +33,10 @@ import (
 
 const (
 	// headerNonce carries the nonce of a call, in its first request.
-	headerNonce = "Micro-Nonce"
+	headerNonce = abi.HeaderNonce
 	// headerSignedAt carries when the first request of a call was signed, in Unix
 	// milliseconds.
-	headerSignedAt = "Micro-Signed-At"
+	headerSignedAt = abi.HeaderSignedAt
 	// signedSkew is how far a call's signing time may be from the receiver's clock.
 	signedSkew = 2 * time.Minute
 	// maxForged is how many replies that do not verify a call ignores before it fails.

@@ -224,5 +224,6 @@ const (
 
 // ReservedHeaderPrefix starts the names of the headers micro itself carries (Micro-Service,
 // Micro-Timeout, ...). A guest may read them but not set them: [ImportSetHeader] and
-// [ImportSetReplyHeader] trap on such a name (compared case-insensitively).
+// [ImportSetReplyHeader] trap on such a name (compared case-insensitively). It is
+// abi.HeaderPrefix, stated again so that a guest's module needs no more than this package.
 const ReservedHeaderPrefix = "Micro-"

@@ -114,7 +114,7 @@ func callCmd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		return fmt.Errorf("reading the reply: %w", err)
 	}
 	if *verbose {
-		fmt.Fprintf(stderr, "%s from node %s after %s attempt(s)\n", resp.Status, resp.Header.Get(transport.HeaderNode), resp.Header.Get("Micro-Attempts"))
+		fmt.Fprintf(stderr, "%s from node %s after %s attempt(s)\n", resp.Status, resp.Header.Get(transport.HeaderNode), resp.Header.Get(transport.HeaderAttempts))
 	}
 	w := stdout
 	if resp.StatusCode >= 300 {

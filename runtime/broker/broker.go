@@ -14,30 +14,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/microhost/micro/abi"
 	"strings"
 	"time"
 )
 
 // Header keys that micro sets on a delivery, the call that carries a message to a
-// subscriber. The publisher's own headers travel with them.
+// subscriber, and on dead letters, as abi defines and documents them. The publisher's own
+// headers travel with them.
 const (
-	// HeaderTopic names the topic the message was published to.
-	HeaderTopic = "Micro-Topic"
-	// HeaderMessageID is the message's ID, the same on every delivery of it, so that a
-	// subscriber can drop duplicates.
-	HeaderMessageID = "Micro-Message-Id"
-	// HeaderDelivery counts the deliveries of the message to this subscriber, 1 for the
-	// first.
-	HeaderDelivery = "Micro-Delivery"
-	// HeaderDeadTopic, on a message in a dead-letter topic, names the topic it was
-	// published to.
-	HeaderDeadTopic = "Micro-Dead-Topic"
-	// HeaderDeadGroup, on a message in a dead-letter topic, names the group (service) that
-	// failed it.
-	HeaderDeadGroup = "Micro-Dead-Group"
-	// HeaderDeadReason, on a message in a dead-letter topic, says why its last delivery
-	// failed.
-	HeaderDeadReason = "Micro-Dead-Reason"
+	HeaderTopic      = abi.HeaderTopic
+	HeaderMessageID  = abi.HeaderMessageID
+	HeaderDelivery   = abi.HeaderDelivery
+	HeaderDeadTopic  = abi.HeaderDeadTopic
+	HeaderDeadGroup  = abi.HeaderDeadGroup
+	HeaderDeadReason = abi.HeaderDeadReason
 )
 
 // IsDeliveryHeader reports whether k, in any case, is one of the headers micro sets on a
@@ -47,9 +38,9 @@ func IsDeliveryHeader(k string) bool {
 	return strings.EqualFold(k, HeaderTopic) || strings.EqualFold(k, HeaderMessageID) || strings.EqualFold(k, HeaderDelivery)
 }
 
-// ValueSep joins the values of a header that has several in a Message's Header, as it does
-// in runtime/transport.
-const ValueSep = "\n"
+// ValueSep joins the values of a header that has several in a Message's Header
+// (abi.ValueSep).
+const ValueSep = abi.ValueSep
 
 // MaxTopicLen is the longest topic name, in bytes.
 const MaxTopicLen = 200

@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/microhost/micro/abi"
 	"hash"
 	"slices"
 )
@@ -19,10 +20,10 @@ import (
 // The headers that carry a message's signature.
 const (
 	// SignatureHeader holds the signature, in base64.
-	SignatureHeader = "Micro-Signature"
+	SignatureHeader = abi.HeaderSignature
 	// SignerHeader holds the signer's certificate chain, leaf first, as DER certificates
 	// one after the other, in base64.
-	SignerHeader = "Micro-Signer"
+	SignerHeader = abi.HeaderSigner
 )
 
 const (

@@ -190,7 +190,7 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 	rh := &c.Response.Header
 	dropResponseHeaders(rh)
 	rh.Set(transport.HeaderNode, out.Node)
-	rh.Set("Micro-Attempts", strconv.Itoa(out.Attempts))
+	rh.Set(transport.HeaderAttempts, strconv.Itoa(out.Attempts))
 }
 
 // splitURI splits a raw request target into its host (in proxy form, "" otherwise), its

@@ -134,7 +134,7 @@ func (in *Ingress) callH2(w http.ResponseWriter, r *http.Request, st *Settings, 
 	h := w.Header()
 	copyAnswerHeader(h, resp.Header, true)
 	h.Set(transport.HeaderNode, out.Node)
-	h.Set("Micro-Attempts", strconv.Itoa(out.Attempts))
+	h.Set(transport.HeaderAttempts, strconv.Itoa(out.Attempts))
 	w.WriteHeader(resp.StatusCode)
 	relay(w, resp, grpc, true)
 }

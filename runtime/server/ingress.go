@@ -246,7 +246,7 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 	h := w.Header()
 	setHeader(h, resp.Header)
 	h.Set(transport.HeaderNode, resp.Node)
-	h.Set("Micro-Attempts", strconv.Itoa(resp.Attempts))
+	h.Set(transport.HeaderAttempts, strconv.Itoa(resp.Attempts))
 	w.WriteHeader(resp.Status)
 	_, _ = w.Write(resp.Body)
 }

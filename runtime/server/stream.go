@@ -19,8 +19,6 @@ import (
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
-// headerBinary marks a stream message that was a binary WebSocket message.
-const headerBinary = "Micro-Binary"
 
 // Streamer opens streams by service name; *client.Client is one.
 type Streamer interface {
@@ -122,7 +120,7 @@ func pump(ctx context.Context, logger *slog.Logger, ws *websocket.Conn, conn tra
 				return
 			}
 			typ := websocket.MessageText
-			if m.Header[headerBinary] == "1" {
+			if m.Header[transport.HeaderBinary] == "1" {
 				typ = websocket.MessageBinary
 			}
 			if err := ws.Write(ctx, typ, m.Body); err != nil {
@@ -143,7 +141,7 @@ func pump(ctx context.Context, logger *slog.Logger, ws *websocket.Conn, conn tra
 		timer.Reset(idle)
 		h := map[string]string{}
 		if typ == websocket.MessageBinary {
-			h[headerBinary] = "1"
+			h[transport.HeaderBinary] = "1"
 		}
 		if err := conn.Send(ctx, &transport.Message{Header: h, Body: b}); err != nil {
 			break

@@ -16,47 +16,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/microhost/micro/abi"
 	"net"
 	"net/url"
 	"strings"
 )
 
-// Header keys that every transport carries. Other keys pass through as they are.
+// Header keys that every transport carries, as abi defines and documents them. Other keys
+// pass through as they are.
 const (
-	// HeaderService names the service a request is for.
-	HeaderService = "Micro-Service"
-	// HeaderEndpoint names the endpoint a request is for: the first segment of its path,
-	// e.g. "Greeter.Hello" for /Greeter.Hello or "users" for /users/42.
-	HeaderEndpoint = "Micro-Endpoint"
-	// HeaderMethod carries a request's HTTP method; absent means POST.
-	HeaderMethod = "Micro-Method"
-	// HeaderPath carries the path and query the app gets, escaped as the caller sent them,
-	// e.g. "/users/42?expand=orders"; absent means "/" and the endpoint.
-	HeaderPath = "Micro-Path"
-	// HeaderNode names the node ID the caller selected.
-	HeaderNode = "Micro-Node"
-	// HeaderTimeout carries the remaining budget as a Go duration, e.g. "250ms".
-	HeaderTimeout = "Micro-Timeout"
-	// HeaderStatus carries a response's HTTP status code, e.g. "200".
-	HeaderStatus = "Micro-Status"
-	// HeaderCaller would name the service that made a call. It is an identity anyone could
-	// claim, so micro drops it from callers and peers like every Micro-* header.
-	HeaderCaller = "Micro-Caller"
-	// HeaderStream marks the first message of a stream; its value is "1".
-	HeaderStream = "Micro-Stream"
-	// HeaderError marks an answer that micro at the node gave in place of the app, and
-	// says why: one of the Error values. The caller reads it to know whether another node
-	// may take the call and whether the answer counts against the node. Apps cannot set
-	// it: micro drops every Micro-* header an app answers with.
-	HeaderError = "Micro-Error"
-	// HeaderIdempotent, set by a caller to "1" or "true", declares that its call is safe to
-	// repeat, as if its endpoint were declared idempotent.
-	HeaderIdempotent = "Micro-Idempotent"
+	HeaderService    = abi.HeaderService
+	HeaderEndpoint   = abi.HeaderEndpoint
+	HeaderMethod     = abi.HeaderMethod
+	HeaderPath       = abi.HeaderPath
+	HeaderNode       = abi.HeaderNode
+	HeaderTimeout    = abi.HeaderTimeout
+	HeaderStatus     = abi.HeaderStatus
+	HeaderCaller     = abi.HeaderCaller
+	HeaderStream     = abi.HeaderStream
+	HeaderBinary     = abi.HeaderBinary
+	HeaderError      = abi.HeaderError
+	HeaderIdempotent = abi.HeaderIdempotent
+	HeaderAttempts   = abi.HeaderAttempts
 )
 
 // ValueSep joins the values of a header that has several (Set-Cookie, say) in a Message's
-// Header. HTTP allows no line feed in a header value, so it cannot be part of one.
-const ValueSep = "\n"
+// Header (abi.ValueSep).
+const ValueSep = abi.ValueSep
 
 // AddValue adds value v to header k of h, after the values it has.
 func AddValue(h map[string]string, k, v string) {
@@ -100,7 +86,7 @@ const (
 // case. micro sets those itself and drops the ones that callers and apps send, but for the
 // few a caller may set (HeaderTimeout, HeaderIdempotent).
 func IsMicroHeader(k string) bool {
-	return len(k) >= 6 && strings.EqualFold(k[:6], "Micro-")
+	return len(k) >= len(abi.HeaderPrefix) && strings.EqualFold(k[:len(abi.HeaderPrefix)], abi.HeaderPrefix)
 }
 
 // ErrClosed is returned by operations on a closed Conn or Listener.

@@ -21,16 +21,20 @@
 // each way on one Conn until a side closes it; the other side's Recv then returns io.EOF.
 package transport
 
-import "context"
+import (
+	"context"
 
-// HeaderStream marks the first message of a stream (value "1"), as runtime/transport
-// defines it. A transport that cannot carry streams refuses such a message.
-const HeaderStream = "Micro-Stream"
+	"github.com/microhost/micro/abi"
+)
+
+// HeaderStream marks the first message of a stream (value "1"; abi.HeaderStream). A
+// transport that cannot carry streams refuses such a message.
+const HeaderStream = abi.HeaderStream
 
 // ValueSep joins the values of a header that has several (Set-Cookie, say) in a Message's
-// Header, as runtime/transport defines it. HTTP allows no line feed in a header value, so a
-// transport whose own headers cannot hold one splits the value there and joins it back.
-const ValueSep = "\n"
+// Header (abi.ValueSep). A transport whose own headers cannot hold a line feed splits the
+// value there and joins it back.
+const ValueSep = abi.ValueSep
 
 // Message is one request or response: a header map and a body. A header with several
 // values has them joined by ValueSep.
