@@ -16,6 +16,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -356,14 +357,7 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 			next.Transport = cfg.Transport
 		}
 	}
-	next.Server.MaxBody = cfg.Server.MaxBody
-	next.Server.DrainTimeout = cfg.Server.DrainTimeout
-	next.Server.Wrappers = cfg.Server.Wrappers
-	next.Server.MaxInflight = cfg.Server.MaxInflight
-	next.Server.StreamIdleTimeout = cfg.Server.StreamIdleTimeout
-	next.Server.CheckOrigin = cfg.Server.CheckOrigin
-	next.Server.AllowedHosts = cfg.Server.AllowedHosts
-	next.Server.AllowedOrigins = cfg.Server.AllowedOrigins
+	next.Server = liveServer(old.Server, cfg.Server)
 
 	r.regMu.Lock()
 	r.swapErr = nil // a config whose registry matches the running one undoes a failed switch
@@ -599,24 +593,36 @@ func poolOptions(cfg *config.Config) pool.Options {
 	return o
 }
 
-// restartKeys lists the sections that differ between a and b but apply only at start.
+// liveServer returns running with the [server] keys that apply while micro runs taken
+// from next: the one list of them. The others (listeners and their timeouts) need a
+// restart.
+func liveServer(running, next config.Server) config.Server {
+	running.MaxBody, running.DrainTimeout, running.Wrappers = next.MaxBody, next.DrainTimeout, next.Wrappers
+	running.MaxInflight, running.StreamIdleTimeout = next.MaxInflight, next.StreamIdleTimeout
+	running.CheckOrigin, running.AllowedHosts, running.AllowedOrigins = next.CheckOrigin, next.AllowedHosts, next.AllowedOrigins
+	return running
+}
+
+// restartKeys lists the keys that differ between a and b but apply only at start, by
+// their names in micro.toml.
 func restartKeys(a, b *config.Config) []string {
-	var keys []string
-	sa, sb := a.Server, b.Server
-	if sa.Ingress != sb.Ingress || sa.Inbound != sb.Inbound || sa.Advertise != sb.Advertise ||
-		sa.HeaderTimeout != sb.HeaderTimeout || sa.BodyTimeout != sb.BodyTimeout ||
-		sa.WriteTimeout != sb.WriteTimeout || sa.IdleTimeout != sb.IdleTimeout {
-		keys = append(keys, "server.ingress, server.inbound, server.advertise, server.*_timeout")
-	}
+	keys := changedKeys("server", liveServer(a.Server, b.Server), b.Server)
 	ra, rb := a.Registry, b.Registry
-	if ra.TTL != rb.TTL || ra.Heartbeat != rb.Heartbeat || ra.CacheTTL != rb.CacheTTL {
-		keys = append(keys, "registry.ttl, registry.heartbeat, registry.cache_ttl")
-	}
-	if a.Log != b.Log {
-		keys = append(keys, "log")
-	}
-	if a.Security != b.Security {
-		keys = append(keys, "security")
+	rb.Plugin, rb.Dir, rb.Address, rb.Datacenter, rb.TokenFile, rb.Path, rb.SHA256 = ra.Plugin, ra.Dir, ra.Address, ra.Datacenter, ra.TokenFile, ra.Path, ra.SHA256 // a registry switch
+	keys = append(keys, changedKeys("registry", ra, rb)...)
+	keys = append(keys, changedKeys("log", a.Log, b.Log)...)
+	return append(keys, changedKeys("security", a.Security, b.Security)...)
+}
+
+// changedKeys names the fields that differ between a and b, two structs of one config
+// section, as section.key.
+func changedKeys(section string, a, b any) []string {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var keys []string
+	for i := range va.NumField() {
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			keys = append(keys, section+"."+va.Type().Field(i).Tag.Get("koanf"))
+		}
 	}
 	return keys
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
-
 // Streamer opens streams by service name; *client.Client is one.
 type Streamer interface {
 	Stream(ctx context.Context, req *client.Request) (transport.Conn, string, *client.Response, error)

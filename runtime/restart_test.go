@@ -1,0 +1,30 @@
+package runtime
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/microhost/micro/runtime/config"
+)
+
+func TestRestartKeys(t *testing.T) {
+	a := config.Default()
+	b := config.Default()
+	b.Server.Ingress = "127.0.0.1:9999" // needs a restart
+	b.Server.MaxBody = 1 << 10          // live
+	b.Server.AllowedHosts = []string{"x"}
+	b.Registry.TTL = time.Minute // needs a restart
+	b.Registry.Plugin = "consul" // a live switch
+	b.Log.Level = "debug"
+	b.Security.Mode = config.SecurityOff
+	b.Client.Timeout = time.Second // live
+	got := restartKeys(&a, &b)
+	want := []string{"server.ingress", "registry.ttl", "log.level", "security.mode"}
+	if !slices.Equal(got, want) {
+		t.Errorf("restartKeys = %v, want %v", got, want)
+	}
+	if s := liveServer(a.Server, b.Server); s.Ingress != a.Server.Ingress || s.MaxBody != b.Server.MaxBody || !slices.Equal(s.AllowedHosts, b.Server.AllowedHosts) {
+		t.Errorf("liveServer = %+v", s)
+	}
+}
