@@ -171,13 +171,19 @@ func Now() time.Time {
 // Mistakes (a second call, a nil OnRequest) make micro refuse to load the wrapper, with a
 // message that says so.
 func Handle(h Handler) {
-	switch {
-	case handler != nil:
+	handleErr = h.check()
+	if handler != nil {
 		handleErr = errors.New("wrapper.Handle called more than once")
-	case h.OnRequest == nil:
-		handleErr = errors.New("wrapper.Handle: Handler.OnRequest is nil")
 	}
 	handler = &h
+}
+
+// check returns what makes h unusable, or nil.
+func (h *Handler) check() error {
+	if h.OnRequest == nil {
+		return errors.New("wrapper.Handle: Handler.OnRequest is nil")
+	}
+	return nil
 }
 
 // Logf writes a message into micro's log at level, attributed to this wrapper.
@@ -385,7 +391,7 @@ func readConfig() []byte {
 }
 
 // The host's functions, as the guest sees them, are defined in host_wasip1.go over the
-// Wasm imports, and in host_other.go over a fake for tests:
+// Wasm imports, and in host_other.go over a host that plays micro (package wrappertest):
 //
 //	hostGetConfig(buf []byte) int32
 //	hostGetField(f field, buf []byte) int32

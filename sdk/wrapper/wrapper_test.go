@@ -3,7 +3,9 @@
 package wrapper
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"regexp"
 	"runtime"
@@ -15,10 +17,12 @@ import (
 	"unsafe"
 
 	abi "github.com/microhost/micro/abi/wrapper"
+	"github.com/microhost/micro/sdk/wrapper/internal/nativehost"
 )
 
 // fake is the host, as the tests play it.
 type fake struct {
+	handler     *Handler
 	config      string
 	fields      [fieldError + 1]string
 	headers     map[string]string
@@ -31,35 +35,58 @@ type fake struct {
 	setReply    [][2]string
 	rejected    *[2]any
 	phases      int32
-	block       *callBlock
+	block       []byte
+	versions    [fieldError + 1]uint64
 	seen        [fieldError + 1]string // the fields as the block's versions last saw them
 	logs        []string
-	getCalls    int // calls of getField and getHeader
+	getCalls    int // values written: the config, fields and headers read
 	failMessage string
 }
 
-// fill writes the call block as micro does before a guest call: the fields of the response
-// only in on_response, and a new version of each field that changed since the last call.
-func (f *fake) fill(response bool) {
+// Begin writes the call block as micro does before a guest call: the fields of the
+// response only in on_response, and a new version of each field that changed since the
+// last call.
+func (f *fake) Begin(e nativehost.Export) {
+	if e == nativehost.OnInit || f.block == nil {
+		return
+	}
+	response := e == nativehost.OnResponse
 	b := f.block
-	*b = callBlock{size: 80, now: f.now.UnixNano(), budget: f.budget, versions: b.versions}
+	clear(b)
+	binary.NativeEndian.PutUint32(b[abi.CallBlockSize:], abi.CallBlockLen)
+	binary.NativeEndian.PutUint64(b[abi.CallBlockNow:], uint64(f.now.UnixNano()))
+	binary.NativeEndian.PutUint64(b[abi.CallBlockBudget:], uint64(f.budget))
 	if response {
-		b.latency, b.status, b.fault = f.latency, f.status, f.fault
+		binary.NativeEndian.PutUint64(b[abi.CallBlockLatency:], uint64(f.latency))
+		binary.NativeEndian.PutUint32(b[abi.CallBlockStatus:], uint32(f.status))
+		binary.NativeEndian.PutUint32(b[abi.CallBlockFault:], uint32(f.fault))
 	}
 	for i, v := range f.fields {
 		if i == int(fieldError) && !response {
 			v = ""
 		}
-		if v != f.seen[i] || b.versions[i] == 0 {
+		if v != f.seen[i] || f.versions[i] == 0 {
 			f.seen[i] = v
-			b.versions[i]++
+			f.versions[i]++
 		}
+		binary.NativeEndian.PutUint64(b[abi.CallBlockVersions+8*i:], f.versions[i])
 	}
 }
 
+// call plays micro's call of an export, returning its result and the message of a
+// failure, or "".
+func (f *fake) call(e nativehost.Export) (int32, string) {
+	code, err := nativeCall(f, f.handler, e)
+	f.failMessage = ""
+	if err != nil {
+		f.failMessage = err.Error()
+	}
+	return code, f.failMessage
+}
+
 // request plays micro's on_request, response its on_response.
-func (f *fake) request() int32 { f.fill(false); return onRequest() }
-func (f *fake) response()      { f.fill(true); onResponse() }
+func (f *fake) request() int32 { code, _ := f.call(nativehost.OnRequest); return code }
+func (f *fake) response()      { f.call(nativehost.OnResponse) }
 
 func (f *fake) write(v string, buf []byte) int32 {
 	f.getCalls++
@@ -69,53 +96,44 @@ func (f *fake) write(v string, buf []byte) int32 {
 	return int32(len(v))
 }
 
-func (f *fake) getConfig(buf []byte) int32          { return f.write(f.config, buf) }
-func (f *fake) getField(fl field, buf []byte) int32 { return f.write(f.fields[fl], buf) }
-func (f *fake) getHeader(name string, buf []byte) int32 {
+func (f *fake) GetConfig(buf []byte) int32 { return f.write(f.config, buf) }
+func (f *fake) GetField(fl int32, buf []byte) (int32, error) {
+	return f.write(f.fields[fl], buf), nil
+}
+func (f *fake) GetHeader(name string, buf []byte) (int32, error) {
 	for k, v := range f.headers {
 		if strings.EqualFold(k, name) {
-			return f.write(v, buf)
+			return f.write(v, buf), nil
 		}
 	}
-	return abi.HeaderAbsent
+	return abi.HeaderAbsent, nil
 }
-func (f *fake) setHeader(n, v string)              { f.setHeaders = append(f.setHeaders, [2]string{n, v}) }
-func (f *fake) setReplyHeader(n, v string)         { f.setReply = append(f.setReply, [2]string{n, v}) }
-func (f *fake) setReject(status int32, msg string) { f.rejected = &[2]any{status, msg} }
-func (f *fake) setPhases(mask int32)               { f.phases = mask }
-func (f *fake) setCallBlock(b *callBlock)          { f.block = b }
-func (f *fake) log(level int32, msg string)        { f.logs = append(f.logs, msg) }
+func (f *fake) SetHeader(n, v string) error {
+	if strings.HasPrefix(n, abi.ReservedHeaderPrefix) {
+		return errors.New("bad call to micro.set_header: reserved")
+	}
+	f.setHeaders = append(f.setHeaders, [2]string{n, v})
+	return nil
+}
+func (f *fake) SetReplyHeader(n, v string) error {
+	f.setReply = append(f.setReply, [2]string{n, v})
+	return nil
+}
+func (f *fake) SetReject(status int32, msg string) error { f.rejected = &[2]any{status, msg}; return nil }
+func (f *fake) SetPhases(mask int32) error               { f.phases = mask; return nil }
+func (f *fake) SetCallBlock(b []byte) error              { f.block = b; return nil }
+func (f *fake) Log(level int32, msg string)              { f.logs = append(f.logs, msg) }
 
-// fail ends the goroutine of the guest call: as the real host, which unwinds the guest's
-// stack with no deferred function seeing a panic.
-func (f *fake) fail(msg string) { f.failMessage = msg; runtime.Goexit() }
-
-// start resets the package, registers h and plays micro's on_init; it returns the fake
-// and on_init's failure message, or "".
+// start resets the package's caches, makes h the fake's handler and plays micro's
+// on_init; it returns the fake and on_init's failure message, or "".
 func start(t *testing.T, config string, h Handler) (*fake, string) {
 	t.Helper()
-	handler, handleErr, block = nil, nil, callBlock{}
 	fieldValue, fieldVersion = [fieldError + 1]string{}, [fieldError + 1]uint64{}
 	lastHeaders, nextHeader = [4]struct{ name, value string }{}, 0
 	scratch = make([]byte, 256)
-	f := &fake{config: config, phases: abi.PhaseRequest | abi.PhaseResponse, headers: map[string]string{}, now: time.Now()}
-	fakeHost = f
-	t.Cleanup(func() { fakeHost = nil })
-	Handle(h)
-	return f, guestCall(func() { onInit() })
-}
-
-// guestCall runs an export as micro would, returning the message of a fail, or "".
-func guestCall(fn func()) string {
-	f := fakeHost.(*fake)
-	f.failMessage = ""
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		fn()
-	}()
-	<-done
-	return f.failMessage
+	f := &fake{handler: &h, config: config, phases: abi.PhaseRequest | abi.PhaseResponse, headers: map[string]string{}, now: time.Now()}
+	_, fail := f.call(nativehost.OnInit)
+	return f, fail
 }
 
 func TestInitAndConfig(t *testing.T) {
@@ -174,16 +192,20 @@ func TestHandleMistakes(t *testing.T) {
 	if _, fail := start(t, "", Handler{}); fail != "wrapper.Handle: Handler.OnRequest is nil" {
 		t.Errorf("nil OnRequest: %q", fail)
 	}
-	_, fail := start(t, "", Handler{OnRequest: func(Request) Result { return Continue() }})
-	if fail != "" {
-		t.Fatal(fail)
+	// Handle, as a guest's init func calls it.
+	t.Cleanup(func() { handler, handleErr = nil, nil })
+	handler, handleErr = nil, nil
+	Handle(Handler{OnRequest: func(Request) Result { return Continue() }})
+	if handleErr != nil {
+		t.Errorf("first Handle: %v", handleErr)
 	}
 	Handle(Handler{OnRequest: func(Request) Result { return Continue() }})
-	if fail := guestCall(func() { onInit() }); fail != "wrapper.Handle called more than once" {
-		t.Errorf("second Handle: %q", fail)
+	if handleErr == nil || handleErr.Error() != "wrapper.Handle called more than once" {
+		t.Errorf("second Handle: %v", handleErr)
 	}
-	handler, handleErr = nil, nil
-	if fail := guestCall(func() { onInit() }); !strings.Contains(fail, "no wrapper.Handler") {
+	f, _ := start(t, "", Handler{OnRequest: func(Request) Result { return Continue() }})
+	f.handler = nil
+	if _, fail := f.call(nativehost.OnInit); !strings.Contains(fail, "no wrapper.Handler") {
 		t.Errorf("no Handle: %q", fail)
 	}
 	if _, fail := start(t, "", Handler{Init: func([]byte) error { return errors.New("no way") }, OnRequest: func(Request) Result { return Continue() }}); fail != "no way" {
@@ -256,7 +278,7 @@ func TestRequest(t *testing.T) {
 		t.Errorf("reject node: code %d, %v", code, f.rejected)
 	}
 	f.headers["X-Test"] = "panic"
-	if fail := guestCall(func() { f.request() }); fail != "panic in OnRequest: boom" {
+	if _, fail := f.call(nativehost.OnRequest); fail != "panic in OnRequest: boom" {
 		t.Errorf("panic: %q", fail)
 	}
 	if len(f.logs) == 0 || !strings.Contains(f.logs[len(f.logs)-1], "goroutine") {
@@ -265,7 +287,7 @@ func TestRequest(t *testing.T) {
 }
 
 // TestInterning checks that repeated values come back as the same string, without a new
-// allocation per call.
+// allocation per call: a handler that reads them allocates no more than one that does not.
 func TestInterning(t *testing.T) {
 	f, _ := start(t, "", Handler{OnRequest: func(r Request) Result {
 		r.Service()
@@ -275,12 +297,14 @@ func TestInterning(t *testing.T) {
 	f.fields[fieldService] = "greeter"
 	f.headers["X-Key"] = "k1"
 	f.request()
-	if allocs := testing.AllocsPerRun(100, func() { f.request() }); allocs != 0 {
-		t.Errorf("%v allocations per call with repeated values, want 0", allocs)
+	reading := testing.AllocsPerRun(100, func() { f.request() })
+	idle, _ := start(t, "", Handler{OnRequest: func(Request) Result { return Continue() }})
+	if base := testing.AllocsPerRun(100, func() { idle.request() }); reading != base {
+		t.Errorf("%v allocations per call reading repeated values, %v reading none: want as many", reading, base)
 	}
 	f.fields[fieldService] = "billing"
 	var got string
-	handler.OnRequest = func(r Request) Result { got = r.Service(); return Continue() }
+	f.handler.OnRequest = func(r Request) Result { got = r.Service(); return Continue() }
 	f.request()
 	if got != "billing" {
 		t.Errorf("a changed value: %q", got)
@@ -288,10 +312,41 @@ func TestInterning(t *testing.T) {
 }
 
 func TestLogf(t *testing.T) {
-	f, _ := start(t, "", Handler{OnRequest: func(Request) Result { return Continue() }})
-	Logf(0, "a %d b %s", 1, "x")
+	f, _ := start(t, "", Handler{OnRequest: func(Request) Result {
+		Logf(0, "a %d b %s", 1, "x")
+		return Continue()
+	}})
+	f.request()
 	if !slices.Equal(f.logs, []string{"a 1 b x"}) {
 		t.Errorf("logs: %q", f.logs)
+	}
+}
+
+// TestNoHost checks that the package says what is wrong when it is used outside a guest
+// call.
+func TestNoHost(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil || !strings.Contains(fmt.Sprint(r), "wrappertest") {
+			t.Errorf("Logf outside a guest call: panic %v, want one that points at wrappertest", r)
+		}
+	}()
+	Logf(0, "nobody hears this")
+}
+
+// TestTrap checks that a host's error ends the guest call, with the error, and that
+// Goexit in a handler is reported.
+func TestTrap(t *testing.T) {
+	f, _ := start(t, "", Handler{OnRequest: func(r Request) Result {
+		r.SetHeader("Micro-Mine", "1")
+		t.Error("SetHeader returned after the host refused it")
+		return Continue()
+	}})
+	if _, fail := f.call(nativehost.OnRequest); fail != "bad call to micro.set_header: reserved" {
+		t.Errorf("trap: %q", fail)
+	}
+	f.handler.OnRequest = func(Request) Result { runtime.Goexit(); return Continue() }
+	if _, fail := f.call(nativehost.OnRequest); !strings.Contains(fail, "without returning") {
+		t.Errorf("Goexit: %q", fail)
 	}
 }
 
@@ -373,8 +428,8 @@ func TestNow(t *testing.T) {
 	if inInit.Before(before) || inInit.After(time.Now()) {
 		t.Errorf("Now in Init = %v, want the clock (between %v and now)", inInit, before)
 	}
-	if f.block != &block {
-		t.Fatalf("on_init registered %p as the call block, want %p", f.block, &block)
+	if len(f.block) != int(unsafe.Sizeof(block)) || unsafe.Pointer(&f.block[0]) != unsafe.Pointer(&block) {
+		t.Fatalf("on_init registered %p (%d bytes) as the call block, want %p", f.block, len(f.block), &block)
 	}
 	f.now = time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
 	f.request()
