@@ -119,10 +119,13 @@ func (f *fake) SetReplyHeader(n, v string) error {
 	f.setReply = append(f.setReply, [2]string{n, v})
 	return nil
 }
-func (f *fake) SetReject(status int32, msg string) error { f.rejected = &[2]any{status, msg}; return nil }
-func (f *fake) SetPhases(mask int32) error               { f.phases = mask; return nil }
-func (f *fake) SetCallBlock(b []byte) error              { f.block = b; return nil }
-func (f *fake) Log(level int32, msg string)              { f.logs = append(f.logs, msg) }
+func (f *fake) SetReject(status int32, msg string) error {
+	f.rejected = &[2]any{status, msg}
+	return nil
+}
+func (f *fake) SetPhases(mask int32) error  { f.phases = mask; return nil }
+func (f *fake) SetCallBlock(b []byte) error { f.block = b; return nil }
+func (f *fake) Log(level int32, msg string) { f.logs = append(f.logs, msg) }
 
 // start resets the package's caches, makes h the fake's handler and plays micro's
 // on_init; it returns the fake and on_init's failure message, or "".
