@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	jitter "github.com/microhost/micro/runtime/backoff"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -203,8 +203,7 @@ func (s *supervisor) supervise(in *instance) {
 			backoff = s.cfg.restartMin // it ran well for a while
 		}
 		for {
-			// Jitter over [backoff/2, backoff).
-			d := backoff/2 + rand.N(backoff/2+1)
+			d := jitter.Jitter(backoff)
 			backoff = min(backoff*2, s.cfg.restartMax)
 			t := time.NewTimer(d)
 			select {

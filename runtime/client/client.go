@@ -7,8 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	jitter "github.com/microhost/micro/runtime/backoff"
 	"log/slog"
-	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
@@ -635,14 +635,10 @@ func (c *Client) spent(ctx context.Context, req *Request, attempts int, last *at
 // backoff sleeps before retry number n, with full jitter over an exponential ceiling. It
 // returns false, without sleeping, when the sleep would outlast the budget.
 func (c *Client) backoff(ctx context.Context, o *Options, n int) bool {
-	ceil := o.Backoff << (n - 1)
-	if ceil > o.BackoffMax || ceil <= 0 {
-		ceil = o.BackoffMax
-	}
-	if ceil <= 0 {
+	d := jitter.Full(jitter.Exp(o.Backoff, o.BackoffMax, n-1))
+	if d <= 0 {
 		return true
 	}
-	d := rand.N(ceil) + 1
 	if dl, ok := ctx.Deadline(); ok && c.now().Add(d).After(dl) {
 		return false
 	}

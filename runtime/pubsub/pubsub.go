@@ -21,9 +21,9 @@ import (
 	crand "crypto/rand"
 	"encoding/base32"
 	"errors"
+	jitter "github.com/microhost/micro/runtime/backoff"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"sync"
@@ -350,12 +350,7 @@ func validID(id string) bool {
 // backoff is the wait before delivery attempt+1: Backoff doubled per failed attempt, up to
 // BackoffMax, with jitter down to half of it.
 func backoff(o *Options, attempt int) time.Duration {
-	d := o.Backoff
-	for i := 1; i < attempt && d < o.BackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, o.BackoffMax)
-	return d/2 + rand.N(d/2+1)
+	return jitter.Jitter(jitter.Exp(o.Backoff, o.BackoffMax, attempt-1))
 }
 
 // header is the header of a delivery of d: the publisher's, and micro's own.

@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	jitter "github.com/microhost/micro/runtime/backoff"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -424,14 +424,5 @@ func exitError(err error) error {
 // backoff is the jittered delay before restart number n+1 (n from 0): base doubled n times,
 // capped at max, then drawn between half of it and all of it.
 func backoff(base, maxDelay time.Duration, n int) time.Duration {
-	d := base
-	for i := 0; i < n && d < maxDelay; i++ {
-		d *= 2
-	}
-	d = min(d, maxDelay)
-	half := d / 2
-	if half <= 0 {
-		return d
-	}
-	return half + rand.N(d-half+1)
+	return jitter.Jitter(jitter.Exp(base, maxDelay, n))
 }

@@ -16,9 +16,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	jitter "github.com/microhost/micro/runtime/backoff"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -233,8 +233,7 @@ func (c *Cache) Run(ctx context.Context) {
 				"err", err)
 			failing = true
 		}
-		// Jitter over [backoff/2, backoff).
-		d := backoff/2 + rand.N(backoff/2)
+		d := jitter.Jitter(backoff)
 		backoff = min(backoff*2, watchBackoffMax)
 		t := time.NewTimer(d)
 		select {
