@@ -144,9 +144,6 @@ func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, 
 	if f.wasmErr != nil {
 		return nil, f.wasmErr
 	}
-	if c.ABI != config.ABIMicro {
-		return nil, fmt.Errorf("wrapper %q: abi %q: this micro runs guests of the %q ABI only", name, c.ABI, config.ABIMicro)
-	}
 	path := c.Path
 	if c.Source != "" {
 		logger.Info("building wrapper", "wrapper", name, "source", c.Source)
@@ -166,6 +163,7 @@ func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, 
 		}
 	}
 	return f.wasm.Load(ctx, name, bin, wasm.Options{
+		ABI:         c.ABI,
 		Instances:   c.Instances,
 		Shard:       c.Shard,
 		OnTrap:      c.OnTrap,

@@ -64,15 +64,20 @@ type callState struct {
 
 // abiError is a guest's misuse of a host function; the host traps the guest with it.
 type abiError struct {
-	fn  string // the host function, e.g. "set_header"
-	msg string
+	module string // the host module; "" is abi.ModuleName
+	fn     string // the host function, e.g. "set_header"
+	msg    string
 }
 
 func (e *abiError) Error() string {
 	if e.fn == abi.ExportOnRequest {
 		return e.fn + " " + e.msg
 	}
-	return fmt.Sprintf("bad call to %s.%s: %s", abi.ModuleName, e.fn, e.msg)
+	module := e.module
+	if module == "" {
+		module = abi.ModuleName
+	}
+	return fmt.Sprintf("bad call to %s.%s: %s", module, e.fn, e.msg)
 }
 
 // guestFailure is a guest's call of abi.ImportFail.
@@ -388,10 +393,11 @@ func isTokenByte(c byte) bool {
 	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
-// instantiateHostModule adds abi.ModuleName's functions to r.
-func instantiateHostModule(ctx context.Context, r wazero.Runtime) error {
-	b := r.NewHostModuleBuilder(abi.ModuleName)
-	for _, f := range hostFuncs {
+// instantiateHostModule adds the host module name, with the functions funcs, to r:
+// abi.ModuleName with hostFuncs, or httpModule with httpHostFuncs.
+func instantiateHostModule(ctx context.Context, r wazero.Runtime, name string, funcs []hostFunc) error {
+	b := r.NewHostModuleBuilder(name)
+	for _, f := range funcs {
 		b.NewFunctionBuilder().WithGoModuleFunction(f.fn, f.params, f.results).WithName(f.name).Export(f.name)
 	}
 	_, err := b.Instantiate(ctx)

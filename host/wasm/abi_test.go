@@ -51,7 +51,7 @@ func newProbe(t testing.TB) *probe {
 	ctx := context.Background()
 	rt := wazero.NewRuntime(ctx)
 	t.Cleanup(func() { rt.Close(ctx) })
-	if err := instantiateHostModule(ctx, rt); err != nil {
+	if err := instantiateHostModule(ctx, rt, abi.ModuleName, hostFuncs); err != nil {
 		t.Fatal(err)
 	}
 	mod, err := rt.Instantiate(ctx, probeModule())

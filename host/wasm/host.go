@@ -48,6 +48,14 @@ const (
 	OnTrapClosed = "closed"
 )
 
+// The values of Options.ABI: the contract a guest is built for.
+const (
+	// ABIMicro is micro's own wrapper ABI (abi/wrapper), which sdk/wrapper builds.
+	ABIMicro = "micro"
+	// ABIHTTPWasm is the http-wasm handler ABI (https://http-wasm.io); see httpwasm.go.
+	ABIHTTPWasm = "http-wasm"
+)
+
 // wasmPageSize is the size of a page of Wasm linear memory.
 const wasmPageSize = 64 << 10
 
@@ -129,6 +137,8 @@ func (h *Host) forget(w *Wrapper) {
 
 // Options configures one wrapper. The zero value of each field means its default.
 type Options struct {
+	// ABI is the contract the guest is built for: ABIMicro (the default) or ABIHTTPWasm.
+	ABI string
 	// Instances is how many guest instances run; default 1.
 	Instances int
 	// Shard picks a call's instance when there are several: ShardService (the default),
@@ -152,6 +162,13 @@ type Options struct {
 
 // withDefaults checks o and fills in its defaults.
 func (o Options) withDefaults() (Options, error) {
+	switch o.ABI {
+	case "":
+		o.ABI = ABIMicro
+	case ABIMicro, ABIHTTPWasm:
+	default:
+		return o, fmt.Errorf("abi must be %q or %q, got %q", ABIMicro, ABIHTTPWasm, o.ABI)
+	}
 	if o.Instances == 0 {
 		o.Instances = 1
 	}

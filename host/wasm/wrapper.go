@@ -41,6 +41,7 @@ type Wrapper struct {
 	timeout  time.Duration
 	shard    string
 	failOpen bool
+	httpWasm bool // the guest speaks the http-wasm handler ABI (httpwasm.go), not micro's
 	slots    []*slot
 	gen      atomic.Uint64 // numbers instances, for unique module names
 	closed   atomic.Bool
@@ -77,6 +78,9 @@ type slot struct {
 	retryAt time.Time // when inst is nil: the next attempt to make one
 	lastErr string    // when inst is nil: why
 	closed  bool
+	// pending holds, for an http-wasm guest, the calls that handle_request let through,
+	// until their handle_response.
+	pending map[*wrapper.Call]httpPending
 }
 
 func newSlot(idx int) *slot { return &slot{idx: idx, handoff: make(chan struct{}, 1)} }
@@ -145,9 +149,11 @@ type instance struct {
 	logger     *slog.Logger
 	stdout     *lineWriter
 	stderr     *lineWriter
-	stack      [1]uint64
+	stack      [2]uint64
 	st         callState
 	phases     int32
+	// hw is the call state of an http-wasm guest (httpwasm.go).
+	hw httpCall
 
 	// The call block that on_init registered (abi.ImportSetCallBlock), if hasBlock; seen
 	// and version are, per abi.Field, the value written last and its version.
@@ -206,6 +212,7 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 		timeout:   o.Timeout,
 		shard:     o.Shard,
 		failOpen:  o.OnTrap == OnTrapOpen,
+		httpWasm:  o.ABI == ABIHTTPWasm,
 		epoch:     time.Now(),
 		watched:   make([]atomic.Pointer[instance], o.Instances),
 		stopWatch: make(chan struct{}),
@@ -223,7 +230,11 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
 		return nil, fmt.Errorf("wasi: %w", err)
 	}
-	if err := instantiateHostModule(ctx, rt); err != nil {
+	hostModule, funcs, check := abi.ModuleName, hostFuncs, checkModule
+	if w.httpWasm {
+		hostModule, funcs, check = httpModule, httpHostFuncs, checkHTTPModule
+	}
+	if err := instantiateHostModule(ctx, rt, hostModule, funcs); err != nil {
 		return nil, fmt.Errorf("host module: %w", err)
 	}
 	instrumented, err := instrument(wasm)
@@ -240,7 +251,7 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 		}
 		return nil, fmt.Errorf("not a valid wasm module: %w", err)
 	}
-	if err := checkModule(w.compiled); err != nil {
+	if err := check(w.compiled); err != nil {
 		return nil, err
 	}
 	w.slots = make([]*slot, o.Instances)
@@ -286,8 +297,22 @@ func checkModule(m wazero.CompiledModule) error {
 		}
 		return fmt.Errorf("not a micro wrapper: the module does not export %s (build it with sdk/wrapper, or see abi/README.md)", abi.ExportABIVersion)
 	}
+	problems := checkExports(m, requiredExports)
+	if _, ok := m.ExportedMemories()[abi.ExportMemory]; !ok {
+		problems = append(problems, "missing export "+abi.ExportMemory+" (the guest's memory)")
+	}
+	problems = append(problems, checkImports(m, abi.ModuleName, hostFuncs)...)
+	if len(problems) > 0 {
+		return errors.New("malformed wrapper module: " + strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// checkExports says how m's exports differ from the required ones.
+func checkExports(m wazero.CompiledModule, required []exportSig) []string {
+	fns := m.ExportedFunctions()
 	var problems []string
-	for _, e := range requiredExports {
+	for _, e := range required {
 		f, ok := fns[e.name]
 		if !ok {
 			problems = append(problems, fmt.Sprintf("missing export %s %s", e.name, sigString(e.params, e.results)))
@@ -298,15 +323,19 @@ func checkModule(m wazero.CompiledModule) error {
 				sigString(f.ParamTypes(), f.ResultTypes()), sigString(e.params, e.results)))
 		}
 	}
-	if _, ok := m.ExportedMemories()[abi.ExportMemory]; !ok {
-		problems = append(problems, "missing export "+abi.ExportMemory+" (the guest's memory)")
-	}
+	return problems
+}
+
+// checkImports says which of m's imported functions the host does not provide: it
+// provides WASI, and the host module named module with the functions funcs.
+func checkImports(m wazero.CompiledModule, module string, funcs []hostFunc) []string {
+	var problems []string
 	for _, f := range m.ImportedFunctions() {
 		mod, name, _ := f.Import()
 		switch mod {
 		case wasi_snapshot_preview1.ModuleName:
-		case abi.ModuleName:
-			if hf := findHostFunc(name); hf == nil {
+		case module:
+			if hf := findHostFunc(funcs, name); hf == nil {
 				problems = append(problems, fmt.Sprintf("imports %s.%s, which micro does not provide", mod, name))
 			} else if !slices.Equal(f.ParamTypes(), hf.params) || !slices.Equal(f.ResultTypes(), hf.results) {
 				problems = append(problems, fmt.Sprintf("imports %s.%s as %s, but it is %s", mod, name,
@@ -314,19 +343,16 @@ func checkModule(m wazero.CompiledModule) error {
 			}
 		default:
 			problems = append(problems, fmt.Sprintf("imports %s.%s: only %s and %s are provided", mod, name,
-				abi.ModuleName, wasi_snapshot_preview1.ModuleName))
+				module, wasi_snapshot_preview1.ModuleName))
 		}
 	}
-	if len(problems) > 0 {
-		return errors.New("malformed wrapper module: " + strings.Join(problems, "; "))
-	}
-	return nil
+	return problems
 }
 
-func findHostFunc(name string) *hostFunc {
-	for i := range hostFuncs {
-		if hostFuncs[i].name == name {
-			return &hostFuncs[i]
+func findHostFunc(funcs []hostFunc, name string) *hostFunc {
+	for i := range funcs {
+		if funcs[i].name == name {
+			return &funcs[i]
 		}
 	}
 	return nil
@@ -383,6 +409,12 @@ func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 		w.watched[idx].CompareAndSwap(inst, nil)
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
+	if w.httpWasm {
+		if err := inst.startHTTP(); err != nil {
+			return fail("start", err)
+		}
+		return inst, nil
+	}
 
 	inst.st = callState{phase: phaseInit}
 	if _, err := inst.call(mod.ExportedFunction(abi.ExportInitialize), InitTimeout); err != nil {
@@ -412,10 +444,10 @@ func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 // errStopped is the error of a guest call that the watchdog stopped after it returned.
 var errStopped = errors.New("stopped by the watchdog")
 
-// call runs one guest export with a time limit, after filling the call block for a call
-// phase. The caller's context does not reach the guest: a caller that gives up must not
-// kill an instance in the middle of a call.
-func (inst *instance) call(f api.Function, limit time.Duration) (uint64, error) {
+// call runs one guest export with a time limit and at most two parameters, after filling
+// the call block for a call phase. The caller's context does not reach the guest: a caller
+// that gives up must not kill an instance in the middle of a call.
+func (inst *instance) call(f api.Function, limit time.Duration, params ...uint64) (uint64, error) {
 	now := inst.w.now() // the one clock read of a guest call
 	deadline := now + int64(limit)
 	if inst.hasBlock && inst.st.call != nil {
@@ -424,7 +456,8 @@ func (inst *instance) call(f api.Function, limit time.Duration) (uint64, error) 
 	inst.deadline.Store(deadline)
 	inst.stdout.reset()
 	inst.stderr.reset()
-	inst.stack[0] = 0
+	inst.stack = [2]uint64{}
+	copy(inst.stack[:], params)
 	err := f.CallWithStack(inst.ctx, inst.stack[:])
 	if !inst.deadline.CompareAndSwap(deadline, 0) {
 		// The watchdog set stop, so the instance would trap at its next check.
@@ -633,6 +666,9 @@ func (w *Wrapper) OnRequest(ctx context.Context, c *wrapper.Call) wrapper.Verdic
 		s.unlock()
 		return w.failVerdict(why)
 	}
+	if w.httpWasm {
+		return w.httpRequest(s, inst, c)
+	}
 	if inst.phases&abi.PhaseRequest == 0 {
 		s.unlock()
 		return wrapper.Verdict{Action: wrapper.Continue}
@@ -688,6 +724,10 @@ func (w *Wrapper) OnResponse(_ context.Context, c *wrapper.Call, r *wrapper.Resu
 		return
 	}
 	s.lock(context.Background())
+	if w.httpWasm {
+		w.httpResponse(s, c, r)
+		return
+	}
 	inst, _ := w.ready(s)
 	if inst == nil || inst.phases&abi.PhaseResponse == 0 {
 		s.unlock()
