@@ -21,6 +21,9 @@ type Error struct {
 	Status string `json:"status"`
 	// RetryAfter, when set, is the Retry-After header of the answer, in seconds.
 	RetryAfter string `json:"-"`
+	// Unreached is set when the call provably reached no app: every attempt failed
+	// before its request could be sent (no connection, a node that refused it).
+	Unreached bool `json:"-"`
 }
 
 // StatusClientClosed is the status of a call whose caller went away before its answer

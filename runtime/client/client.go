@@ -220,6 +220,7 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 		tried    = triedBuf[:0]
 		refused  []string // nodes a wrapper refused for this call
 		last     *attemptResult
+		reached  bool // some attempt may have reached an app
 	)
 	for attempt := 1; ; attempt++ {
 		remaining, _ := budget.Remaining(ctx, c.now())
@@ -290,19 +291,20 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 			return Outcome{}, e
 		}
 		r.err = c.failure(ctx, req, node, ans, err)
+		reached = reached || r.retry != always
 		failed := r // a copy, so that r itself stays on the stack
 		last = &failed
 		if r.err.Code == http.StatusGatewayTimeout && c.expired(ctx) {
 			return Outcome{}, r.err
 		}
 		if attempt >= o.Attempts {
-			return Outcome{}, gaveUp(req, last, fmt.Sprintf("after %d attempts", attempt))
+			return Outcome{}, gaveUp(req, last, reached, fmt.Sprintf("after %d attempts", attempt))
 		}
 		if rp, ok := ex.(Replayer); ok && !rp.Replayable() {
-			return Outcome{}, gaveUp(req, last, "not retried: more of the request body went out than the retry buffer keeps (client.retry_buffer)")
+			return Outcome{}, gaveUp(req, last, reached, "not retried: more of the request body went out than the retry buffer keeps (client.retry_buffer)")
 		}
 		if !c.retry.withdraw() {
-			return Outcome{}, gaveUp(req, last, "retry budget exhausted")
+			return Outcome{}, gaveUp(req, last, reached, "retry budget exhausted")
 		}
 		if !c.backoff(ctx, o, attempt) {
 			return Outcome{}, c.spent(ctx, req, attempt, last)
@@ -335,14 +337,16 @@ func (c *Client) attemptContext(ctx context.Context, o *Options, repeatable bool
 }
 
 // gaveUp is the error of a call that stops retrying: 503 when the last node refused it for
-// want of capacity (with its Retry-After), 502 otherwise.
-func gaveUp(req *Request, last *attemptResult, why string) *callerr.Error {
+// want of capacity (with its Retry-After), 502 otherwise; marked Unreached when no attempt
+// may have reached an app.
+func gaveUp(req *Request, last *attemptResult, reached bool, why string) *callerr.Error {
 	code := http.StatusBadGateway
 	if last.refused {
 		code = http.StatusServiceUnavailable
 	}
 	e := callerr.New(ID, code, "%s (%s)", last.err.Detail, why)
 	e.RetryAfter = last.retryAfter
+	e.Unreached = !reached
 	return e
 }
 

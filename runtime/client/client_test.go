@@ -528,6 +528,23 @@ func TestAttemptsBound(t *testing.T) {
 	}
 }
 
+// TestUnreached: a call whose every attempt failed to connect is marked as having reached
+// no app; one that reached an app is not.
+func TestUnreached(t *testing.T) {
+	h := newHarnessOf(t, defaults(), spec{status: 0}, spec{status: 0}, spec{status: 0})
+	_, e := call(h, context.Background(), "svc")
+	if e == nil || !e.Unreached {
+		t.Fatalf("got %+v, want an error marked Unreached", e)
+	}
+	h = newHarnessOf(t, defaults(), spec{status: 0}, spec{status: -1}, spec{status: 0})
+	req := &client.Request{Service: "svc", Endpoint: "E", Idempotent: true}
+	_, err := h.client.Call(context.Background(), req)
+	var ce *callerr.Error
+	if errors.As(err, &ce) && ce.Unreached {
+		t.Fatalf("a call that may have reached an app is marked Unreached: %v", ce)
+	}
+}
+
 func TestRetryBudgetExhausted(t *testing.T) {
 	opts := defaults()
 	opts.RetryRatio, opts.RetryMinPerSecond = 0, 0

@@ -110,6 +110,11 @@ func judge(resp *client.Response, err error) (v verdict, reason string, retryAft
 			// No such service or no node now, or shed: nothing reached a subscriber.
 			return held, e.Detail, seconds(e.RetryAfter)
 		}
+		if e.Unreached {
+			// Every node tried was unreachable (a stale registration, say): the
+			// subscriber never saw it.
+			return held, e.Detail, seconds(e.RetryAfter)
+		}
 		return failed, e.Error(), 0
 	}
 	switch {

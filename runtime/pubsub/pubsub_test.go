@@ -359,6 +359,7 @@ func TestJudge(t *testing.T) {
 		{"unknown service", nil, callerr.New(client.ID, 404, "unknown"), held},
 		{"timeout", nil, callerr.New(client.ID, 504, "spent"), failed},
 		{"upstream", nil, callerr.New(client.ID, 502, "failed"), failed},
+		{"no node reachable", nil, &callerr.Error{ID: client.ID, Code: 502, Detail: "connect: connection refused", Unreached: true}, held},
 		{"other error", nil, errors.New("boom"), failed},
 	}
 	for _, tt := range tests {
