@@ -670,6 +670,13 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 	return answerOf(resp), true, nil
 }
 
+// pastDeadline reports whether ctx's deadline has passed, whether or not its timer has
+// fired yet.
+func pastDeadline(ctx context.Context) bool {
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
 // appFailure is micro's answer, and its transport.Error kind, for an exchange with the app
 // at base that failed with err. ctx is the exchange's: cancelled when the caller went away,
 // past its deadline when the budget is spent.
@@ -679,7 +686,9 @@ func appFailure(ctx context.Context, err error, service, endpoint, base string) 
 		return callerr.New(InboundID, http.StatusBadGateway, "the reply of %s.%s exceeds the limit of server.max_body", service, endpoint), transport.ErrorReply
 	case errors.Is(ctx.Err(), context.Canceled):
 		return callerr.New(InboundID, callerr.StatusClientClosed, "the caller went away during the call to %s.%s", service, endpoint), transport.ErrorCaller
-	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || pastDeadline(ctx):
+		// The app may give up at the deadline it was sent (a gRPC app resets the stream)
+		// before this process's own timer for it fires: past the deadline, it is a timeout.
 		return callerr.New(InboundID, http.StatusGatewayTimeout, "budget spent waiting for %s.%s", service, endpoint), transport.ErrorTimeout
 	case transport.IsConnectError(err):
 		return callerr.New(InboundID, http.StatusServiceUnavailable, "app of %q at %s: %v", service, base, err), transport.ErrorUnavailable
