@@ -24,59 +24,15 @@
 // not be reached, it timed out, or its app answered with a 5xx on its own. A caller's 4xx,
 // a call that micro refused or a wrapper rejected, and a timeout that the caller chose
 // never count against the node. failure_statuses narrows the faults that fail to those
-// with a listed status, and those that got no answer. See package breaker for the details.
+// with a listed status, and those that got no answer. State changes are logged. The code
+// is package breaker's: Breakers.Handler; see the package for the details.
 package main
 
 import (
-	"fmt"
-	"log/slog"
-
 	"github.com/microhost/micro/plugins/wrapper-breaker/breaker"
 	"github.com/microhost/micro/sdk/wrapper"
-	"github.com/sony/gobreaker/v2"
 )
 
-// brk is the instance's breakers; calls into one instance never overlap.
-var brk *breaker.Breakers
-
-func init() {
-	wrapper.Handle(wrapper.Handler{
-		Init: func(config []byte) error {
-			c := breaker.DefaultConfig()
-			if err := wrapper.DecodeConfig(config, &c); err != nil {
-				return err
-			}
-			b, err := breaker.New(c, logChange)
-			if err != nil {
-				return fmt.Errorf("breaker config: %w", err)
-			}
-			brk = b
-			return nil
-		},
-		OnRequest: func(r wrapper.Request) wrapper.Result {
-			d := brk.OnRequest(r, wrapper.Now())
-			switch {
-			case d.Allowed:
-				return wrapper.Continue()
-			case d.NodeOnly:
-				return wrapper.RejectNode(d.Message)
-			default:
-				return wrapper.Reject(d.Status, d.Message)
-			}
-		},
-		OnResponse: func(r wrapper.Response) {
-			brk.OnResponse(r, wrapper.Now())
-		},
-	})
-}
-
-// logChange logs a breaker's state change into micro's log.
-func logChange(name string, from, to gobreaker.State) {
-	level := slog.LevelInfo
-	if to == gobreaker.StateOpen {
-		level = slog.LevelWarn
-	}
-	wrapper.Logf(level, "breaker for %s: %v -> %v", name, from, to)
-}
+func init() { wrapper.Handle((&breaker.Breakers{OnChange: breaker.LogChange}).Handler()) }
 
 func main() {}

@@ -7,13 +7,13 @@
 // It then rejects calls for cooldown, after which it is half-open and lets half_open_max
 // probe calls through: that many successes close it, one failure opens it again.
 //
-// It reads calls and outcomes as sdk/wrapper's Request and Response, which work on the
-// host too, so it is tested there with calls that the tests make up; the wrapper's main
-// package glues it to sdk/wrapper's Handler. It takes those interfaces as they are rather
-// than interfaces of its own, because converting a Request to another interface type costs
-// a runtime itab lookup per call in a guest (Go caches type assertions only on native
-// architectures), over 50 ns, and a generic method call through a dictionary costs about
-// 15 ns more than an interface call. Breakers is not safe for concurrent use: the wrapper
+// The wrapper's code is [Breakers.Handler]: the wrapper's main package registers it with
+// wrapper.Handle, and the tests run it natively with sdk/wrapper/wrappertest. Breakers
+// take sdk/wrapper's Request and Response as they are rather than interfaces of their
+// own, because converting a Request to another interface type costs a runtime itab lookup
+// per call in a guest (Go caches type assertions only on native architectures), over
+// 50 ns, and a generic method call through a dictionary costs about 15 ns more than an
+// interface call. Breakers is not safe for concurrent use: the wrapper
 // host serializes calls into one guest instance.
 //
 // # The clock, and gobreaker
@@ -76,6 +76,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"time"
@@ -226,26 +227,17 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Decision is the verdict of Breakers on one call.
-type Decision struct {
-	// Allowed reports whether the call may go on.
-	Allowed bool
-	// NodeOnly reports that the rejection is for the selected node only (key
-	// "node_endpoint" or "node"): the client should try another node.
-	NodeOnly bool
-	// Status is the status of a rejection for a whole service (503).
-	Status int
-	// Message explains a rejection, e.g. "breaker open for node greeter-1, endpoint
-	// Greeter.Hello".
-	Message string
-}
-
 // StateChange is called when a breaker changes state. name says what the breaker is for,
 // e.g. "node greeter-1, endpoint Greeter.Hello" or "service greeter".
 type StateChange func(name string, from, to gobreaker.State)
 
-// Breakers holds one breaker per key.
+// Breakers holds one breaker per key. The zero Breakers have no config: [New] makes
+// configured ones, and [Breakers.Configure] configures them.
 type Breakers struct {
+	// OnChange, if not nil when the Breakers are configured, is told of every state
+	// change.
+	OnChange StateChange
+
 	rules
 
 	entries map[key]*list.Element // of *entry
@@ -318,14 +310,25 @@ const (
 // New returns Breakers for a config, or an error naming the fields that are wrong.
 // onChange, if not nil, is told of every state change.
 func New(c Config, onChange StateChange) (*Breakers, error) {
-	if err := c.Validate(); err != nil {
+	b := &Breakers{OnChange: onChange}
+	if err := b.Configure(c); err != nil {
 		return nil, err
 	}
-	b := &Breakers{
+	return b, nil
+}
+
+// Configure makes b follow c, with no breakers, or returns an error naming each field of
+// c that is wrong and leaves b as it was.
+func (b *Breakers) Configure(c Config) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	*b = Breakers{
+		OnChange: b.OnChange,
 		rules: rules{
 			cfg:      c,
 			kind:     kindOf(c.Key),
-			onChange: onChange,
+			onChange: b.OnChange,
 			// A rolling window of buckets: outcomes leave it a bucket at a time, and a
 			// breaker's generation changes only with its state.
 			period: max(int64(c.Interval)/buckets, 1),
@@ -338,19 +341,49 @@ func New(c Config, onChange StateChange) (*Breakers, error) {
 			b.failing[s] = true
 		}
 	}
-	return b, nil
+	return nil
 }
 
-// requestKey returns the fields of a call that make its breaker's key: those of the
-// config's Key, the others empty.
-func (r *rules) requestKey(c wrapper.Request) (node, endpoint, service string) {
+// Handler returns the breaker wrapper's code, over b: Init decodes the wrapper's config
+// over DefaultConfig (JSON, with unknown fields refused) and configures b with it, and
+// OnRequest and OnResponse run b at the time micro gives each call (wrapper.Now).
+func (b *Breakers) Handler() wrapper.Handler {
+	return wrapper.Handler{
+		Init: func(config []byte) error {
+			c := DefaultConfig()
+			if err := wrapper.DecodeConfig(config, &c); err != nil {
+				return err
+			}
+			if err := b.Configure(c); err != nil {
+				return fmt.Errorf("breaker config: %w", err)
+			}
+			return nil
+		},
+		OnRequest:  func(r wrapper.Request) wrapper.Result { return b.OnRequest(r, wrapper.Now()) },
+		OnResponse: func(o wrapper.Response) { b.OnResponse(o, wrapper.Now()) },
+	}
+}
+
+// LogChange is a StateChange that writes the change into micro's log (wrapper.Logf): at
+// warn level when a breaker opens, at info level otherwise.
+func LogChange(name string, from, to gobreaker.State) {
+	level := slog.LevelInfo
+	if to == gobreaker.StateOpen {
+		level = slog.LevelWarn
+	}
+	wrapper.Logf(level, "breaker for %s: %v -> %v", name, from, to)
+}
+
+// keyOf returns the fields of a call that make its breaker's key: those of the config's
+// Key, the others empty.
+func (r *rules) keyOf(service, endpoint, node string) (string, string, string) {
 	switch r.kind {
 	case kindService:
-		return "", "", c.Service()
+		return "", "", service
 	case kindNode:
-		return c.Node(), "", ""
+		return node, "", ""
 	}
-	return c.Node(), c.Endpoint(), ""
+	return node, endpoint, ""
 }
 
 // find returns the entry of the breaker with the key of these fields, making it when there
@@ -380,10 +413,11 @@ func (r *rules) name(k key) string {
 }
 
 // OnRequest decides about a call at time now: it goes on unless its key's breaker is open,
-// or half-open with its probes all in flight.
-func (b *Breakers) OnRequest(c wrapper.Request, now time.Time) Decision {
+// or half-open with its probes all in flight. Then it is refused: its node only (the client
+// tries another) with key "node_endpoint" or "node", with a 503 with key "service".
+func (b *Breakers) OnRequest(c wrapper.Request, now time.Time) wrapper.Result {
 	t := now.UnixNano()
-	// requestKey and the check of the last entry, inlined: in a guest each call costs.
+	// keyOf and the check of the last entry, inlined: in a guest each call costs.
 	var node, endpoint, service string
 	switch b.kind {
 	case kindService:
@@ -418,26 +452,24 @@ func (b *Breakers) OnRequest(c wrapper.Request, now time.Time) Decision {
 	if e.nextExpiry == 0 || p.expires < e.nextExpiry {
 		e.nextExpiry = p.expires
 	}
-	return Decision{Allowed: true}
+	return wrapper.Continue()
 }
 
-// rejection is the Decision for a call refused by the breaker of k, open or half-open.
-func (b *Breakers) rejection(k key, state gobreaker.State) Decision {
-	d := Decision{NodeOnly: b.kind != kindService}
-	if !d.NodeOnly {
-		d.Status = 503
-	}
+// rejection is the result for a call refused by the breaker of k, open or half-open.
+func (b *Breakers) rejection(k key, state gobreaker.State) wrapper.Result {
+	msg := "breaker open for " + b.name(k)
 	if state == gobreaker.StateHalfOpen {
-		d.Message = fmt.Sprintf("breaker half-open for %s; its probes are in flight", b.name(k))
-	} else {
-		d.Message = "breaker open for " + b.name(k)
+		msg = fmt.Sprintf("breaker half-open for %s; its probes are in flight", b.name(k))
 	}
-	return d
+	if b.kind == kindService {
+		return wrapper.Reject(503, msg)
+	}
+	return wrapper.RejectNode(msg)
 }
 
 // OnResponse records the outcome of a call that OnRequest allowed, at time now.
 func (b *Breakers) OnResponse(o wrapper.Response, now time.Time) {
-	// requestKey and the check of the last entry, inlined: in a guest each call costs.
+	// keyOf and the check of the last entry, inlined: in a guest each call costs.
 	var node, endpoint, service string
 	switch b.kind {
 	case kindService:
@@ -479,22 +511,20 @@ func (b *Breakers) OnResponse(o wrapper.Response, now time.Time) {
 	e.circuit.record(&b.rules, e, tk, verdict, t)
 }
 
-// State returns the state at time now of the breaker of a call; a call with no breaker
-// yet is closed.
-func (b *Breakers) State(c wrapper.Request, now time.Time) gobreaker.State {
-	node, endpoint, service := b.requestKey(c)
-	if e := b.find(node, endpoint, service, false); e != nil {
+// State returns the state at time now of the breaker of a call to a service's endpoint
+// on node; a call with no breaker yet is closed.
+func (b *Breakers) State(service, endpoint, node string, now time.Time) gobreaker.State {
+	if e := b.findExisting(b.keyOf(service, endpoint, node)); e != nil {
 		e.circuit.advance(&b.rules, e, now.UnixNano())
 		return e.circuit.state
 	}
 	return gobreaker.StateClosed
 }
 
-// Counts returns the counts at time now of the breaker of a call: those of the rolling
-// window when it is closed, of the generation otherwise.
-func (b *Breakers) Counts(c wrapper.Request, now time.Time) gobreaker.Counts {
-	node, endpoint, service := b.requestKey(c)
-	if e := b.find(node, endpoint, service, false); e != nil {
+// Counts returns the counts at time now of the breaker of a call to a service's endpoint
+// on node: those of the rolling window when it is closed, of the generation otherwise.
+func (b *Breakers) Counts(service, endpoint, node string, now time.Time) gobreaker.Counts {
+	if e := b.findExisting(b.keyOf(service, endpoint, node)); e != nil {
 		e.circuit.advance(&b.rules, e, now.UnixNano())
 		return e.circuit.counts
 	}
@@ -504,13 +534,18 @@ func (b *Breakers) Counts(c wrapper.Request, now time.Time) gobreaker.Counts {
 // Len returns how many keys have a breaker.
 func (b *Breakers) Len() int { return len(b.entries) }
 
-// Pending returns how many allowed calls with the breaker of c wait for their outcome.
-func (b *Breakers) Pending(c wrapper.Request) int {
-	node, endpoint, service := b.requestKey(c)
-	if e := b.find(node, endpoint, service, false); e != nil {
+// Pending returns how many allowed calls to a service's endpoint on node, with that
+// call's breaker, wait for their outcome.
+func (b *Breakers) Pending(service, endpoint, node string) int {
+	if e := b.findExisting(b.keyOf(service, endpoint, node)); e != nil {
 		return len(e.pending)
 	}
 	return 0
+}
+
+// findExisting returns the entry of the breaker with the key of these fields, or nil.
+func (b *Breakers) findExisting(node, endpoint, service string) *entry {
+	return b.find(node, endpoint, service, false)
 }
 
 // lookup returns k's entry, making it (and dropping the least recently used entry past

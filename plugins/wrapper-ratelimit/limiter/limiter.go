@@ -8,19 +8,20 @@
 // wrapper runs as a Go guest in WebAssembly, where that Limiter's AllowN (a mutex, a defer
 // and time.Time arithmetic) costs about 260 ns: more than the rest of the call.
 //
-// It reads calls as sdk/wrapper's Request, which works on the host too, so it is tested
-// there with calls that the tests make up; the wrapper's main package glues it to
-// sdk/wrapper's Handler. It takes that interface as it is rather than an interface of its
-// own, because converting a Request to another interface type costs a runtime itab lookup
-// per call in a guest (Go caches type assertions only on native architectures), over
-// 50 ns. A Limiter is not safe for concurrent use: the wrapper host serializes calls into
-// one guest instance.
+// The wrapper's code is [Limiter.Handler]: the wrapper's main package registers it with
+// wrapper.Handle, and the tests run it natively with sdk/wrapper/wrappertest. A Limiter
+// takes sdk/wrapper's Request as it is rather than an interface of its own, because
+// converting a Request to another interface type costs a runtime itab lookup per call in
+// a guest (Go caches type assertions only on native architectures), over 50 ns. A Limiter
+// is not safe for concurrent use: the wrapper host serializes calls into one guest
+// instance.
 package limiter
 
 import (
 	"container/list"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strconv"
 	"strings"
@@ -48,18 +49,6 @@ type Config struct {
 	MaxKeys int `json:"max_keys"`
 }
 
-// Decision is the limiter's verdict on one call.
-type Decision struct {
-	// Allowed reports whether the call may go on.
-	Allowed bool
-	// RetryAfter is, for a call that is not allowed, the whole number of seconds (at
-	// least 1) after which a call with the same key would be allowed: the value of the
-	// Retry-After header.
-	RetryAfter int
-	// Message explains a rejection, e.g. `rate limit of 10/s exceeded for caller "ada"`.
-	Message string
-}
-
 // keyKind says which part of a call names its bucket.
 type keyKind int
 
@@ -70,7 +59,8 @@ const (
 	byHeader
 )
 
-// Limiter holds one token bucket per key.
+// Limiter holds one token bucket per key. The zero Limiter has no config: [New] makes a
+// configured one, and [Limiter.Configure] configures one.
 type Limiter struct {
 	rate    float64 // tokens per second
 	burst   float64
@@ -97,10 +87,20 @@ type bucket struct {
 
 // New returns a Limiter for a config, or an error naming the field that is wrong.
 func New(c Config) (*Limiter, error) {
-	if err := c.validate(); err != nil {
+	l := new(Limiter)
+	if err := l.Configure(c); err != nil {
 		return nil, err
 	}
-	l := &Limiter{
+	return l, nil
+}
+
+// Configure makes l follow c, with no buckets, or returns an error naming each field of c
+// that is wrong and leaves l as it was.
+func (l *Limiter) Configure(c Config) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	*l = Limiter{
 		rate:    c.Rate,
 		burst:   float64(c.Burst),
 		maxKeys: c.MaxKeys,
@@ -123,7 +123,27 @@ func New(c Config) (*Limiter, error) {
 		l.kind = byHeader
 		l.header = strings.TrimPrefix(key, "header:")
 	}
-	return l, nil
+	return nil
+}
+
+// Handler returns the rate-limit wrapper's code, over l: Init decodes the wrapper's config
+// (JSON, with unknown fields refused) and configures l with it, and OnRequest checks each
+// call at the time micro gives it (wrapper.Now).
+func (l *Limiter) Handler() wrapper.Handler {
+	return wrapper.Handler{
+		Init: func(config []byte) error {
+			var c Config
+			if err := wrapper.DecodeConfig(config, &c); err != nil {
+				return err
+			}
+			if err := l.Configure(c); err != nil {
+				return fmt.Errorf("ratelimit config: %w", err)
+			}
+			wrapper.Logf(slog.LevelDebug, "ratelimit: %+v", c)
+			return nil
+		},
+		OnRequest: func(r wrapper.Request) wrapper.Result { return l.Check(r, wrapper.Now()) },
+	}
 }
 
 func (c Config) validate() error {
@@ -200,23 +220,19 @@ func (l *Limiter) describe(key string) string {
 	}
 }
 
-// Check takes a token for the call's key at time now, or says when to retry.
-func (l *Limiter) Check(c wrapper.Request, now time.Time) Decision {
+// Check takes a token for the call's key at time now and lets the call continue, or
+// rejects it with 429 and sets the reply's Retry-After header (wrapper.SetReplyHeader):
+// the whole number of seconds, at least 1, after which a call with the same key would be
+// allowed. It is for OnRequest.
+func (l *Limiter) Check(c wrapper.Request, now time.Time) wrapper.Result {
 	key := l.Key(c)
-	if ok, wait := l.Allow(key, now); !ok {
-		return l.rejection(key, wait)
+	ok, wait := l.Allow(key, now)
+	if ok {
+		return wrapper.Continue()
 	}
-	return Decision{Allowed: true}
-}
-
-// rejection is the Decision for a call over the limit of key, which has a token again
-// after wait.
-func (l *Limiter) rejection(key string, wait time.Duration) Decision {
-	return Decision{
-		RetryAfter: retryAfterSeconds(wait),
-		Message: fmt.Sprintf("rate limit of %s/s exceeded for %s",
-			strconv.FormatFloat(l.rate, 'g', -1, 64), l.describe(key)),
-	}
+	wrapper.SetReplyHeader("Retry-After", strconv.Itoa(retryAfterSeconds(wait)))
+	return wrapper.Reject(429, fmt.Sprintf("rate limit of %s/s exceeded for %s",
+		strconv.FormatFloat(l.rate, 'g', -1, 64), l.describe(key)))
 }
 
 // Allow takes a token from key's bucket at time now. When the bucket is empty it takes

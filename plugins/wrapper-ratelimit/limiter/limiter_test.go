@@ -1,118 +1,125 @@
 package limiter
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/microhost/micro/sdk/wrapper"
+	"github.com/microhost/micro/sdk/wrapper/wrappertest"
 )
-
-// call is a wrapper.Request with fixed fields.
-type call struct {
-	service, endpoint, caller string
-	header                    map[string]string
-}
-
-func (c call) Service() string  { return c.service }
-func (c call) Endpoint() string { return c.endpoint }
-func (c call) Caller() string   { return c.caller }
-func (c call) Header(name string) (string, bool) {
-	v, ok := c.header[name]
-	return v, ok
-}
-
-// The rest of wrapper.Request, which the limiter does not read.
-func (c call) Node() string             { return "" }
-func (c call) Budget() time.Duration    { return 0 }
-func (c call) SetHeader(string, string) {}
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 
-func mustNew(t *testing.T, c Config) *Limiter {
+// start runs the wrapper as micro does, with a config (JSON), its clock at t0; it returns
+// the instance and its Limiter.
+func start(t *testing.T, config string) (*wrappertest.Instance, *Limiter) {
 	t.Helper()
-	l, err := New(c)
+	l := new(Limiter)
+	inst, err := wrappertest.New(l.Handler(), config)
 	if err != nil {
-		t.Fatalf("New(%+v): %v", c, err)
+		t.Fatalf("config %s: %v", config, err)
 	}
-	return l
+	inst.Clock.Set(t0)
+	return inst, l
 }
 
-// decode reads a config as the guest does: JSON with unknown fields refused.
-func decode(t *testing.T, s string) Config {
+// at runs the wrapper's OnRequest for r at time now, and reports whether the call may go
+// on. It checks that a rejection is a 429 with a Retry-After header.
+func at(t *testing.T, inst *wrappertest.Instance, r *wrappertest.Request, now time.Time) (bool, wrappertest.Result) {
 	t.Helper()
-	var c Config
-	d := json.NewDecoder(bytes.NewReader([]byte(s)))
-	d.DisallowUnknownFields()
-	if err := d.Decode(&c); err != nil {
-		t.Fatalf("decode %s: %v", s, err)
+	inst.Clock.Set(now)
+	res := inst.Request(r)
+	switch {
+	case res.Verdict == wrappertest.Continued:
+		return true, res
+	case res.Verdict != wrappertest.Rejected || res.Status != 429 || res.ReplyHeader["Retry-After"] == "":
+		t.Fatalf("a call over the limit: %v, want a 429 with Retry-After", res)
 	}
-	return c
+	return false, res
+}
+
+// to returns a request to a service.
+func to(service string) *wrappertest.Request { return wrappertest.NewRequest(service, "Greeter.Hello") }
+
+// retryAfter returns a rejection's Retry-After, in seconds.
+func retryAfter(t *testing.T, res wrappertest.Result) int {
+	t.Helper()
+	n, err := strconv.Atoi(res.ReplyHeader["Retry-After"])
+	if err != nil {
+		t.Fatalf("Retry-After of %v: %v", res, err)
+	}
+	return n
 }
 
 func TestBurstThenReject(t *testing.T) {
-	l := mustNew(t, decode(t, `{"rate": 2, "burst": 5}`))
-	c := call{service: "greeter"}
+	inst, _ := start(t, `{"rate": 2, "burst": 5}`)
+	c := to("greeter")
 	for i := range 5 {
-		if d := l.Check(c, t0); !d.Allowed {
-			t.Fatalf("call %d of the burst rejected: %+v", i+1, d)
+		if ok, res := at(t, inst, c, t0); !ok {
+			t.Fatalf("call %d of the burst rejected: %v", i+1, res)
 		}
 	}
 	for i := range 3 {
-		d := l.Check(c, t0)
-		if d.Allowed {
+		ok, res := at(t, inst, c, t0)
+		if ok {
 			t.Fatalf("call %d past the burst allowed", i+1)
 		}
-		if want := `rate limit of 2/s exceeded for service "greeter"`; d.Message != want {
-			t.Errorf("message = %q, want %q", d.Message, want)
+		if want := `rate limit of 2/s exceeded for service "greeter"`; res.Message != want {
+			t.Errorf("message = %q, want %q", res.Message, want)
+		}
+		if n := retryAfter(t, res); n != 1 {
+			t.Errorf("Retry-After = %d, want 1", n)
 		}
 	}
 }
 
 func TestRefill(t *testing.T) {
-	l := mustNew(t, Config{Rate: 10, Burst: 3})
-	c := call{service: "s"}
+	inst, _ := start(t, `{"rate": 10, "burst": 3}`)
+	c := to("s")
+	allowed := func(now time.Time) bool { ok, _ := at(t, inst, c, now); return ok }
 	for range 3 {
-		l.Check(c, t0)
+		allowed(t0)
 	}
-	if l.Check(c, t0).Allowed {
+	if allowed(t0) {
 		t.Fatal("allowed with an empty bucket")
 	}
 	// 10/s: a token every 100ms.
-	if l.Check(c, t0.Add(99*time.Millisecond)).Allowed {
+	if allowed(t0.Add(99 * time.Millisecond)) {
 		t.Fatal("allowed 99ms after emptying, before a token was back")
 	}
-	if !l.Check(c, t0.Add(100*time.Millisecond)).Allowed {
+	if !allowed(t0.Add(100 * time.Millisecond)) {
 		t.Fatal("rejected 100ms after emptying, with a token back")
 	}
-	if l.Check(c, t0.Add(100*time.Millisecond)).Allowed {
+	if allowed(t0.Add(100 * time.Millisecond)) {
 		t.Fatal("allowed a second call on one refilled token")
 	}
 	// Long idle: the bucket refills to burst, no more.
 	later := t0.Add(time.Hour)
-	allowed := 0
+	n := 0
 	for range 10 {
-		if l.Check(c, later).Allowed {
-			allowed++
+		if allowed(later) {
+			n++
 		}
 	}
-	if allowed != 3 {
-		t.Fatalf("after an hour idle, %d calls allowed at once, want the burst 3", allowed)
+	if n != 3 {
+		t.Fatalf("after an hour idle, %d calls allowed at once, want the burst 3", n)
 	}
 }
 
 func TestSteadyRate(t *testing.T) {
 	// 5/s, burst 1, calls every 50ms for 10s: 50 allowed (one per 200ms).
-	l := mustNew(t, Config{Rate: 5, Burst: 1})
-	c := call{service: "s"}
+	inst, _ := start(t, `{"rate": 5, "burst": 1}`)
+	c := to("s")
 	allowed := 0
 	for i := range 200 {
-		if l.Check(c, t0.Add(time.Duration(i)*50*time.Millisecond)).Allowed {
+		if ok, _ := at(t, inst, c, t0.Add(time.Duration(i)*50*time.Millisecond)); ok {
 			allowed++
 		}
 	}
@@ -122,35 +129,43 @@ func TestSteadyRate(t *testing.T) {
 }
 
 func TestPerKeyIsolation(t *testing.T) {
+	type call = wrappertest.Request
+	h := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
 	tests := []struct {
 		key   string
 		a, b  call // different keys
 		same  call // same key as a
 		descA string
 	}{
-		{"service", call{service: "a"}, call{service: "b"}, call{service: "a", endpoint: "x", caller: "z"}, `service "a"`},
-		{"", call{service: "a"}, call{service: "b"}, call{service: "a", caller: "z"}, `service "a"`},
-		{"endpoint", call{service: "s", endpoint: "E.A"}, call{service: "s", endpoint: "E.B"}, call{service: "s", endpoint: "E.A", caller: "z"}, `endpoint "s/E.A"`},
-		{"endpoint", call{service: "s", endpoint: "E"}, call{service: "t", endpoint: "E"}, call{service: "s", endpoint: "E"}, `endpoint "s/E"`},
-		{"caller", call{caller: "ada"}, call{caller: "bob"}, call{service: "other", caller: "ada"}, `caller "ada"`},
-		{"header:X-User", call{header: map[string]string{"X-User": "ada"}}, call{header: map[string]string{"X-User": "bob"}}, call{service: "o", header: map[string]string{"X-User": "ada", "Y": "1"}}, `header X-User "ada"`},
+		{"service", call{Service: "a"}, call{Service: "b"}, call{Service: "a", Endpoint: "x", Caller: "z"}, `service "a"`},
+		{"", call{Service: "a"}, call{Service: "b"}, call{Service: "a", Caller: "z"}, `service "a"`},
+		{"endpoint", call{Service: "s", Endpoint: "E.A"}, call{Service: "s", Endpoint: "E.B"}, call{Service: "s", Endpoint: "E.A", Caller: "z"}, `endpoint "s/E.A"`},
+		{"endpoint", call{Service: "s", Endpoint: "E"}, call{Service: "t", Endpoint: "E"}, call{Service: "s", Endpoint: "E"}, `endpoint "s/E"`},
+		{"caller", call{Caller: "ada"}, call{Caller: "bob"}, call{Service: "other", Caller: "ada"}, `caller "ada"`},
+		{"header:X-User", call{Header: h("X-User", "ada")}, call{Header: h("X-User", "bob")}, call{Service: "o", Header: h("x-user", "ada", "Y", "1")}, `header X-User "ada"`},
 		// Calls without the header share the bucket of the empty value.
-		{"header:X-User", call{}, call{header: map[string]string{"X-User": "bob"}}, call{header: map[string]string{"X-User": ""}}, `header X-User ""`},
+		{"header:X-User", call{}, call{Header: h("X-User", "bob")}, call{Header: h("X-User", "")}, `header X-User ""`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key, func(t *testing.T) {
-			l := mustNew(t, Config{Rate: 1, Burst: 1, Key: tt.key})
-			if !l.Check(tt.a, t0).Allowed {
+			inst, _ := start(t, fmt.Sprintf(`{"rate": 1, "burst": 1, "key": %q}`, tt.key))
+			if ok, _ := at(t, inst, &tt.a, t0); !ok {
 				t.Fatal("first call of key a rejected")
 			}
-			d := l.Check(tt.same, t0)
-			if d.Allowed {
+			ok, res := at(t, inst, &tt.same, t0)
+			if ok {
 				t.Fatal("second call of key a allowed")
 			}
-			if !strings.HasSuffix(d.Message, "for "+tt.descA) {
-				t.Errorf("message %q does not end with %q", d.Message, "for "+tt.descA)
+			if !strings.HasSuffix(res.Message, "for "+tt.descA) {
+				t.Errorf("message %q does not end with %q", res.Message, "for "+tt.descA)
 			}
-			if !l.Check(tt.b, t0).Allowed {
+			if ok, _ := at(t, inst, &tt.b, t0); !ok {
 				t.Fatal("key b rejected after key a ran out")
 			}
 		})
@@ -173,23 +188,24 @@ func TestRetryAfter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%g/s+%v", tt.rate, tt.elapsed), func(t *testing.T) {
-			l := mustNew(t, Config{Rate: tt.rate, Burst: tt.burst})
-			c := call{service: "s"}
+			inst, _ := start(t, fmt.Sprintf(`{"rate": %v, "burst": %d}`, tt.rate, tt.burst))
+			c := to("s")
 			for range tt.burst {
-				if !l.Check(c, t0).Allowed {
+				if ok, _ := at(t, inst, c, t0); !ok {
 					t.Fatal("burst rejected")
 				}
 			}
-			d := l.Check(c, t0.Add(tt.elapsed))
-			if d.Allowed {
+			ok, res := at(t, inst, c, t0.Add(tt.elapsed))
+			if ok {
 				t.Fatal("allowed with an empty bucket")
 			}
-			if d.RetryAfter != tt.want {
-				t.Fatalf("RetryAfter = %d, want %d", d.RetryAfter, tt.want)
+			n := retryAfter(t, res)
+			if n != tt.want {
+				t.Fatalf("Retry-After = %d, want %d", n, tt.want)
 			}
-			// The advice is right: a call after RetryAfter seconds is allowed.
-			if !l.Check(c, t0.Add(tt.elapsed+time.Duration(d.RetryAfter)*time.Second)).Allowed {
-				t.Fatalf("rejected after waiting RetryAfter = %ds", d.RetryAfter)
+			// The advice is right: a call after Retry-After seconds is allowed.
+			if ok, _ := at(t, inst, c, t0.Add(tt.elapsed+time.Duration(n)*time.Second)); !ok {
+				t.Fatalf("rejected after waiting Retry-After = %ds", n)
 			}
 		})
 	}
@@ -197,15 +213,15 @@ func TestRetryAfter(t *testing.T) {
 
 func TestRejectionTakesNoToken(t *testing.T) {
 	// Rejected calls must not push the next token further away.
-	l := mustNew(t, Config{Rate: 1, Burst: 1})
-	c := call{service: "s"}
-	l.Check(c, t0)
+	inst, _ := start(t, `{"rate": 1, "burst": 1}`)
+	c := to("s")
+	at(t, inst, c, t0)
 	for i := range 100 {
-		if l.Check(c, t0.Add(time.Duration(i)*time.Millisecond)).Allowed {
+		if ok, _ := at(t, inst, c, t0.Add(time.Duration(i)*time.Millisecond)); ok {
 			t.Fatal("allowed within the first second")
 		}
 	}
-	if !l.Check(c, t0.Add(time.Second)).Allowed {
+	if ok, _ := at(t, inst, c, t0.Add(time.Second)); !ok {
 		t.Fatal("rejected after a second: rejections took tokens")
 	}
 }
@@ -215,9 +231,12 @@ func TestDefaultBurst(t *testing.T) {
 		rate float64
 		want int
 	}{{0.2, 1}, {1, 1}, {2.5, 3}, {100, 100}} {
-		l := mustNew(t, Config{Rate: tt.rate})
+		inst, _ := start(t, fmt.Sprintf(`{"rate": %v}`, tt.rate))
 		n := 0
-		for l.Check(call{}, t0).Allowed {
+		for {
+			if ok, _ := at(t, inst, to("s"), t0); !ok {
+				break
+			}
 			n++
 		}
 		if n != tt.want {
@@ -227,22 +246,28 @@ func TestDefaultBurst(t *testing.T) {
 }
 
 func TestMaxKeys(t *testing.T) {
-	l := mustNew(t, Config{Rate: 1, Burst: 1, Key: "caller", MaxKeys: 3})
+	inst, l := start(t, `{"rate": 1, "burst": 1, "key": "caller", "max_keys": 3}`)
+	from := func(who string) bool {
+		r := to("s")
+		r.Caller = who
+		ok, _ := at(t, inst, r, t0)
+		return ok
+	}
 	for _, who := range []string{"a", "b", "c"} {
-		l.Check(call{caller: who}, t0)
+		from(who)
 	}
 	// Touch a, so b is the least recently used.
-	if l.Check(call{caller: "a"}, t0).Allowed {
+	if from("a") {
 		t.Fatal("a allowed twice")
 	}
-	l.Check(call{caller: "d"}, t0) // evicts b
+	from("d") // evicts b
 	if l.Len() != 3 {
 		t.Fatalf("Len = %d, want 3", l.Len())
 	}
-	if l.Check(call{caller: "a"}, t0).Allowed || l.Check(call{caller: "c"}, t0).Allowed {
+	if from("a") || from("c") {
 		t.Fatal("a kept key lost its state")
 	}
-	if !l.Check(call{caller: "b"}, t0).Allowed {
+	if !from("b") {
 		t.Fatal("the evicted key b should start again with a full bucket")
 	}
 	if l.Len() != 3 {
@@ -276,6 +301,24 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("error %v does not name %s", err, field)
 		}
 	}
+	// The wrapper refuses to load with the error, as micro shows it.
+	for config, want := range map[string]string{
+		`{"rate": 0}`:             `init with config {"rate": 0}: ratelimit config: rate: 0 is not a rate`,
+		`{"rate": 1, "burts": 2}`: `init with config {"rate": 1, "burts": 2}: config: json: unknown field "burts"`,
+		``:                        `init with config {}: ratelimit config: rate: 0 is not a rate`,
+	} {
+		if _, err := wrappertest.New(new(Limiter).Handler(), config); err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("config %s: %v, want an error starting %q", config, err, want)
+		}
+	}
+}
+
+// TestLogsConfig checks that the wrapper logs its config at debug level when it loads.
+func TestLogsConfig(t *testing.T) {
+	inst, _ := start(t, `{"rate": 2, "key": "caller"}`)
+	if logs := inst.Logs(); len(logs) != 1 || logs[0].Message != "ratelimit: {Rate:2 Burst:0 Key:caller MaxKeys:0}" {
+		t.Errorf("logs: %v", logs)
+	}
 }
 
 // TestMatchesXTimeRate checks the buckets against x/time/rate's Limiter, call by call:
@@ -286,7 +329,10 @@ func TestMatchesXTimeRate(t *testing.T) {
 		rate  float64
 		burst int
 	}{{10, 3}, {5, 1}, {0.5, 2}, {1.0 / 3600, 1}, {1e4, 100}, {3.3, 7}, {1e12, 1e9}} {
-		l := mustNew(t, Config{Rate: tc.rate, Burst: tc.burst, Key: "caller"})
+		l, err := New(Config{Rate: tc.rate, Burst: tc.burst, Key: "caller"})
+		if err != nil {
+			t.Fatal(err)
+		}
 		ref := map[string]*rate.Limiter{}
 		now := t0
 		for i := range 20000 {
@@ -318,33 +364,24 @@ func TestMatchesXTimeRate(t *testing.T) {
 }
 
 // TestNoAllocations checks that an allowed call allocates nothing, for every kind of key:
-// an allocation costs a guest its garbage collector's time.
+// an allocation costs a guest its garbage collector's time. The wrapper runs under
+// wrappertest, whose own allocations a handler that does nothing measures.
 func TestNoAllocations(t *testing.T) {
-	c := call{service: "greeter", endpoint: "Greeter.Hello", caller: "ada", header: map[string]string{"X-User": "ada"}}
-	for _, key := range []string{"service", "endpoint", "caller", "header:X-User"} {
-		l := mustNew(t, Config{Rate: 1e9, Burst: 1e9, Key: key})
-		p := &c // as sdk/wrapper's Request, an interface value that needs no allocation
-		now := t0
-		if allocs := testing.AllocsPerRun(100, func() {
-			now = now.Add(time.Microsecond)
-			if !l.Check(p, now).Allowed {
-				t.Fatal("limited")
-			}
-		}); allocs != 0 {
-			t.Errorf("key %s: %v allocations per call, want 0", key, allocs)
-		}
-	}
-}
-
-func BenchmarkCheck(b *testing.B) {
-	l, err := New(Config{Rate: 1e9, Burst: 1e9, Key: "caller"})
+	idle, err := wrappertest.New(wrapper.Handler{OnRequest: func(wrapper.Request) wrapper.Result { return wrapper.Continue() }}, "")
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
-	c := call{service: "greeter", caller: "ada"}
-	now := t0
-	for b.Loop() {
-		now = now.Add(time.Microsecond)
-		l.Check(c, now)
+	c := &wrappertest.Request{Service: "greeter", Endpoint: "Greeter.Hello", Caller: "ada", Header: map[string]string{"X-User": "ada"}}
+	base := testing.AllocsPerRun(100, func() { idle.Request(c) })
+	for _, key := range []string{"service", "endpoint", "caller", "header:X-User"} {
+		inst, _ := start(t, fmt.Sprintf(`{"rate": 1e9, "burst": 1000000000, "key": %q}`, key))
+		if allocs := testing.AllocsPerRun(100, func() {
+			inst.Clock.Advance(time.Microsecond)
+			if res := inst.Request(c); res.Verdict != wrappertest.Continued {
+				t.Fatalf("limited: %v", res)
+			}
+		}); allocs != base {
+			t.Errorf("key %s: %v allocations per call, %v without the wrapper: want as many", key, allocs, base)
+		}
 	}
 }
