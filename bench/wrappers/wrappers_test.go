@@ -20,6 +20,7 @@ import (
 	"github.com/microhost/micro/plugins/wrapper-breaker/breaker"
 	"github.com/microhost/micro/plugins/wrapper-ratelimit/limiter"
 	"github.com/microhost/micro/runtime/wrapper"
+	sdkwrapper "github.com/microhost/micro/sdk/wrapper"
 )
 
 // call is one call as both the native logic and the host see it.
@@ -126,7 +127,7 @@ func BenchmarkRateLimit(b *testing.B) {
 		c := call{*newCall()}
 		b.ReportAllocs()
 		for b.Loop() {
-			if !l.Check(c, time.Now()).Allowed {
+			if l.Check(c, time.Now()) != sdkwrapper.Continue() {
 				b.Fatal("limited")
 			}
 		}
@@ -156,7 +157,7 @@ func BenchmarkBreaker(b *testing.B) {
 		o := outcome{call: c, status: 200, latency: time.Millisecond}
 		b.ReportAllocs()
 		for b.Loop() {
-			if !br.OnRequest(c, time.Now()).Allowed {
+			if br.OnRequest(c, time.Now()) != sdkwrapper.Continue() {
 				b.Fatal("open")
 			}
 			br.OnResponse(o, time.Now())
