@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"text/template"
 
+	microsrc "github.com/microhost/micro"
 	"github.com/microhost/micro/host/wasm"
 )
 
@@ -27,7 +28,9 @@ const wrapperUsage = `Usage:
 
 A wrapper is a Go package main built with GOOS=wasip1 GOARCH=wasm against
 github.com/microhost/micro/sdk/wrapper. Name it in micro.toml as [wrappers.NAME], with
-source = "DIR" (micro builds it) or path = "FILE.wasm".
+source = "DIR" (micro builds it) or path = "FILE.wasm". Outside micro's repository,
+'micro wrapper new' writes the SDK that this micro binary carries into the project
+(see 'micro wrapper new -h'): no network and no checkout of micro are needed.
 `
 
 // wrapperCmd runs `micro wrapper SUBCOMMAND`.
@@ -66,13 +69,26 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
+// wrapperNewHelp is the help of `micro wrapper new`.
+const wrapperNewHelp = `wrapper new [-dir DIR] NAME
+
+Writes a wrapper project named NAME (lowercase letters, digits and '-') into DIR, which
+must not exist or must be empty: main.go, the wrapper; main_test.go, its tests, which run
+natively with 'go test'; and README.md.
+
+Where the SDK comes from:
+  - Inside a Go module that provides ` + microModule + ` (micro's own
+    repository, or a module that requires micro), the project is a package of that module
+    and imports the module's SDK.
+  - Anywhere else, the project is a module of its own. This micro binary carries the
+    sources of the SDK (` + microModule + `/sdk/wrapper and the abi/wrapper
+    it imports) and writes them into DIR/` + sdkDir + `; the project's go.mod
+    requires ` + microModule + ` v0.0.0 and replaces it with that directory.
+    'go build', 'go test' and 'micro wrapper build' then need no network, no module cache
+    and no checkout of micro.`
+
 func wrapperNewCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("wrapper new", "wrapper new [-dir DIR] NAME\n\n"+
-		"Writes a ready-to-build wrapper project named NAME (lowercase letters, digits and '-')\n"+
-		"into DIR. Inside a Go module that provides "+microModule+"/sdk (micro's own\n"+
-		"repository, or a module that requires micro) it writes main.go and README.md, a package\n"+
-		"of that module; outside any module it also writes a go.mod that points at the micro\n"+
-		"source tree around the current directory. It never overwrites a file.", stderr)
+	fs := newFlags("wrapper new", wrapperNewHelp, stderr)
 	dir := fs.String("dir", "", "directory of the project (default ./NAME)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
@@ -89,7 +105,7 @@ func wrapperNewCmd(args []string, stdout, stderr io.Writer) error {
 	if *dir == "" {
 		*dir = name
 	}
-	p, err := newWrapperProject(name, *dir)
+	p, err := newWrapperProject(name, *dir, microsrc.WrapperSDK, version)
 	if err != nil {
 		return err
 	}
@@ -97,12 +113,17 @@ func wrapperNewCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	for _, f := range p.files {
-		fmt.Fprintln(stdout, "wrote", filepath.Join(*dir, f.name))
+		if !strings.HasPrefix(f.name, sdkDir+"/") {
+			fmt.Fprintln(stdout, "wrote", filepath.Join(*dir, filepath.FromSlash(f.name)))
+		}
+	}
+	if p.standalone {
+		fmt.Fprintf(stdout, "wrote %s (the wrapper SDK that micro %s carries)\n", filepath.Join(*dir, filepath.FromSlash(sdkDir)), version)
 	}
 	if p.note != "" {
 		fmt.Fprintln(stderr, "note:", p.note)
 	}
-	fmt.Fprintf(stdout, "build it with: micro wrapper build %s\n", *dir)
+	fmt.Fprintf(stdout, "test it with: (cd %s && go test)\nbuild it with: micro wrapper build %s\n", *dir, *dir)
 	return nil
 }
 
@@ -170,98 +191,109 @@ func checkWrapperName(name string) error {
 type wrapperProject struct {
 	dir   string
 	files []projectFile
+	// standalone is true for a module of its own, which carries the SDK in sdkDir.
+	standalone bool
 	// note is advice printed after the files are written, or "".
 	note string
 }
 
+// projectFile is a file of a new project; name is relative to the project, in slash form.
 type projectFile struct {
 	name string
 	data []byte
 }
 
-// newWrapperProject prepares the files of wrapper name in dir. Inside a Go module the
-// project is a package of it; outside any module it gets a go.mod that replaces micro's
-// module with the micro source tree found around the working directory.
-func newWrapperProject(name, dir string) (*wrapperProject, error) {
+// wrapperTemplateData is what the templates of a new project fill in.
+type wrapperTemplateData struct {
+	Name       string
+	Dir        string // the project's directory as given, in slash form, for micro.toml
+	Wasm       string // the .wasm that micro wrapper build writes by default, for micro.toml
+	CmdDir     string // the project's directory in the README's commands
+	Pkg        string // CmdDir as a go command's package argument
+	CmdWasm    string // Wasm in the README's commands
+	Module     string // the module the project belongs to: its own (Name) or the one around it
+	Standalone bool   // the project is a module of its own, with the SDK in SDKDir
+	SDKDir     string
+	Version    string // micro's version
+}
+
+// newWrapperProject prepares the files of wrapper name in dir. Inside a Go module that
+// provides micro's SDK (micro's own, or one that requires micro) the project is a package
+// of that module. Anywhere else it is a module of its own that carries sdk, the SDK that
+// this micro embeds (see sdkDir).
+func newWrapperProject(name, dir string, sdk fs.FS, version string) (*wrapperProject, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("wrapper new: %w", err)
 	}
 	slashDir := filepath.ToSlash(filepath.Clean(dir))
-	pkg := slashDir
-	if !filepath.IsAbs(dir) && !strings.HasPrefix(pkg, ".") {
-		pkg = "./" + pkg
+	wasmName := filepath.Base(abs) + ".wasm" // what micro wrapper build writes by default
+	data := wrapperTemplateData{
+		Name: name, Dir: slashDir, Wasm: slashDir + "/" + wasmName,
+		CmdDir: slashDir, Pkg: slashDir, CmdWasm: slashDir + "/" + wasmName,
+		Module: name, SDKDir: sdkDir, Version: version,
 	}
-	data := struct {
-		Name string
-		Dir  string // as given, in slash form, for the README's commands
-		Pkg  string // Dir as a go build argument
-		Wasm string // what micro wrapper build writes by default
-	}{name, slashDir, pkg, slashDir + "/" + filepath.Base(abs) + ".wasm"}
+	if !filepath.IsAbs(dir) && !strings.HasPrefix(data.Pkg, ".") {
+		data.Pkg = "./" + data.Pkg
+	}
 	p := &wrapperProject{dir: dir}
-	p.files = append(p.files,
-		projectFile{"main.go", execTemplate(wrapperMainTmpl, data)},
-		projectFile{"README.md", execTemplate(wrapperReadmeTmpl, data)},
-	)
 
 	modFile, modPath, err := findModule(abs)
 	if err != nil {
+		return nil, fmt.Errorf("wrapper new %s: %w", dir, err)
+	}
+	if modFile != "" && (modPath == microModule || requiresMicro(modFile)) {
+		// A package of the module around it, which provides the SDK.
+		data.Module = modPath
+		p.files = wrapperFiles(data)
+		return p, nil
+	}
+	if modFile != "" {
+		p.note = fmt.Sprintf("%s is inside module %s (%s), which does not require %s: "+
+			"the wrapper is a module of its own, nested in it", dir, modPath, modFile, microModule)
+	}
+	// The commands of a module of its own run in its directory.
+	p.standalone, data.Standalone = true, true
+	data.CmdDir, data.Pkg, data.CmdWasm = ".", ".", "./"+wasmName
+	sdkCopy, goLine, err := sdkFiles(sdk, version)
+	if err != nil {
 		return nil, fmt.Errorf("wrapper new: %w", err)
 	}
-	switch {
-	case modFile != "" && modPath == microModule:
-		// A package of micro's module: it builds as it is.
-	case modFile != "":
-		if !requiresMicro(modFile) {
-			p.note = fmt.Sprintf("module %s (%s) does not require %s; the wrapper needs its sdk/wrapper package to build",
-				modPath, modFile, microModule)
-		}
-	default:
-		cwd, err := os.Getwd()
-		if err != nil {
-			return nil, fmt.Errorf("wrapper new: %w", err)
-		}
-		root, err := findMicroRoot(cwd)
-		if err != nil {
-			return nil, fmt.Errorf("wrapper new: %w", err)
-		}
-		if root == "" {
-			return nil, fmt.Errorf("wrapper new: %s is in no Go module, and the micro source tree is not "+
-				"around the current directory to point a go.mod at: create the wrapper inside micro's "+
-				"repository, inside a module that requires %s, or run this from micro's repository", dir, microModule)
-		}
-		goLine, err := goDirective(filepath.Join(root, "go.mod"))
-		if err != nil {
-			return nil, fmt.Errorf("wrapper new: %w", err)
-		}
-		p.files = append(p.files, projectFile{"go.mod", fmt.Appendf(nil,
-			"module %s\n\n%s\n\nrequire %s v0.0.0\n\n// The micro source tree this wrapper was created from.\nreplace %s => %s\n",
-			name, goLine, microModule, microModule, filepath.ToSlash(root))})
-	}
+	p.files = append(wrapperFiles(data), projectFile{"go.mod", fmt.Appendf(nil,
+		"module %s\n\n%s\n\nrequire %s v0.0.0\n\n"+
+			"// The wrapper SDK that micro %s carries, written beside the wrapper: builds need\n"+
+			"// no network and no checkout of micro (see %s/README.md).\nreplace %s => ./%s\n",
+		name, goLine, microModule, version, sdkDir, microModule, sdkDir)})
+	p.files = append(p.files, sdkCopy...)
 	return p, nil
 }
 
-// write creates the project's files, refusing to overwrite any: it checks them all before
-// it writes one.
+// wrapperFiles returns the wrapper's own files: its code, its tests and its README.
+func wrapperFiles(data wrapperTemplateData) []projectFile {
+	return []projectFile{
+		{"main.go", execTemplate(wrapperMainTmpl, data)},
+		{"main_test.go", execTemplate(wrapperTestTmpl, data)},
+		{"README.md", execTemplate(wrapperReadmeTmpl, data)},
+	}
+}
+
+// write creates the project's directory and files. The directory must not exist, or be
+// empty: a new project never mixes with other files.
 func (p *wrapperProject) write() error {
-	var exist []string
-	for _, f := range p.files {
-		path := filepath.Join(p.dir, f.name)
-		if _, err := os.Lstat(path); err == nil {
-			exist = append(exist, path)
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("wrapper new: %w", err)
-		}
-	}
-	if len(exist) > 0 {
-		return fmt.Errorf("wrapper new: not overwriting %s: choose another name or -dir, or remove them",
-			strings.Join(exist, ", "))
-	}
-	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+	entries, err := os.ReadDir(p.dir)
+	switch {
+	case err == nil && len(entries) > 0:
+		return fmt.Errorf("wrapper new: %s already exists and is not empty: choose another name or -dir", p.dir)
+	case isNotDir(err):
+		return fmt.Errorf("wrapper new: %s already exists and is not a directory: choose another name or -dir", p.dir)
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("wrapper new: %w", err)
 	}
 	for _, f := range p.files {
-		path := filepath.Join(p.dir, f.name)
+		path := filepath.Join(p.dir, filepath.FromSlash(f.name))
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			return fmt.Errorf("wrapper new: %w", err)
+		}
 		fh, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 		if err != nil {
 			return fmt.Errorf("wrapper new: %w", err)
@@ -300,24 +332,6 @@ func findModule(dir string) (file, module string, err error) {
 // isNotDir reports whether err says a path element is a file, not a directory.
 func isNotDir(err error) bool { return errors.Is(err, syscall.ENOTDIR) }
 
-// findMicroRoot returns the directory of micro's go.mod at or above dir, or "".
-func findMicroRoot(dir string) (string, error) {
-	for {
-		file, module, err := findModule(dir)
-		if err != nil || file == "" {
-			return "", err
-		}
-		if module == microModule {
-			return filepath.Dir(file), nil
-		}
-		parent := filepath.Dir(filepath.Dir(file))
-		if parent == filepath.Dir(file) {
-			return "", nil
-		}
-		dir = parent
-	}
-}
-
 // modulePath returns the module path a go.mod declares, or "".
 func modulePath(gomod []byte) string {
 	for line := range bytes.Lines(gomod) {
@@ -338,20 +352,6 @@ func requiresMicro(gomod string) bool {
 	return err == nil && requireMicroRE.Match(b)
 }
 
-// goDirective returns the go line of a go.mod, e.g. "go 1.26.8".
-func goDirective(gomod string) (string, error) {
-	b, err := os.ReadFile(gomod)
-	if err != nil {
-		return "", err
-	}
-	for line := range bytes.Lines(b) {
-		if f := strings.Fields(string(line)); len(f) == 2 && f[0] == "go" {
-			return "go " + f[1], nil
-		}
-	}
-	return "", fmt.Errorf("%s has no go line", gomod)
-}
-
 func execTemplate(t *template.Template, data any) []byte {
 	var b bytes.Buffer
 	if err := t.Execute(&b, data); err != nil {
@@ -360,11 +360,11 @@ func execTemplate(t *template.Template, data any) []byte {
 	return b.Bytes()
 }
 
-var wrapperMainTmpl = template.Must(template.New("main.go").Parse(`//go:build wasip1
-
-// Command {{.Name}} is a micro wrapper: middleware that micro runs as WebAssembly around
-// each call. Build it with "micro wrapper build {{.Dir}}", or let micro build it from
-// source (see README.md).
+// wrapperMainTmpl is a new wrapper's code: a handler that needs no more than the SDK.
+var wrapperMainTmpl = template.Must(template.New("main.go").Parse(`// Command {{.Name}} is a micro wrapper: middleware that micro runs as WebAssembly around
+// each call. Build it with "micro wrapper build {{.CmdDir}}", or let micro build it from
+// source (see README.md). It builds natively too, so that "go test" runs main_test.go
+// against the handler below.
 //
 // This example requires a header on every call (optional), tags each call with a header
 // the service receives, and logs failed calls.
@@ -393,12 +393,15 @@ var (
 	failures int
 )
 
-func init() {
-	wrapper.Handle(wrapper.Handler{
+func init() { wrapper.Handle(handler()) }
+
+// handler returns the wrapper's code, for init and for the tests.
+func handler() wrapper.Handler {
+	return wrapper.Handler{
 		Init:       initConfig,
 		OnRequest:  onRequest,
 		OnResponse: onResponse,
-	})
+	}
 }
 
 // initConfig reads the config once per instance; an error stops micro from loading the
@@ -438,17 +441,101 @@ func onResponse(r wrapper.Response) {
 func main() {} // never run: micro calls the wrapper through the handler above
 `))
 
+// wrapperTestTmpl is a new wrapper's tests, which run natively under package wrappertest.
+var wrapperTestTmpl = template.Must(template.New("main_test.go").Parse(`package main
+
+// These tests run the handler natively, with "go test": package wrappertest plays micro.
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microhost/micro/sdk/wrapper/wrappertest"
+)
+
+func TestRequireAndTag(t *testing.T) {
+	inst, err := wrappertest.New(handler(), ` + "`" + `{"require": "X-User", "tag": "t1"}` + "`" + `)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := wrappertest.NewRequest("greeter", "Greeter.Hello")
+	if got := inst.Request(req); got.Verdict != wrappertest.Rejected || got.Status != 401 || got.Message != "missing header X-User" {
+		t.Errorf("a call without X-User: %v, want rejected 401 \"missing header X-User\"", got)
+	}
+	req.Header["x-user"] = "ada"
+	if got := inst.Request(req); got.Verdict != wrappertest.Continued || got.Header["X-Wrapper-Tag"] != "t1" {
+		t.Errorf("a call with X-User: %v, want it to continue with X-Wrapper-Tag: t1", got)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	inst, err := wrappertest.New(handler(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := inst.Request(wrappertest.NewRequest("greeter", "Greeter.Hello")); got.Verdict != wrappertest.Continued || got.Header["X-Wrapper-Tag"] != "{{.Name}}" {
+		t.Errorf("with no header required: %v, want the call to continue with X-Wrapper-Tag: {{.Name}}", got)
+	}
+}
+
+func TestLogsFailures(t *testing.T) {
+	inst, err := wrappertest.New(handler(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := wrappertest.NewRequest("greeter", "Greeter.Hello")
+	inst.Request(req)
+	if err := inst.Response(req, wrappertest.Outcome{Status: 503, Latency: 20 * time.Millisecond, Fault: true}); err != nil {
+		t.Fatal(err)
+	}
+	logs := inst.Logs()
+	if len(logs) != 1 || !strings.Contains(logs[0].Message, "failed after 20ms: status 503") {
+		t.Errorf("logs = %v, want one line about the failure", logs)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	for config, want := range map[string]string{
+		` + "`" + `{"requier": "X-User"}` + "`" + `: "requier",
+		` + "`" + `{"tag": ""}` + "`" + `:           "tag must not be empty",
+	} {
+		_, err := wrappertest.New(handler(), config)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("config %s: %v, want an error naming %q", config, err, want)
+		}
+	}
+}
+`))
+
+// wrapperReadmeTmpl is a new wrapper's README: how to test, build and use it.
 var wrapperReadmeTmpl = template.Must(template.New("README.md").Parse(`# {{.Name}}
 
 A micro wrapper: Go built to WebAssembly with github.com/microhost/micro/sdk/wrapper, which
-micro runs around each call. ` + "`main.go`" + ` holds the code; the SDK's package doc describes the
-whole API (` + "`go doc github.com/microhost/micro/sdk/wrapper`" + `).
+micro runs around each call. ` + "`main.go`" + ` holds the code and ` + "`main_test.go`" + ` its tests; the
+SDK's package doc describes the whole API (` + "`go doc github.com/microhost/micro/sdk/wrapper`" + `).
+{{if .Standalone}}
+The project is a Go module of its own, {{.Name}}. The SDK is beside it, in ` + "`{{.SDKDir}}`" + `:
+micro {{.Version}} carries the SDK's sources and wrote them there, and ` + "`go.mod`" + ` replaces
+github.com/microhost/micro with that directory. Building and testing need no network and
+no checkout of micro. Run the commands below in this directory.
+{{else}}
+The project is a package of module {{.Module}}, which provides the SDK.
+{{end}}
+## Test
+
+` + "```sh" + `
+go test {{.Pkg}}
+` + "```" + `
+
+The tests run natively: package wrappertest (github.com/microhost/micro/sdk/wrapper/wrappertest)
+plays micro's part, with requests you build and a clock that moves when told.
 
 ## Build
 
 ` + "```sh" + `
-micro wrapper build {{.Dir}}    # writes {{.Wasm}}
-micro wrapper build -o {{.Name}}.wasm {{.Dir}}
+micro wrapper build {{.CmdDir}}    # writes {{.CmdWasm}}
+micro wrapper build -o {{.Name}}.wasm {{.CmdDir}}
 ` + "```" + `
 
 which runs the standard Go toolchain:
@@ -456,11 +543,6 @@ which runs the standard Go toolchain:
 ` + "```sh" + `
 GOOS=wasip1 GOARCH=wasm go build -buildmode=c-shared -o {{.Name}}.wasm {{.Pkg}}
 ` + "```" + `
-
-The package must build inside a Go module that provides github.com/microhost/micro: micro's
-own repository (the project is then one of its packages), or a module that requires it
-(a go.mod with ` + "`require github.com/microhost/micro`" + ` and, until micro is published, a
-` + "`replace`" + ` pointing at micro's source tree).
 
 ## Use it
 

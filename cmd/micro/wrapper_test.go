@@ -5,15 +5,23 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"flag"
 	"fmt"
 	"go/format"
+	"go/parser"
+	"go/token"
+	"io/fs"
 	"os"
+	"os/exec"
+	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	microsrc "github.com/microhost/micro"
 	abi "github.com/microhost/micro/abi/wrapper"
 	"github.com/microhost/micro/host/wasm"
 	"github.com/microhost/micro/runtime/wrapper"
@@ -179,7 +187,7 @@ func TestWrapperNewInModule(t *testing.T) {
 	if err != nil {
 		t.Fatalf("wrapper new: %v\nstderr: %s", err, stderr)
 	}
-	for _, f := range []string{"main.go", "README.md"} {
+	for _, f := range []string{"main.go", "main_test.go", "README.md"} {
 		if !strings.Contains(stdout, filepath.Join(dir, f)) {
 			t.Errorf("output %q does not name %s", stdout, f)
 		}
@@ -187,8 +195,8 @@ func TestWrapperNewInModule(t *testing.T) {
 	if stderr != "" {
 		t.Errorf("stderr = %q, want nothing inside micro's module", stderr)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "go.mod")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("a go.mod was written inside micro's module (stat: %v)", err)
+	if names := projectFiles(t, dir); !slices.Equal(names, []string{"README.md", "main.go", "main_test.go"}) {
+		t.Errorf("wrote %v inside micro's module, want README.md, main.go and main_test.go", names)
 	}
 	readme, err := os.ReadFile(filepath.Join(dir, "README.md"))
 	if err != nil {
@@ -205,15 +213,19 @@ func TestWrapperNewInModule(t *testing.T) {
 			t.Errorf("README.md lacks %q", want)
 		}
 	}
-	src, err := os.ReadFile(filepath.Join(dir, "main.go"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if formatted, err := format.Source(src); err != nil || !bytes.Equal(formatted, src) {
-		t.Errorf("main.go is not gofmt-ed (err %v)", err)
+	for _, f := range []string{"main.go", "main_test.go"} {
+		src, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if formatted, err := format.Source(src); err != nil || !bytes.Equal(formatted, src) {
+			t.Errorf("%s is not gofmt-ed (err %v)", f, err)
+		}
 	}
 
 	mod := buildWrapper(t, dir)
+	// Its tests pass, on the repository's SDK.
+	goCmd(t, ".", nil, "test", "-count=1", "./"+filepath.ToSlash(dir))
 	h := newHost(t)
 	w := load(t, h, "hello", mod, `{"require": "X-User", "tag": "t1"}`)
 	ctx := context.Background()
@@ -233,8 +245,53 @@ func TestWrapperNewInModule(t *testing.T) {
 	}
 }
 
-// Outside any module the project gets a go.mod that points at micro's tree, and builds.
-func TestWrapperNewOutsideModule(t *testing.T) {
+// offline is the environment of a go command that may use neither the network nor a
+// module cache: GOFLAGS=-mod=mod lets it fetch what go.mod lacks, and GOPROXY=off makes
+// any fetch fail.
+func offline(t *testing.T) []string {
+	return []string{"GOPROXY=off", "GOFLAGS=-mod=mod", "GOWORK=off", "GOMODCACHE=" + t.TempDir()}
+}
+
+// goCmd runs the go command in dir with env added to this process's, and returns its
+// output.
+func goCmd(t *testing.T, dir string, env []string, args ...string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs the go command")
+	}
+	cmd := exec.Command("go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go %s in %s: %v\n%s", strings.Join(args, " "), dir, err, out)
+	}
+	return string(out)
+}
+
+// projectFiles returns the files under dir, relative to it, in slash form and sorted.
+func projectFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var names []string
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, err := filepath.Rel(dir, path)
+		names = append(names, filepath.ToSlash(rel))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Outside any module the project is a module of its own that carries the SDK: the
+// non-test sources of micro's abi/wrapper and sdk/wrapper, as they are in this
+// repository. It tests and builds offline, and go.mod needs no change for that.
+func TestWrapperNewStandalone(t *testing.T) {
 	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "proj")
 	// Flags after the name work too.
@@ -242,26 +299,160 @@ func TestWrapperNewOutsideModule(t *testing.T) {
 	if err != nil {
 		t.Fatalf("wrapper new: %v\nstderr: %s", err, stderr)
 	}
-	if !strings.Contains(stdout, filepath.Join(dir, "go.mod")) {
-		t.Errorf("output %q does not name go.mod", stdout)
+	if stderr != "" {
+		t.Errorf("stderr = %q, want nothing outside any module", stderr)
+	}
+	for _, want := range []string{filepath.Join(dir, "go.mod"), filepath.Join(dir, "internal", "microsdk") + " (the wrapper SDK that micro dev carries)"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output %q does not name %s", stdout, want)
+		}
 	}
 	gomod, err := os.ReadFile(filepath.Join(dir, "go.mod"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := filepath.Abs("../..")
+	rootMod, err := os.ReadFile("../../go.mod")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"module hello-2\n", "require github.com/microhost/micro v0.0.0", "replace github.com/microhost/micro => " + filepath.ToSlash(root) + "\n"} {
+	goLine := regexp.MustCompile(`(?m)^go \S+$`).Find(rootMod)
+	for _, want := range []string{"module hello-2\n", "\n" + string(goLine) + "\n", "require github.com/microhost/micro v0.0.0\n",
+		"replace github.com/microhost/micro => ./internal/microsdk\n"} {
 		if !bytes.Contains(gomod, []byte(want)) {
 			t.Errorf("go.mod lacks %q:\n%s", want, gomod)
 		}
 	}
-	// Built, it is a wrapper module; TestWrapperNewInModule loads the same code.
-	buildWrapper(t, dir)
+	sdkMod, err := os.ReadFile(filepath.Join(dir, "internal", "microsdk", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(sdkMod, []byte("\nmodule github.com/microhost/micro\n\n"+string(goLine)+"\n")) {
+		t.Errorf("internal/microsdk/go.mod:\n%s", sdkMod)
+	}
+
+	// The copy is the repository's SDK, without its tests.
+	want := []string{"README.md", "go.mod", "internal/microsdk/README.md", "internal/microsdk/go.mod", "main.go", "main_test.go"}
+	for _, pkg := range []string{"abi/wrapper", "sdk/wrapper"} {
+		for _, f := range projectFiles(t, filepath.Join("../..", pkg)) {
+			if path.Ext(f) != ".go" || strings.HasSuffix(f, "_test.go") || strings.Contains("/"+f, "/testdata/") {
+				continue
+			}
+			name := path.Join("internal/microsdk", pkg, f)
+			want = append(want, name)
+			src, err := os.ReadFile(filepath.Join("../..", pkg, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cp, err := os.ReadFile(filepath.Join(dir, name)); err != nil || !bytes.Equal(cp, src) {
+				t.Errorf("%s differs from %s/%s (err %v)", name, pkg, f, err)
+			}
+		}
+	}
+	slices.Sort(want)
+	if got := projectFiles(t, dir); !slices.Equal(got, want) {
+		t.Errorf("wrote %v\nwant %v", got, want)
+	}
+
+	// Offline, its tests pass and it builds, with micro and with plain go build.
+	env := offline(t)
+	goCmd(t, dir, env, "test", "-count=1", "./...")
+	goCmd(t, dir, append(env, "GOOS=wasip1", "GOARCH=wasm"), "build", "-buildmode=c-shared", "-o", filepath.Join(t.TempDir(), "plain.wasm"), ".")
+	buildWrapper(t, dir) // TestWrapperNewInModule loads the same code
+	if after, err := os.ReadFile(filepath.Join(dir, "go.mod")); err != nil || !bytes.Equal(after, gomod) {
+		t.Errorf("go.mod changed in the builds (err %v):\n%s", err, after)
+	}
 }
 
+// Every package that the SDK copy holds imports only the standard library and the
+// copy's other packages: the copy builds on its own.
+func TestWrapperSDKSelfContained(t *testing.T) {
+	files, _, err := sdkFiles(microsrc.WrapperSDK, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dirs := map[string]bool{}
+	for _, f := range files {
+		dirs[path.Dir(f.name)] = true
+	}
+	for _, f := range files {
+		if path.Ext(f.name) != ".go" {
+			continue
+		}
+		parsed, err := parser.ParseFile(token.NewFileSet(), f.name, f.data, parser.ImportsOnly)
+		if err != nil {
+			t.Fatalf("%s: %v", f.name, err)
+		}
+		for _, imp := range parsed.Imports {
+			p := strings.Trim(imp.Path.Value, `"`)
+			rest, ours := strings.CutPrefix(p, microModule+"/")
+			switch {
+			case ours && !dirs[path.Join(sdkDir, rest)]:
+				t.Errorf("%s imports %s, which the SDK that micro carries lacks (add it to the go:embed in sdk.go, or drop the import)", f.name, p)
+			case !ours && strings.Contains(strings.Split(p, "/")[0], "."):
+				t.Errorf("%s imports %s, a module that the SDK copy cannot carry", f.name, p)
+			}
+		}
+	}
+}
+
+// Inside a module that does not provide micro's SDK, the wrapper is a module of its own,
+// and a note says so.
+func TestWrapperNewInForeignModule(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte("module example.com/x\n\ngo 1.26\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "w")
+	_, stderr, err := micro(t, "wrapper", "new", "-dir", dir, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "inside module example.com/x (" + filepath.Join(root, "go.mod") + "), which does not require github.com/microhost/micro"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr = %q, want a note %q", stderr, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "internal", "microsdk", "sdk", "wrapper", "wrapper.go")); err != nil {
+		t.Errorf("no SDK copy: %v", err)
+	}
+}
+
+// Inside a module that requires micro, the wrapper is a package of it.
+func TestWrapperNewInModuleRequiringMicro(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	gomod := "module example.com/y\n\ngo 1.26\n\nrequire (\n\tgithub.com/microhost/micro v0.0.0\n)\n"
+	if err := os.WriteFile(filepath.Join(root, "go.mod"), []byte(gomod), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "wrappers", "w")
+	stdout, stderr, err := micro(t, "wrapper", "new", "-dir", dir, "w")
+	if err != nil || stderr != "" {
+		t.Fatalf("wrapper new: %v, stderr %q", err, stderr)
+	}
+	if strings.Contains(stdout, "microsdk") {
+		t.Errorf("output %q names an SDK copy", stdout)
+	}
+	if names := projectFiles(t, dir); !slices.Equal(names, []string{"README.md", "main.go", "main_test.go"}) {
+		t.Errorf("wrote %v, want README.md, main.go and main_test.go", names)
+	}
+	if readme, err := os.ReadFile(filepath.Join(dir, "README.md")); err != nil || !bytes.Contains(readme, []byte("a package of module example.com/y")) {
+		t.Errorf("README.md does not name the module (err %v)", err)
+	}
+}
+
+func TestWrapperNewHelp(t *testing.T) {
+	_, stderr, err := micro(t, "wrapper", "new", "-h")
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("wrapper new -h: %v", err)
+	}
+	for _, want := range []string{"Where the SDK comes from", "carries the\n    sources of the SDK", "DIR/internal/microsdk", "no network"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("help lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// A project goes only into a new or empty directory, and an error names the one in the way.
 func TestWrapperNewRefusesToOverwrite(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "proj")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -272,15 +463,24 @@ func TestWrapperNewRefusesToOverwrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err := micro(t, "wrapper", "new", "-dir", dir, "x")
-	if err == nil || !strings.Contains(err.Error(), "not overwriting "+readme) {
-		t.Fatalf("err = %v, want a refusal naming %s", err, readme)
+	if err == nil || !strings.Contains(err.Error(), dir+" already exists and is not empty") {
+		t.Fatalf("err = %v, want a refusal naming %s", err, dir)
 	}
 	if b, _ := os.ReadFile(readme); string(b) != "mine" {
 		t.Errorf("README.md was changed to %q", b)
 	}
-	entries, _ := os.ReadDir(dir)
-	if len(entries) != 1 {
-		t.Errorf("files were written next to the existing one: %v", entries)
+	if names := projectFiles(t, dir); !slices.Equal(names, []string{"README.md"}) {
+		t.Errorf("files were written next to the existing one: %v", names)
+	}
+
+	_, _, err = micro(t, "wrapper", "new", "-dir", readme, "x")
+	if err == nil || !strings.Contains(err.Error(), readme+" already exists and is not a directory") {
+		t.Errorf("err = %v, want a refusal naming %s", err, readme)
+	}
+
+	empty := t.TempDir()
+	if _, _, err := micro(t, "wrapper", "new", "-dir", empty, "x"); err != nil {
+		t.Errorf("wrapper new into an empty directory: %v", err)
 	}
 }
 
@@ -396,22 +596,5 @@ func TestFindModule(t *testing.T) {
 	file, mod, err := findModule(filepath.Join(sub, "not", "yet"))
 	if err != nil || file != filepath.Join(root, "go.mod") || mod != "example.com/x" {
 		t.Fatalf("findModule = %q, %q, %v", file, mod, err)
-	}
-	// In a module that does not require micro: the files, and a note.
-	dir := filepath.Join(sub, "w")
-	_, stderr, err := micro(t, "wrapper", "new", "-dir", dir, "w")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(stderr, "does not require github.com/microhost/micro") {
-		t.Errorf("stderr = %q, want a note that the module lacks micro", stderr)
-	}
-	entries, _ := os.ReadDir(dir)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	if !slices.Equal(names, []string{"README.md", "main.go"}) {
-		t.Errorf("wrote %v, want README.md and main.go", names)
 	}
 }
