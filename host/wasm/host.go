@@ -25,35 +25,37 @@ import (
 	"github.com/tetratelabs/wazero"
 
 	abi "github.com/microhost/micro/abi/wrapper"
+	"github.com/microhost/micro/runtime/config"
 )
 
-// Defaults of Options.
+// Defaults of Options: micro.toml's (runtime/config), so that a wrapper loaded with zero
+// options behaves as one configured with none.
 const (
-	DefaultMemoryLimit = 64 << 20
-	DefaultTimeout     = 100 * time.Millisecond
+	DefaultMemoryLimit = uint64(config.DefaultWrapperMemoryLimit)
+	DefaultTimeout     = config.DefaultWrapperTimeout
 	// InitTimeout bounds the start of an instance: the guest's _initialize and on_init.
 	InitTimeout = 10 * time.Second
 )
 
-// The values of Options.Shard.
+// The values of Options.Shard: micro.toml's.
 const (
-	ShardService = "service"
-	ShardNode    = "node"
-	ShardCaller  = "caller"
+	ShardService = config.ShardService
+	ShardNode    = config.ShardNode
+	ShardCaller  = config.ShardCaller
 )
 
-// The values of Options.OnTrap.
+// The values of Options.OnTrap: micro.toml's.
 const (
-	OnTrapOpen   = "open"
-	OnTrapClosed = "closed"
+	OnTrapOpen   = config.OnTrapOpen
+	OnTrapClosed = config.OnTrapClosed
 )
 
 // The values of Options.ABI: the contract a guest is built for.
 const (
 	// ABIMicro is micro's own wrapper ABI (abi/wrapper), which sdk/wrapper builds.
-	ABIMicro = "micro"
+	ABIMicro = config.ABIMicro
 	// ABIHTTPWasm is the http-wasm handler ABI (https://http-wasm.io); see httpwasm.go.
-	ABIHTTPWasm = "http-wasm"
+	ABIHTTPWasm = config.ABIHTTPWasm
 )
 
 // wasmPageSize is the size of a page of Wasm linear memory.
@@ -172,8 +174,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Instances == 0 {
 		o.Instances = 1
 	}
-	if o.Instances < 0 || o.Instances > 1024 {
-		return o, fmt.Errorf("instances must be from 1 to 1024, got %d", o.Instances)
+	if o.Instances < 0 || o.Instances > config.MaxWrapperInstances {
+		return o, fmt.Errorf("instances must be from 1 to %d, got %d", config.MaxWrapperInstances, o.Instances)
 	}
 	switch o.Shard {
 	case "":
@@ -192,14 +194,14 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MemoryLimit == 0 {
 		o.MemoryLimit = DefaultMemoryLimit
 	}
-	if o.MemoryLimit < wasmPageSize || o.MemoryLimit > 4<<30 {
-		return o, fmt.Errorf("memory limit must be from 64KiB to 4GiB, got %d bytes", o.MemoryLimit)
+	if lo, hi := uint64(config.MinWrapperMemoryLimit), uint64(config.MaxWrapperMemoryLimit); o.MemoryLimit < lo || o.MemoryLimit > hi {
+		return o, fmt.Errorf("memory limit must be from %s to %s, got %d bytes", config.MinWrapperMemoryLimit, config.MaxWrapperMemoryLimit, o.MemoryLimit)
 	}
 	if o.Timeout == 0 {
 		o.Timeout = DefaultTimeout
 	}
-	if o.Timeout < 0 || o.Timeout > time.Hour {
-		return o, fmt.Errorf("timeout must be positive and at most 1h, got %v", o.Timeout)
+	if o.Timeout < 0 || o.Timeout > config.MaxWrapperTimeout {
+		return o, fmt.Errorf("timeout must be positive and at most %v, got %v", config.MaxWrapperTimeout, o.Timeout)
 	}
 	if c := bytes.TrimSpace(o.Config); len(c) == 0 || string(c) == "null" {
 		o.Config = []byte("{}") // json.Marshal of a nil map gives null

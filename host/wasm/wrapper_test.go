@@ -418,12 +418,12 @@ func TestOptions(t *testing.T) {
 		opts Options
 		want string
 	}{
-		{Options{Instances: -1}, "instances must be from 1 to 1024, got -1"},
+		{Options{Instances: -1}, "instances must be from 1 to 64, got -1"},
 		{Options{Shard: "endpoint"}, `shard must be "service", "node" or "caller", got "endpoint"`},
 		{Options{OnTrap: "maybe"}, `on_trap must be "open" or "closed", got "maybe"`},
-		{Options{MemoryLimit: 1000}, "memory limit must be from 64KiB to 4GiB"},
-		{Options{Timeout: -time.Second}, "timeout must be positive and at most 1h, got -1s"},
-		{Options{Timeout: 2 * time.Hour}, "timeout must be positive and at most 1h, got 2h0m0s"},
+		{Options{MemoryLimit: 1000}, "memory limit must be from 1MiB to 4GiB"},
+		{Options{Timeout: -time.Second}, "timeout must be positive and at most 10s, got -1s"},
+		{Options{Timeout: 2 * time.Hour}, "timeout must be positive and at most 10s, got 2h0m0s"},
 		{Options{MemoryLimit: 1 << 20}, "memory limit of 1048576 bytes is below what the module needs"},
 	} {
 		_, err := h.Load(context.Background(), "pass", guests["pass"], tc.opts)

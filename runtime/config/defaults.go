@@ -79,8 +79,8 @@ func DefaultWrapper() Wrapper {
 		Instances:   1,
 		Shard:       ShardService,
 		OnTrap:      OnTrapOpen,
-		MemoryLimit: 64 << 20,
-		Timeout:     100 * time.Millisecond,
+		MemoryLimit: DefaultWrapperMemoryLimit,
+		Timeout:     DefaultWrapperTimeout,
 	}
 }
 
@@ -106,10 +106,12 @@ const (
 
 // Bounds of the [Wrapper] keys that [Validate] checks.
 const (
-	MaxWrapperInstances   = 64
-	MinWrapperMemoryLimit = ByteSize(1 << 20)
-	MaxWrapperMemoryLimit = ByteSize(4 << 30)
-	MaxWrapperTimeout     = 10 * time.Second
+	DefaultWrapperMemoryLimit = ByteSize(64 << 20)
+	DefaultWrapperTimeout     = 100 * time.Millisecond
+	MaxWrapperInstances       = 64
+	MinWrapperMemoryLimit     = ByteSize(1 << 20)
+	MaxWrapperMemoryLimit     = ByteSize(4 << 30)
+	MaxWrapperTimeout         = 10 * time.Second
 )
 
 // MaxRetryBuffer bounds client.retry_buffer: each call in flight may hold that much.
