@@ -161,12 +161,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	r.sel = selector.New(r.cache, policy(cfg), selector.Options{
 		Logger: r.logger,
 		OnEject: func(service, node, endpoint string, d time.Duration) {
-			r.metrics.Eject(service)
-			if endpoint == "" {
-				r.logger.Warn("node ejected", "service", service, "node", node, "for", d)
-			} else {
-				r.logger.Warn("node ejected for an endpoint", "service", service, "node", node, "endpoint", endpoint, "for", d)
-			}
+			r.metrics.Eject(service) // the selector logs the ejection
 		},
 	})
 	r.pool = pool.New(r.mux, poolOptions(cfg))

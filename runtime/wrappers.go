@@ -75,7 +75,9 @@ func (ws *wrappers) apply(ctx context.Context, cfg *config.Config) error {
 		}
 		fresh = append(fresh, w)
 		next[name] = &loadedWrapper{spec: spec, stamp: stamp, w: w}
-		ws.r.logger.Info("wrapper loaded", "wrapper", name, "took", time.Since(start).Round(time.Millisecond))
+		ws.r.logger.Info("wrapper loaded", "wrapper", name, "took", time.Since(start).Round(time.Millisecond),
+			"abi", spec.ABI, "instances", spec.Instances, "shard", spec.Shard, "on_trap", spec.OnTrap,
+			"memory_limit", spec.MemoryLimit, "timeout", spec.Timeout)
 	}
 
 	chain := func(names []string) *wrapper.Chain {

@@ -269,8 +269,6 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 	}
 	h.track(w)
 	ok = true
-	w.logger.Info("wrapper loaded", "instances", o.Instances, "shard", o.Shard, "on_trap", o.OnTrap,
-		"memory_limit", o.MemoryLimit, "timeout", o.Timeout)
 	return w, nil
 }
 

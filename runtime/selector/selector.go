@@ -653,9 +653,9 @@ func (svc *service) eject(st *nodeState, h *health, endpoint string, now int64, 
 	n := h.ejections
 	svc.mu.Unlock()
 	if endpoint == "" {
-		svc.sel.log.Info("node ejected", "service", svc.name, "node", st.id, "for", d, "ejections", n)
+		svc.sel.log.Warn("node ejected", "service", svc.name, "node", st.id, "for", d, "ejections", n)
 	} else {
-		svc.sel.log.Info("node ejected for an endpoint", "service", svc.name, "node", st.id, "endpoint", endpoint, "for", d, "ejections", n)
+		svc.sel.log.Warn("node ejected for an endpoint", "service", svc.name, "node", st.id, "endpoint", endpoint, "for", d, "ejections", n)
 	}
 	if f := svc.sel.onEject; f != nil {
 		f(svc.name, st.id, endpoint, d)
