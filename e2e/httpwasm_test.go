@@ -55,6 +55,30 @@ var loopGuest = []byte{
 	0x08, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x00, 0x0b, 0x02, 0x00, 0x0b,
 }
 
+// rewriteGuest is an http-wasm guest, written here, that replaces the body of every call
+// with {"name":"wasm"} and lets it go on:
+//
+//	(module
+//	  (import "http_handler" "write_body" (func $write_body (param i32 i32 i32)))
+//	  (memory (export "memory") 1 1)
+//	  (data (i32.const 0) "{\22name\22:\22wasm\22}")
+//	  (func (export "handle_request") (result i64)
+//	    (call $write_body (i32.const 0) (i32.const 0) (i32.const 15))
+//	    (i64.const 1))
+//	  (func (export "handle_response") (param i32 i32)))
+var rewriteGuest = []byte{
+	0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x10, 0x03, 0x60, 0x03, 0x7f, 0x7f, 0x7f,
+	0x00, 0x60, 0x00, 0x01, 0x7e, 0x60, 0x02, 0x7f, 0x7f, 0x00, 0x02, 0x1b, 0x01, 0x0c, 0x68, 0x74,
+	0x74, 0x70, 0x5f, 0x68, 0x61, 0x6e, 0x64, 0x6c, 0x65, 0x72, 0x0a, 0x77, 0x72, 0x69, 0x74, 0x65,
+	0x5f, 0x62, 0x6f, 0x64, 0x79, 0x00, 0x00, 0x03, 0x03, 0x02, 0x01, 0x02, 0x05, 0x04, 0x01, 0x01,
+	0x01, 0x01, 0x07, 0x2d, 0x03, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02, 0x00, 0x0e, 0x68,
+	0x61, 0x6e, 0x64, 0x6c, 0x65, 0x5f, 0x72, 0x65, 0x71, 0x75, 0x65, 0x73, 0x74, 0x00, 0x01, 0x0f,
+	0x68, 0x61, 0x6e, 0x64, 0x6c, 0x65, 0x5f, 0x72, 0x65, 0x73, 0x70, 0x6f, 0x6e, 0x73, 0x65, 0x00,
+	0x02, 0x0a, 0x11, 0x02, 0x0c, 0x00, 0x41, 0x00, 0x41, 0x00, 0x41, 0x0f, 0x10, 0x00, 0x42, 0x01,
+	0x0b, 0x02, 0x00, 0x0b, 0x0b, 0x15, 0x01, 0x00, 0x41, 0x00, 0x0b, 0x0f, 0x7b, 0x22, 0x6e, 0x61,
+	0x6d, 0x65, 0x22, 0x3a, 0x22, 0x77, 0x61, 0x73, 0x6d, 0x22, 0x7d,
+}
+
 // TestHTTPWasmGuests: micro runs guests built for the http-wasm handler ABI, as server
 // wrappers: one sets a request header the app sees, one answers in place of the app
 // (an auth check, and a TinyGo guest that writes a body), the log one sees the response,
@@ -63,6 +87,10 @@ func TestHTTPWasmGuests(t *testing.T) {
 	t.Parallel()
 	loop := filepath.Join(t.TempDir(), "loop.wasm")
 	if err := os.WriteFile(loop, loopGuest, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rewrite := filepath.Join(t.TempDir(), "rewrite.wasm")
+	if err := os.WriteFile(rewrite, rewriteGuest, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	guests := []struct{ name, path, services, extra string }{
@@ -77,6 +105,8 @@ func TestHTTPWasmGuests(t *testing.T) {
 		// Traps in handle_request.
 		{"trap", httpWasmGuest(t, hostGo, "internal/test/testdata/error/panic_on_handle_request.wasm"), "trap", `on_trap = "closed"`},
 		{"loop", loop, "loop", "on_trap = \"open\"\ntimeout = \"100ms\""},
+		// Replaces the body of every call with {"name":"wasm"}.
+		{"rewrite", rewrite, "rewrite", ""},
 	}
 	var names []string
 	var tables strings.Builder
@@ -85,7 +115,7 @@ func TestHTTPWasmGuests(t *testing.T) {
 		fmt.Fprintf(&tables, "\n[wrappers.%s]\npath = %q\nabi = \"http-wasm\"\nservices = [%q]\n%s\n", g.name, g.path, g.services, g.extra)
 	}
 	services := counterService("count", filepath.Join(t.TempDir(), "count"), t.TempDir()) +
-		greeterService("greeter", 1, "") + greeterService("hello", 1, "") + greeterService("trap", 1, "") + greeterService("loop", 1, "")
+		greeterService("greeter", 1, "") + greeterService("hello", 1, "") + greeterService("trap", 1, "") + greeterService("loop", 1, "") + greeterService("rewrite", 1, "")
 	cfg := baseConfig(t.TempDir(), services)
 	cfg = strings.Replace(cfg, "[server]\n", "[server]\nwrappers = ["+strings.Join(names, ", ")+"]\n", 1) + tables.String()
 	m := startMicro(t, cfg)
@@ -128,6 +158,12 @@ func TestHTTPWasmGuests(t *testing.T) {
 		}
 		if d, _ := r.json(t)["detail"].(string); d != "hello world" || strings.Contains(string(r.body), "Ada") {
 			t.Errorf("hello: %s, want the guest's body as the detail", r.body)
+		}
+	})
+	t.Run("rewrites a body", func(t *testing.T) {
+		r, err := m.call("rewrite", "Greeter.Hello", `{"name":"Ada"}`, nil)
+		if err != nil || r.status != 200 || !strings.Contains(string(r.body), "Hello, wasm!") {
+			t.Fatalf("rewrite: %v %d %s, want the app to greet the body the guest wrote", err, r.status, r.body)
 		}
 	})
 	t.Run("faults", func(t *testing.T) {

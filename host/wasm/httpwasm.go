@@ -55,9 +55,12 @@ const (
 	httpProtocol = "HTTP/1.1"
 	// httpDefaultStatus is the status of an answer whose guest set none.
 	httpDefaultStatus = 200
-	// httpFeatures are the features enable_features grants: none of buffer_request,
-	// buffer_response and trailers, since micro's wrappers see neither bodies nor trailers.
-	httpFeatures = 0
+	// httpFeatures are the features enable_features grants: buffer_request (micro holds a
+	// request body up to server.InMemoryBody whole, so a guest can read it and the app still
+	// gets it), but not buffer_response or trailers, which micro's wrappers do not see.
+	httpFeatures = 1
+	// httpMaxBody bounds a request body a guest writes.
+	httpMaxBody = 4 << 20
 )
 
 // httpPending is a call that handle_request let through: the instance that saw it, and
@@ -83,6 +86,23 @@ type httpCall struct {
 	status int
 	header http.Header
 	body   []byte
+
+	// read is how much of the request body the guest has read; reqBody is the body it
+	// wrote for the request (reqBodySet once it wrote one), which the call continues with.
+	read       int
+	reqBody    []byte
+	reqBodySet bool
+}
+
+// heldBody returns the request body, trapping when micro does not hold it whole.
+func (hc *httpCall) heldBody(fn string) []byte {
+	switch {
+	case hc.phase != phaseRequest:
+		httpTrap(fn, "the request body is gone once the call went on")
+	case !hc.call.BodyHeld:
+		httpTrap(fn, "the body of this call streams (it is longer than 64KiB, of unknown length, or on HTTP/2, or the wrapper is a client's): micro's wrappers get only bodies it holds whole")
+	}
+	return hc.call.Body
 }
 
 // requestHeader returns the guest's view of the request headers.
@@ -375,9 +395,21 @@ var httpHostFuncs = append([]hostFunc{
 	{"add_header_value", []api.ValueType{i32, i32, i32, i32, i32}, nil, httpChange("add_header_value", "add")},
 	{"remove_header", []api.ValueType{i32, i32, i32}, nil, httpChange("remove_header", "remove")},
 	{"read_body", []api.ValueType{i32, i32, i32}, []api.ValueType{i64},
-		func(ctx context.Context, _ api.Module, _ []uint64) {
-			needHTTPCall(instanceFrom(ctx), "read_body")
-			httpTrap("read_body", "micro's wrappers do not see the bodies of calls")
+		func(ctx context.Context, m api.Module, stack []uint64) {
+			const fn = "read_body"
+			hc := needHTTPCall(instanceFrom(ctx), fn)
+			if kind := uint32(stack[0]); kind != httpBodyRequest {
+				httpTrap(fn, "micro's wrappers do not see the bodies of answers (body kind %d)", kind)
+			}
+			body := hc.heldBody(fn)
+			buf := httpBuf(m, fn, uint32(stack[1]), uint32(stack[2]))
+			n := copy(buf, body[hc.read:])
+			hc.read += n
+			var eof uint64
+			if hc.read >= len(body) {
+				eof = 1 << 32
+			}
+			stack[0] = eof | uint64(n)
 		}},
 	{"write_body", []api.ValueType{i32, i32, i32}, nil,
 		func(ctx context.Context, m api.Module, stack []uint64) {
@@ -386,7 +418,15 @@ var httpHostFuncs = append([]hostFunc{
 			b := httpBuf(m, fn, uint32(stack[1]), uint32(stack[2]))
 			switch kind := uint32(stack[0]); {
 			case kind == httpBodyRequest:
-				httpTrap(fn, "micro's wrappers cannot replace the body of a call: only the body of an answer can be written")
+				hc.heldBody(fn)
+				if !hc.reqBodySet {
+					hc.reqBody, hc.reqBodySet = nil, true // a first write replaces the body
+				}
+				if len(hc.reqBody)+len(b) > httpMaxBody {
+					httpTrap(fn, "the request body written is larger than %d bytes", httpMaxBody)
+				}
+				hc.reqBody = append(hc.reqBody, b...)
+				return
 			case kind != httpBodyResponse:
 				httpTrap(fn, "unknown body kind %d", kind)
 			case hc.phase != phaseRequest:
@@ -472,6 +512,7 @@ func (w *Wrapper) httpRequest(s *slot, inst *instance, c *wrapper.Call) wrapper.
 	var v wrapper.Verdict
 	if ctxNext&1 == 1 {
 		v.Action = wrapper.Continue
+		v.SetBody, v.Body = hc.reqBodySet, hc.reqBody
 		for name := range hc.set {
 			if vs := hc.req[name]; len(vs) > 0 {
 				if v.Header == nil {

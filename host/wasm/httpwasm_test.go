@@ -187,7 +187,7 @@ func TestHTTPWasmFaults(t *testing.T) {
 		{"reroute", httpGuest([]wasmImport{hImport("set_uri", tI32I32)}, concat(call0(0, i32Const(0), i32Const(2)), i64Const(1)), nil, "/x"),
 			Options{OnTrap: OnTrapClosed}, "cannot change"},
 		{"readbody", httpGuest([]wasmImport{hImport("read_body", tI32x3RetI64)}, concat(call0(0, i32Const(0), i32Const(0), i32Const(16)), []byte{0x1a}, i64Const(1)), nil, ""),
-			Options{OnTrap: OnTrapClosed}, "do not see the bodies"},
+			Options{OnTrap: OnTrapClosed}, "the body of this call streams"},
 		{"removeheader", httpGuest([]wasmImport{hImport("remove_header", tI32x3)}, concat(call0(0, i32Const(0), i32Const(0), i32Const(5)), i64Const(1)), nil, "X-Key"),
 			Options{OnTrap: OnTrapClosed}, "cannot remove header"},
 		{"microheader", httpGuest([]wasmImport{hImport("set_header_value", tI32x5)}, concat(call0(0, i32Const(0), i32Const(0), i32Const(10), i32Const(0), i32Const(1)), i64Const(1)), nil, "Micro-Node"),
@@ -237,4 +237,23 @@ func TestHTTPWasmRefusesModules(t *testing.T) {
 	if _, err := h.Load(context.Background(), "bad", setHeaderGuest, Options{ABI: "proxy-wasm"}); err == nil || !strings.Contains(err.Error(), "proxy-wasm") {
 		t.Errorf("Load with an unknown ABI: %v", err)
 	}
+}
+
+// TestHTTPWasmBody: a guest reads the body of a call that micro holds whole and writes the
+// body the call continues with.
+func TestHTTPWasmBody(t *testing.T) {
+	h, _ := newTestHost(t)
+	guest := httpGuest([]wasmImport{hImport("read_body", tI32x3RetI64), hImport("write_body", tI32x3)},
+		concat(
+			call0(1, i32Const(0), i32Const(100), i32WrapI64(call0(0, i32Const(0), i32Const(100), i32Const(64)))), // body = what was read
+			call0(1, i32Const(0), i32Const(0), i32Const(1)),                                                      // body += "!"
+			i64Const(1)),
+		nil, "!")
+	w := loadHTTP(t, h, "body", guest, Options{})
+	c := &wrapper.Call{Service: "s", Endpoint: "E", Body: []byte("hello"), BodyHeld: true}
+	v := w.OnRequest(context.Background(), c)
+	if v.Action != wrapper.Continue || !v.SetBody || string(v.Body) != "hello!" {
+		t.Fatalf("verdict %+v, want the call to go on with the body hello!", v)
+	}
+	w.OnResponse(context.Background(), c, &wrapper.Result{Status: 200})
 }

@@ -424,7 +424,7 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 			writeError(&ex.c.Response, e, transport.ErrorCaller)
 			return answerOf(&ex.c.Response), false, nil
 		}
-		return ib.serveFast(ctx, ex.c, ex.req.Service, ex.req.Endpoint, ex.req.Target, node.ID, base, left, extra, ex.req.Header, self)
+		return ib.serveFast(ctx, ex.c, ex.req.Service, ex.req.Endpoint, ex.req.Target, node.ID, base, left, extra, ex.req.Header, self, ex.body == nil)
 	}
 	if !fp.HTTPNode(node.Address) {
 		return ex.viaMessage(ctx, node, left, extra)
@@ -557,7 +557,7 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
 	}
 	recorded = true
-	in.serveFast(ctx, c, call.service, call.endpoint, call.target, call.node, call.base, call.budget, nil, nil, caller)
+	in.serveFast(ctx, c, call.service, call.endpoint, call.target, call.node, call.base, call.budget, nil, nil, caller, stream == nil)
 	if stream.unread() {
 		c.SetConnectionClose()
 	}
@@ -610,8 +610,10 @@ func (in *Inbound) readCall(st *Settings, path, query, timeout string, present b
 // wrappers, and leaves the answer in c's response: the app's, or micro's own (marked with
 // transport.HeaderError). It serves the inbound server's calls, and the ingress's calls to
 // nodes this micro fronts. extra are headers the client wrappers set; hdr is the request's
-// header as a message header, when the caller has made it.
-func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, service, endpoint, target, node, base string, left time.Duration, extra, hdr map[string]string, caller Peer) (client.Answer, bool, error) {
+// header as a message header, when the caller has made it; caller is who made the call;
+// held reports that the request's body is in memory whole, so that server wrappers may read
+// and replace it.
+func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, service, endpoint, target, node, base string, left time.Duration, extra, hdr map[string]string, caller Peer, held bool) (client.Answer, bool, error) {
 	start := time.Now()
 	deadline := start.Add(left)
 	resp := &c.Response
@@ -628,8 +630,12 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 			hdr = messageHeader(&c.Request.Header)
 		}
 		call.Header = hdr
+		if held {
+			call.Body, call.BodyHeld = c.Request.Body(), true
+		}
 	}
-	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(more map[string]string) (int, string, string) {
+	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(v *wrapper.Verdict) (int, string, string) {
+		more := v.Header
 		app, err := in.apps.of(base)
 		if err != nil {
 			e := callerr.New(InboundID, http.StatusServiceUnavailable, "service %q: %v", service, err)
@@ -637,6 +643,9 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 			return e.Code, transport.ErrorUnavailable, e.Detail
 		}
 		out := &c.Request
+		if v.SetBody && held {
+			out.SetBody(v.Body)
+		}
 		out.SetRequestURI(app.prefix + target)
 		out.Header.SetHost(app.addr)
 		for _, m := range []map[string]string{extra, more} {

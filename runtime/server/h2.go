@@ -481,7 +481,8 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 		}
 		call.Header = hc.hdr
 	}
-	code, kind, _, rejected := in.wrapApp(actx, chain, &call, start, func(more map[string]string) (int, string, string) {
+	code, kind, _, rejected := in.wrapApp(actx, chain, &call, start, func(v *wrapper.Verdict) (int, string, string) {
+		more := v.Header // a body that streams cannot be replaced: BodyHeld is unset
 		fail := func(e *callerr.Error, kind string) (int, string, string) {
 			resp = errorResponse(e, kind)
 			return e.Code, kind, e.Detail

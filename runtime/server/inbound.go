@@ -230,13 +230,17 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 	defer chain.Release()
 	call := wrapper.Call{
 		Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
-		Caller: caller.Name(), Header: req.Header, Deadline: deadline,
+		Caller: caller.Name(), Header: req.Header, Body: req.Body, BodyHeld: true, Deadline: deadline,
 	}
 	var m *transport.Message
-	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(extra map[string]string) (int, string, string) {
+	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(v *wrapper.Verdict) (int, string, string) {
 		var code int
 		var failure string
-		code, m, failure = in.toApp(ctx, req, extra, st, deadline, caller)
+		out := req
+		if v.SetBody {
+			out = &transport.Message{Header: req.Header, Body: v.Body}
+		}
+		code, m, failure = in.toApp(ctx, out, v.Header, st, deadline, caller)
 		return code, m.Header[transport.HeaderError], failure
 	})
 	if rejected != nil {
@@ -254,7 +258,7 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 // rejects the call is returned as rejected, with the status and kind to answer; send is not
 // called then.
 func (in *Inbound) wrapApp(ctx context.Context, chain *wrapper.Chain, call *wrapper.Call, start time.Time,
-	send func(extra map[string]string) (code int, kind, failure string)) (code int, kind, failure string, rejected *wrapper.Verdict) {
+	send func(v *wrapper.Verdict) (code int, kind, failure string)) (code int, kind, failure string, rejected *wrapper.Verdict) {
 	var ran wrapper.Ran
 	v := chain.OnRequest(ctx, call, &ran)
 	if v.Action != wrapper.Continue {
@@ -266,7 +270,7 @@ func (in *Inbound) wrapApp(ctx context.Context, chain *wrapper.Chain, call *wrap
 		}
 		return status, kind, v.Message, &v
 	}
-	code, kind, failure = send(v.Header)
+	code, kind, failure = send(&v)
 	if chain != nil {
 		r := wrapper.Result{Status: code, Latency: time.Since(start)}
 		switch {

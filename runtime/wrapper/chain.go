@@ -115,7 +115,9 @@ type Ran struct {
 
 // OnRequest runs the chain's wrappers that apply to call, in order, until one does not
 // continue. Headers that continuing wrappers set are merged into the returned verdict,
-// whose Action is Continue when every wrapper let the call through.
+// whose Action is Continue when every wrapper let the call through. A body a wrapper sets
+// (on a call whose BodyHeld is set) is what the wrappers after it see as call.Body, and
+// what the call goes on with.
 func (c *Chain) OnRequest(ctx context.Context, call *Call, ran *Ran) Verdict {
 	ran.idx = ran.buf[:0]
 	var out Verdict
@@ -131,6 +133,10 @@ func (c *Chain) OnRequest(ctx context.Context, call *Call, ran *Ran) Verdict {
 			return v
 		}
 		ran.idx = append(ran.idx, i)
+		if v.SetBody && call.BodyHeld {
+			// The wrappers after this one see the body the call now goes on with.
+			out.SetBody, out.Body, call.Body = true, v.Body, v.Body
+		}
 		for k, val := range v.Header {
 			if out.Header == nil {
 				out.Header = make(map[string]string, len(v.Header))

@@ -25,6 +25,11 @@ type Call struct {
 	// Header holds the request's headers. Wrappers do not modify it; they return headers
 	// to set in a Verdict.
 	Header map[string]string
+	// Body is the request's body when BodyHeld: when micro holds it whole (a server
+	// wrapper's call whose body is up to server.InMemoryBody, on HTTP/1.1 or over a
+	// transport). Wrappers do not modify it; they return a new one in a Verdict.
+	Body     []byte
+	BodyHeld bool
 	// Deadline is when the call's budget ends.
 	Deadline time.Time
 }
@@ -53,6 +58,10 @@ type Verdict struct {
 	Message string
 	// Header is added to the request when the call continues.
 	Header map[string]string
+	// SetBody replaces the request's body with Body when the call continues; only for a
+	// Call whose BodyHeld is set.
+	SetBody bool
+	Body    []byte
 	// ReplyHeader is added to the rejection's reply, e.g. Retry-After.
 	ReplyHeader map[string]string
 }
