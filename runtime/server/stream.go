@@ -195,32 +195,27 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 	chain := in.chain.Acquire()
 	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
 		Caller: caller.Name(), Header: req.Header, Deadline: deadline}
-	var ran wrapper.Ran
-	v := chain.OnRequest(openCtx, &call, &ran)
-	if v.Action != wrapper.Continue {
-		status := v.RejectStatus()
-		chain.OnResponse(openCtx, &call, &wrapper.Result{Status: status, Err: v.Message}, &ran)
-		chain.Release()
-		kind := transport.ErrorCaller
-		if status >= 500 {
-			kind = transport.ErrorRefused
+	// The opening goes through the server wrappers as a call does: its send step dials
+	// the app.
+	var ws *websocket.Conn
+	var refusal *transport.Message
+	code, kind, _, rejected := in.wrapApp(openCtx, chain, &call, start, func(v *wrapper.Verdict) (int, string, string) {
+		var k string
+		ws, refusal, e, k = in.dialApp(openCtx, req, v.Header, deadline, caller)
+		switch {
+		case refusal != nil: // the app's own answer to the upgrade
+			status, _ := strconv.Atoi(refusal.Header[transport.HeaderStatus])
+			return status, "", ""
+		case e != nil:
+			return e.Code, k, e.Detail
 		}
-		fail(callerr.New(InboundID, status, "%s", v.Message), kind, v.ReplyHeader)
-		return
-	}
-	ws, refusal, e, kind := in.dialApp(openCtx, req, v.Header, deadline, caller)
-	r := wrapper.Result{Status: http.StatusSwitchingProtocols, Latency: time.Since(start)}
-	switch {
-	case refusal != nil:
-		r.Status, _ = strconv.Atoi(refusal.Header[transport.HeaderStatus])
-		r.Fault = r.Status >= 500
-	case e != nil:
-		r.Status, r.Err = 0, e.Detail
-		r.Fault = kind != transport.ErrorCaller
-	}
-	chain.OnResponse(openCtx, &call, &r, &ran)
+		return http.StatusSwitchingProtocols, "", ""
+	})
 	chain.Release()
 	switch {
+	case rejected != nil:
+		fail(callerr.New(InboundID, code, "%s", rejected.Message), kind, rejected.ReplyHeader)
+		return
 	case refusal != nil:
 		answer(refusal)
 		return
