@@ -365,7 +365,7 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 			r.regMu.Unlock()
 		} else {
 			next.Registry = cfg.Registry
-			next.Registry.TTL, next.Registry.Heartbeat, next.Registry.CacheTTL = old.Registry.TTL, old.Registry.Heartbeat, old.Registry.CacheTTL
+			next.Registry = registryTimes(next.Registry, old.Registry)
 		}
 	}
 
@@ -602,9 +602,8 @@ func liveServer(running, next config.Server) config.Server {
 // their names in micro.toml.
 func restartKeys(a, b *config.Config) []string {
 	keys := changedKeys("server", liveServer(a.Server, b.Server), b.Server)
-	ra, rb := a.Registry, b.Registry
-	rb.Plugin, rb.Dir, rb.Address, rb.Datacenter, rb.TokenFile, rb.Path, rb.SHA256 = ra.Plugin, ra.Dir, ra.Address, ra.Datacenter, ra.TokenFile, ra.Path, ra.SHA256 // a registry switch
-	keys = append(keys, changedKeys("registry", ra, rb)...)
+	// A registry's times need a restart; its other keys switch registries live.
+	keys = append(keys, changedKeys("registry", a.Registry, registryTimes(a.Registry, b.Registry))...)
 	keys = append(keys, changedKeys("log", a.Log, b.Log)...)
 	return append(keys, changedKeys("security", a.Security, b.Security)...)
 }
@@ -622,11 +621,17 @@ func changedKeys(section string, a, b any) []string {
 	return keys
 }
 
+// registryTimes returns r with the keys of [registry] that need a restart (its times)
+// taken from times: the one list of them.
+func registryTimes(r, times config.Registry) config.Registry {
+	r.TTL, r.Heartbeat, r.CacheTTL = times.TTL, times.Heartbeat, times.CacheTTL
+	return r
+}
+
 // registryChanged reports whether b names another registry than a, so that micro must
 // switch to it. TTLs are not part of that: they need a restart.
 func registryChanged(a, b config.Registry) bool {
-	a.TTL, a.Heartbeat, a.CacheTTL = b.TTL, b.Heartbeat, b.CacheTTL
-	return a != b
+	return registryTimes(a, b) != b
 }
 
 // advertiseAddr is the address to register: the configured one, or the bound one with an
