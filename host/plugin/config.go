@@ -82,17 +82,11 @@ func (c Config) LogValue() slog.Value {
 	if c.Token != "" {
 		token = redacted
 	}
-	return slog.GroupValue(
-		slog.String("name", c.Name),
-		slog.String("path", c.Path),
-		slog.String("source_dir", c.SourceDir),
-		slog.String("cache_dir", c.CacheDir),
-		slog.String("sha256", c.SHA256),
+	return slog.GroupValue(c.proc().attrs(
 		slog.String("address", c.Address),
 		slog.String("datacenter", c.Datacenter),
 		slog.String("token", token),
-		slog.Duration("start_timeout", c.StartTimeout),
-	)
+	)...)
 }
 
 // proc returns the settings for starting c's process.
@@ -166,16 +160,10 @@ func (c TransportConfig) String() string { return fmt.Sprintf("%+v", c.redact())
 
 // LogValue logs c's settings, with its URL's password redacted.
 func (c TransportConfig) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.String("name", c.Name),
-		slog.String("path", c.Path),
-		slog.String("source_dir", c.SourceDir),
-		slog.String("cache_dir", c.CacheDir),
-		slog.String("sha256", c.SHA256),
+	return slog.GroupValue(c.proc().attrs(
 		slog.String("url", redactURL(c.URL)),
 		slog.Any("auth", c.Auth),
-		slog.Duration("start_timeout", c.StartTimeout),
-	)
+	)...)
 }
 
 // proc returns the settings for starting c's process.
@@ -246,19 +234,13 @@ func (c BrokerConfig) String() string { return fmt.Sprintf("%+v", c.redact()) }
 
 // LogValue logs c's settings, with its URL's password redacted.
 func (c BrokerConfig) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.String("name", c.Name),
-		slog.String("path", c.Path),
-		slog.String("source_dir", c.SourceDir),
-		slog.String("cache_dir", c.CacheDir),
-		slog.String("sha256", c.SHA256),
+	return slog.GroupValue(c.proc().attrs(
 		slog.String("url", redactURL(c.URL)),
 		slog.Duration("max_age", c.MaxAge),
 		slog.Int64("max_bytes", c.MaxBytes),
 		slog.Int64("max_message", c.MaxMessage),
 		slog.Any("auth", c.Auth),
-		slog.Duration("start_timeout", c.StartTimeout),
-	)
+	)...)
 }
 
 // proc returns the settings for starting c's process.
@@ -317,6 +299,20 @@ type procConfig struct {
 	StartTimeout                            time.Duration
 	env                                     []string
 	restartMin, restartMax                  time.Duration
+}
+
+// attrs are the log attributes of a plugin config: its process settings around the
+// plugin's own (backend).
+func (c procConfig) attrs(backend ...slog.Attr) []slog.Attr {
+	out := []slog.Attr{
+		slog.String("name", c.Name),
+		slog.String("path", c.Path),
+		slog.String("source_dir", c.SourceDir),
+		slog.String("cache_dir", c.CacheDir),
+		slog.String("sha256", c.SHA256),
+	}
+	out = append(out, backend...)
+	return append(out, slog.Duration("start_timeout", c.StartTimeout))
 }
 
 // withDefaults fills in the zero settings.
