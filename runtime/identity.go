@@ -119,7 +119,22 @@ func (r *Runtime) self() server.Peer {
 	if r.security == nil {
 		return server.Peer{}
 	}
-	return peerOf(r.security.Identity())
+	// It changes only with the certificate: made once per certificate, not per call.
+	cert := r.security.Certificate()
+	if s := r.selfPeer.Load(); s != nil && s.cert == cert {
+		return s.peer
+	}
+	s := &selfPeer{cert: cert, peer: peerOf(r.security.Identity())}
+	if r.security.Certificate() == cert { // not renewed meanwhile: the identity is cert's
+		r.selfPeer.Store(s)
+	}
+	return s.peer
+}
+
+// selfPeer is this micro's identity as the inbound's Peer, for the certificate it is of.
+type selfPeer struct {
+	cert *tls.Certificate
+	peer server.Peer
 }
 
 // newHTTPTransport returns the built-in HTTP transport, with TLS to other micros and the

@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -90,6 +91,7 @@ type Runtime struct {
 	h2c         *http.Transport  // HTTP/2 without TLS, to apps (and other micros when security is off)
 	upstream    *upstream.Client // apps (and other micros when security is off), from the HTTP/1.1 path
 	security    *security.Source // nil when security.mode is off
+	selfPeer    atomic.Pointer[selfPeer]
 	peers       *upstream.Client // other micros over TLS, from the HTTP/1.1 path; nil when security is off
 	h2Peers     *http.Transport  // other micros over HTTP/2 with TLS; nil when security is off
 

@@ -70,7 +70,9 @@ func TestSplitTLS(t *testing.T) {
 		name string
 		talk func(c net.Conn)
 	}{
-		{"plaintext", func(c net.Conn) { _, _ = io.WriteString(c, "POST /a/b HTTP/1.1\r\nHost: x\r\nMicro-Caller: forged\r\n\r\n") }},
+		{"plaintext", func(c net.Conn) {
+			_, _ = io.WriteString(c, "POST /a/b HTTP/1.1\r\nHost: x\r\nMicro-Caller: forged\r\n\r\n")
+		}},
 		{"silent", func(net.Conn) {}},
 		{"half a hello, then gone", func(c net.Conn) { _, _ = c.Write([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}) }},
 		{"no certificate", func(c net.Conn) {
