@@ -58,7 +58,7 @@ func (w *watcher) stop() {
 	switch {
 	case w.timer.Stop():
 		w.wg.Done()
-	case w.conn == nil: // nothing to watch (a request with no connection, in tests)
+	case rawConn(w.conn) == nil: // no socket under it (a RequestCtx made by Init): the watch ended at once
 		w.wg.Wait()
 	default:
 		_ = w.conn.SetReadDeadline(time.Unix(1, 0))
