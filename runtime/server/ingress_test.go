@@ -410,6 +410,7 @@ func TestIngressMicroHeaders(t *testing.T) {
 		c := &echoCaller{}
 		w := serve(h(newTestIngress(c)), "POST", "/greeter/Greeter.Hello", "{}", map[string]string{
 			"Micro-Caller": "admin", "Micro-Node": "n9", "Micro-Service": "billing", "Micro-Whatever": "x",
+			"Micro-Topic": "orders.created", "Micro-Message-Id": "forged", "Micro-Signature": "x",
 			"Micro-Idempotent": "true", "X-Trace": "t1",
 		})
 		if w.Code != 201 {
