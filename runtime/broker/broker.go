@@ -45,9 +45,6 @@ const ValueSep = abi.ValueSep
 // MaxTopicLen is the longest topic name, in bytes.
 const MaxTopicLen = 200
 
-// DeadSuffix is appended to a topic's name to name its dead-letter topic by default.
-const DeadSuffix = ".dead"
-
 // Errors that brokers return, wrapped with context.
 var (
 	// ErrFull means the broker refused a message because its store is full.

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"net/http"
 	"strconv"
@@ -212,7 +213,7 @@ func (c *consumer) deadLetter(ctx context.Context, con broker.Consumer, d *broke
 	h[broker.HeaderDeadTopic] = d.Topic
 	h[broker.HeaderDeadGroup] = c.sub.Service
 	h[broker.HeaderDeadReason] = truncate(reason, 512)
-	m := &broker.Message{ID: NewID(), Topic: topic, Header: h, Body: d.Body}
+	m := &broker.Message{ID: rand.Text(), Topic: topic, Header: h, Body: d.Body}
 	if err := c.g.b.Publish(ctx, m); err != nil {
 		c.p.log.Error("dead letter: publishing failed; the message is delivered again", "service", c.sub.Service, "topic", d.Topic, "id", d.ID, "dead_letter", topic, "err", err)
 		_ = con.Nak(ctx, d, backoff(o, d.Attempt))

@@ -18,8 +18,7 @@ package pubsub
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/base32"
+	"crypto/rand"
 	"errors"
 	jitter "github.com/microhost/micro/runtime/backoff"
 	"log/slog"
@@ -135,7 +134,7 @@ func (p *PubSub) Publish(ctx context.Context, topic string, header map[string]st
 		return "", callerr.New(ID, http.StatusBadRequest, "%v", err)
 	}
 	o := p.opts.Load()
-	m := &broker.Message{ID: NewID(), Topic: topic, Header: header, Body: body}
+	m := &broker.Message{ID: rand.Text(), Topic: topic, Header: header, Body: body}
 	if n := m.Size(); int64(n) > o.MaxMessage {
 		return "", callerr.New(ID, http.StatusRequestEntityTooLarge, "message to %s is %d bytes (body and headers), more than broker.max_message (%d bytes)", topic, n, o.MaxMessage)
 	}
@@ -322,15 +321,6 @@ func (p *PubSub) start(g *generation, s Subscription) *consumer {
 	go c.run(ctx, dctx)
 	return c
 }
-
-// NewID returns a new message ID: 26 characters of lower-case base32, from 128 random bits.
-func NewID() string {
-	var b [16]byte
-	_, _ = crand.Read(b[:])
-	return idEncoding.EncodeToString(b[:])
-}
-
-var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // validID reports whether id may be a message ID that a caller names: 1 to 64 letters,
 // digits, '-' and '_'.
