@@ -57,20 +57,17 @@ func (r *Runtime) applyBroker(ctx context.Context, old, cfg *config.Config) conf
 }
 
 // mergeBroker is the broker section that runs after a reload: where messages are kept
-// from running, and how they are delivered from cfg.
+// (the keys that make a broker) from running, and how they are delivered from cfg: the one
+// list of the keys that switch brokers.
 func mergeBroker(running, cfg config.Broker) config.Broker {
-	out := cfg
-	out.Plugin, out.Dir, out.URL, out.Path, out.SHA256, out.Auth = running.Plugin, running.Dir, running.URL, running.Path, running.SHA256, running.Auth
-	out.MaxBytes, out.MaxAge, out.MaxMessage = running.MaxBytes, running.MaxAge, running.MaxMessage
-	return out
+	cfg.Plugin, cfg.Dir, cfg.URL, cfg.Path, cfg.SHA256, cfg.Auth = running.Plugin, running.Dir, running.URL, running.Path, running.SHA256, running.Auth
+	cfg.MaxBytes, cfg.MaxAge, cfg.MaxMessage = running.MaxBytes, running.MaxAge, running.MaxMessage
+	return cfg
 }
 
 // brokerChanged reports whether b keeps messages elsewhere, or under other limits, than
 // a: micro must switch to a new broker.
-func brokerChanged(a, b config.Broker) bool {
-	return a.Plugin != b.Plugin || a.Dir != b.Dir || a.URL != b.URL || a.Path != b.Path || a.SHA256 != b.SHA256 || a.Auth != b.Auth ||
-		a.MaxBytes != b.MaxBytes || a.MaxAge != b.MaxAge || a.MaxMessage != b.MaxMessage
-}
+func brokerChanged(a, b config.Broker) bool { return mergeBroker(a, b) != b }
 
 // subscriptions lists the subscriptions that services declare, in a stable order.
 func subscriptions(services map[string]config.Service) []pubsub.Subscription {

@@ -28,3 +28,19 @@ func TestRestartKeys(t *testing.T) {
 		t.Errorf("liveServer = %+v", s)
 	}
 }
+
+func TestBrokerChanged(t *testing.T) {
+	a := config.Default().Broker
+	b := a
+	b.MaxDeliveries, b.Backoff = 9, time.Minute // delivery settings apply live
+	if brokerChanged(a, b) {
+		t.Error("a change of delivery settings switches brokers")
+	}
+	if m := mergeBroker(a, b); m.MaxDeliveries != 9 || m.Plugin != a.Plugin {
+		t.Errorf("mergeBroker = %+v", m)
+	}
+	b.URL = "nats://127.0.0.1:4222"
+	if !brokerChanged(a, b) {
+		t.Error("a change of url does not switch brokers")
+	}
+}
