@@ -91,3 +91,27 @@ type Registry interface {
 	// Close releases the registry's resources. It does not deregister anything.
 	Close() error
 }
+
+// ErrNoLeader is returned by Elector.Leader when no candidate leads the name.
+var ErrNoLeader = errors.New("no leader elected")
+
+// Elector is a registry that can elect one leader among the candidates for a name: Consul
+// through a session's lock on a key, the embedded registry through a lock file. A leader
+// that dies (its process, or its session's TTL) loses its leadership, so that another
+// candidate takes over.
+type Elector interface {
+	// Campaign blocks until this candidate leads name, or ctx ends. value is what the
+	// others read through Leader while it leads (e.g. the leader's node ID and address).
+	Campaign(ctx context.Context, name, value string) (Leadership, error)
+	// Leader returns the value of name's current leader, or ErrNoLeader.
+	Leader(ctx context.Context, name string) (string, error)
+}
+
+// Leadership is a won Campaign.
+type Leadership interface {
+	// Lost is closed when the leadership ends: it was lost (the lock or session went
+	// away) or given up with Resign.
+	Lost() <-chan struct{}
+	// Resign gives the leadership up, so that another candidate may take it.
+	Resign(ctx context.Context) error
+}

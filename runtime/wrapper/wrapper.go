@@ -102,3 +102,17 @@ type Wrapper interface {
 	// Close releases the wrapper. Calls in flight on it finish first.
 	Close(ctx context.Context) error
 }
+
+// Leases hands wrappers this micro's shares of global rate limits: capacities that a
+// quota service splits among the micros that use them (runtime/quota). A wrapper enforces
+// its share locally; it asks for the share now and then, not per call.
+type Leases interface {
+	// Lease records demand, the calls a wrapper saw for resource since it last asked
+	// (allowed and rejected alike), and returns the rate, in calls per second, that this
+	// micro may allow for resource now. held is false when this micro holds no lease for
+	// resource (none yet, or the last one expired while the quota service was out of
+	// reach); the wrapper then applies its own safe share. Lease never blocks: leases are
+	// fetched and renewed in the background, and a resource named for the first time is
+	// asked for at once. It is safe for concurrent use.
+	Lease(resource string, demand uint64) (rate float64, held bool)
+}
