@@ -571,7 +571,7 @@ func serverSettings(cfg *config.Config) server.Settings {
 
 func clientOptions(cfg *config.Config) client.Options {
 	c := cfg.Client
-	return client.Options{
+	o := client.Options{
 		Timeout:           c.Timeout,
 		AttemptTimeout:    c.AttemptTimeout,
 		Attempts:          c.Attempts,
@@ -579,7 +579,23 @@ func clientOptions(cfg *config.Config) client.Options {
 		BackoffMax:        c.BackoffMax,
 		RetryRatio:        c.RetryBudget.Ratio,
 		RetryMinPerSecond: c.RetryBudget.MinPerSecond,
+		MinSamples:        c.Adaptive.MinSamples,
 	}
+	if c.Adaptive.Enabled {
+		o.Adaptive = client.Adaptive{Quantile: c.Adaptive.Quantile, Factor: c.Adaptive.Factor, Min: c.Adaptive.Min}
+	}
+	if c.Hedge.Enabled {
+		o.Hedge = client.Hedge{Quantile: c.Hedge.Quantile, Min: c.Hedge.MinDelay}
+	}
+	for name, r := range cfg.Routes {
+		if r.AttemptTimeout > 0 || !r.Hedge {
+			if o.Routes == nil {
+				o.Routes = make(map[string]client.Route)
+			}
+			o.Routes[name] = client.Route{AttemptTimeout: r.AttemptTimeout, NoHedge: !r.Hedge}
+		}
+	}
+	return o
 }
 
 func poolOptions(cfg *config.Config) pool.Options {

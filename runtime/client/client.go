@@ -41,9 +41,12 @@ type Pool interface {
 	Dial(ctx context.Context, addr string) (transport.Conn, error)
 }
 
-// Observer is told about retries; *metrics.Metrics is one.
+// Observer is told about retries and hedges; *metrics.Metrics is one.
 type Observer interface {
+	// Retry records an attempt after a failed one.
 	Retry(service string)
+	// Hedge records a hedge: an attempt sent while another was still out.
+	Hedge(service string)
 }
 
 // Options are the client's tunables. They can be replaced while calls run.
@@ -57,11 +60,48 @@ type Options struct {
 	// BackoffMax caps one backoff.
 	BackoffMax time.Duration
 	// AttemptTimeout bounds one attempt of a call that is safe to repeat, when another
-	// attempt may follow; 0 gives each attempt the whole remaining budget.
+	// attempt may follow; 0 leaves it to Adaptive, and without that gives each attempt the
+	// whole remaining budget.
 	AttemptTimeout time.Duration
+	// Adaptive derives the attempt timeout of such calls from the latencies seen per
+	// service and endpoint, when neither AttemptTimeout nor the service's Route sets one.
+	Adaptive Adaptive
+	// Hedge sends a second attempt of a call that is safe to repeat to another node when
+	// the first has not answered within a high quantile of the endpoint's latencies.
+	Hedge Hedge
+	// MinSamples is how many answers an endpoint must have had before its latencies
+	// set attempt timeouts and hedge delays.
+	MinSamples int
+	// Routes holds settings per called service.
+	Routes map[string]Route
 	// RetryRatio and RetryMinPerSecond form the retry budget.
 	RetryRatio        float64
 	RetryMinPerSecond float64
+}
+
+// Adaptive is how attempt timeouts follow latencies: Factor times the Quantile of an
+// endpoint's latencies, at least Min. A zero Quantile turns it off.
+type Adaptive struct {
+	Quantile float64
+	Factor   float64
+	Min      time.Duration
+}
+
+// Hedge is when a call that is safe to repeat sends a second attempt: once the first has
+// taken the Quantile of its endpoint's latencies, at least Min. A zero Quantile turns
+// hedging off.
+type Hedge struct {
+	Quantile float64
+	Min      time.Duration
+}
+
+// Route holds the settings of the calls to one service.
+type Route struct {
+	// AttemptTimeout, when positive, is the attempt timeout of the service's calls that
+	// are safe to repeat, in place of Options.AttemptTimeout and Adaptive.
+	AttemptTimeout time.Duration
+	// NoHedge turns hedging off for the service's calls.
+	NoHedge bool
 }
 
 // Request is a call to an endpoint of a service.
@@ -114,6 +154,7 @@ type Client struct {
 	opts   atomic.Pointer[Options]
 	chain  wrapper.Current
 	retry  *retryBudget
+	lat    latencies
 	now    func() time.Time
 }
 
@@ -261,36 +302,42 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 			return Outcome{Rejection: rejected(v.Status, v)}, nil
 		}
 		repeatable := req.repeatable(node)
-		actx, acancel, limited := c.attemptContext(ctx, o, repeatable, attempt, remaining)
-		if limited {
-			remaining = o.AttemptTimeout
+		fk, _ := ex.(Forker)
+		limit, delay := c.plan(o, req, repeatable, attempt, remaining, fk != nil)
+		t := try{pick: pick, node: node, call: call, ran: ran, extra: v.Header, limit: limit, ex: ex}
+		final := &t
+		var fork Exchange
+		if delay > 0 {
+			fork = fk.Fork()
 		}
-		start := c.now()
-		ans, sent, err := ex.Attempt(actx, node, remaining, v.Header)
-		latency := c.now().Sub(start)
-		r := c.judge(ctx, actx, limited, ans, sent, err, countTimeouts)
-		acancel()
-		pick.Done(latency, r.health)
-		if chain != nil {
-			wr := wrapper.Result{Latency: latency, Fault: r.health != selector.Success}
-			if err == nil {
-				wr.Status = ans.Status
-			} else {
-				wr.Err = err.Error()
+		if fork != nil {
+			var hedge *try
+			final, hedge = c.race(ctx, o, req, fk, fork, chain, tried, &t, delay, remaining, countTimeouts)
+			if hedge != nil {
+				attempt++
+				tried = append(tried, hedge.node.ID)
 			}
-			chain.OnResponse(ctx, &call, &wr, &ran)
+		} else {
+			t.actx = ctx
+			if limit > 0 {
+				t.actx, t.cancel = context.WithTimeout(ctx, limit)
+			}
+			c.exec(ctx, &t, remaining, countTimeouts)
+			c.settle(ctx, chain, req, &t, repeatable && (o.Adaptive.Quantile > 0 || o.Hedge.Quantile > 0))
 		}
+		node = final.node
+		ans, err, r := final.ans, final.err, final.r
 		if r.retry == never || (r.retry == ifRepeatable && !repeatable) {
 			if err == nil && (r.retry == never || ans.Error == "") {
 				return Outcome{Node: node.ID, Attempts: attempt}, nil
 			}
-			e := c.failure(ctx, req, node, ans, err)
+			e := c.failure(ctx, req, node, final.limit, ans, err)
 			if r.retry == ifRepeatable && e.Code != http.StatusGatewayTimeout {
 				e.Detail += notRetried(req)
 			}
 			return Outcome{}, e
 		}
-		r.err = c.failure(ctx, req, node, ans, err)
+		r.err = c.failure(ctx, req, node, final.limit, ans, err)
 		reached = reached || r.retry != always
 		failed := r // a copy, so that r itself stays on the stack
 		last = &failed
@@ -324,16 +371,6 @@ func (c *Client) budget(ctx context.Context, o *Options) (context.Context, conte
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	return ctx, cancel, true
-}
-
-// attemptContext bounds an attempt that may be followed by another, on a call that is safe
-// to repeat, by Options.AttemptTimeout. It reports whether it did.
-func (c *Client) attemptContext(ctx context.Context, o *Options, repeatable bool, attempt int, remaining time.Duration) (context.Context, context.CancelFunc, bool) {
-	if o.AttemptTimeout <= 0 || !repeatable || attempt >= o.Attempts || o.AttemptTimeout >= remaining {
-		return ctx, func() {}, false
-	}
-	actx, cancel := context.WithTimeout(ctx, o.AttemptTimeout)
-	return actx, cancel, true
 }
 
 // gaveUp is the error of a call that stops retrying: 503 when the last node refused it for
@@ -424,6 +461,12 @@ func answerStatus(m *transport.Message) (int, error) {
 	return status, nil
 }
 
+// Fork implements Forker.
+func (ex *messageExchange) Fork() Exchange { return &messageExchange{c: ex.c, req: ex.req} }
+
+// Adopt implements Forker.
+func (ex *messageExchange) Adopt(fork Exchange) { ex.resp = fork.(*messageExchange).resp }
+
 // answer keeps answer message m, of status, as ex.resp.
 func (ex *messageExchange) answer(m *transport.Message, status int) (Answer, bool, error) {
 	ex.resp = &Response{Status: status, Header: m.Header, Body: m.Body}
@@ -436,6 +479,10 @@ type streamExchange struct {
 	messageExchange
 	conn transport.Conn // the open stream
 }
+
+// Fork implements Forker: a stream is never hedged, since its first attempt to open
+// becomes the stream.
+func (ex *streamExchange) Fork() Exchange { return nil }
 
 // Attempt implements Exchange.
 func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, remaining time.Duration, extra map[string]string) (Answer, bool, error) {
@@ -582,7 +629,7 @@ func (c *Client) judge(ctx, actx context.Context, limited bool, ans Answer, sent
 
 // failure is the caller's error for an attempt on node that failed with err, or that the
 // node's micro answered with resp in place of its app.
-func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, ans Answer, err error) *callerr.Error {
+func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node, limit time.Duration, ans Answer, err error) *callerr.Error {
 	if err == nil {
 		code := http.StatusBadGateway
 		if ans.Status >= 500 && ans.Status <= 599 {
@@ -606,7 +653,7 @@ func (c *Client) failure(ctx context.Context, req *Request, node *registry.Node,
 	case c.expired(ctx):
 		return callerr.New(ID, http.StatusGatewayTimeout, "budget spent waiting for node %s of %q", node.ID, req.Service)
 	case errors.Is(err, context.DeadlineExceeded):
-		return callerr.New(ID, http.StatusGatewayTimeout, "node %s of %q gave no answer within the attempt timeout (client.attempt_timeout)", node.ID, req.Service)
+		return callerr.New(ID, http.StatusGatewayTimeout, "node %s of %q gave no answer within the attempt timeout of %s", node.ID, req.Service, limit)
 	}
 	if e := new(callerr.Error); errors.As(err, &e) {
 		return e

@@ -245,8 +245,13 @@ type Client struct {
 	MaxTimeout time.Duration `koanf:"max_timeout"`
 	// AttemptTimeout bounds one attempt of a call that is safe to repeat (its endpoint is
 	// declared idempotent, or the caller says so), so that a node that hangs leaves budget
-	// for another; 0 gives every attempt the whole remaining budget.
+	// for another; 0 leaves it to Adaptive, and with that off gives every attempt the
+	// whole remaining budget.
 	AttemptTimeout time.Duration `koanf:"attempt_timeout"`
+	// Adaptive derives attempt timeouts from the latencies seen per service and endpoint.
+	Adaptive Adaptive `koanf:"adaptive"`
+	// Hedge sends a second attempt of a slow call that is safe to repeat to another node.
+	Hedge Hedge `koanf:"hedge"`
 	// Attempts is the most attempts one call makes, the first included.
 	Attempts int `koanf:"attempts"`
 	// RetryBuffer is how much of a streamed request body a call keeps so that it can be
@@ -267,6 +272,30 @@ type Client struct {
 	// Wrappers names the [wrappers] that run on every attempt of an outgoing call, in order,
 	// after a node is selected.
 	Wrappers []string `koanf:"wrappers"`
+}
+
+// Adaptive is how attempt timeouts follow latencies: an attempt of a call that is safe to
+// repeat, with another attempt left, gets Factor times the Quantile of its endpoint's
+// recent latencies (the answers its nodes' apps gave), at least Min, at most the budget
+// left.
+type Adaptive struct {
+	Enabled  bool          `koanf:"enabled"`
+	Quantile float64       `koanf:"quantile"`
+	Factor   float64       `koanf:"factor"`
+	Min      time.Duration `koanf:"min"`
+	// MinSamples is how many answers an endpoint must have had before its latencies set
+	// attempt timeouts and hedge delays.
+	MinSamples int `koanf:"min_samples"`
+}
+
+// Hedge is when a call that is safe to repeat sends a second attempt to another node: when
+// the first has not answered by the Quantile of its endpoint's recent latencies (at least
+// MinDelay). The first answer wins and the other attempt is cancelled. A hedge is charged
+// to the retry budget, so hedges never add more load than retries may.
+type Hedge struct {
+	Enabled  bool          `koanf:"enabled"`
+	Quantile float64       `koanf:"quantile"`
+	MinDelay time.Duration `koanf:"min_delay"`
 }
 
 // RetryBudget is Finagle's retry budget: retries may add Ratio of the requests, plus
@@ -311,6 +340,11 @@ type Route struct {
 	Weights map[string]int `koanf:"weights"`
 	// Strategy overrides [client] strategy for this service.
 	Strategy string `koanf:"strategy"`
+	// AttemptTimeout, when set, is the attempt timeout of this service's calls that are
+	// safe to repeat, in place of client.attempt_timeout and client.adaptive.
+	AttemptTimeout time.Duration `koanf:"attempt_timeout"`
+	// Hedge lets client.hedge hedge this service's calls; true unless set.
+	Hedge bool `koanf:"hedge"`
 }
 
 // Service is a service that this micro fronts: its app and how it is registered.

@@ -421,6 +421,13 @@ func (l *Loader) fill(c *Config, raw map[string]any) {
 		svc.Dir = resolve(svc.Dir)
 		c.Services[name] = svc
 	}
+	routes, _ := raw["routes"].(map[string]any)
+	for name, r := range c.Routes {
+		if table, _ := routes[name].(map[string]any); table["hedge"] == nil {
+			r.Hedge = true
+			c.Routes[name] = r
+		}
+	}
 	wrappers, _ := raw["wrappers"].(map[string]any)
 	defaults := DefaultWrapper()
 	for name, w := range c.Wrappers {

@@ -60,6 +60,8 @@ func TestDefault(t *testing.T) {
 			Pool:        Pool{MaxIdle: 128, IdleTTL: time.Minute},
 			Ejection:    Ejection{ConsecutiveFailures: 5, Base: 30 * time.Second, Max: 300 * time.Second, MaxPercent: 50},
 			EWMADecay:   10 * time.Second,
+			Adaptive:    Adaptive{Enabled: true, Quantile: 0.99, Factor: 3, Min: 20 * time.Millisecond, MinSamples: 50},
+			Hedge:       Hedge{Enabled: true, Quantile: 0.95, MinDelay: time.Millisecond},
 		},
 		Log: Log{Level: "info", Format: "text"},
 	}
@@ -99,6 +101,7 @@ func TestLoadExampleFile(t *testing.T) {
 		Strategy: "round_robin",
 		Metadata: map[string]string{"zone": "eu-1"},
 		Weights:  map[string]int{"1.0.0": 90, "1.1.0": 10},
+		Hedge:    true,
 	}}
 	want.Services = map[string]Service{
 		"greeter": {

@@ -128,6 +128,20 @@ func Validate(c *Config) error {
 	if p := cl.Ejection.MaxPercent; p < 0 || p > 100 {
 		v.errorf("client.ejection.max_percent", "must be from 0 to 100, got %d", p)
 	}
+	if a := cl.Adaptive; a.Enabled {
+		v.quantile("client.adaptive.quantile", a.Quantile)
+		if !(a.Factor >= 1) || math.IsInf(a.Factor, 1) {
+			v.errorf("client.adaptive.factor", "must be a finite number of at least 1, got %v", a.Factor)
+		}
+		v.positive("client.adaptive.min", a.Min)
+	}
+	if a := cl.Adaptive; a.MinSamples < 1 {
+		v.errorf("client.adaptive.min_samples", "must be at least 1, got %d", a.MinSamples)
+	}
+	if h := cl.Hedge; h.Enabled {
+		v.quantile("client.hedge.quantile", h.Quantile)
+		v.nonNegative("client.hedge.min_delay", h.MinDelay)
+	}
 	v.positive("client.ewma_decay", cl.EWMADecay)
 	v.wrapperList("client.wrappers", cl.Wrappers, c.Wrappers)
 
@@ -350,9 +364,17 @@ func (v *validator) metadata(key string, md map[string]string) {
 	}
 }
 
+// quantile checks that key's value q is a quantile, in (0, 1).
+func (v *validator) quantile(key string, q float64) {
+	if !(q > 0 && q < 1) {
+		v.errorf(key, "must be a quantile between 0 and 1, e.g. 0.99, got %v", q)
+	}
+}
+
 func (v *validator) route(name string, r Route) {
 	key := joinKey([]string{"routes", name})
 	v.name(key, name)
+	v.nonNegative(key+".attempt_timeout", r.AttemptTimeout)
 	v.strategy(key+".strategy", r.Strategy, true)
 	v.metadata(key+".metadata", r.Metadata)
 	if len(r.Weights) > 0 {

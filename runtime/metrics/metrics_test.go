@@ -18,6 +18,7 @@ func TestLabelsBounded(t *testing.T) {
 		m.Call(name, 200+i%700, time.Millisecond)
 		m.Inbound(name, 200, time.Millisecond)
 		m.Retry(name)
+		m.Hedge(name)
 		m.Eject(name)
 	}
 	m.Inbound("\xff", 499, time.Millisecond)
@@ -28,6 +29,7 @@ func TestLabelsBounded(t *testing.T) {
 		"micro_client_calls_total":     64, // greeter/200, and other × the known statuses
 		"micro_inbound_calls_total":    2,
 		"micro_client_retries_total":   1,
+		"micro_client_hedges_total":    1,
 		"micro_client_ejections_total": 1,
 	} {
 		if n := testutil.CollectAndCount(m.Registry(), name); n > most {

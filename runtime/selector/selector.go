@@ -147,6 +147,12 @@ const (
 	// NodeFailure: the node itself failed (it could not be reached, or had no app to serve
 	// the call). It counts against the node for every endpoint.
 	NodeFailure
+	// Abandoned: the call gave the attempt up before it ended, because another attempt
+	// (a hedge) answered first: the node was slower than another node's whole answer.
+	// It counts against the node for the endpoint as a failure does, so that a node that
+	// hangs is ejected although the hedges hide it from callers; a node that is only
+	// sometimes slow is not, since any success resets the count.
+	Abandoned
 )
 
 // Done reports how the attempt went: its latency, and its outcome. A success resets the

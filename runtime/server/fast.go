@@ -411,6 +411,23 @@ type fastExchange struct {
 // Replayable implements client.Replayer.
 func (ex *fastExchange) Replayable() bool { return ex.body == nil || ex.body.replayable() }
 
+// Fork implements client.Forker: a hedge gets a copy of the request as it stands before
+// this round's attempt, and a response of its own. A call whose body streams is not
+// hedged: its body can go out only once at a time.
+func (ex *fastExchange) Fork() client.Exchange {
+	if ex.body != nil {
+		return nil
+	}
+	f := &fastExchange{in: ex.in, c: new(fasthttp.RequestCtx), req: ex.req, length: ex.length}
+	ex.c.Request.CopyTo(&f.c.Request)
+	return f
+}
+
+// Adopt implements client.Forker.
+func (ex *fastExchange) Adopt(fork client.Exchange) {
+	fork.(*fastExchange).c.Response.CopyTo(&ex.c.Response)
+}
+
 // Attempt implements client.Exchange.
 func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left time.Duration, extra map[string]string) (client.Answer, bool, error) {
 	fp := ex.in.cfg.Fast
