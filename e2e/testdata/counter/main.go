@@ -13,6 +13,8 @@
 //	big   the reply exceeds 64KiB
 //	half  the app closes the connection half-way through its reply
 //	hang  the app does not answer until its request is cancelled
+//	slow F D  a share F of the calls (e.g. 0.05) answer after D (e.g. 100ms), or when
+//	          their request is cancelled, whichever comes first
 //
 // Any request under /echo/ is answered with its method, request URI, headers and body
 // length as JSON, and two Set-Cookie headers.
@@ -27,7 +29,9 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"math/rand/v2"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -75,7 +79,19 @@ func (a *app) fault() string {
 func (a *app) count(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.Copy(io.Discard, r.Body)
 	a.record("exec %s %s %s", r.Header.Get("X-Call-Id"), r.PathValue("endpoint"), a.name)
-	switch a.fault() {
+	fault := a.fault()
+	if f := strings.Fields(fault); len(f) == 3 && f[0] == "slow" {
+		share, _ := strconv.ParseFloat(f[1], 64)
+		d, _ := time.ParseDuration(f[2])
+		if rand.Float64() < share {
+			select {
+			case <-time.After(d):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}
+	switch fault {
 	case "big":
 		_, _ = w.Write([]byte(`{"pad":"` + strings.Repeat("x", 80<<10) + `"}`))
 		return
