@@ -46,6 +46,8 @@ type try struct {
 	r       attemptResult
 	// abandoned is set when the call gave the attempt up because another answered first.
 	abandoned bool
+	// first is set on the first attempt of a race, the one a hedge may overtake.
+	first bool
 }
 
 // plan returns the attempt timeout (0: none) and the hedge delay (0: no hedge) of attempt
@@ -103,7 +105,10 @@ func (c *Client) exec(ctx context.Context, t *try, remaining time.Duration, coun
 }
 
 // settle reports how t went to the selector and the client wrappers, and, when record is
-// set, adds its latency to its endpoint's when its node's app answered it.
+// set, adds its latency to its endpoint's when its node's app answered it. A first attempt
+// that a hedge overtook adds the time it had taken: its latency was at least that, and
+// leaving it out would make the endpoint look faster with every hedge, and the hedges
+// more frequent.
 func (c *Client) settle(ctx context.Context, chain *wrapper.Chain, req *Request, t *try, record bool) {
 	health := t.r.health
 	if t.abandoned {
@@ -122,7 +127,7 @@ func (c *Client) settle(ctx context.Context, chain *wrapper.Chain, req *Request,
 		}
 		chain.OnResponse(ctx, &t.call, &wr, &t.ran)
 	}
-	if record && !t.abandoned && t.err == nil && t.ans.Error == "" && health == selector.Success {
+	if record && ((t.abandoned && t.first) || (!t.abandoned && t.err == nil && t.ans.Error == "" && health == selector.Success)) {
 		now := c.now()
 		if r := c.lat.of(req.Service, req.Endpoint, now); r != nil {
 			r.record(t.latency, now)
@@ -138,6 +143,7 @@ func (c *Client) settle(ctx context.Context, chain *wrapper.Chain, req *Request,
 // hedge wins, fk adopts its answer.
 func (c *Client) race(ctx context.Context, o *Options, req *Request, fk Forker, fork Exchange, chain *wrapper.Chain,
 	tried []string, p *try, delay, remaining time.Duration, countTimeouts bool) (final, hedge *try) {
+	p.first = true
 	if p.limit > 0 {
 		p.actx, p.cancel = context.WithTimeout(ctx, p.limit)
 	} else {
