@@ -3,7 +3,9 @@ package runtime
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/microhost/micro/runtime/config"
@@ -177,6 +180,12 @@ func (r *Runtime) splitInbound(ln net.Listener, s config.Server) server.Listener
 	}
 	refused := &sparseLog{every: 10 * time.Second}
 	return server.SplitTLS(ln, s.HeaderTimeout, maxHeaderBytes, serverTLS(r.security), identify(r.security), func(remote net.Addr, err error) {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+			// The caller gave up before the handshake ended (its budget ran out, or a
+			// hedge answered first): nothing was refused.
+			r.logger.Debug("inbound connection closed by its caller during the TLS handshake", "remote", remote.String())
+			return
+		}
 		if n, ok := refused.due(time.Now()); ok {
 			r.logger.Warn("inbound refused a connection: its TLS handshake failed", "remote", remote.String(), "err", err,
 				"why", handshakeWhy(err), "refused_since_last_logged", n)
