@@ -2,7 +2,8 @@
 # Regenerates the Go code of abi's protocols (abi/*/*.proto: registrypb, transportpb, brokerpb) with
 # protoc and the protoc-gen-go and protoc-gen-go-grpc versions pinned in tools/go.mod.
 #
-#   abi/gen.sh
+#   abi/gen.sh                                # every protocol
+#   abi/gen.sh abi/registrypb/registry.proto  # only the ones named
 #
 # Needs protoc: apt-get install protobuf-compiler (its well-known types, such as
 # google/protobuf/duration.proto, come with it).
@@ -19,7 +20,11 @@ bin="$root/.cache/bin"
 mkdir -p "$bin"
 (cd tools && go build -o "$bin/" google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc)
 
-for proto in abi/*/*.proto; do
+protos=("$@")
+if [ ${#protos[@]} -eq 0 ]; then
+  protos=(abi/*/*.proto)
+fi
+for proto in "${protos[@]}"; do
   echo "protoc $proto"
   PATH="$bin:$PATH" protoc \
     --proto_path=. \

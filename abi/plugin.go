@@ -24,7 +24,9 @@ const RegistryPlugin = "registry"
 // handshake. It changes when a change to abi/registrypb would make old plugins or old
 // micros misread each other; micro refuses a plugin that speaks another version. Each
 // plugin kind has its own version, so that a change to one protocol does not refuse the
-// plugins of another.
+// plugins of another. Campaign and Leader (leader election) were added to version 1 without
+// a change: plugins built before them answer UNIMPLEMENTED, which micro reports as a plugin
+// that cannot elect leaders.
 const RegistryProtocolVersion uint = 1
 
 // TransportPlugin is the name under which a transport plugin serves the transport protocol

@@ -760,6 +760,208 @@ func (x *Event) GetNode() *Node {
 	return nil
 }
 
+type CampaignRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the election. Names of 1 to 128 bytes of [A-Za-z0-9._-] work with every
+	// registry; a plugin refuses the names its backend cannot hold.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is what the other candidates read through Leader while this one leads, e.g.
+	// the leader's node ID and address. Values of up to 4 KiB work with every registry.
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignRequest) Reset() {
+	*x = CampaignRequest{}
+	mi := &file_abi_registrypb_registry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignRequest) ProtoMessage() {}
+
+func (x *CampaignRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_abi_registrypb_registry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignRequest.ProtoReflect.Descriptor instead.
+func (*CampaignRequest) Descriptor() ([]byte, []int) {
+	return file_abi_registrypb_registry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CampaignRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CampaignRequest) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// CampaignEvent tells a candidate that it leads.
+type CampaignEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// elected is set when the candidate has been elected. The first event of a Campaign
+	// stream has it set.
+	Elected       bool `protobuf:"varint,1,opt,name=elected,proto3" json:"elected,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CampaignEvent) Reset() {
+	*x = CampaignEvent{}
+	mi := &file_abi_registrypb_registry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CampaignEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CampaignEvent) ProtoMessage() {}
+
+func (x *CampaignEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_abi_registrypb_registry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CampaignEvent.ProtoReflect.Descriptor instead.
+func (*CampaignEvent) Descriptor() ([]byte, []int) {
+	return file_abi_registrypb_registry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CampaignEvent) GetElected() bool {
+	if x != nil {
+		return x.Elected
+	}
+	return false
+}
+
+type LeaderRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name of the election.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaderRequest) Reset() {
+	*x = LeaderRequest{}
+	mi := &file_abi_registrypb_registry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaderRequest) ProtoMessage() {}
+
+func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_abi_registrypb_registry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
+func (*LeaderRequest) Descriptor() ([]byte, []int) {
+	return file_abi_registrypb_registry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *LeaderRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type LeaderResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// found is set when a candidate leads the name.
+	Found bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	// value is the leader's value, when found.
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaderResponse) Reset() {
+	*x = LeaderResponse{}
+	mi := &file_abi_registrypb_registry_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaderResponse) ProtoMessage() {}
+
+func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_abi_registrypb_registry_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
+func (*LeaderResponse) Descriptor() ([]byte, []int) {
+	return file_abi_registrypb_registry_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *LeaderResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
+func (x *LeaderResponse) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
 var File_abi_registrypb_registry_proto protoreflect.FileDescriptor
 
 const file_abi_registrypb_registry_proto_rawDesc = "" +
@@ -805,11 +1007,21 @@ const file_abi_registrypb_registry_proto_rawDesc = "" +
 	"\x05Event\x120\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x1c.micro.registry.v1.EventTypeR\x04type\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12+\n" +
-	"\x04node\x18\x03 \x01(\v2\x17.micro.registry.v1.NodeR\x04node*U\n" +
+	"\x04node\x18\x03 \x01(\v2\x17.micro.registry.v1.NodeR\x04node\";\n" +
+	"\x0fCampaignRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\")\n" +
+	"\rCampaignEvent\x12\x18\n" +
+	"\aelected\x18\x01 \x01(\bR\aelected\"#\n" +
+	"\rLeaderRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"<\n" +
+	"\x0eLeaderResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value*U\n" +
 	"\tEventType\x12\x1a\n" +
 	"\x16EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11EVENT_TYPE_UPDATE\x10\x01\x12\x15\n" +
-	"\x11EVENT_TYPE_DELETE\x10\x022\x85\x04\n" +
+	"\x11EVENT_TYPE_DELETE\x10\x022\xa8\x05\n" +
 	"\bRegistry\x12G\n" +
 	"\x04Init\x12\x1e.micro.registry.v1.InitRequest\x1a\x1f.micro.registry.v1.InitResponse\x12S\n" +
 	"\bRegister\x12\".micro.registry.v1.RegisterRequest\x1a#.micro.registry.v1.RegisterResponse\x12Y\n" +
@@ -818,7 +1030,9 @@ const file_abi_registrypb_registry_proto_rawDesc = "" +
 	"\n" +
 	"GetService\x12$.micro.registry.v1.GetServiceRequest\x1a%.micro.registry.v1.GetServiceResponse\x12_\n" +
 	"\fListServices\x12&.micro.registry.v1.ListServicesRequest\x1a'.micro.registry.v1.ListServicesResponse\x12D\n" +
-	"\x05Watch\x12\x1f.micro.registry.v1.WatchRequest\x1a\x18.micro.registry.v1.Event0\x01B+Z)github.com/microhost/micro/abi/registrypbb\x06proto3"
+	"\x05Watch\x12\x1f.micro.registry.v1.WatchRequest\x1a\x18.micro.registry.v1.Event0\x01\x12R\n" +
+	"\bCampaign\x12\".micro.registry.v1.CampaignRequest\x1a .micro.registry.v1.CampaignEvent0\x01\x12M\n" +
+	"\x06Leader\x12 .micro.registry.v1.LeaderRequest\x1a!.micro.registry.v1.LeaderResponseB+Z)github.com/microhost/micro/abi/registrypbb\x06proto3"
 
 var (
 	file_abi_registrypb_registry_proto_rawDescOnce sync.Once
@@ -833,7 +1047,7 @@ func file_abi_registrypb_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_abi_registrypb_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_abi_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_abi_registrypb_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_abi_registrypb_registry_proto_goTypes = []any{
 	(EventType)(0),               // 0: micro.registry.v1.EventType
 	(*Node)(nil),                 // 1: micro.registry.v1.Node
@@ -850,14 +1064,18 @@ var file_abi_registrypb_registry_proto_goTypes = []any{
 	(*ListServicesResponse)(nil), // 12: micro.registry.v1.ListServicesResponse
 	(*WatchRequest)(nil),         // 13: micro.registry.v1.WatchRequest
 	(*Event)(nil),                // 14: micro.registry.v1.Event
-	nil,                          // 15: micro.registry.v1.Node.MetadataEntry
-	(*durationpb.Duration)(nil),  // 16: google.protobuf.Duration
+	(*CampaignRequest)(nil),      // 15: micro.registry.v1.CampaignRequest
+	(*CampaignEvent)(nil),        // 16: micro.registry.v1.CampaignEvent
+	(*LeaderRequest)(nil),        // 17: micro.registry.v1.LeaderRequest
+	(*LeaderResponse)(nil),       // 18: micro.registry.v1.LeaderResponse
+	nil,                          // 19: micro.registry.v1.Node.MetadataEntry
+	(*durationpb.Duration)(nil),  // 20: google.protobuf.Duration
 }
 var file_abi_registrypb_registry_proto_depIdxs = []int32{
-	15, // 0: micro.registry.v1.Node.metadata:type_name -> micro.registry.v1.Node.MetadataEntry
+	19, // 0: micro.registry.v1.Node.metadata:type_name -> micro.registry.v1.Node.MetadataEntry
 	1,  // 1: micro.registry.v1.Service.nodes:type_name -> micro.registry.v1.Node
 	2,  // 2: micro.registry.v1.RegisterRequest.service:type_name -> micro.registry.v1.Service
-	16, // 3: micro.registry.v1.RegisterRequest.ttl:type_name -> google.protobuf.Duration
+	20, // 3: micro.registry.v1.RegisterRequest.ttl:type_name -> google.protobuf.Duration
 	2,  // 4: micro.registry.v1.DeregisterRequest.service:type_name -> micro.registry.v1.Service
 	2,  // 5: micro.registry.v1.GetServiceResponse.service:type_name -> micro.registry.v1.Service
 	2,  // 6: micro.registry.v1.ListServicesResponse.services:type_name -> micro.registry.v1.Service
@@ -869,14 +1087,18 @@ var file_abi_registrypb_registry_proto_depIdxs = []int32{
 	9,  // 12: micro.registry.v1.Registry.GetService:input_type -> micro.registry.v1.GetServiceRequest
 	11, // 13: micro.registry.v1.Registry.ListServices:input_type -> micro.registry.v1.ListServicesRequest
 	13, // 14: micro.registry.v1.Registry.Watch:input_type -> micro.registry.v1.WatchRequest
-	4,  // 15: micro.registry.v1.Registry.Init:output_type -> micro.registry.v1.InitResponse
-	6,  // 16: micro.registry.v1.Registry.Register:output_type -> micro.registry.v1.RegisterResponse
-	8,  // 17: micro.registry.v1.Registry.Deregister:output_type -> micro.registry.v1.DeregisterResponse
-	10, // 18: micro.registry.v1.Registry.GetService:output_type -> micro.registry.v1.GetServiceResponse
-	12, // 19: micro.registry.v1.Registry.ListServices:output_type -> micro.registry.v1.ListServicesResponse
-	14, // 20: micro.registry.v1.Registry.Watch:output_type -> micro.registry.v1.Event
-	15, // [15:21] is the sub-list for method output_type
-	9,  // [9:15] is the sub-list for method input_type
+	15, // 15: micro.registry.v1.Registry.Campaign:input_type -> micro.registry.v1.CampaignRequest
+	17, // 16: micro.registry.v1.Registry.Leader:input_type -> micro.registry.v1.LeaderRequest
+	4,  // 17: micro.registry.v1.Registry.Init:output_type -> micro.registry.v1.InitResponse
+	6,  // 18: micro.registry.v1.Registry.Register:output_type -> micro.registry.v1.RegisterResponse
+	8,  // 19: micro.registry.v1.Registry.Deregister:output_type -> micro.registry.v1.DeregisterResponse
+	10, // 20: micro.registry.v1.Registry.GetService:output_type -> micro.registry.v1.GetServiceResponse
+	12, // 21: micro.registry.v1.Registry.ListServices:output_type -> micro.registry.v1.ListServicesResponse
+	14, // 22: micro.registry.v1.Registry.Watch:output_type -> micro.registry.v1.Event
+	16, // 23: micro.registry.v1.Registry.Campaign:output_type -> micro.registry.v1.CampaignEvent
+	18, // 24: micro.registry.v1.Registry.Leader:output_type -> micro.registry.v1.LeaderResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -893,7 +1115,7 @@ func file_abi_registrypb_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_abi_registrypb_registry_proto_rawDesc), len(file_abi_registrypb_registry_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,8 @@ const (
 	Registry_GetService_FullMethodName   = "/micro.registry.v1.Registry/GetService"
 	Registry_ListServices_FullMethodName = "/micro.registry.v1.Registry/ListServices"
 	Registry_Watch_FullMethodName        = "/micro.registry.v1.Registry/Watch"
+	Registry_Campaign_FullMethodName     = "/micro.registry.v1.Registry/Campaign"
+	Registry_Leader_FullMethodName       = "/micro.registry.v1.Registry/Leader"
 )
 
 // RegistryClient is the client API for Registry service.
@@ -58,6 +60,20 @@ type RegistryClient interface {
 	// knows that every later change is reported. Events are hints: micro refetches the
 	// named service.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// Campaign makes the caller a candidate for the leadership of a name, and holds the
+	// leadership once won. The plugin sends one CampaignEvent, with elected set, when this
+	// candidate is elected; until then the stream stays silent, however long that takes.
+	// The stream stays open while the candidate leads, and ends, with an error status (or
+	// OK), when the leadership is lost: the backend's lock or session went away, or the
+	// plugin lost its backend. The client cancels the stream to resign, or to give up a
+	// campaign not yet won; the plugin then gives the leadership up. A plugin may send
+	// further CampaignEvents while the candidate leads; clients ignore them. A plugin
+	// without election answers UNIMPLEMENTED, as do plugins built before this RPC; a bad
+	// name or value is INVALID_ARGUMENT.
+	Campaign(ctx context.Context, in *CampaignRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CampaignEvent], error)
+	// Leader returns the value of the current leader of a name, with found unset when no
+	// candidate leads it. A plugin without election answers UNIMPLEMENTED.
+	Leader(ctx context.Context, in *LeaderRequest, opts ...grpc.CallOption) (*LeaderResponse, error)
 }
 
 type registryClient struct {
@@ -137,6 +153,35 @@ func (c *registryClient) Watch(ctx context.Context, in *WatchRequest, opts ...gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Registry_WatchClient = grpc.ServerStreamingClient[Event]
 
+func (c *registryClient) Campaign(ctx context.Context, in *CampaignRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CampaignEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Registry_ServiceDesc.Streams[1], Registry_Campaign_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CampaignRequest, CampaignEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_CampaignClient = grpc.ServerStreamingClient[CampaignEvent]
+
+func (c *registryClient) Leader(ctx context.Context, in *LeaderRequest, opts ...grpc.CallOption) (*LeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaderResponse)
+	err := c.cc.Invoke(ctx, Registry_Leader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryServer is the server API for Registry service.
 // All implementations must embed UnimplementedRegistryServer
 // for forward compatibility.
@@ -162,6 +207,20 @@ type RegistryServer interface {
 	// knows that every later change is reported. Events are hints: micro refetches the
 	// named service.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[Event]) error
+	// Campaign makes the caller a candidate for the leadership of a name, and holds the
+	// leadership once won. The plugin sends one CampaignEvent, with elected set, when this
+	// candidate is elected; until then the stream stays silent, however long that takes.
+	// The stream stays open while the candidate leads, and ends, with an error status (or
+	// OK), when the leadership is lost: the backend's lock or session went away, or the
+	// plugin lost its backend. The client cancels the stream to resign, or to give up a
+	// campaign not yet won; the plugin then gives the leadership up. A plugin may send
+	// further CampaignEvents while the candidate leads; clients ignore them. A plugin
+	// without election answers UNIMPLEMENTED, as do plugins built before this RPC; a bad
+	// name or value is INVALID_ARGUMENT.
+	Campaign(*CampaignRequest, grpc.ServerStreamingServer[CampaignEvent]) error
+	// Leader returns the value of the current leader of a name, with found unset when no
+	// candidate leads it. A plugin without election answers UNIMPLEMENTED.
+	Leader(context.Context, *LeaderRequest) (*LeaderResponse, error)
 	mustEmbedUnimplementedRegistryServer()
 }
 
@@ -189,6 +248,12 @@ func (UnimplementedRegistryServer) ListServices(context.Context, *ListServicesRe
 }
 func (UnimplementedRegistryServer) Watch(*WatchRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedRegistryServer) Campaign(*CampaignRequest, grpc.ServerStreamingServer[CampaignEvent]) error {
+	return status.Error(codes.Unimplemented, "method Campaign not implemented")
+}
+func (UnimplementedRegistryServer) Leader(context.Context, *LeaderRequest) (*LeaderResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Leader not implemented")
 }
 func (UnimplementedRegistryServer) mustEmbedUnimplementedRegistryServer() {}
 func (UnimplementedRegistryServer) testEmbeddedByValue()                  {}
@@ -312,6 +377,35 @@ func _Registry_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Registry_WatchServer = grpc.ServerStreamingServer[Event]
 
+func _Registry_Campaign_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CampaignRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(RegistryServer).Campaign(m, &grpc.GenericServerStream[CampaignRequest, CampaignEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Registry_CampaignServer = grpc.ServerStreamingServer[CampaignEvent]
+
+func _Registry_Leader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServer).Leader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Registry_Leader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServer).Leader(ctx, req.(*LeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Registry_ServiceDesc is the grpc.ServiceDesc for Registry service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -339,11 +433,20 @@ var Registry_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "ListServices",
 			Handler:    _Registry_ListServices_Handler,
 		},
+		{
+			MethodName: "Leader",
+			Handler:    _Registry_Leader_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _Registry_Watch_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Campaign",
+			Handler:       _Registry_Campaign_Handler,
 			ServerStreams: true,
 		},
 	},

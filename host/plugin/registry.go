@@ -10,9 +10,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/microhost/micro/abi/registrypb"
 	"github.com/microhost/micro/runtime/registry"
@@ -22,7 +24,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// Registry is a runtime/registry.Registry served by a plugin process.
+// Registry is a runtime/registry.Registry, and a registry.Elector, served by a plugin
+// process.
 //
 // When the process exits, or stops answering, Registry restarts it in the background with
 // jittered exponential backoff (100ms to 10s) and calls Init again. Meanwhile its methods
@@ -226,6 +229,184 @@ func (w *watcher) Next() (registry.Event, error) {
 func (w *watcher) Stop() {
 	w.stop()
 	w.cancel()
+}
+
+var _ registry.Elector = (*Registry)(nil)
+
+// Campaign implements registry.Elector over the plugin's Campaign stream: it blocks until
+// the plugin says that this candidate leads name, or ctx ends. When the plugin process dies
+// or is restarted before that, it campaigns again on the restarted plugin. A plugin that
+// cannot elect leaders (one built before election, or whose registry lacks it) makes it fail
+// with an error wrapping errors.ErrUnsupported.
+//
+// The Leadership holds the stream open; ctx no longer matters once Campaign has returned.
+// Lost is closed when the stream ends: the plugin lost the leadership, its process died or
+// was restarted, or the Registry was closed. Resign cancels the stream and waits for it to
+// end; the plugin gives the leadership up as it sees the cancellation, so Leader may report
+// this candidate for a moment after Resign returns.
+func (r *Registry) Campaign(ctx context.Context, name, value string) (registry.Leadership, error) {
+	// gRPC carries strings as UTF-8 only.
+	if !utf8.ValidString(name) {
+		return nil, fmt.Errorf("registry plugin %q: campaign %q: the name is not valid UTF-8", r.cfg.Name, name)
+	}
+	if !utf8.ValidString(value) {
+		return nil, fmt.Errorf("registry plugin %q: campaign %q: value %.40q is not valid UTF-8", r.cfg.Name, name, value)
+	}
+	backoff := campaignRetryMin
+	for {
+		in, err := r.current()
+		if errors.Is(err, errClosed) {
+			return nil, err
+		}
+		if err == nil {
+			var (
+				l     registry.Leadership
+				retry bool
+			)
+			l, retry, err = r.campaign(ctx, in, name, value)
+			if !retry {
+				return l, err
+			}
+		}
+		// The plugin is down, or went down during the campaign: wait for it to come back,
+		// or a moment when this instance may still serve.
+		wctx, cancel := context.WithTimeout(ctx, backoff)
+		r.s.next(wctx, in)
+		cancel()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("registry plugin %q: campaign %q: %w (while the plugin was failing: %w)",
+				r.cfg.Name, name, ctx.Err(), err)
+		}
+		backoff = min(2*backoff, campaignRetryMax)
+	}
+}
+
+// The bounds of the backoff between the tries of a Campaign while the plugin is down.
+const (
+	campaignRetryMin = 50 * time.Millisecond
+	campaignRetryMax = time.Second
+)
+
+// gone reports whether the plugin instance in has exited or been replaced.
+func (r *Registry) gone(in *instance) bool {
+	select {
+	case <-in.exited:
+		return true
+	default:
+	}
+	cur, _ := r.current()
+	return cur != in
+}
+
+// campaign runs one Campaign stream on the plugin instance in. When it fails because the
+// plugin went down, it says to retry once the plugin is back.
+func (r *Registry) campaign(ctx context.Context, in *instance, name, value string) (l registry.Leadership, retry bool, err error) {
+	// The stream outlives ctx once elected: its context ends only when the leadership is
+	// given up, the Registry closed, or, until elected, when ctx ends.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	stopClose := context.AfterFunc(r.s.ctx, cancel)
+	stopCaller := context.AfterFunc(ctx, cancel)
+	fail := func(err error) (registry.Leadership, bool, error) {
+		stopCaller()
+		stopClose()
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return nil, false, fmt.Errorf("registry plugin %q: campaign %q: %w", r.cfg.Name, name, ctx.Err())
+		case r.s.ctx.Err() != nil:
+			return nil, false, fmt.Errorf("registry plugin %q: campaign %q: %w", r.cfg.Name, name, errClosed)
+		case status.Code(err) == codes.Unimplemented:
+			return nil, false, r.unsupported(err)
+		}
+		err = r.failed(fmt.Sprintf("campaign %q", name), err)
+		return nil, status.Code(err) == codes.Unavailable || r.gone(in), err
+	}
+	stream, err := in.registry.Campaign(sctx, &registrypb.CampaignRequest{Name: name, Value: value})
+	if err != nil {
+		return fail(err)
+	}
+	ev, err := stream.Recv()
+	switch {
+	case errors.Is(err, io.EOF):
+		return fail(status.Error(codes.Internal, "the campaign stream ended before an election"))
+	case err != nil:
+		return fail(err)
+	case !ev.GetElected():
+		return fail(status.Error(codes.Internal, "the campaign stream's first event is not an election"))
+	}
+	if (!stopCaller() && ctx.Err() != nil) || r.s.ctx.Err() != nil {
+		// ctx ended, or the Registry was closed, as the election came: the stream is
+		// canceled, the leadership given up.
+		return fail(sctx.Err())
+	}
+	ld := &leadership{cancel: cancel, lost: make(chan struct{})}
+	go func() {
+		defer close(ld.lost)
+		defer stopClose()
+		defer cancel()
+		for {
+			if _, err := stream.Recv(); err != nil {
+				if sctx.Err() == nil {
+					r.s.check(err)
+					r.s.log.Warn("registry plugin: leadership lost", "election", name, "err", rpcError(err))
+				}
+				return
+			}
+			// Later events of a leading candidate carry nothing for this version.
+		}
+	}()
+	return ld, false, nil
+}
+
+// Leader implements registry.Elector with the plugin's Leader call. No leader is an error
+// wrapping registry.ErrNoLeader; a plugin that cannot elect leaders, one wrapping
+// errors.ErrUnsupported.
+func (r *Registry) Leader(ctx context.Context, name string) (string, error) {
+	if !utf8.ValidString(name) {
+		return "", fmt.Errorf("registry plugin %q: leader of %q: the name is not valid UTF-8", r.cfg.Name, name)
+	}
+	in, err := r.current()
+	if err != nil {
+		return "", err
+	}
+	resp, err := in.registry.Leader(ctx, &registrypb.LeaderRequest{Name: name})
+	switch {
+	case status.Code(err) == codes.Unimplemented:
+		return "", r.unsupported(err)
+	case err != nil:
+		return "", r.failed(fmt.Sprintf("leader of %q", name), err)
+	case !resp.GetFound():
+		return "", fmt.Errorf("registry plugin %q: election %q: %w", r.cfg.Name, name, registry.ErrNoLeader)
+	}
+	return resp.GetValue(), nil
+}
+
+// unsupported is the error of an election call that the plugin answered with
+// UNIMPLEMENTED (err).
+func (r *Registry) unsupported(err error) error {
+	return fmt.Errorf("registry plugin %q cannot elect leaders: %w (the plugin says: %s)",
+		r.cfg.Name, errors.ErrUnsupported, status.Convert(err).Message())
+}
+
+// leadership is a registry.Leadership held by an open Campaign stream.
+type leadership struct {
+	cancel context.CancelFunc // ends the stream
+	lost   chan struct{}      // closed once the stream has ended
+}
+
+// Lost implements registry.Leadership.
+func (l *leadership) Lost() <-chan struct{} { return l.lost }
+
+// Resign implements registry.Leadership: it cancels the stream, and waits until it has
+// ended, or ctx ends.
+func (l *leadership) Resign(ctx context.Context) error {
+	l.cancel()
+	select {
+	case <-l.lost:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("resign: %w", ctx.Err())
+	}
 }
 
 // statusError is a gRPC error made readable: its text is the plugin's message, prefixed

@@ -8,7 +8,8 @@
 // It keeps micro's services in Consul through the local agent's HTTP API
 // (github.com/hashicorp/consul/api): each node is a service instance with a TTL check that
 // micro's heartbeats keep passing, lookups return passing instances only, and Watch runs on
-// blocking queries. The address, datacenter and token come from micro.toml, or else from the
+// blocking queries. It elects leaders (Campaign, Leader) with a session's lock on the key
+// micro/elect/<name>. The address, datacenter and token come from micro.toml, or else from the
 // standard CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN and related environment variables. The token
 // is never logged.
 package main

@@ -1,5 +1,5 @@
-// Package registry is what a registry plugin is written against: implement Registry, and
-// call Serve from main. micro starts the plugin as a subprocess and talks to it over
+// Package registry is what a registry plugin is written against: implement Registry (and
+// Elector, for leader election), and call Serve from main. micro starts the plugin as a subprocess and talks to it over
 // go-plugin's gRPC channel (see abi/registrypb).
 package registry
 
@@ -77,3 +77,38 @@ var ErrNotFound = errNotFound{}
 type errNotFound struct{}
 
 func (errNotFound) Error() string { return "service not found" }
+
+// Elector is what a Registry implements, besides Registry, to elect leaders: one candidate
+// leads a name at a time, e.g. one master among the instances of a service. It mirrors
+// micro's runtime/registry.Elector. A Registry without it answers micro's Campaign and
+// Leader with UNIMPLEMENTED, and micro reports that the plugin cannot elect leaders.
+//
+// micro calls Campaign for each candidate and keeps the call's gRPC stream open while the
+// candidate leads: the stream ends when Lost is closed, and micro cancels it to resign, at
+// which the server calls Resign. A leader whose plugin process dies must lose its
+// leadership to another candidate without help, e.g. when a session's TTL runs out.
+type Elector interface {
+	// Campaign blocks until this candidate leads name, or ctx ends. value is what Leader
+	// returns while it leads. Names of 1 to 128 bytes of [A-Za-z0-9._-], and values of up
+	// to 4 KiB of UTF-8, should work; an error for a name or value that the backend cannot
+	// hold should name it.
+	Campaign(ctx context.Context, name, value string) (Leadership, error)
+	// Leader returns the value of name's current leader, or ErrNoLeader.
+	Leader(ctx context.Context, name string) (string, error)
+}
+
+// Leadership is a won Campaign.
+type Leadership interface {
+	// Lost is closed when the leadership ends: it was lost (the backend's lock or session
+	// went away) or given up with Resign.
+	Lost() <-chan struct{}
+	// Resign gives the leadership up, so that another candidate may take it.
+	Resign(ctx context.Context) error
+}
+
+// ErrNoLeader is returned by Elector.Leader when no candidate leads the name.
+var ErrNoLeader = errNoLeader{}
+
+type errNoLeader struct{}
+
+func (errNoLeader) Error() string { return "no leader elected" }

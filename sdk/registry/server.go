@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/microhost/micro/abi/registrypb"
 	"google.golang.org/grpc/codes"
@@ -11,7 +12,8 @@ import (
 )
 
 // NewServer returns the gRPC side of r: a registrypb.RegistryServer that calls r. Serve
-// uses it; it is exported for plugins that test their Registry over gRPC in process.
+// uses it; it is exported for plugins that test their Registry over gRPC in process. When r
+// is also an Elector, it serves Campaign and Leader; otherwise they answer UNIMPLEMENTED.
 //
 // ErrNotFound becomes NOT_FOUND, a context's error becomes CANCELED or
 // DEADLINE_EXCEEDED, an error that carries a gRPC status keeps it, and any other error
@@ -136,6 +138,71 @@ func (s *server) Watch(_ *registrypb.WatchRequest, stream registrypb.Registry_Wa
 		}
 	}
 }
+
+// resignTimeout bounds the Resign that the server calls when micro ends a Campaign stream.
+const resignTimeout = 10 * time.Second
+
+// Campaign runs the Elector's Campaign with the stream's context, sends one elected event
+// when it wins, and holds the leadership until micro cancels the stream, which resigns it,
+// or the leadership is lost, which ends the stream with ABORTED. A Registry that is no
+// Elector answers UNIMPLEMENTED.
+func (s *server) Campaign(req *registrypb.CampaignRequest, stream registrypb.Registry_CampaignServer) error {
+	e, ok := s.r.(Elector)
+	if !ok {
+		return errNoElector
+	}
+	name := req.GetName()
+	if name == "" {
+		return status.Error(codes.InvalidArgument, "campaign: empty election name")
+	}
+	ctx := stream.Context()
+	l, err := e.Campaign(ctx, name, req.GetValue())
+	if err != nil {
+		return toStatus(err)
+	}
+	if l == nil {
+		return status.Errorf(codes.Internal, "campaign %q: the registry returned no leadership", name)
+	}
+	resign := func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), resignTimeout)
+		defer cancel()
+		l.Resign(rctx) // micro is gone or stopped listening: nobody to tell of an error
+	}
+	if err := stream.Send(&registrypb.CampaignEvent{Elected: true}); err != nil {
+		resign()
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		resign()
+		return status.FromContextError(ctx.Err()).Err()
+	case <-l.Lost():
+		return status.Errorf(codes.Aborted, "leadership of %q lost", name)
+	}
+}
+
+// Leader asks the Elector for the leader of a name; ErrNoLeader is a response with found
+// unset. A Registry that is no Elector answers UNIMPLEMENTED.
+func (s *server) Leader(ctx context.Context, req *registrypb.LeaderRequest) (*registrypb.LeaderResponse, error) {
+	e, ok := s.r.(Elector)
+	if !ok {
+		return nil, errNoElector
+	}
+	if req.GetName() == "" {
+		return nil, status.Error(codes.InvalidArgument, "leader: empty election name")
+	}
+	value, err := e.Leader(ctx, req.GetName())
+	if errors.Is(err, ErrNoLeader) {
+		return &registrypb.LeaderResponse{}, nil
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &registrypb.LeaderResponse{Found: true, Value: value}, nil
+}
+
+// errNoElector is the answer to Campaign and Leader of a Registry that is no Elector.
+var errNoElector = status.Error(codes.Unimplemented, "this registry plugin does not elect leaders (its Registry is no sdk/registry.Elector)")
 
 // toStatus turns a Registry's error into the gRPC status that micro reads.
 func toStatus(err error) error {

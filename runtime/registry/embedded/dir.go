@@ -31,6 +31,8 @@ import (
 //   - Reads are bounded by maxRecordSize.
 //   - Only what the registry may have written is removed: a regular file owned by this
 //     process's user, and only while it is still the file that was read.
+//   - A lock file is a regular file of this process's user; locks are flocks, which belong
+//     to an open file description and never block (LOCK_NB).
 
 // readBatch is how many directory entries are read at a time, so that a directory flooded
 // with files costs memory for one batch of names, not for all of them.
@@ -114,39 +116,165 @@ func (d *dir) lstat(name string) (fileInfo, error) {
 // bytes. It returns what fstat (or, when it got no further, lstat) said of the file as well,
 // so that a caller can log the file's modification time and remove the very file it read.
 func (d *dir) readFile(name string) ([]byte, *fileInfo, error) {
-	// Only a regular file is opened: opening a device may do something.
+	of, fi, err := d.openFile(name, checkRegular)
+	if of == nil {
+		return nil, fi, err
+	}
+	defer of.close()
+	data, err := io.ReadAll(io.LimitReader(of.f, maxRecordSize+1))
+	if err != nil {
+		return nil, fi, err // a *PathError
+	}
+	if len(data) > maxRecordSize {
+		return nil, fi, fmt.Errorf("%s: more than %d bytes", d.join(name), maxRecordSize)
+	}
+	return data, fi, nil
+}
+
+// openFile opens the file name in d for reading, after check accepts what lstat says of it,
+// and checks again what fstat says of the open file. check must refuse anything but a
+// regular file: opening a device may do something. It returns what fstat (or, when it got
+// no further, lstat) said of the file, and with an error, no open file.
+func (d *dir) openFile(name string, check func(path string, fi fileInfo) error) (*openFile, *fileInfo, error) {
 	path := d.join(name)
 	fi, err := d.lstat(name)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := checkRegular(path, fi); err != nil {
+	if err := check(path, fi); err != nil {
 		return nil, &fi, err
 	}
 	fd, err := openat(d.fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fi, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	f := os.NewFile(uintptr(fd), path)
-	defer f.Close()
+	of := &openFile{f: os.NewFile(uintptr(fd), path), fd: fd}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
+		of.close()
 		return nil, &fi, &fs.PathError{Op: "fstat", Path: path, Err: err}
 	}
 	// A writer may have renamed a new file over the one lstat saw, which is fine; anyone
 	// may have put something else there, which is checked again.
-	fi = newFileInfo(&st)
-	if err := checkRegular(path, fi); err != nil {
-		return nil, &fi, err
+	of.info = newFileInfo(&st)
+	if err := check(path, of.info); err != nil {
+		of.close()
+		return nil, &of.info, err
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxRecordSize+1))
+	return of, &of.info, nil
+}
+
+// openFile is an open regular file of the registry directory, whose flock may be taken.
+type openFile struct {
+	f    *os.File
+	fd   int      // f's descriptor, valid until close
+	info fileInfo // what fstat said of it when it was opened
+}
+
+// close closes the file, which releases every flock taken through it.
+func (of *openFile) close() { of.f.Close() }
+
+// tryLock takes a flock on the file, exclusive or shared as how says (unix.LOCK_EX or
+// unix.LOCK_SH), without waiting. It reports false when another open file description,
+// of this process or another, holds a lock that conflicts. A lock belongs to the open file
+// description: the kernel releases it when the file is closed, or its process dies.
+func (of *openFile) tryLock(how int) (bool, error) {
+	for {
+		err := unix.Flock(of.fd, how|unix.LOCK_NB)
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, unix.EWOULDBLOCK):
+			return false, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		}
+		return false, &fs.PathError{Op: "flock", Path: of.f.Name(), Err: err}
+	}
+}
+
+// lockedByOther reports whether another open file description holds an exclusive flock on
+// the file. It tries a shared lock, and releases it at once when it gets it.
+func (of *openFile) lockedByOther() (bool, error) {
+	ok, err := of.tryLock(unix.LOCK_SH)
+	if ok {
+		unix.Flock(of.fd, unix.LOCK_UN)
+	}
+	return !ok && err == nil, err
+}
+
+// openLock opens the lock file name in d, creating it empty (mode 0600) when it is missing.
+// It refuses, with an error that names it, anything but a regular file owned by this
+// process's user: a symbolic link (never followed), a named pipe, a device, or a file of
+// another user, who could hold its lock forever.
+func (d *dir) openLock(name string) (*openFile, error) {
+	check := func(path string, fi fileInfo) error {
+		if !fi.isRegular() {
+			return &wrongTypeError{path: path, info: fi, want: "regular file"}
+		}
+		if int64(fi.uid) != int64(os.Geteuid()) {
+			return fmt.Errorf("%s: owned by uid %d, not by this process's user", path, fi.uid)
+		}
+		return nil
+	}
+	for tries := 0; ; tries++ {
+		of, _, err := d.openFile(name, check)
+		if !errors.Is(err, fs.ErrNotExist) || tries == 3 {
+			return of, err
+		}
+		fd, err := openat(d.fd, name, unix.O_RDONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_CLOEXEC, 0o600)
+		if errors.Is(err, unix.EEXIST) {
+			continue // another candidate created it first; open theirs
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "create", Path: d.join(name), Err: err}
+		}
+		of = &openFile{f: os.NewFile(uintptr(fd), d.join(name)), fd: fd}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			of.close()
+			return nil, &fs.PathError{Op: "fstat", Path: d.join(name), Err: err}
+		}
+		of.info = newFileInfo(&st)
+		return of, nil
+	}
+}
+
+// writeLocked replaces the file name in d with data atomically, as writeFile does, and
+// returns the new file open with an exclusive flock on it, taken before the file got its
+// name: whoever finds the file under name finds it locked until the returned file is closed
+// (or its process dies).
+func (d *dir) writeLocked(name string, data []byte) (*openFile, error) {
+	tmp := fmt.Sprintf(".%s.%016x", name, rand.Uint64())
+	fd, err := openat(d.fd, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return nil, &fi, err // a *PathError
+		return nil, &fs.PathError{Op: "create", Path: d.join(tmp), Err: err}
 	}
-	if len(data) > maxRecordSize {
-		return nil, &fi, fmt.Errorf("%s: more than %d bytes", path, maxRecordSize)
+	of := &openFile{f: os.NewFile(uintptr(fd), d.join(name)), fd: fd}
+	fail := func(err error) (*openFile, error) {
+		unix.Unlinkat(d.fd, tmp, 0)
+		of.close()
+		return nil, err
 	}
-	return data, &fi, nil
+	if _, err := of.f.Write(data); err != nil {
+		return fail(err)
+	}
+	// Nobody else can have opened a file this new, so the lock is free.
+	if ok, err := of.tryLock(unix.LOCK_EX); !ok {
+		if err == nil {
+			err = fmt.Errorf("%s: locked by someone else as soon as created", d.join(tmp))
+		}
+		return fail(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fail(&fs.PathError{Op: "fstat", Path: d.join(tmp), Err: err})
+	}
+	of.info = newFileInfo(&st)
+	if err := unix.Renameat(d.fd, tmp, d.fd, name); err != nil {
+		return fail(&os.LinkError{Op: "rename", Old: d.join(tmp), New: d.join(name), Err: err})
+	}
+	return of, nil
 }
 
 // checkRegular checks that fi describes a regular file of at most maxRecordSize bytes.

@@ -25,6 +25,10 @@
 // another matter, since any user may create it first: there, a directory that is writable by
 // other users, or a symbolic link, is refused too.
 //
+// The registry also elects leaders (registry.Elector: Campaign and Leader), with a lock file
+// per election name in the directory .elect, held with flock, so that the kernel frees it
+// when its holder dies; see Campaign.
+//
 // Whatever is in the directory is still treated as untrusted input: a file that is not an
 // entry (a symbolic link, which is never followed, a named pipe, a device, a socket, a file
 // too large, corrupt or truncated, in place of a node entry or of a service directory) is
@@ -80,8 +84,9 @@ type Options struct {
 	ScanInterval time.Duration
 }
 
-// Registry is a registry.Registry kept in a directory. It is safe for concurrent use, and any
-// number of Registry values, in one process or many, may share a directory.
+// Registry is a registry.Registry, and a registry.Elector, kept in a directory. It is safe
+// for concurrent use, and any number of Registry values, in one process or many, may share a
+// directory.
 type Registry struct {
 	// loc is the registry directory, and how strictly it is checked.
 	loc  statedir.Location
@@ -97,7 +102,9 @@ type Registry struct {
 
 	mu       sync.Mutex
 	closed   bool
+	done     chan struct{} // closed by Close
 	watchers map[*watcher]struct{}
+	leaders  map[*leadership]struct{}
 
 	warned *warnings // files already warned about
 }
@@ -123,7 +130,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 		scan:       opts.ScanInterval,
 		maxWatched: maxWatched,
 		maxKnown:   maxKnown,
+		done:       make(chan struct{}),
 		watchers:   make(map[*watcher]struct{}),
+		leaders:    make(map[*leadership]struct{}),
 		warned:     newWarnings(maxWarned),
 	}
 	if r.log == nil {
@@ -303,18 +312,30 @@ func (r *Registry) ListServices(ctx context.Context) ([]*registry.Service, error
 	return out, nil
 }
 
-// Close stops the registry's watchers; their Next returns ErrClosed. It does not deregister
-// anything and leaves the directory in place. Other methods return ErrClosed afterwards.
+// Close stops the registry's watchers; their Next returns ErrClosed. It gives up the
+// leaderships that its Campaigns won (their Lost is closed), and ends the Campaigns still
+// waiting, which return ErrClosed. It does not deregister anything and leaves the directory
+// in place. Other methods return ErrClosed afterwards.
 func (r *Registry) Close() error {
 	r.mu.Lock()
-	r.closed = true
+	if !r.closed {
+		r.closed = true
+		close(r.done)
+	}
 	ws := make([]*watcher, 0, len(r.watchers))
 	for w := range r.watchers {
 		ws = append(ws, w)
 	}
+	ls := make([]*leadership, 0, len(r.leaders))
+	for l := range r.leaders {
+		ls = append(ls, l)
+	}
 	r.mu.Unlock()
 	for _, w := range ws {
 		w.stop(ErrClosed)
+	}
+	for _, l := range ls {
+		l.resign()
 	}
 	return nil
 }

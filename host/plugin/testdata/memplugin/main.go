@@ -8,6 +8,10 @@
 //	MEMPLUGIN_CRASH_ON_CALL=N   exit with status 2 during the Nth call after Init
 //	MEMPLUGIN_INIT_FAIL=1       fail Init as if the backend were unreachable
 //	MEMPLUGIN_WANT_TOKEN=T      fail Init unless the token is T
+//	MEMPLUGIN_NO_ELECT=1        serve a registry that cannot elect leaders (no Elector)
+//
+// It elects leaders in memory. Registering a service named "depose" deposes the leaders of
+// the elections named by its node IDs, as a backend that lost a session would.
 //
 // MEMPLUGIN_PIDFILE=F makes it write its process id to F first.
 package main
@@ -52,14 +56,19 @@ func main() {
 		select {}
 	}
 	m := &mem{
-		log:      registry.Logger(),
-		services: map[string]map[string]entry{},
-		watchers: map[chan registry.Event]bool{},
+		log:       registry.Logger(),
+		services:  map[string]map[string]entry{},
+		watchers:  map[chan registry.Event]bool{},
+		elections: map[string]*election{},
 	}
 	m.crashOn, _ = strconv.ParseInt(os.Getenv("MEMPLUGIN_CRASH_ON_CALL"), 10, 64)
 	if s := os.Getenv("MEMPLUGIN_PROTOCOL"); s != "" {
 		v, _ := strconv.ParseUint(s, 10, 32)
 		serveVersion(uint(v), m)
+		return
+	}
+	if os.Getenv("MEMPLUGIN_NO_ELECT") != "" {
+		registry.Serve(struct{ registry.Registry }{m}) // hides Campaign and Leader
 		return
 	}
 	registry.Serve(m)
@@ -102,9 +111,79 @@ type mem struct {
 	calls   atomic.Int64
 	crashOn int64
 
-	mu       sync.Mutex
-	services map[string]map[string]entry
-	watchers map[chan registry.Event]bool
+	mu        sync.Mutex
+	services  map[string]map[string]entry
+	watchers  map[chan registry.Event]bool
+	elections map[string]*election
+}
+
+// election is the state of one election name.
+type election struct {
+	leader *leadership   // nil when nobody leads
+	free   chan struct{} // closed, and replaced, when the leader goes
+}
+
+// leadership is a won Campaign of mem.
+type leadership struct {
+	m     *mem
+	name  string
+	value string
+	lost  chan struct{}
+}
+
+func (l *leadership) Lost() <-chan struct{} { return l.lost }
+
+func (l *leadership) Resign(context.Context) error {
+	l.m.mu.Lock()
+	defer l.m.mu.Unlock()
+	l.m.deposeLocked(l.name, l)
+	return nil
+}
+
+// deposeLocked ends the leadership of name if l (or, when l is nil, anyone) holds it.
+func (m *mem) deposeLocked(name string, l *leadership) {
+	e := m.elections[name]
+	if e == nil || e.leader == nil || (l != nil && e.leader != l) {
+		return
+	}
+	close(e.leader.lost)
+	e.leader = nil
+	close(e.free)
+	e.free = make(chan struct{})
+}
+
+func (m *mem) Campaign(ctx context.Context, name, value string) (registry.Leadership, error) {
+	for {
+		m.mu.Lock()
+		e := m.elections[name]
+		if e == nil {
+			e = &election{free: make(chan struct{})}
+			m.elections[name] = e
+		}
+		if e.leader == nil {
+			l := &leadership{m: m, name: name, value: value, lost: make(chan struct{})}
+			e.leader = l
+			m.mu.Unlock()
+			m.log.Info("elected", "election", name)
+			return l, nil
+		}
+		free := e.free
+		m.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-free:
+		}
+	}
+}
+
+func (m *mem) Leader(_ context.Context, name string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.elections[name]; e != nil && e.leader != nil {
+		return e.leader.value, nil
+	}
+	return "", registry.ErrNoLeader
 }
 
 // call counts a call and crashes on the Nth when told to.
@@ -132,6 +211,12 @@ func (m *mem) Register(_ context.Context, s *registry.Service, ttl time.Duration
 	m.call()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if s.Name == "depose" {
+		for _, n := range s.Nodes {
+			m.deposeLocked(n.ID, nil)
+		}
+		return nil
+	}
 	nodes := m.services[s.Name]
 	if nodes == nil {
 		nodes = map[string]entry{}
