@@ -89,6 +89,26 @@ const (
 	// are not. A breaker should count only faults. It was added to version 1: a guest that
 	// does not import it works as before.
 	ImportGetFault = "get_fault"
+	// ImportGetLease reports this micro's share of a global rate limit: a rate that a quota
+	// service splits among the micros that share a named resource, and that this micro
+	// holds as a lease. (name_ptr, name_len i32, demand i64, out_ptr i32) -> (held i32).
+	// Any phase. name is the resource, 1 to [MaxResourceNameLen] bytes of A-Z, a-z, 0-9,
+	// '.', '_' and '-'. demand, read as unsigned, is how many calls the guest saw for the
+	// resource since it last asked (allowed and rejected alike); micro adds it to what it
+	// tells the quota service. micro writes the rate, in calls per second, as a
+	// little-endian f64 into the 8 bytes at out_ptr (which need not be aligned), and
+	// returns [LeaseHeld] when this micro holds a lease for the resource, or [LeaseNone],
+	// with the rate 0, when it does not: none yet, the last one expired while the quota
+	// service was out of reach, or this micro has no quota service. The guest then applies
+	// a safe share of its own. A rate is always finite and at least 0. get_lease never
+	// waits for the quota service: micro fetches and renews leases in the background,
+	// and asks at once for a resource named for the first time. It is a host call (about
+	// 60 ns), so a guest asks now and then (the rate-limit wrapper asks every 100 ms of
+	// call time), not per call. A name out of range, empty, longer than the limit or with
+	// another byte, and an out_ptr whose 8 bytes are not all inside the memory, trap the
+	// guest; a trapped call records no demand. It was added to version 1: a guest that
+	// does not import it works as before.
+	ImportGetLease = "get_lease"
 	// ImportSetCallBlock registers the guest's call block: (ptr, len i32) -> (). Phase
 	// on_init only. The block is len bytes of the guest's memory at ptr, with len at least
 	// [CallBlockLen]; before each later on_request and on_response, micro writes into it
@@ -201,9 +221,13 @@ const (
 	// MinRejectStatus and MaxRejectStatus bound the status of a rejection.
 	MinRejectStatus int32 = 400
 	MaxRejectStatus int32 = 599
+	// LeaseHeld is what [ImportGetLease] returns when this micro holds a lease for the
+	// resource, and LeaseNone what it returns when it does not.
+	LeaseHeld int32 = 1
+	LeaseNone int32 = 0
 )
 
-// Limits. A guest that passes more to a set function is trapped, except for messages,
+// Limits. A guest that passes more to a host function is trapped, except for messages,
 // which are cut.
 const (
 	// MaxHeaderNameLen bounds a header name given to a set or get function.
@@ -217,6 +241,9 @@ const (
 	MaxMessageLen = 1 << 10
 	// MaxLogLen bounds one log message; longer ones are cut.
 	MaxLogLen = 4 << 10
+	// MaxResourceNameLen bounds the name of a resource given to [ImportGetLease]; a name
+	// is at least 1 byte long.
+	MaxResourceNameLen = 128
 	// MaxConfigLen bounds the config a wrapper gets; the host refuses to load a wrapper
 	// with a larger one.
 	MaxConfigLen = 1 << 20

@@ -2,8 +2,10 @@ package wasm
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/textproto"
 	"strings"
 	"time"
@@ -248,6 +250,7 @@ var hostFuncs = []hostFunc{
 				stack[0] = 1
 			}
 		}},
+	{abi.ImportGetLease, []api.ValueType{i32, i32, i64, i32}, []api.ValueType{i32}, hostGetLease},
 	{abi.ImportSetPhases, []api.ValueType{i32}, nil,
 		func(ctx context.Context, _ api.Module, stack []uint64) {
 			const fn = abi.ImportSetPhases
@@ -307,6 +310,66 @@ func hostGetHeader(ctx context.Context, m api.Module, stack []uint64) {
 		return
 	}
 	stack[0] = writeValue(m, fn, v, uint32(stack[2]), uint32(stack[3]))
+}
+
+// hostGetLease implements abi.ImportGetLease. It checks all that the guest passed before
+// it asks w.leases, so that a call that traps records no demand; and a guest that asks
+// again for a resource it asked for lately costs it no allocation.
+func hostGetLease(ctx context.Context, m api.Module, stack []uint64) {
+	const fn = abi.ImportGetLease
+	inst := instanceFrom(ctx)
+	nameLen := uint32(stack[1])
+	if nameLen > abi.MaxResourceNameLen {
+		trap(fn, "resource name of %d bytes is longer than the limit of %d", nameLen, abi.MaxResourceNameLen)
+	}
+	name := view(m, fn, uint32(stack[0]), nameLen)
+	out := view(m, fn, uint32(stack[3]), 8)
+	resource := inst.resourceName(fn, name)
+	rate, held := 0.0, false
+	if l := inst.w.leases; l != nil {
+		rate, held = l.Lease(resource, stack[2])
+		// A rate that is not a finite number >= 0 is not one a guest could apply.
+		if !held || !(rate >= 0 && rate <= math.MaxFloat64) {
+			rate, held = 0, false
+		}
+	}
+	binary.LittleEndian.PutUint64(out, math.Float64bits(rate))
+	stack[0] = api.EncodeI32(abi.LeaseNone)
+	if held {
+		stack[0] = api.EncodeI32(abi.LeaseHeld)
+	}
+}
+
+// resourceName returns a resource name that a guest gave get_lease as a string, or traps
+// when it is not a name. A name the instance gave lately comes back as the string made
+// for it then.
+func (inst *instance) resourceName(fn string, name []byte) string {
+	for _, r := range inst.resources {
+		if r != "" && string(name) == r {
+			return r
+		}
+	}
+	if len(name) == 0 {
+		trap(fn, "empty resource name")
+	}
+	for i, c := range name {
+		if !isResourceByte(c) {
+			trap(fn, "resource name %q has a byte at %d that is not allowed in a name (A-Z, a-z, 0-9, '.', '_', '-')", name, i)
+		}
+	}
+	r := string(name)
+	inst.resources[inst.nextResource] = r
+	inst.nextResource = (inst.nextResource + 1) % len(inst.resources)
+	return r
+}
+
+// isResourceByte reports whether c may appear in a resource name.
+func isResourceByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
+		return true
+	}
+	return false
 }
 
 // lookupHeader finds name in h: the exact key first, then any key equal to it ignoring

@@ -194,6 +194,7 @@ func TestABIPhases(t *testing.T) {
 		{abi.ImportSetCallBlock, []uint64{1024, abi.CallBlockLen}, []phase{phaseInit}},
 		{abi.ImportGetConfig, []uint64{0, 10}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 		{abi.ImportLog, []uint64{0, 0, 0}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
+		{abi.ImportGetLease, []uint64{100, 1, 1, 200}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 	} {
 		p.put(100, "X")
 		for _, ph := range []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse} {
@@ -440,10 +441,12 @@ func FuzzABI(f *testing.F) {
 		}
 		// Only the get functions write, and only into their buffer.
 		lo, hi := uint64(0), uint64(0)
-		switch len(hf.params) {
-		case 2:
+		switch {
+		case hf.name == abi.ImportGetLease: // the rate, at out_ptr
+			lo, hi = uint64(d), uint64(d)+8
+		case len(hf.params) == 2:
 			lo, hi = uint64(a), uint64(a)+uint64(b)
-		case 4:
+		case len(hf.params) == 4:
 			lo, hi = uint64(c), uint64(c)+uint64(d)
 		}
 		if !strings.HasPrefix(hf.name, "get_") || err != nil {

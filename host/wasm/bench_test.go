@@ -199,3 +199,78 @@ func BenchmarkInstance(b *testing.B) {
 		inst.mod.Close(context.Background())
 	}
 }
+
+// BenchmarkRatelimitGlobal measures the shipped rate-limit wrapper per call in the wasm
+// host (OnRequest and OnResponse, which it does not ask for), with configs that never
+// reject: "local" is its default scope, a bucket per service; "global" is its share of a
+// global limit, held as a lease, asked for every 100 ms of call time; "global-no-lease"
+// the same on a micro without a quota service, at the safe share. It reports the asks
+// (get_lease calls) per call.
+//
+//	go test -run '^$' -bench RatelimitGlobal -benchmem ./host/wasm
+func BenchmarkRatelimitGlobal(b *testing.B) {
+	h, _ := newTestHost(b)
+	bin := buildRatelimit(b)
+	ctx := context.Background()
+	const global = `{"scope": "global", "resource": "api", "fallback_rate": 1e12, "burst": 1000000000}`
+	for _, tc := range []struct {
+		name, config string
+		leases       *steadyLeases
+	}{
+		{"local", `{"rate": 1e12, "burst": 1000000000, "key": "service"}`, nil},
+		{"global", global, &steadyLeases{rate: 1e12}},
+		{"global-no-lease", global, nil},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			opts := Options{Config: []byte(tc.config)}
+			if tc.leases != nil {
+				opts.Leases = tc.leases
+			}
+			w, err := h.Load(ctx, "ratelimit", bin, opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer w.Close(ctx)
+			c := newCall(map[string]string{"Content-Type": "application/json"})
+			r := &wrapper.Result{Status: 200, Latency: time.Millisecond}
+			var asks0 uint64
+			if tc.leases != nil {
+				asks0 = tc.leases.asks.Load()
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if v := w.OnRequest(ctx, c); v.Action != wrapper.Continue {
+					b.Fatalf("verdict %+v", v)
+				}
+				w.OnResponse(ctx, c, r)
+			}
+			if tc.leases != nil {
+				b.ReportMetric(float64(tc.leases.asks.Load()-asks0)/float64(b.N), "asks/op")
+			}
+		})
+	}
+}
+
+// BenchmarkGetLease measures one get_lease host call: OnRequest on a hand-written guest
+// that asks once, against one that does not.
+func BenchmarkGetLease(b *testing.B) {
+	h, _ := newTestHost(b)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		wasm []byte
+	}{{"none", minimalGuest(nil)}, {"get_lease", leaseGuest("api")}} {
+		w, err := h.Load(ctx, tc.name, tc.wasm, Options{Leases: &steadyLeases{rate: 100}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := newCall(nil)
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				w.OnRequest(ctx, c)
+			}
+		})
+	}
+}

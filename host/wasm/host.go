@@ -26,6 +26,7 @@ import (
 
 	abi "github.com/microhost/micro/abi/wrapper"
 	"github.com/microhost/micro/runtime/config"
+	"github.com/microhost/micro/runtime/wrapper"
 )
 
 // Defaults of Options: micro.toml's (runtime/config), so that a wrapper loaded with zero
@@ -160,6 +161,10 @@ type Options struct {
 	// Config is the wrapper's config table as a JSON object, given to the guest at init;
 	// nil (or JSON null) means "{}".
 	Config []byte
+	// Leases gives the guest this micro's shares of global rate limits, through the host
+	// function abi.ImportGetLease. nil means that this micro holds no leases: get_lease
+	// answers "no lease" with the rate 0, and the guest applies its own safe share.
+	Leases wrapper.Leases
 }
 
 // withDefaults checks o and fills in its defaults.

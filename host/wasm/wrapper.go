@@ -46,6 +46,9 @@ type Wrapper struct {
 	gen      atomic.Uint64 // numbers instances, for unique module names
 	closed   atomic.Bool
 
+	// leases answers abi.ImportGetLease; nil when this micro holds none.
+	leases wrapper.Leases
+
 	// The watchdog: every tick it stops the calls that ran past their deadline.
 	epoch     time.Time                  // its clock is time.Since(epoch), monotonic
 	watched   []atomic.Pointer[instance] // per slot: the instance it watches
@@ -162,6 +165,12 @@ type instance struct {
 	seen     [abi.FieldError + 1]string
 	version  [abi.FieldError + 1]uint64
 
+	// resources holds the resource names that get_lease was last given, checked, so that
+	// a guest that asks for the same resource again costs no new string; nextResource is
+	// the entry to replace.
+	resources    [4]string
+	nextResource int
+
 	// stop is the global that instrument added: set to 1, it traps the guest within
 	// fuelPerCheck loop iterations and function entries.
 	stop api.MutableGlobal
@@ -213,6 +222,7 @@ func (h *Host) load(ctx context.Context, name string, wasm []byte, opts Options)
 		shard:     o.Shard,
 		failOpen:  o.OnTrap == OnTrapOpen,
 		httpWasm:  o.ABI == ABIHTTPWasm,
+		leases:    o.Leases,
 		epoch:     time.Now(),
 		watched:   make([]atomic.Pointer[instance], o.Instances),
 		stopWatch: make(chan struct{}),

@@ -3,6 +3,7 @@ package wrapper_test
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/microhost/micro/sdk/wrapper"
 	"github.com/microhost/micro/sdk/wrapper/wrappertest"
@@ -86,4 +87,53 @@ func ExampleDecodeConfig() {
 	// Output:
 	// {Rate:2.5 Burst:1} <nil>
 	// config: json: unknown field "brust"
+}
+
+// shareHandler returns a wrapper that enforces this micro's share of the global rate
+// limit on the resource "api": in each 100 ms of call time it lets through a tenth of the
+// share, or of 10 calls per second while micro holds no lease. It asks for the share once
+// per 100 ms, not per call, and reports the calls it saw in between.
+func shareHandler() wrapper.Handler {
+	var (
+		demand uint64
+		asked  time.Time
+		tokens float64
+	)
+	return wrapper.Handler{OnRequest: func(wrapper.Request) wrapper.Result {
+		demand++
+		if now := wrapper.Now(); now.Sub(asked) >= 100*time.Millisecond {
+			rate, held := wrapper.Lease("api", demand)
+			if !held {
+				rate = 10 // the safe share
+			}
+			demand, asked, tokens = 0, now, rate/10
+		}
+		if tokens < 1 {
+			return wrapper.Reject(429, "over this micro's share of the limit on api")
+		}
+		tokens--
+		return wrapper.Continue()
+	}}
+}
+
+// A wrapper asks for its share of a global rate limit now and then, and applies a safe
+// share of its own while micro holds no lease. Under wrappertest, the Instance's Leases
+// play the quota service.
+func ExampleLease() {
+	inst, err := wrappertest.New(shareHandler(), "")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	req := wrappertest.NewRequest("greeter", "Greeter.Hello")
+	fmt.Println(inst.Request(req).Verdict, inst.Request(req).Verdict) // no lease: 1 per 100 ms
+
+	inst.Leases.Grant("api", 20)
+	inst.Clock.Advance(100 * time.Millisecond)
+	fmt.Println(inst.Request(req).Verdict, inst.Request(req).Verdict, inst.Request(req).Verdict)
+	fmt.Println(inst.Leases.Asks("api"))
+	// Output:
+	// continued rejected
+	// continued continued rejected
+	// [1 2]
 }

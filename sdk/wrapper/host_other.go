@@ -111,6 +111,12 @@ func hostGetHeader(name string, buf []byte) int32 {
 	return n
 }
 
+func hostGetLease(name string, demand uint64) (float64, bool) {
+	rate, held, err := theHost().GetLease(name, demand)
+	trapIf(err)
+	return rate, held
+}
+
 func hostSetHeader(name, value string)           { trapIf(theHost().SetHeader(name, value)) }
 func hostSetReplyHeader(name, value string)      { trapIf(theHost().SetReplyHeader(name, value)) }
 func hostSetReject(status int32, message string) { trapIf(theHost().SetReject(status, message)) }

@@ -2,7 +2,11 @@
 
 package wrapper
 
-import "unsafe"
+import (
+	"unsafe"
+
+	abi "github.com/microhost/micro/abi/wrapper"
+)
 
 // The exports. Their names are abi's Export constants (a test checks that they match).
 
@@ -40,6 +44,9 @@ func importGetError(buf *byte, bufCap uint32) int32
 
 //go:wasmimport micro get_header
 func importGetHeader(name string, buf *byte, bufCap uint32) int32
+
+//go:wasmimport micro get_lease
+func importGetLease(name string, demand uint64, rate *float64) int32
 
 //go:wasmimport micro set_header
 func importSetHeader(name, value string)
@@ -87,6 +94,12 @@ func hostGetField(f field, buf []byte) int32 {
 func hostGetHeader(name string, buf []byte) int32 {
 	p, n := bufArgs(buf)
 	return importGetHeader(name, p, n)
+}
+
+func hostGetLease(name string, demand uint64) (float64, bool) {
+	var rate float64
+	held := importGetLease(name, demand, &rate)
+	return rate, held == abi.LeaseHeld
 }
 
 func hostSetHeader(name, value string)           { importSetHeader(name, value) }

@@ -36,6 +36,9 @@
 // costs two WASI host calls (about 200 ns) in a guest. Allocations cost too: a Go guest's
 // garbage collector runs inside the call that triggers it.
 //
+// A wrapper that enforces this micro's share of a limit shared with other micros (a global
+// rate limit) reads the share with [Lease], now and then rather than per call.
+//
 // The wire contract under this package is in abi/wrapper and abi/README.md.
 package wrapper
 
@@ -117,6 +120,34 @@ func RejectNode(message string) Result {
 // SetReplyHeader adds a header to the reply that a rejection produces, e.g. Retry-After. It
 // is valid during OnRequest only, and has no effect when the call continues.
 func SetReplyHeader(name, value string) { hostSetReplyHeader(name, value) }
+
+// Lease returns this micro's share of the global rate limit on resource, in calls per
+// second, and whether micro holds a lease for it. Several micros may share a limit on a
+// named resource: a quota service splits its capacity among them by their demand, and
+// each micro holds its share as a lease that it renews in the background. A wrapper
+// enforces the share itself, with a token bucket say, and tells micro its demand: the
+// calls it saw for resource since it last asked, those it allowed and those it rejected
+// alike. When held is false (no lease yet, or it expired while the quota service was out
+// of reach, or this micro has no quota service), rate is 0 and the wrapper applies a
+// safe share of its own, such as a configured fallback rate.
+//
+// Lease never waits for the quota service, but it is a host call: ask now and then, not
+// per call. A wrapper counts its calls and asks again once some call time has passed, by
+// [Now]:
+//
+//	demand++
+//	if now := wrapper.Now(); now.Sub(asked) >= 100*time.Millisecond {
+//		rate, held := wrapper.Lease("api", demand)
+//		demand, asked = 0, now
+//		... // apply rate, or the safe share when !held
+//	}
+//
+// resource is 1 to 128 bytes of A-Z, a-z, 0-9, '.', '_' and '-'; any other name fails the
+// guest call, as micro traps a guest for a bad host call. Lease may be called in Init,
+// OnRequest and OnResponse. Under package wrappertest, the Instance's Leases answer.
+func Lease(resource string, demand uint64) (rate float64, held bool) {
+	return hostGetLease(resource, demand)
+}
 
 // Handler is a wrapper's code.
 type Handler struct {
@@ -396,6 +427,7 @@ func readConfig() []byte {
 //	hostGetConfig(buf []byte) int32
 //	hostGetField(f field, buf []byte) int32
 //	hostGetHeader(name string, buf []byte) int32
+//	hostGetLease(name string, demand uint64) (rate float64, held bool)
 //	hostSetHeader(name, value string)
 //	hostSetReplyHeader(name, value string)
 //	hostSetReject(status int32, message string)

@@ -41,6 +41,8 @@ type fake struct {
 	logs        []string
 	getCalls    int // values written: the config, fields and headers read
 	failMessage string
+	leases      map[string]float64 // the leases held
+	asked       []string           // the get_lease calls, as "resource demand"
 }
 
 // Begin writes the call block as micro does before a guest call: the fields of the
@@ -107,6 +109,14 @@ func (f *fake) GetHeader(name string, buf []byte) (int32, error) {
 		}
 	}
 	return abi.HeaderAbsent, nil
+}
+func (f *fake) GetLease(resource string, demand uint64) (float64, bool, error) {
+	if resource == "" {
+		return 0, false, errors.New("bad call to micro.get_lease: empty resource name")
+	}
+	f.asked = append(f.asked, fmt.Sprint(resource, " ", demand))
+	rate, held := f.leases[resource]
+	return rate, held, nil
 }
 func (f *fake) SetHeader(n, v string) error {
 	if strings.HasPrefix(n, abi.ReservedHeaderPrefix) {
@@ -379,7 +389,7 @@ func TestABINames(t *testing.T) {
 	for _, name := range []string{abi.ImportGetConfig, abi.ImportGetService, abi.ImportGetEndpoint, abi.ImportGetNode,
 		abi.ImportGetCaller, abi.ImportGetHeader, abi.ImportSetHeader, abi.ImportSetReplyHeader,
 		abi.ImportSetReject, abi.ImportGetError, abi.ImportSetPhases, abi.ImportSetCallBlock,
-		abi.ImportLog, abi.ImportFail} {
+		abi.ImportGetLease, abi.ImportLog, abi.ImportFail} {
 		known[name] = true
 	}
 	imports := regexp.MustCompile(`//go:wasmimport (\S+) (\S+)`).FindAllStringSubmatch(string(src), -1)
@@ -473,5 +483,44 @@ func TestFieldVersions(t *testing.T) {
 		if n := calls(); !slices.Equal(got, step.want) || n != step.reads {
 			t.Errorf("got %q with %d host reads, want %q with %d", got, n, step.want, step.reads)
 		}
+	}
+}
+
+// TestLease checks that Lease passes the resource and the demand to the host, returns
+// its answer, and fails the guest call when the host traps.
+func TestLease(t *testing.T) {
+	type answer struct {
+		rate float64
+		held bool
+	}
+	var got []answer
+	resource := "api"
+	f, fail := start(t, "", Handler{
+		Init: func([]byte) error {
+			rate, held := Lease("api", 0)
+			got = append(got, answer{rate, held})
+			return nil
+		},
+		OnRequest: func(Request) Result {
+			rate, held := Lease(resource, 7)
+			got = append(got, answer{rate, held})
+			return Continue()
+		},
+	})
+	if fail != "" {
+		t.Fatal(fail)
+	}
+	f.request()
+	f.leases = map[string]float64{"api": 120.5}
+	f.request()
+	if want := []answer{{0, false}, {0, false}, {120.5, true}}; !slices.Equal(got, want) {
+		t.Errorf("answers %v, want %v", got, want)
+	}
+	if want := []string{"api 0", "api 7", "api 7"}; !slices.Equal(f.asked, want) {
+		t.Errorf("asked %q, want %q", f.asked, want)
+	}
+	resource = ""
+	if _, fail := f.call(nativehost.OnRequest); fail != "bad call to micro.get_lease: empty resource name" {
+		t.Errorf("a bad name: %q, want the host's trap", fail)
 	}
 }

@@ -319,6 +319,10 @@ func TestLogsConfig(t *testing.T) {
 	if logs := inst.Logs(); len(logs) != 1 || logs[0].Message != "ratelimit: {Rate:2 Burst:0 Key:caller MaxKeys:0}" {
 		t.Errorf("logs: %v", logs)
 	}
+	inst, _ = start(t, `{"scope": "global", "resource": "api", "fallback_rate": 2.5}`)
+	if logs := inst.Logs(); len(logs) != 1 || logs[0].Message != `ratelimit: global scope, resource "api", fallback_rate 2.5/s, burst default (200ms of the rate)` {
+		t.Errorf("logs: %v", logs)
+	}
 }
 
 // TestMatchesXTimeRate checks the buckets against x/time/rate's Limiter, call by call:

@@ -20,7 +20,9 @@
 //
 // The time the handler sees (wrapper.Now, and the budget) is the Instance's [Clock], which
 // moves only when the test moves it: a rate limit refills and a breaker's cooldown passes
-// at once, with no sleep.
+// at once, with no sleep. The shares of global rate limits it sees (wrapper.Lease) are the
+// Instance's [Leases], which the test grants and revokes per resource, and which record
+// the demand that the handler reports.
 //
 // The handler runs through sdk/wrapper's own code, on the ABI that micro implements: it
 // reads the call from a host that checks what micro checks, so a mistake that would trap
@@ -40,6 +42,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"net/textproto"
 	"slices"
 	"strings"
@@ -208,6 +211,73 @@ func (c *Clock) Set(t time.Time) {
 	c.now = t
 }
 
+// Leases plays the quota service for a wrapper's calls of wrapper.Lease: it answers with
+// the leases that a test grants, per resource, and records the demand that each call
+// reports. The zero Leases holds no lease. It is safe for concurrent use.
+type Leases struct {
+	mu    sync.Mutex
+	rates map[string]float64  // the leases held
+	asks  map[string][]uint64 // per resource, the demand of each call
+}
+
+// NewLeases returns Leases that hold no lease.
+func NewLeases() *Leases { return new(Leases) }
+
+// Grant makes this micro hold a lease of rate calls per second for resource, until
+// Revoke or another Grant. A rate that is not a finite number >= 0 counts as no lease,
+// as micro does with its quota service's.
+func (l *Leases) Grant(resource string, rate float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rates == nil {
+		l.rates = map[string]float64{}
+	}
+	l.rates[resource] = rate
+}
+
+// Revoke makes this micro hold no lease for resource, as when none came yet or the last
+// one expired while the quota service was out of reach: wrapper.Lease returns the rate 0
+// and held false.
+func (l *Leases) Revoke(resource string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.rates, resource)
+}
+
+// Lease records demand for resource and returns its lease, as micro's quota client does.
+// A handler's wrapper.Lease comes here, after the Instance checked the resource's name
+// as micro does.
+func (l *Leases) Lease(resource string, demand uint64) (rate float64, held bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.asks == nil {
+		l.asks = map[string][]uint64{}
+	}
+	l.asks[resource] = append(l.asks[resource], demand)
+	rate, held = l.rates[resource]
+	return rate, held
+}
+
+// Asks returns the demand that each call of Lease for resource reported, oldest first:
+// how often the handler asked, and the calls it counted in between.
+func (l *Leases) Asks(resource string) []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.asks[resource])
+}
+
+// Demand returns the sum of the demand reported for resource: the calls the handler
+// counted and reported so far.
+func (l *Leases) Demand(resource string) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var n uint64
+	for _, d := range l.asks[resource] {
+		n += d
+	}
+	return n
+}
+
 // Start is when an Instance's clock starts: a fixed time, so that tests do not depend
 // on the day they run.
 func Start() time.Time { return time.Date(2026, time.January, 1, 0, 0, 0, 0, time.UTC) }
@@ -219,6 +289,10 @@ type Instance struct {
 	// Clock is the time of the instance's calls. New sets it to a clock at [Start]; set it
 	// to another before the first call to share one clock between instances.
 	Clock *Clock
+	// Leases answers the handler's wrapper.Lease. New sets it to Leases that hold none;
+	// grant leases on it, or set it to another before a call to share one quota between
+	// instances. nil means that micro has no quota service: no lease for any resource.
+	Leases *Leases
 
 	mu      sync.Mutex
 	handler *wrapper.Handler
@@ -250,6 +324,7 @@ func New(h wrapper.Handler, config string) (*Instance, error) {
 	}
 	i := &Instance{
 		Clock:   NewClock(Start()),
+		Leases:  NewLeases(),
 		handler: &h,
 		config:  config,
 		phases:  abi.PhaseRequest | abi.PhaseResponse,
@@ -461,6 +536,41 @@ func (i *host) GetHeader(name string, buf []byte) (int32, error) {
 		}
 	}
 	return abi.HeaderAbsent, nil
+}
+
+// GetLease implements get_lease: it checks the resource's name as micro does, then asks
+// the Instance's Leases.
+func (i *host) GetLease(resource string, demand uint64) (float64, bool, error) {
+	const fn = abi.ImportGetLease
+	if err := checkResource(resource); err != nil {
+		return 0, false, trap(fn, "%v", err)
+	}
+	if i.Leases == nil {
+		return 0, false, nil
+	}
+	rate, held := i.Leases.Lease(resource, demand)
+	if !held || !(rate >= 0 && rate <= math.MaxFloat64) { // what micro gives a guest
+		return 0, false, nil
+	}
+	return rate, true, nil
+}
+
+// checkResource returns what is wrong with a resource name that a guest gives, or nil.
+func checkResource(name string) error {
+	switch {
+	case name == "":
+		return errors.New("empty resource name")
+	case len(name) > abi.MaxResourceNameLen:
+		return fmt.Errorf("resource name of %d bytes is longer than the limit of %d", len(name), abi.MaxResourceNameLen)
+	}
+	for n, c := range []byte(name) {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
+		default:
+			return fmt.Errorf("resource name %q has a byte at %d that is not allowed in a name (A-Z, a-z, 0-9, '.', '_', '-')", name, n)
+		}
+	}
+	return nil
 }
 
 // SetHeader implements set_header.

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -240,5 +242,99 @@ func TestClock(t *testing.T) {
 	c := wrappertest.NewClock(wrappertest.Start())
 	if got := c.Advance(-time.Hour); !got.Equal(wrappertest.Start().Add(-time.Hour)) || !c.Now().Equal(got) {
 		t.Errorf("Advance back an hour: %v, now %v", got, c.Now())
+	}
+}
+
+// TestLeases checks that wrapper.Lease gets the Instance's Leases, which record the
+// demand, that leases can be granted, revoked and shared, and that a bad resource name
+// fails the call as micro traps it.
+func TestLeases(t *testing.T) {
+	resource, demand := "api", uint64(3)
+	type answer struct {
+		rate float64
+		held bool
+	}
+	var got answer
+	h := wrapper.Handler{OnRequest: func(wrapper.Request) wrapper.Result {
+		got.rate, got.held = wrapper.Lease(resource, demand)
+		return wrapper.Continue()
+	}}
+	inst := start(t, h, "")
+	ask := func() answer {
+		t.Helper()
+		if res := inst.Request(wrappertest.NewRequest("s", "E")); res.Verdict != wrappertest.Continued {
+			t.Fatalf("asking for %q: %v", resource, res)
+		}
+		return got
+	}
+	if a := ask(); a != (answer{0, false}) {
+		t.Errorf("no lease granted: %v, want 0 and not held", a)
+	}
+	inst.Leases.Grant("api", 120)
+	if a := ask(); a != (answer{120, true}) {
+		t.Errorf("granted 120/s: %v", a)
+	}
+	demand = 0
+	inst.Leases.Grant("api", 0)
+	if a := ask(); a != (answer{0, true}) {
+		t.Errorf("granted 0/s: %v, want a lease of 0", a)
+	}
+	for _, bad := range []float64{-1, math.NaN(), math.Inf(1)} {
+		inst.Leases.Grant("api", bad)
+		if a := ask(); a != (answer{0, false}) {
+			t.Errorf("granted %v: %v, want no lease, as micro gives a guest", bad, a)
+		}
+	}
+	inst.Leases.Revoke("api")
+	if a := ask(); a != (answer{0, false}) {
+		t.Errorf("revoked: %v", a)
+	}
+	if asks, want := inst.Leases.Asks("api"), []uint64{3, 3, 0, 0, 0, 0, 0}; !slices.Equal(asks, want) {
+		t.Errorf("asks %v, want %v", asks, want)
+	}
+	if d := inst.Leases.Demand("api"); d != 6 {
+		t.Errorf("demand %d, want 6", d)
+	}
+	if asks := inst.Leases.Asks("other"); asks != nil {
+		t.Errorf("asks of a resource never named: %v", asks)
+	}
+
+	// Two instances share one quota.
+	shared := wrappertest.NewLeases()
+	shared.Grant("api", 50)
+	other := start(t, h, "")
+	inst.Leases, other.Leases = shared, shared
+	demand = 2
+	inst.Request(wrappertest.NewRequest("s", "E"))
+	other.Request(wrappertest.NewRequest("s", "E"))
+	if got != (answer{50, true}) || shared.Demand("api") != 4 {
+		t.Errorf("shared: %v, demand %d; want 50/s held and demand 4", got, shared.Demand("api"))
+	}
+	// No quota service at all.
+	inst.Leases = nil
+	if a := ask(); a != (answer{0, false}) {
+		t.Errorf("nil Leases: %v", a)
+	}
+
+	for name, want := range map[string]string{
+		"":                       "bad call to micro.get_lease: empty resource name",
+		"api v2":                 `bad call to micro.get_lease: resource name "api v2" has a byte at 3 that is not allowed`,
+		"api/v2":                 `resource name "api/v2" has a byte at 3`,
+		"é":                      `resource name "é" has a byte at 0`,
+		strings.Repeat("a", 129): "bad call to micro.get_lease: resource name of 129 bytes is longer than the limit of 128",
+	} {
+		resource = name
+		res := inst.Request(wrappertest.NewRequest("s", "E"))
+		if res.Verdict != wrappertest.Failed || !strings.Contains(res.Err.Error(), want) {
+			t.Errorf("resource %q: %v, want a failure with %q", name, res, want)
+		}
+	}
+	resource = strings.Repeat("a", 128)
+	if res := inst.Request(wrappertest.NewRequest("s", "E")); res.Verdict != wrappertest.Continued {
+		t.Errorf("a name of 128 bytes: %v", res)
+	}
+	resource = "Api_v2.write-1"
+	if res := inst.Request(wrappertest.NewRequest("s", "E")); res.Verdict != wrappertest.Continued {
+		t.Errorf("a name with every kind of byte: %v", res)
 	}
 }

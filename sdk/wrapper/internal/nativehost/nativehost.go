@@ -20,6 +20,9 @@ type Host interface {
 	GetConfig(buf []byte) int32
 	GetField(field int32, buf []byte) (int32, error)
 	GetHeader(name string, buf []byte) (int32, error)
+	// GetLease implements get_lease: it records demand for resource and returns this
+	// micro's share of resource's global rate limit, and whether it holds a lease.
+	GetLease(resource string, demand uint64) (rate float64, held bool, err error)
 	SetHeader(name, value string) error
 	SetReplyHeader(name, value string) error
 	SetReject(status int32, message string) error
