@@ -33,16 +33,17 @@ env = { COUNT_FILE = %q, COUNT_NAME = %q, FAULT_DIR = %q }
 type timed struct {
 	c    *http.Client
 	base string
+	body string
 }
 
 func newTimed(m *micro) *timed {
-	return &timed{c: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, base: m.ingress}
+	return &timed{c: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}, base: m.ingress, body: "{}"}
 }
 
 // call posts to /{service}/{endpoint} with call id id and the budget, and returns the
 // status (0 when no answer came) and how long the call took.
 func (c *timed) call(service, endpoint, id, budget string) (int, time.Duration) {
-	req, err := http.NewRequest(http.MethodPost, c.base+"/"+service+"/"+endpoint, strings.NewReader("{}"))
+	req, err := http.NewRequest(http.MethodPost, c.base+"/"+service+"/"+endpoint, strings.NewReader(c.body))
 	if err != nil {
 		return 0, 0
 	}

@@ -50,9 +50,10 @@ type Factories struct {
 	Transport func(ctx context.Context, c config.Transport, s config.Server, logger *slog.Logger) (transport.Transport, error)
 	// Broker opens the broker that [broker] names.
 	Broker func(ctx context.Context, c config.Broker, logger *slog.Logger) (broker.Broker, error)
-	// Wrapper loads the wrapper that [wrappers.NAME] describes. It may be nil when no
+	// Wrapper loads the wrapper that [wrappers.NAME] describes; leases are this micro's
+	// shares of global rate limits, which the wrapper may read. It may be nil when no
 	// wrapper is configured.
-	Wrapper func(ctx context.Context, name string, c config.Wrapper, logger *slog.Logger) (wrapper.Wrapper, error)
+	Wrapper func(ctx context.Context, name string, c config.Wrapper, leases wrapper.Leases, logger *slog.Logger) (wrapper.Wrapper, error)
 	// Keeper is the argv that runs a keeper around each app instance, so that no process
 	// of an app outlives micro (see supervisor.Options.Keeper). Empty starts apps directly.
 	Keeper []string
@@ -102,6 +103,7 @@ type Runtime struct {
 
 	services *services
 	pubsub   *pubsub.PubSub
+	quotas   *quotas
 
 	bgctx  context.Context    // lives until Stop
 	cancel context.CancelFunc // stops background loops
@@ -192,6 +194,9 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		return err
 	}
 	r.services = newServices(r, cfg.Registry)
+	if r.quotas, err = newQuotas(r, cfg.Quota); err != nil {
+		return err
+	}
 	r.inbound = server.NewInbound(server.InboundConfig{
 		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream, H2C: r.h2c,
 		Settings: serverSettings(cfg), Self: r.self,
@@ -246,7 +251,11 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	})
 	r.serveIngress(r.ingressLn)
 	r.goBackground(func() { r.services.beat(bgctx) })
-	if err := r.services.apply(ctx, cfg.Services); err != nil {
+	r.goBackground(func() { r.quotas.run(bgctx) })
+	if err := r.quotas.apply(ctx, cfg.Quota); err != nil {
+		return err
+	}
+	if err := r.services.apply(ctx, r.quotas.services(cfg.Services)); err != nil {
 		return err
 	}
 	return nil
@@ -297,6 +306,7 @@ func (r *Runtime) swapRegistry(ctx context.Context, from, to config.Registry) er
 	r.reg, r.cache, r.cacheCancel = next, nextCache, cacheCancel
 	r.regMu.Unlock()
 	r.services.setRegistry(next)
+	r.quotas.recampaign()
 	switched := time.Since(start)
 
 	r.services.deregisterOn(ctx, prev)
@@ -381,7 +391,10 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	r.ingress.Set(serverSettings(&next))
 	r.inbound.Set(serverSettings(&next))
 	r.upstream.SetMaxBody(int(next.Server.MaxBody))
-	if err := r.services.apply(ctx, next.Services); err != nil {
+	if err := r.quotas.apply(ctx, next.Quota); err != nil {
+		r.logger.Error("config reload: quota", "err", err)
+	}
+	if err := r.services.apply(ctx, r.quotas.services(next.Services)); err != nil {
 		r.logger.Error("config reload: services", "err", err)
 	}
 	if r.security != nil && !slices.Equal(slices.Sorted(maps.Keys(old.Services)), slices.Sorted(maps.Keys(next.Services))) {
@@ -413,6 +426,7 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	r.cacheCancel()
 	r.regMu.RUnlock()
 	r.services.deregisterAll(ctx)
+	r.quotas.close(ctx)
 	if err := r.ingressSrv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
 	}

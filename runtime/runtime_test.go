@@ -33,7 +33,7 @@ func start(tb testing.TB) (rt *micrort.Runtime, cfg *config.Config) {
 }
 
 // startWith is start with a change to the config and a wrapper factory.
-func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context, string, config.Wrapper, *slog.Logger) (wrapper.Wrapper, error)) (rt *micrort.Runtime, cfg *config.Config) {
+func startWith(tb testing.TB, edit func(*config.Config), wf func(context.Context, string, config.Wrapper, wrapper.Leases, *slog.Logger) (wrapper.Wrapper, error)) (rt *micrort.Runtime, cfg *config.Config) {
 	tb.Helper()
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/Echo.Stream" {
@@ -297,7 +297,7 @@ func TestWrapperChains(t *testing.T) {
 		mu     sync.Mutex
 		loaded = map[string]*goWrapper{}
 	)
-	factory := func(_ context.Context, name string, _ config.Wrapper, _ *slog.Logger) (wrapper.Wrapper, error) {
+	factory := func(_ context.Context, name string, _ config.Wrapper, _ wrapper.Leases, _ *slog.Logger) (wrapper.Wrapper, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		w := &goWrapper{name: name}

@@ -130,6 +130,7 @@ func (r *Runtime) swapTransport(ctx context.Context, from, to config.Transport, 
 	r.inboundLn, r.tr, r.advertise = ln, next, addr
 	r.trMu.Unlock()
 	r.services.readvertise(ctx)
+	r.quotas.recampaign() // its master's address is the inbound's
 	r.logger.Info("transport switched", "from", from.Plugin, "to", to.Plugin, "inbound", addr)
 
 	drain := s.DrainTimeout

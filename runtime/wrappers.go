@@ -69,7 +69,7 @@ func (ws *wrappers) apply(ctx context.Context, cfg *config.Config) error {
 			return abort(fmt.Errorf("wrapper %q: this micro has no wrapper host", name))
 		}
 		start := time.Now()
-		w, err := ws.r.factories.Wrapper(ctx, name, spec, ws.r.logger)
+		w, err := ws.r.factories.Wrapper(ctx, name, spec, ws.r.quotas.client, ws.r.logger)
 		if err != nil {
 			return abort(fmt.Errorf("loading wrapper %q: %w", name, err))
 		}

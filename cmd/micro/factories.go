@@ -137,7 +137,7 @@ func (f *factories) broker(ctx context.Context, c config.Broker, logger *slog.Lo
 
 // wrapper loads the WebAssembly wrapper that [wrappers.NAME] describes, building it from
 // Go source first when it names a source directory.
-func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, logger *slog.Logger) (wrapper.Wrapper, error) {
+func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, leases wrapper.Leases, logger *slog.Logger) (wrapper.Wrapper, error) {
 	f.once.Do(func() {
 		f.wasm, f.wasmErr = wasm.NewHost(wasm.HostOptions{CacheDir: filepath.Join(f.cacheDir, "wasm-compiled"), Logger: logger})
 	})
@@ -170,6 +170,7 @@ func (f *factories) wrapper(ctx context.Context, name string, c config.Wrapper, 
 		MemoryLimit: uint64(c.MemoryLimit),
 		Timeout:     c.Timeout,
 		Config:      cfgJSON,
+		Leases:      leases,
 	})
 }
 

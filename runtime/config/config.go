@@ -32,6 +32,7 @@ type Config struct {
 	Broker    Broker             `koanf:"broker"`
 	Security  Security           `koanf:"security"`
 	Client    Client             `koanf:"client"`
+	Quota     Quota              `koanf:"quota"`
 	Routes    map[string]Route   `koanf:"routes"`
 	Services  map[string]Service `koanf:"services"`
 	Wrappers  map[string]Wrapper `koanf:"wrappers"`
@@ -233,6 +234,24 @@ const (
 	SecurityMTLS = "mtls"
 	SecurityOff  = "off"
 )
+
+// Quota configures global rate limits: the quota service that shares resources' capacities
+// out among the micros that use them (runtime/quota), in leases that the rate-limit
+// wrapper's global scope enforces. Applies live.
+type Quota struct {
+	// Service is the name the quota service is registered and found under.
+	Service string `koanf:"service"`
+	// Serve makes this micro an instance of the quota service. Its instances elect one
+	// master through the registry; the others redirect to it.
+	Serve bool `koanf:"serve"`
+	// Lease is how long a lease lasts; Refresh is how often clients renew theirs. An
+	// instance tells its clients both.
+	Lease   time.Duration `koanf:"lease"`
+	Refresh time.Duration `koanf:"refresh"`
+	// Resources are the capacities the service shares out, in calls per second, by
+	// resource name.
+	Resources map[string]float64 `koanf:"resources"`
+}
 
 // Client configures outgoing calls.
 type Client struct {

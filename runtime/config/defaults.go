@@ -28,6 +28,7 @@ func Default() Config {
 		},
 		Transport: Transport{Plugin: "http"},
 		Security:  Security{Mode: SecurityMTLS, TrustDomain: "micro.local", CertTTL: time.Hour},
+		Quota:     Quota{Service: "micro.quota", Lease: 10 * time.Second, Refresh: 2 * time.Second},
 		Broker: Broker{
 			Plugin:          "embedded",
 			MaxBytes:        1 << 30,

@@ -81,6 +81,10 @@ func Validate(c *Config) error {
 	}
 
 	v.broker(c.Broker)
+	v.quota(c.Quota)
+	if _, ok := c.Services[c.Quota.Service]; ok && c.Quota.Serve {
+		v.errorf("quota.service", "%q is also in [services]: this micro serves the quota service under that name itself", c.Quota.Service)
+	}
 	v.security(c.Security)
 
 	cl := c.Client
@@ -362,6 +366,39 @@ func (v *validator) metadata(key string, md map[string]string) {
 			v.errorf(key, "empty label name")
 		}
 	}
+}
+
+// quota checks [quota].
+func (v *validator) quota(q Quota) {
+	v.name("quota.service", q.Service)
+	v.positive("quota.lease", q.Lease)
+	v.positive("quota.refresh", q.Refresh)
+	if q.Lease > 0 && q.Refresh >= q.Lease {
+		v.errorf("quota.refresh", "must be less than quota.lease (%s), so that leases are renewed before they end, got %s", q.Lease, q.Refresh)
+	}
+	for _, name := range slices.Sorted(maps.Keys(q.Resources)) {
+		key := joinKey([]string{"quota", "resources", name})
+		if !validResource(name) {
+			v.errorf(key, "invalid resource name %q: want 1 to 128 letters, digits, '-' or '_'", name)
+		}
+		if c := q.Resources[name]; !(c > 0) || math.IsInf(c, 1) {
+			v.errorf(key, "must be a capacity of more than 0 calls per second, got %v", c)
+		}
+	}
+}
+
+// validResource reports whether name can name a global rate limit's resource: 1 to 128
+// letters, digits, '-' or '_'.
+func validResource(name string) bool {
+	if name == "" || len(name) > 128 {
+		return false
+	}
+	for _, c := range []byte(name) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // quantile checks that key's value q is a quantile, in (0, 1).
