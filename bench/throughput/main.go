@@ -39,14 +39,15 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds of each kind, alternated")
 	wrappers := flag.Bool("wrappers", false, "also measure a micro with both shipped wrappers on")
 	nats := flag.Bool("nats", false, "also measure calls between two micros over HTTP and over the NATS transport plugin")
+	adaptive := flag.Bool("adaptive", false, "also measure calls to an endpoint declared idempotent, with adaptive attempt timeouts and hedging on (the defaults) and off")
 	flag.Parse()
-	if err := run(*conc, *dur, *rounds, *wrappers, *nats); err != nil {
+	if err := run(*conc, *dur, *rounds, *wrappers, *nats, *adaptive); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
 }
 
-func run(conc int, dur time.Duration, rounds int, wrappers, nats bool) error {
+func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive bool) error {
 	var stops []*exec.Cmd
 	dir, err := os.MkdirTemp("", "micro-bench")
 	if err != nil {
@@ -121,6 +122,26 @@ key = "node"
 			return err
 		}
 		paths = append(paths, struct{ name, url string }{"micro+wrappers", wrapped})
+	}
+	if adaptive {
+		// Calls that are safe to repeat get attempt timeouts and hedge delays from their
+		// endpoint's latencies: what that bookkeeping costs a call that needs neither.
+		idem := fronts + "idempotent = [\"Greeter.Hello\"]\n"
+		on, err := launch("idempotent", "", registry("idempotent")+idem)
+		if err != nil {
+			return err
+		}
+		off, err := launch("idempotent-off", "", registry("idempotent-off")+idem+"[client]\nadaptive = { enabled = false }\nhedge = { enabled = false }\n")
+		if err != nil {
+			return err
+		}
+		noHedge, err := launch("idempotent-nohedge", "", registry("idempotent-nohedge")+idem+"[client]\nhedge = { enabled = false }\n")
+		if err != nil {
+			return err
+		}
+		paths = append(paths, struct{ name, url string }{"idempotent, adaptive+hedging", on},
+			struct{ name, url string }{"idempotent, adaptive only", noHedge},
+			struct{ name, url string }{"idempotent, neither", off})
 	}
 	if nats {
 		// Two micros each: one fronts the greeter, the other (fronting nothing) is called,

@@ -306,13 +306,9 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 		limit, delay := c.plan(o, req, repeatable, attempt, remaining, fk != nil)
 		t := try{pick: pick, node: node, call: call, ran: ran, extra: v.Header, limit: limit, ex: ex}
 		final := &t
-		var fork Exchange
 		if delay > 0 {
-			fork = fk.Fork()
-		}
-		if fork != nil {
 			var hedge *try
-			final, hedge = c.race(ctx, o, req, fk, fork, chain, tried, &t, delay, remaining, countTimeouts)
+			final, hedge = c.race(ctx, o, req, fk, chain, tried, &t, delay, remaining, countTimeouts)
 			if hedge != nil {
 				attempt++
 				tried = append(tried, hedge.node.ID)
@@ -479,6 +475,7 @@ type streamExchange struct {
 	messageExchange
 	conn transport.Conn // the open stream
 }
+
 
 // Fork implements Forker: a stream is never hedged, since its first attempt to open
 // becomes the stream.

@@ -19,7 +19,8 @@ type Forker interface {
 	Exchange
 	// Fork returns an Exchange for one attempt that runs at the same time as the
 	// Forker's, with an answer of its own, or nil when the call cannot be hedged (its body
-	// streams). Do calls it before the Forker's attempt starts.
+	// streams). Do calls it only when it hedges, from another goroutine, while the
+	// Forker's own attempt is out: Fork must not touch what that attempt uses.
 	Fork() Exchange
 	// Adopt makes the answer of fork, a Fork that answered first, the Forker's answer.
 	// Do calls it once both attempts have ended.
@@ -141,7 +142,7 @@ func (c *Client) settle(ctx context.Context, chain *wrapper.Chain, req *Request,
 // leaves the other to go on. race settles both attempts and returns the one whose outcome
 // stands (the winner, or the last to fail), and the hedge when one was sent. When the
 // hedge wins, fk adopts its answer.
-func (c *Client) race(ctx context.Context, o *Options, req *Request, fk Forker, fork Exchange, chain *wrapper.Chain,
+func (c *Client) race(ctx context.Context, o *Options, req *Request, fk Forker, chain *wrapper.Chain,
 	tried []string, p *try, delay, remaining time.Duration, countTimeouts bool) (final, hedge *try) {
 	p.first = true
 	if p.limit > 0 {
@@ -158,6 +159,10 @@ func (c *Client) race(ctx context.Context, o *Options, req *Request, fk Forker, 
 	timer := time.AfterFunc(delay, func() {
 		defer close(done)
 		if winner.Load() != 0 {
+			return
+		}
+		fork := fk.Fork()
+		if fork == nil {
 			return
 		}
 		t := c.hedgeTry(ctx, o, req, fork, chain, tried, p.limit)
@@ -205,7 +210,7 @@ func (c *Client) race(ctx context.Context, o *Options, req *Request, fk Forker, 
 	case 1:
 		final = p
 	case 2:
-		fk.Adopt(fork)
+		fk.Adopt(h.ex)
 		final = h
 	default: // both failed, in ways worth retrying: the later failure stands
 		final = h

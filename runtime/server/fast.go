@@ -411,15 +411,21 @@ type fastExchange struct {
 // Replayable implements client.Replayer.
 func (ex *fastExchange) Replayable() bool { return ex.body == nil || ex.body.replayable() }
 
-// Fork implements client.Forker: a hedge gets a copy of the request as it stands before
-// this round's attempt, and a response of its own. A call whose body streams is not
-// hedged: its body can go out only once at a time.
+// Fork implements client.Forker: a hedge gets a request of its own, made from the call's
+// (ex.req, which no attempt changes, while the first attempt rewrites the caller's request
+// in place), and a response of its own. A call whose body streams is not hedged: its body
+// can go out only once at a time.
 func (ex *fastExchange) Fork() client.Exchange {
 	if ex.body != nil {
 		return nil
 	}
 	f := &fastExchange{in: ex.in, c: new(fasthttp.RequestCtx), req: ex.req, length: ex.length}
-	ex.c.Request.CopyTo(&f.c.Request)
+	out := &f.c.Request
+	out.Header.SetMethod(ex.req.Method)
+	for k, v := range ex.req.Header {
+		setValues(&out.Header, k, v)
+	}
+	out.SetBody(ex.req.Body)
 	return f
 }
 
