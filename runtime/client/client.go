@@ -476,7 +476,6 @@ type streamExchange struct {
 	conn transport.Conn // the open stream
 }
 
-
 // Fork implements Forker: a stream is never hedged, since its first attempt to open
 // becomes the stream.
 func (ex *streamExchange) Fork() Exchange { return nil }
