@@ -101,6 +101,36 @@ func (p *pacer) halt() {
 	p.done.Wait()
 }
 
+// limitedCaller is the config of a micro that fronts a greeter and limits its calls to
+// greeter with the rate-limit wrapper's global scope on resource "api", with safe share
+// fallback calls per second.
+func limitedCaller(regDir string, fallback int) string {
+	return strings.Replace(baseConfig(regDir, greeterService("greeter", 1, "")+fmt.Sprintf(`
+[wrappers.limit]
+path = %q
+services = ["greeter"]
+config = { scope = "global", resource = "api", fallback_rate = %d }
+`, bins.ratelimit, fallback)), "[client]", "[client]\nwrappers = [\"limit\"]", 1)
+}
+
+// quotaMaster waits until one of two instances of the quota service has become master, and
+// returns it and the other.
+func quotaMaster(t *testing.T, q1, q2 *micro) (master, other *micro) {
+	t.Helper()
+	eventually(t, 20*time.Second, func() error {
+		switch {
+		case strings.Contains(q1.logs.String(), "quota: became master"):
+			master, other = q1, q2
+		case strings.Contains(q2.logs.String(), "quota: became master"):
+			master, other = q2, q1
+		default:
+			return fmt.Errorf("no quota master yet")
+		}
+		return nil
+	})
+	return master, other
+}
+
 // TestGlobalRateLimit: three micros share a global limit of 300 calls/s on one resource,
 // held by two instances of the quota service. Under uneven demand (250/s, 50/s and 50/s)
 // the calls accepted stay within ±10% of 300/s once the shares have converged, and the
@@ -116,26 +146,8 @@ refresh = "500ms"
 [quota.resources]
 api = 300
 `
-	q1 := startMicro(t, baseConfig(reg, quotaCfg))
-	q2 := startMicro(t, baseConfig(reg, quotaCfg))
-	var master, other *micro
-	eventually(t, 20*time.Second, func() error {
-		switch {
-		case strings.Contains(q1.logs.String(), "quota: became master"):
-			master, other = q1, q2
-		case strings.Contains(q2.logs.String(), "quota: became master"):
-			master, other = q2, q1
-		default:
-			return fmt.Errorf("no quota master yet")
-		}
-		return nil
-	})
-	caller := strings.Replace(baseConfig(reg, greeterService("greeter", 1, "")+fmt.Sprintf(`
-[wrappers.limit]
-path = %q
-services = ["greeter"]
-config = { scope = "global", resource = "api", fallback_rate = 100 }
-`, bins.ratelimit)), "[client]", "[client]\nwrappers = [\"limit\"]", 1)
+	master, other := quotaMaster(t, startMicro(t, baseConfig(reg, quotaCfg)), startMicro(t, baseConfig(reg, quotaCfg)))
+	caller := limitedCaller(reg, 100)
 	a, b, c := startMicro(t, caller), startMicro(t, caller), startMicro(t, caller)
 	for _, m := range []*micro{a, b, c} {
 		eventually(t, 20*time.Second, func() error {
@@ -224,26 +236,8 @@ refresh = "500ms"
 [quota.resources]
 api = 40
 `
-	q1 := startMicro(t, withRegistry(baseConfig(dir, quotaCfg), reg))
-	q2 := startMicro(t, withRegistry(baseConfig(dir, quotaCfg), reg))
-	var master, other *micro
-	eventually(t, 20*time.Second, func() error {
-		switch {
-		case strings.Contains(q1.logs.String(), "quota: became master"):
-			master, other = q1, q2
-		case strings.Contains(q2.logs.String(), "quota: became master"):
-			master, other = q2, q1
-		default:
-			return fmt.Errorf("no quota master yet")
-		}
-		return nil
-	})
-	caller := startMicro(t, withRegistry(strings.Replace(baseConfig(dir, greeterService("greeter", 1, "")+fmt.Sprintf(`
-[wrappers.limit]
-path = %q
-services = ["greeter"]
-config = { scope = "global", resource = "api", fallback_rate = 1 }
-`, bins.ratelimit)), "[client]", "[client]\nwrappers = [\"limit\"]", 1), reg))
+	master, other := quotaMaster(t, startMicro(t, withRegistry(baseConfig(dir, quotaCfg), reg)), startMicro(t, withRegistry(baseConfig(dir, quotaCfg), reg)))
+	caller := startMicro(t, withRegistry(limitedCaller(dir, 1), reg))
 	start := time.Now()
 	p := startPacer(caller, 100, start)
 	defer p.halt()

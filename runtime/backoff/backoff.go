@@ -1,12 +1,25 @@
 // Package backoff computes the waits between tries: an exponential ceiling with a cap, and
 // the jitter drawn under it, so that many clients that failed together do not try again
-// together.
+// together; and it waits them out.
 package backoff
 
 import (
+	"context"
 	"math/rand/v2"
 	"time"
 )
+
+// Sleep waits d, or until ctx ends; it reports whether it waited d.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
 
 // Exp is base doubled n times (n from 0), capped at limit.
 func Exp(base, limit time.Duration, n int) time.Duration {

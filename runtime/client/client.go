@@ -689,12 +689,5 @@ func (c *Client) backoff(ctx context.Context, o *Options, n int) bool {
 	if dl, ok := ctx.Deadline(); ok && c.now().Add(d).After(dl) {
 		return false
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return jitter.Sleep(ctx, d)
 }

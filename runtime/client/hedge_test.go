@@ -58,67 +58,37 @@ func TestHedgeWins(t *testing.T) {
 	}
 }
 
-// TestNoHedgeUnlessRepeatable: a call that is not safe to repeat runs once, however slow.
-func TestNoHedgeUnlessRepeatable(t *testing.T) {
-	opts := defaults()
-	opts.Hedge = client.Hedge{Quantile: 0.5, Min: time.Millisecond}
-	opts.MinSamples = 1
-	h := newHarnessOf(t, opts, spec{status: 200}, spec{status: 200})
-	h.warm(t, 10, false)
-	before := h.totalCalls()
-	h.setDelay(0, 50*time.Millisecond)
-	h.setDelay(1, 50*time.Millisecond)
-	for i := range 4 {
-		resp, e := call(h, context.Background(), "svc")
-		if e != nil || resp.Attempts != 1 {
-			t.Fatalf("call %d: %+v %v, want one attempt", i, resp, e)
-		}
-	}
-	if n := h.totalCalls() - before; n != 4 {
-		t.Fatalf("4 calls ran %d times on the nodes, want once each", n)
-	}
-}
-
-// TestHedgeChargedToRetryBudget: with no retry budget, nothing is hedged.
-func TestHedgeChargedToRetryBudget(t *testing.T) {
-	opts := defaults()
-	opts.RetryRatio, opts.RetryMinPerSecond = 0, 0
-	opts.Hedge = client.Hedge{Quantile: 0.5, Min: time.Millisecond}
-	opts.MinSamples = 1
-	h := newHarnessOf(t, opts, spec{status: 200, idempotent: true}, spec{status: 200, idempotent: true})
-	h.warm(t, 10, false)
-	before := h.totalCalls()
-	h.setDelay(0, 30*time.Millisecond)
-	h.setDelay(1, 30*time.Millisecond)
-	for i := range 4 {
-		resp, e := call(h, context.Background(), "svc")
-		if e != nil || resp.Attempts != 1 {
-			t.Fatalf("call %d: %+v %v, want one attempt: no budget for a hedge", i, resp, e)
-		}
-	}
-	if n := h.totalCalls() - before; n != 4 {
-		t.Fatalf("4 calls ran %d times on the nodes, want once each", n)
-	}
-}
-
-// TestNoHedgeRoute: routes can turn hedging off for a service.
-func TestNoHedgeRoute(t *testing.T) {
-	opts := defaults()
-	opts.Hedge = client.Hedge{Quantile: 0.5, Min: time.Millisecond}
-	opts.MinSamples = 1
-	opts.Routes = map[string]client.Route{"svc": {NoHedge: true}}
-	h := newHarnessOf(t, opts, spec{status: 200, idempotent: true}, spec{status: 200, idempotent: true})
-	h.warm(t, 10, false)
-	before := h.totalCalls()
-	h.setDelay(0, 30*time.Millisecond)
-	h.setDelay(1, 30*time.Millisecond)
-	for i := range 4 {
-		if resp, e := call(h, context.Background(), "svc"); e != nil || resp.Attempts != 1 {
-			t.Fatalf("call %d: %+v %v, want one attempt", i, resp, e)
-		}
-	}
-	if n := h.totalCalls() - before; n != 4 {
-		t.Fatalf("4 calls ran %d times on the nodes, want once each", n)
+// TestNoHedge: a call runs once, however slow, when it is not safe to repeat, when the
+// retry budget has nothing left to pay for a hedge, or when its route turns hedging off.
+func TestNoHedge(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		edit       func(*client.Options)
+		idempotent bool
+	}{
+		{"not safe to repeat", func(*client.Options) {}, false},
+		{"no retry budget", func(o *client.Options) { o.RetryRatio, o.RetryMinPerSecond = 0, 0 }, true},
+		{"route without hedging", func(o *client.Options) { o.Routes = map[string]client.Route{"svc": {NoHedge: true}} }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := defaults()
+			opts.Hedge = client.Hedge{Quantile: 0.5, Min: time.Millisecond}
+			opts.MinSamples = 1
+			tc.edit(&opts)
+			h := newHarnessOf(t, opts, spec{status: 200, idempotent: tc.idempotent}, spec{status: 200, idempotent: tc.idempotent})
+			h.warm(t, 10, false)
+			before := h.totalCalls()
+			h.setDelay(0, 30*time.Millisecond)
+			h.setDelay(1, 30*time.Millisecond)
+			for i := range 4 {
+				if resp, e := call(h, context.Background(), "svc"); e != nil || resp.Attempts != 1 {
+					t.Fatalf("call %d: %+v %v, want one attempt", i, resp, e)
+				}
+			}
+			if n := h.totalCalls() - before; n != 4 {
+				t.Fatalf("4 calls ran %d times on the nodes, want once each", n)
+			}
+		})
 	}
 }
 

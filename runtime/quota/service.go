@@ -150,7 +150,7 @@ func (s *Service) Run(ctx context.Context, elector registry.Elector, name string
 			wait := backoff.Jitter(backoff.Exp(100*time.Millisecond, 5*time.Second, failures))
 			failures++
 			s.log.Warn("quota: campaign for master failed; trying again", "election", name, "err", err, "wait", wait)
-			if !sleep(ctx, wait) {
+			if !backoff.Sleep(ctx, wait) {
 				return nil
 			}
 			continue
@@ -191,18 +191,6 @@ func (s *Service) resign(ctx context.Context, lead registry.Leadership) {
 		return
 	}
 	s.log.Info("quota: resigned the master role")
-}
-
-// sleep waits d or until ctx ends; it reports whether ctx is still live.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 // Leading reports whether this instance is the master now.
