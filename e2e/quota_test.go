@@ -135,7 +135,8 @@ func quotaMaster(t *testing.T, q1, q2 *micro) (master, other *micro) {
 // held by two instances of the quota service. Under uneven demand (250/s, 50/s and 50/s)
 // the calls accepted stay within ±10% of 300/s once the shares have converged, and the
 // shares are max-min fair (200, 50, 50). Killing the master quota instance keeps the total
-// within the limit while the other takes over, and the shares stay.
+// within the limit while the other takes over, and the shares stay; with no instance left,
+// each micro keeps its lease until it ends, then applies its safe share.
 func TestGlobalRateLimit(t *testing.T) {
 	reg := t.TempDir()
 	quotaCfg := `
@@ -213,8 +214,19 @@ api = 300
 	if after < 240 {
 		t.Errorf("accepted %.0f calls/s in total after the takeover, want close to 300", after)
 	}
+
+	// No quota service at all: each micro keeps its lease until it ends (2s), then applies
+	// its safe share (100/s), so a gets 100/s and the others what they want.
+	goneAt := killedAt + 6
+	other.kill(syscall.SIGKILL)
+	wait(goneAt + 6)
+	ra := pa.accepted(goneAt+3, goneAt+6)
+	t.Logf("with no quota service, from 3s on: a %.0f/s, b %.0f/s, c %.0f/s", ra, pb.accepted(goneAt+3, goneAt+6), pc.accepted(goneAt+3, goneAt+6))
+	if ra < 90 || ra > 110 {
+		t.Errorf("a accepted %.0f calls/s with no quota service, want its safe share of 100", ra)
+	}
 	for _, p := range []*pacer{pa, pb, pc} {
-		if o := p.others(0, killedAt+6); len(o) > 0 {
+		if o := p.others(0, goneAt+6); len(o) > 0 {
 			t.Errorf("answers other than 200 and 429: %v", o)
 		}
 	}

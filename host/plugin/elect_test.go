@@ -14,86 +14,12 @@ import (
 
 	"github.com/microhost/micro/plugins/registry-consul/consultest"
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/registry/registrytest"
 )
 
 // electPatience bounds the waits of these tests for what must happen soon. They end as soon
 // as it happens; this only matters when something is broken.
 const electPatience = 15 * time.Second
-
-// won is what a Campaign returned.
-type won struct {
-	l   registry.Leadership
-	err error
-}
-
-// campaign runs Campaign in the background and delivers its result.
-func campaign(ctx context.Context, r *Registry, name, value string) <-chan won {
-	ch := make(chan won, 1)
-	go func() {
-		l, err := r.Campaign(ctx, name, value)
-		ch <- won{l, err}
-	}()
-	return ch
-}
-
-// elected waits up to d for a background Campaign to win, and resigns the leadership when
-// the test ends.
-func elected(t *testing.T, what string, ch <-chan won, d time.Duration) registry.Leadership {
-	t.Helper()
-	select {
-	case w := <-ch:
-		if w.err != nil {
-			t.Fatalf("%s: Campaign: %v", what, w.err)
-		}
-		t.Cleanup(func() { w.l.Resign(context.Background()) })
-		return w.l
-	case <-time.After(d):
-		t.Fatalf("%s: Campaign still waits after %v", what, d)
-	}
-	return nil
-}
-
-// notYet checks that a background Campaign has not returned.
-func notYet(t *testing.T, what string, ch <-chan won) {
-	t.Helper()
-	select {
-	case w := <-ch:
-		t.Fatalf("%s: Campaign returned (%v, %v) while another candidate leads", what, w.l, w.err)
-	default:
-	}
-}
-
-// wantLost waits for Lost to be closed.
-func wantLost(t *testing.T, what string, l registry.Leadership) {
-	t.Helper()
-	select {
-	case <-l.Lost():
-	case <-time.After(electPatience):
-		t.Fatalf("%s: Lost still open after %v", what, electPatience)
-	}
-}
-
-// stillLeads checks that Lost is open.
-func stillLeads(t *testing.T, what string, l registry.Leadership) {
-	t.Helper()
-	select {
-	case <-l.Lost():
-		t.Fatalf("%s: Lost is closed", what)
-	default:
-	}
-}
-
-// wantLeader checks what Leader reports: value, or no leader when value is "".
-func wantLeader(t *testing.T, r *Registry, name, value string) {
-	t.Helper()
-	got, err := r.Leader(context.Background(), name)
-	switch {
-	case value == "" && !errors.Is(err, registry.ErrNoLeader):
-		t.Fatalf("Leader(%q) = %q, %v; want ErrNoLeader", name, got, err)
-	case value != "" && (err != nil || got != value):
-		t.Fatalf("Leader(%q) = %q, %v; want %q", name, got, err, value)
-	}
-}
 
 // waitsUntilCanceled checks that a Campaign waits while another candidate leads: it gives
 // up when its context ends.
@@ -116,20 +42,20 @@ func TestElect(t *testing.T) {
 	r, _ := open(t, Config{})
 	ctx := context.Background()
 
-	wantLeader(t, r, "quota", "")
-	a := elected(t, "a", campaign(ctx, r, "quota", "node-a"), electPatience)
-	wantLeader(t, r, "quota", "node-a")
-	b := campaign(ctx, r, "quota", "node-b")
+	registrytest.WantLeader(t, r, "quota", "")
+	a := registrytest.Elected(t, "a", registrytest.Campaign(ctx, r, "quota", "node-a"), electPatience)
+	registrytest.WantLeader(t, r, "quota", "node-a")
+	b := registrytest.Campaign(ctx, r, "quota", "node-b")
 	waitsUntilCanceled(t, r, "quota")
-	notYet(t, "b", b)
-	stillLeads(t, "a", a)
+	registrytest.NotYet(t, "b", b)
+	registrytest.StillLeads(t, "a", a)
 
 	if err := a.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "a after Resign", a)
-	lb := elected(t, "b after a resigned", b, electPatience)
-	wantLeader(t, r, "quota", "node-b")
+	registrytest.WantLost(t, "a after Resign", a, electPatience)
+	lb := registrytest.Elected(t, "b after a resigned", b, electPatience)
+	registrytest.WantLeader(t, r, "quota", "node-b")
 	if err := a.Resign(ctx); err != nil {
 		t.Errorf("second Resign: %v", err)
 	}
@@ -138,8 +64,8 @@ func TestElect(t *testing.T) {
 	if err := r.Register(ctx, &registry.Service{Name: "depose", Nodes: []*registry.Node{{ID: "quota", Address: "127.0.0.1:1"}}}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "b after the plugin lost it", lb)
-	wantLeader(t, r, "quota", "")
+	registrytest.WantLost(t, "b after the plugin lost it", lb, electPatience)
+	registrytest.WantLeader(t, r, "quota", "")
 
 	// The Campaign's context does not bound the leadership it won.
 	cctx, cancel := context.WithCancel(ctx)
@@ -148,8 +74,8 @@ func TestElect(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	wantLeader(t, r, "quota", "node-c")
-	stillLeads(t, "c after its Campaign's context ended", c)
+	registrytest.WantLeader(t, r, "quota", "node-c")
+	registrytest.StillLeads(t, "c after its Campaign's context ended", c)
 	if err := c.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -173,36 +99,36 @@ func TestElect(t *testing.T) {
 func TestElectPluginKilled(t *testing.T) {
 	r, _ := open(t, Config{restartMin: 20 * time.Millisecond, restartMax: 200 * time.Millisecond})
 	ctx := context.Background()
-	a := elected(t, "a", campaign(ctx, r, "quota", "node-a"), electPatience)
-	b := campaign(ctx, r, "quota", "node-b")
+	a := registrytest.Elected(t, "a", registrytest.Campaign(ctx, r, "quota", "node-a"), electPatience)
+	b := registrytest.Campaign(ctx, r, "quota", "node-b")
 	waitsUntilCanceled(t, r, "quota")
-	notYet(t, "b", b)
+	registrytest.NotYet(t, "b", b)
 
 	pid := r.pid()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "a after its plugin was killed", a)
-	elected(t, "b on the restarted plugin", b, electPatience)
+	registrytest.WantLost(t, "a after its plugin was killed", a, electPatience)
+	registrytest.Elected(t, "b on the restarted plugin", b, electPatience)
 	if r.pid() == pid {
 		t.Errorf("b won on the killed plugin %d", pid)
 	}
-	wantLeader(t, r, "quota", "node-b")
+	registrytest.WantLeader(t, r, "quota", "node-b")
 }
 
 // TestElectClose: Close ends the leaderships and the waiting Campaigns.
 func TestElectClose(t *testing.T) {
 	r, _ := open(t, Config{})
 	ctx := context.Background()
-	a := elected(t, "a", campaign(ctx, r, "quota", "node-a"), electPatience)
-	b := campaign(ctx, r, "quota", "node-b")
+	a := registrytest.Elected(t, "a", registrytest.Campaign(ctx, r, "quota", "node-a"), electPatience)
+	b := registrytest.Campaign(ctx, r, "quota", "node-b")
 	waitsUntilCanceled(t, r, "quota")
 	r.Close()
-	wantLost(t, "a after Close", a)
+	registrytest.WantLost(t, "a after Close", a, electPatience)
 	select {
 	case w := <-b:
-		if !errors.Is(w.err, errClosed) {
-			t.Errorf("a waiting Campaign at Close returned (%v, %v), want errClosed", w.l, w.err)
+		if !errors.Is(w.Err, errClosed) {
+			t.Errorf("a waiting Campaign at Close returned (%v, %v), want errClosed", w.Leadership, w.Err)
 		}
 	case <-time.After(electPatience):
 		t.Fatal("a waiting Campaign did not return at Close")
@@ -266,34 +192,34 @@ func TestElectConsul(t *testing.T) {
 	rb, _ := open(t, cfg)
 	ctx := context.Background()
 
-	wantLeader(t, rb, "quota", "")
-	a := elected(t, "a", campaign(ctx, ra, "quota", "node-a 127.0.0.1:9001"), electPatience)
-	wantLeader(t, rb, "quota", "node-a 127.0.0.1:9001")
-	b := campaign(ctx, rb, "quota", "node-b 127.0.0.1:9002")
+	registrytest.WantLeader(t, rb, "quota", "")
+	a := registrytest.Elected(t, "a", registrytest.Campaign(ctx, ra, "quota", "node-a 127.0.0.1:9001"), electPatience)
+	registrytest.WantLeader(t, rb, "quota", "node-a 127.0.0.1:9001")
+	b := registrytest.Campaign(ctx, rb, "quota", "node-b 127.0.0.1:9002")
 	waitsUntilCanceled(t, rb, "quota")
-	notYet(t, "b", b)
+	registrytest.NotYet(t, "b", b)
 
 	pid := ra.pid()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	wantLost(t, "a after its plugin was killed", a)
+	registrytest.WantLost(t, "a after its plugin was killed", a, electPatience)
 	// Loose: Consul invalidates a session between one and two TTLs after its last renewal.
-	lb := elected(t, "b after a's plugin was killed", b, 90*time.Second)
+	lb := registrytest.Elected(t, "b after a's plugin was killed", b, 90*time.Second)
 	t.Logf("b took over %v after a's plugin was killed", time.Since(killed))
-	wantLeader(t, ra, "quota", "node-b 127.0.0.1:9002")
+	registrytest.WantLeader(t, ra, "quota", "node-b 127.0.0.1:9002")
 
 	// a, on its restarted plugin, waits; b resigns; a takes over.
-	a2 := campaign(ctx, ra, "quota", "node-a again")
+	a2 := registrytest.Campaign(ctx, ra, "quota", "node-a again")
 	waitsUntilCanceled(t, ra, "quota")
-	notYet(t, "a again", a2)
+	registrytest.NotYet(t, "a again", a2)
 	resigned := time.Now()
 	if err := lb.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "b after Resign", lb)
-	elected(t, "a after b resigned", a2, electPatience)
+	registrytest.WantLost(t, "b after Resign", lb, electPatience)
+	registrytest.Elected(t, "a after b resigned", a2, electPatience)
 	t.Logf("a took over %v after b resigned", time.Since(resigned))
-	wantLeader(t, rb, "quota", "node-a again")
+	registrytest.WantLeader(t, rb, "quota", "node-a again")
 }

@@ -15,23 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/registry/registrytest"
 )
-
-// won is what a Campaign returned.
-type won struct {
-	l   registry.Leadership
-	err error
-}
-
-// campaign runs Campaign in the background and delivers its result.
-func campaign(ctx context.Context, r *Registry, name, value string) <-chan won {
-	ch := make(chan won, 1)
-	go func() {
-		l, err := r.Campaign(ctx, name, value)
-		ch <- won{l, err}
-	}()
-	return ch
-}
 
 // lead runs Campaign, which must win at once (nobody else campaigns), and resigns the
 // leadership when the test ends.
@@ -45,64 +30,6 @@ func lead(t *testing.T, r *Registry, name, value string) registry.Leadership {
 	}
 	t.Cleanup(func() { l.Resign(context.Background()) })
 	return l
-}
-
-// elected waits for a background Campaign to win.
-func elected(t *testing.T, what string, ch <-chan won) registry.Leadership {
-	t.Helper()
-	select {
-	case w := <-ch:
-		if w.err != nil {
-			t.Fatalf("%s: Campaign: %v", what, w.err)
-		}
-		t.Cleanup(func() { w.l.Resign(context.Background()) })
-		return w.l
-	case <-time.After(patience):
-		t.Fatalf("%s: Campaign still waits after %v", what, patience)
-	}
-	return nil
-}
-
-// notYet checks that a background Campaign has not returned.
-func notYet(t *testing.T, what string, ch <-chan won) {
-	t.Helper()
-	select {
-	case w := <-ch:
-		t.Fatalf("%s: Campaign returned (%v, %v) while another candidate leads", what, w.l, w.err)
-	default:
-	}
-}
-
-// wantLost waits for Lost to be closed.
-func wantLost(t *testing.T, what string, l registry.Leadership) {
-	t.Helper()
-	select {
-	case <-l.Lost():
-	case <-time.After(patience):
-		t.Fatalf("%s: Lost still open after %v", what, patience)
-	}
-}
-
-// stillLeads checks that Lost is open.
-func stillLeads(t *testing.T, what string, l registry.Leadership) {
-	t.Helper()
-	select {
-	case <-l.Lost():
-		t.Fatalf("%s: Lost is closed", what)
-	default:
-	}
-}
-
-// wantLeader checks what Leader reports: value, or no leader when value is "".
-func wantLeader(t *testing.T, r *Registry, name, value string) {
-	t.Helper()
-	got, err := r.Leader(context.Background(), name)
-	switch {
-	case value == "" && !errors.Is(err, registry.ErrNoLeader):
-		t.Fatalf("Leader(%q) = %q, %v; want ErrNoLeader", name, got, err)
-	case value != "" && (err != nil || got != value):
-		t.Fatalf("Leader(%q) = %q, %v; want %q", name, got, err, value)
-	}
 }
 
 // TestElectTwoCandidates: of two candidates, one leads and the other waits; Resign hands
@@ -119,12 +46,12 @@ func TestElectTwoCandidates(t *testing.T) {
 	}
 	defer w.Stop()
 
-	wantLeader(t, r1, "quota", "")
+	registrytest.WantLeader(t, r1, "quota", "")
 	a := lead(t, r1, "quota", "node-a 127.0.0.1:9001")
-	wantLeader(t, r1, "quota", "node-a 127.0.0.1:9001")
-	wantLeader(t, r2, "quota", "node-a 127.0.0.1:9001")
+	registrytest.WantLeader(t, r1, "quota", "node-a 127.0.0.1:9001")
+	registrytest.WantLeader(t, r2, "quota", "node-a 127.0.0.1:9001")
 
-	b := campaign(ctx, r2, "quota", "node-b")
+	b := registrytest.Campaign(ctx, r2, "quota", "node-b")
 	// A third candidate gives up when its context ends, while a leads.
 	cctx, cancel := context.WithTimeout(ctx, 3*campaignPoll)
 	_, err = r2.Campaign(cctx, "quota", "node-c")
@@ -132,8 +59,8 @@ func TestElectTwoCandidates(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `"quota"`) {
 		t.Fatalf("Campaign while another leads, until its context ends: %v", err)
 	}
-	notYet(t, "b", b)
-	stillLeads(t, "a", a)
+	registrytest.NotYet(t, "b", b)
+	registrytest.StillLeads(t, "a", a)
 	// Another name is another election.
 	other := lead(t, r2, "other", "")
 	if v, err := r1.Leader(ctx, "other"); err != nil || v != "" { // an empty value is a value...
@@ -142,26 +69,26 @@ func TestElectTwoCandidates(t *testing.T) {
 	if err := other.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantLeader(t, r1, "other", "") // ...and now there is none
+	registrytest.WantLeader(t, r1, "other", "") // ...and now there is none
 
 	if err := a.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "a after Resign", a)
-	lb := elected(t, "b after a resigned", b)
-	wantLeader(t, r1, "quota", "node-b")
+	registrytest.WantLost(t, "a after Resign", a, patience)
+	lb := registrytest.Elected(t, "b after a resigned", b, patience)
+	registrytest.WantLeader(t, r1, "quota", "node-b")
 	if err := a.Resign(ctx); err != nil {
 		t.Errorf("second Resign: %v", err)
 	}
-	stillLeads(t, "b", lb)
+	registrytest.StillLeads(t, "b", lb)
 
 	// Two candidates of one Registry contend too.
-	c := campaign(ctx, r2, "quota", "node-c")
+	c := registrytest.Campaign(ctx, r2, "quota", "node-c")
 	if err := lb.Resign(ctx); err != nil {
 		t.Fatal(err)
 	}
-	elected(t, "c after b resigned", c)
-	wantLeader(t, r2, "quota", "node-c")
+	registrytest.Elected(t, "c after b resigned", c, patience)
+	registrytest.WantLeader(t, r2, "quota", "node-c")
 
 	// The election's files are neither services nor junk.
 	if list, err := r1.ListServices(ctx); err != nil || len(list) != 0 {
@@ -241,27 +168,27 @@ func TestElectKilledLeader(t *testing.T) {
 	case <-time.After(patience):
 		t.Fatal("the child process did not lead in time")
 	}
-	wantLeader(t, r, "quota", "child")
+	registrytest.WantLeader(t, r, "quota", "child")
 
 	ctx := context.Background()
-	mine := campaign(ctx, r, "quota", "parent")
+	mine := registrytest.Campaign(ctx, r, "quota", "parent")
 	cctx, cancel := context.WithTimeout(ctx, 3*campaignPoll)
 	_, err = r.Campaign(cctx, "quota", "other")
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Campaign while the child leads, until its context ends: %v", err)
 	}
-	notYet(t, "parent", mine)
+	registrytest.NotYet(t, "parent", mine)
 
 	if err := cmd.Process.Kill(); err != nil { // SIGKILL
 		t.Fatal(err)
 	}
 	killed := time.Now()
 	cmd.Wait()
-	l := elected(t, "the parent after the child was killed", mine)
+	l := registrytest.Elected(t, "the parent after the child was killed", mine, patience)
 	t.Logf("took over %v after the kill", time.Since(killed))
-	wantLeader(t, r, "quota", "parent")
-	stillLeads(t, "parent", l)
+	registrytest.WantLeader(t, r, "quota", "parent")
+	registrytest.StillLeads(t, "parent", l)
 }
 
 // TestElectBadInput: names and values that cannot be are refused, with errors that name
@@ -295,7 +222,7 @@ func TestElectBadInput(t *testing.T) {
 	// The extremes that are fine.
 	for _, name := range []string{strings.Repeat("n", maxElectName), ".", "..", "a.b-c_D9"} {
 		l := lead(t, r, name, strings.Repeat("v", maxLeaderValue))
-		wantLeader(t, r, name, strings.Repeat("v", maxLeaderValue))
+		registrytest.WantLeader(t, r, name, strings.Repeat("v", maxLeaderValue))
 		l.Resign(ctx)
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -313,22 +240,22 @@ func TestElectClose(t *testing.T) {
 	r2, _ := open(t, dir)
 	ctx := context.Background()
 	a := lead(t, r1, "quota", "a")
-	waiting := campaign(ctx, r1, "quota", "a2")
-	b := campaign(ctx, r2, "quota", "b")
+	waiting := registrytest.Campaign(ctx, r1, "quota", "a2")
+	b := registrytest.Campaign(ctx, r2, "quota", "b")
 	if err := r1.Close(); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "a after Close", a)
+	registrytest.WantLost(t, "a after Close", a, patience)
 	select {
 	case w := <-waiting:
-		if !errors.Is(w.err, ErrClosed) {
-			t.Errorf("a waiting Campaign at Close returned (%v, %v), want ErrClosed", w.l, w.err)
+		if !errors.Is(w.Err, ErrClosed) {
+			t.Errorf("a waiting Campaign at Close returned (%v, %v), want ErrClosed", w.Leadership, w.Err)
 		}
 	case <-time.After(patience):
 		t.Fatal("a waiting Campaign did not return at Close")
 	}
-	elected(t, "b after Close", b)
-	wantLeader(t, r2, "quota", "b")
+	registrytest.Elected(t, "b after Close", b, patience)
+	registrytest.WantLeader(t, r2, "quota", "b")
 	if _, err := r1.Campaign(ctx, "quota", "a"); !errors.Is(err, ErrClosed) {
 		t.Errorf("Campaign after Close: err = %v", err)
 	}
@@ -348,13 +275,13 @@ func TestElectLockFileGone(t *testing.T) {
 	lock := filepath.Join(r.Dir(), electDir, "quota.lock")
 
 	a := lead(t, r, "quota", "a")
-	b := campaign(ctx, r, "quota", "b")
+	b := registrytest.Campaign(ctx, r, "quota", "b")
 	if err := os.Remove(lock); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "a after its lock file was removed", a)
-	lb := elected(t, "b after a's lock file was removed", b)
-	wantLeader(t, r, "quota", "b")
+	registrytest.WantLost(t, "a after its lock file was removed", a, patience)
+	lb := registrytest.Elected(t, "b after a's lock file was removed", b, patience)
+	registrytest.WantLeader(t, r, "quota", "b")
 	// b may have made a new lock file before a checked its own.
 	if !strings.Contains(logs.String(), "was removed") && !strings.Contains(logs.String(), "was replaced") {
 		t.Errorf("no reason in the log:\n%s", logs)
@@ -367,7 +294,7 @@ func TestElectLockFileGone(t *testing.T) {
 	if err := os.Rename(tmp, lock); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "b after its lock file was replaced", lb)
+	registrytest.WantLost(t, "b after its lock file was replaced", lb, patience)
 	lead(t, r, "quota", "c")
 
 	// So does one whose election directory goes.
@@ -375,8 +302,8 @@ func TestElectLockFileGone(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(r.Dir(), electDir)); err != nil {
 		t.Fatal(err)
 	}
-	wantLost(t, "d after the election directory was removed", d)
-	wantLeader(t, r, "other", "")
+	registrytest.WantLost(t, "d after the election directory was removed", d, patience)
+	registrytest.WantLeader(t, r, "other", "")
 }
 
 // TestElectUntrusted: junk in place of the election's files (symbolic links, named pipes,
@@ -481,7 +408,7 @@ func TestElectUntrusted(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(r.Dir(), electDir, "quota.value"), []byte("dead"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		wantLeader(t, r, "quota", "")
+		registrytest.WantLeader(t, r, "quota", "")
 		f, err := os.OpenFile(filepath.Join(r.Dir(), electDir, "quota.lock"), os.O_CREATE|os.O_RDONLY, 0o600)
 		if err != nil {
 			t.Fatal(err)
@@ -490,7 +417,7 @@ func TestElectUntrusted(t *testing.T) {
 		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 			t.Fatal(err)
 		}
-		wantLeader(t, r, "quota", "")
+		registrytest.WantLeader(t, r, "quota", "")
 	})
 	if b, err := os.ReadFile(target); err != nil || string(b) != "outside" {
 		t.Errorf("the file outside = %q, %v", b, err)
