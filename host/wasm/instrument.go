@@ -413,7 +413,11 @@ func mergeData(payload []byte) []byte {
 		data []byte
 	}
 	r := &reader{b: payload}
-	segs := make([]segment, r.u32())
+	count := r.u32()
+	if count > uint32(len(payload)/5) { // a segment takes 5 bytes at least: a bad count
+		return payload
+	}
+	segs := make([]segment, count)
 	for i := range segs {
 		// Flag 0, i32.const addr, end, the bytes.
 		if r.u32() != 0 || r.byte() != 0x41 {
@@ -434,26 +438,41 @@ func mergeData(payload []byte) []byte {
 			return payload // overlapping segments
 		}
 	}
-	var out []byte
-	var n uint32
+	// Runs of segments less than mergeDataGap apart, each to be one segment.
+	type run struct {
+		segs       []segment
+		start, end uint64
+	}
+	var runs []run
+	size := uint64(0)
 	for i := 0; i < len(segs); {
-		start, end := segs[i].addr, uint64(segs[i].addr)
+		start, end := uint64(segs[i].addr), uint64(segs[i].addr)
 		j := i
 		for ; j < len(segs) && uint64(segs[j].addr)-end < mergeDataGap; j++ {
 			end = uint64(segs[j].addr) + uint64(len(segs[j].data))
 		}
-		data := make([]byte, end-uint64(start))
-		for _, s := range segs[i:j] {
-			copy(data[s.addr-start:], s.data)
+		runs = append(runs, run{segs[i:j], start, end})
+		size += end - start
+		i = j
+	}
+	// The zeros written into gaps may not make the section more than twice its size (and
+	// a page): a section of many small segments far apart stays as it is.
+	if size > 2*uint64(len(payload))+wasmPageSize {
+		return payload
+	}
+	var out []byte
+	for _, rn := range runs {
+		data := make([]byte, rn.end-rn.start)
+		for _, s := range rn.segs {
+			copy(data[uint64(s.addr)-rn.start:], s.data)
 		}
 		out = append(out, 0x00)
-		out = append(out, i32ConstBytes(int32(start))...)
+		out = append(out, i32ConstBytes(int32(rn.start))...)
 		out = append(out, 0x0b)
 		out = appendU32(out, uint32(len(data)))
 		out = append(out, data...)
-		n++
-		i = j
 	}
+	n := uint32(len(runs))
 	return append(appendU32(make([]byte, 0, len(out)+5), n), out...)
 }
 
