@@ -9,9 +9,9 @@
 // [Browser.AssertClean] that the page logged no error, had no failed request,
 // and fetched nothing from outside loopback.
 //
-// The browser is /usr/bin/chromium from the Debian package chromium, which the
-// chromium step of .ci/run installs. Start fails the test, and does not skip
-// it, when the browser is missing.
+// The browser is /usr/bin/chromium from the Debian package chromium, which
+// tools/chromium/install.sh installs (.ci/run runs it, and Start does when the
+// browser is missing). Start fails the test, and does not skip it, when it cannot.
 //
 // Every helper reports a failure with t.Fatalf, so call them from the
 // goroutine of the test only.
@@ -25,6 +25,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -37,8 +38,8 @@ import (
 	"github.com/chromedp/chromedp"
 )
 
-// ChromiumPath is where the Debian package chromium installs the browser. The
-// chromium step of .ci/run installs it when it is missing.
+// ChromiumPath is where the Debian package chromium installs the browser;
+// tools/chromium/install.sh installs it when it is missing.
 const ChromiumPath = "/usr/bin/chromium"
 
 // The bounds of the browser's operations. A test can lower them on a Browser
@@ -118,11 +119,35 @@ func (f FailedRequest) String() string {
 	return fmt.Sprintf("%s %s: %s", f.Type, f.URL, what)
 }
 
+// install runs <repo>/tools/chromium/install.sh, which installs Debian's chromium (as
+// root, from Debian's mirror), and fails the test when that fails: the tests that need a
+// browser never skip.
+func install(t testing.TB) {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		script := filepath.Join(dir, "tools", "chromium", "install.sh")
+		if _, err := os.Stat(script); err == nil {
+			t.Logf("browsertest: %s is missing; installing it with %s", ChromiumPath, script)
+			if out, err := exec.Command("bash", script).CombinedOutput(); err != nil {
+				t.Fatalf("browsertest: %s: %v\n%s", script, err, out)
+			}
+			return
+		}
+		if filepath.Dir(dir) == dir {
+			t.Fatalf("browsertest: %s is missing, and there is no tools/chromium/install.sh at or above %s to install it", ChromiumPath, wd)
+		}
+	}
+}
+
 // Start starts a headless Chromium for the test t, with a fresh profile in
 // t.TempDir(), and opens one blank tab. The browser is closed at t's cleanup.
 //
-// It fails the test, naming the chromium step of .ci/run, when /usr/bin/chromium
-// is missing. It runs the browser with the flags that this sandbox needs and no
+// When /usr/bin/chromium is missing it installs it with tools/chromium/install.sh,
+// and fails the test when it cannot. It runs the browser with the flags that this sandbox needs and no
 // others: --headless, --no-sandbox (the tests run as root), --disable-gpu,
 // --disable-quic, --no-first-run, --disable-background-networking,
 // --disable-component-update, --disable-sync and --user-data-dir. Without the
@@ -131,8 +156,7 @@ func (f FailedRequest) String() string {
 func Start(t testing.TB) *Browser {
 	t.Helper()
 	if _, err := os.Stat(ChromiumPath); err != nil {
-		t.Fatalf("browsertest: %s is missing (%v); install it as the chromium step of .ci/run does: "+
-			"apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium", ChromiumPath, err)
+		install(t)
 	}
 	profile := filepath.Join(t.TempDir(), "chromium-profile")
 
