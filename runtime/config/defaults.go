@@ -59,7 +59,7 @@ func Default() Config {
 				MaxPercent:          50,
 			},
 			EWMADecay: 10 * time.Second,
-			Adaptive:  Adaptive{Enabled: true, Quantile: 0.99, Factor: 3, Min: 20 * time.Millisecond, MinSamples: 50},
+			Adaptive:  Adaptive{Enabled: true, Quantile: 0.99, Factor: 3, Min: 50 * time.Millisecond, MinSamples: 50},
 			Hedge:     Hedge{Enabled: true, Quantile: 0.95, MinDelay: time.Millisecond},
 		},
 		Log: Log{Level: "info", Format: "text"},

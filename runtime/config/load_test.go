@@ -61,7 +61,7 @@ func TestDefault(t *testing.T) {
 			Pool:        Pool{MaxIdle: 128, IdleTTL: time.Minute},
 			Ejection:    Ejection{ConsecutiveFailures: 5, Base: 30 * time.Second, Max: 300 * time.Second, MaxPercent: 50},
 			EWMADecay:   10 * time.Second,
-			Adaptive:    Adaptive{Enabled: true, Quantile: 0.99, Factor: 3, Min: 20 * time.Millisecond, MinSamples: 50},
+			Adaptive:    Adaptive{Enabled: true, Quantile: 0.99, Factor: 3, Min: 50 * time.Millisecond, MinSamples: 50},
 			Hedge:       Hedge{Enabled: true, Quantile: 0.95, MinDelay: time.Millisecond},
 		},
 		Log: Log{Level: "info", Format: "text"},
