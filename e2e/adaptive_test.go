@@ -43,20 +43,26 @@ func newTimed(m *micro) *timed {
 // call posts to /{service}/{endpoint} with call id id and the budget, and returns the
 // status (0 when no answer came) and how long the call took.
 func (c *timed) call(service, endpoint, id, budget string) (int, time.Duration) {
+	status, _, d := c.do(service, endpoint, id, budget)
+	return status, d
+}
+
+// do is call, and returns the answer's body too (or the error when none came).
+func (c *timed) do(service, endpoint, id, budget string) (int, []byte, time.Duration) {
 	req, err := http.NewRequest(http.MethodPost, c.base+"/"+service+"/"+endpoint, strings.NewReader(c.body))
 	if err != nil {
-		return 0, 0
+		return 0, []byte(err.Error()), 0
 	}
 	req.Header.Set("X-Call-Id", id)
 	req.Header.Set("Micro-Timeout", budget)
 	start := time.Now()
 	resp, err := c.c.Do(req)
 	if err != nil {
-		return 0, time.Since(start)
+		return 0, []byte(err.Error()), time.Since(start)
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	return resp.StatusCode, time.Since(start)
+	return resp.StatusCode, body, time.Since(start)
 }
 
 // sample is what a run of calls measured.

@@ -23,6 +23,7 @@ type pacer struct {
 
 	mu  sync.Mutex
 	per map[int]map[int]int // second → status → calls
+	odd []string            // the first answers other than 200 and 429
 }
 
 func startPacer(m *micro, rate int, start time.Time) *pacer {
@@ -52,8 +53,15 @@ func startPacer(m *micro, rate int, start time.Time) *pacer {
 			calls.Go(func() {
 				defer func() { <-sem }()
 				at := time.Now()
-				status, _ := p.c.call("greeter", "Greeter.Hello", "", "2s")
+				status, body, _ := p.c.do("greeter", "Greeter.Hello", "", "2s")
 				p.record(at, status)
+				if status != http.StatusOK && status != http.StatusTooManyRequests {
+					p.mu.Lock()
+					if len(p.odd) < 5 {
+						p.odd = append(p.odd, fmt.Sprintf("%s: %d %s", at.Format("15:04:05.000"), status, body))
+					}
+					p.mu.Unlock()
+				}
 			})
 		}
 	}()
@@ -108,6 +116,24 @@ func (p *pacer) others(from, to int) map[int]int {
 		}
 	}
 	return out
+}
+
+// checkAnswers checks the answers of the seconds before until: the limiter answers 200 or
+// 429. Calls through a machine as busy as a test's may also, rarely, time out (their
+// attempts get 50ms at least): at most one in a thousand.
+func (p *pacer) checkAnswers(t *testing.T, until int) {
+	t.Helper()
+	n := 0
+	for _, k := range p.others(0, until) {
+		n += k
+	}
+	calls := p.offered(0, until) * float64(until)
+	switch {
+	case float64(n) > calls/1000:
+		t.Errorf("%d answers other than 200 and 429 of %.0f calls: %q", n, calls, p.odd)
+	case n > 0:
+		t.Logf("%d answers other than 200 and 429 of %.0f calls: %q", n, calls, p.odd)
+	}
 }
 
 func (p *pacer) halt() {
@@ -249,9 +275,7 @@ api = 300
 		t.Errorf("a accepted %.0f calls/s with no quota service, want its safe share of 100", ra)
 	}
 	for _, p := range []*pacer{pa, pb, pc} {
-		if o := p.others(0, goneAt+6); len(o) > 0 {
-			t.Errorf("answers other than 200 and 429: %v", o)
-		}
+		p.checkAnswers(t, goneAt+6)
 	}
 }
 
@@ -304,7 +328,5 @@ api = 40
 	if got := p.accepted(from, from+3); got > 44 {
 		t.Errorf("accepted %.0f calls/s after the master changed, over the capacity of 40", got)
 	}
-	if o := p.others(0, from+3); len(o) > 0 {
-		t.Errorf("answers other than 200 and 429: %v", o)
-	}
+	p.checkAnswers(t, from+3)
 }

@@ -56,7 +56,7 @@ type quotaInstance struct {
 func newQuotas(r *Runtime, cfg config.Quota) (*quotas, error) {
 	q := &quotas{r: r}
 	q.service.Store(cfg.Service)
-	c, err := quota.NewClient(quota.ClientOptions{ID: quotaClientID(r.procID), Caller: q, Logger: r.logger})
+	c, err := quota.NewClient(quota.ClientOptions{ID: processID(r.procID), Caller: q, Logger: r.logger})
 	if err != nil {
 		return nil, fmt.Errorf("quota client: %w", err)
 	}
@@ -64,8 +64,9 @@ func newQuotas(r *Runtime, cfg config.Quota) (*quotas, error) {
 	return q, nil
 }
 
-// quotaClientID names this process to the quota service: its host, pid and process id.
-func quotaClientID(procID string) string {
+// processID names this process to the quota service and in its spans: its host, pid and
+// process id.
+func processID(procID string) string {
 	host, _ := os.Hostname()
 	host = strings.Map(func(c rune) rune {
 		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' {

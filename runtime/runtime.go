@@ -37,6 +37,7 @@ import (
 	"github.com/microhost/micro/runtime/security"
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/server"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/upstream"
 	"github.com/microhost/micro/runtime/wrapper"
@@ -104,6 +105,7 @@ type Runtime struct {
 	services *services
 	pubsub   *pubsub.PubSub
 	quotas   *quotas
+	tracer   *tracing.Tracer
 
 	bgctx  context.Context    // lives until Stop
 	cancel context.CancelFunc // stops background loops
@@ -170,6 +172,13 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	})
 	r.pool = pool.New(r.mux, poolOptions(cfg))
 	r.client = client.New(r.sel, r.pool, r.metrics, clientOptions(cfg), r.logger)
+	if r.tracer, err = tracing.New(tracing.Options{
+		Service: "micro", Instance: processID(r.procID), OTLPEndpoint: cfg.Telemetry.OTLPEndpoint,
+		SampleRatio: cfg.Telemetry.SampleRatio, KeepTraces: cfg.Telemetry.KeepTraces, Logger: r.logger,
+	}); err != nil {
+		return err
+	}
+	r.client.SetTracer(r.tracer)
 	r.appHTTP = &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
 		MaxIdleConnsPerHost: 64,
@@ -199,7 +208,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	}
 	r.inbound = server.NewInbound(server.InboundConfig{
 		Apps: r.services, Recorder: r.metrics, Logger: r.logger, HTTP: r.appHTTP, Upstream: r.upstream, H2C: r.h2c,
-		Settings: serverSettings(cfg), Self: r.self,
+		Settings: serverSettings(cfg), Self: r.self, Tracer: r.tracer,
 	})
 	if r.inboundLn, err = r.listenInbound(ctx, r.tr, cfg.Transport.Plugin, cfg.Server); err != nil {
 		return fmt.Errorf("inbound listen on %s (server.inbound): %w", cfg.Server.Inbound, err)
@@ -220,6 +229,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		Services:     r.listServices,
 		Health:       r.health,
 		Logger:       r.logger,
+		Tracer:       r.tracer,
 		Settings:     serverSettings(cfg),
 		BodyTimeout:  cfg.Server.BodyTimeout,
 		WriteTimeout: cfg.Server.WriteTimeout,
@@ -350,7 +360,7 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 		r.logger.Warn("config change needs a restart; the running value stays", "key", key)
 	}
 	next := *cfg
-	next.Server, next.Registry, next.Transport = old.Server, old.Registry, old.Transport
+	next.Server, next.Registry, next.Transport, next.Telemetry = old.Server, old.Registry, old.Transport, old.Telemetry
 	r.regMu.Lock()
 	r.trSwapErr = nil
 	r.regMu.Unlock()
@@ -461,6 +471,12 @@ func (r *Runtime) Stop(ctx context.Context) error {
 func (r *Runtime) closeAll() {
 	if r.cancel != nil {
 		r.cancel()
+	}
+	if r.tracer != nil {
+		// What is queued for export gets a moment to go out.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = r.tracer.Shutdown(ctx)
+		cancel()
 	}
 	if r.ingressLn != nil {
 		_ = r.ingressLn.Close()
@@ -637,6 +653,7 @@ func restartKeys(a, b *config.Config) []string {
 	// A registry's times need a restart; its other keys switch registries live.
 	keys = append(keys, changedKeys("registry", a.Registry, registryTimes(a.Registry, b.Registry))...)
 	keys = append(keys, changedKeys("log", a.Log, b.Log)...)
+	keys = append(keys, changedKeys("telemetry", a.Telemetry, b.Telemetry)...)
 	return append(keys, changedKeys("security", a.Security, b.Security)...)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/selector"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/wrapper"
 )
@@ -155,6 +156,7 @@ type Client struct {
 	chain  wrapper.Current
 	retry  *retryBudget
 	lat    latencies
+	tracer *tracing.Tracer
 	now    func() time.Time
 }
 
@@ -164,6 +166,10 @@ func New(sel Selector, pool Pool, obs Observer, opts Options, logger *slog.Logge
 	c.SetOptions(opts)
 	return c
 }
+
+// SetTracer makes t record a span of each attempt of the calls it samples, and pass each
+// attempt's traceparent on. Call it before the first call.
+func (c *Client) SetTracer(t *tracing.Tracer) { c.tracer = t }
 
 // SetChain makes chain the client wrappers of later calls and returns the chain it
 // replaces, which the caller retires.
@@ -304,7 +310,10 @@ func (c *Client) Do(ctx context.Context, req *Request, ex Exchange) (Outcome, er
 		repeatable := req.repeatable(node)
 		fk, _ := ex.(Forker)
 		limit, delay := c.plan(o, req, repeatable, attempt, remaining, fk != nil)
-		t := try{pick: pick, node: node, call: call, ran: ran, extra: v.Header, limit: limit, ex: ex}
+		t := try{pick: pick, node: node, call: call, ran: ran, extra: v.Header, limit: limit, ex: ex, num: attempt, why: "first"}
+		if attempt > 1 {
+			t.why = "retry"
+		}
 		final := &t
 		if delay > 0 {
 			var hedge *try
@@ -417,7 +426,11 @@ type messageExchange struct {
 
 // Attempt implements Exchange.
 func (ex *messageExchange) Attempt(ctx context.Context, node *registry.Node, remaining time.Duration, extra map[string]string) (Answer, bool, error) {
-	m, status, sent, err := RoundTrip(ctx, ex.c.pool, node.Address, &transport.Message{Header: MessageHeader(ex.req, node, remaining, extra), Body: ex.req.Body})
+	h := MessageHeader(ex.req, node, remaining, extra)
+	if tp := tracing.HeaderOf(ctx); tp != "" {
+		h[tracing.Header] = tp
+	}
+	m, status, sent, err := RoundTrip(ctx, ex.c.pool, node.Address, &transport.Message{Header: h, Body: ex.req.Body})
 	if err != nil {
 		return Answer{}, sent, err
 	}
@@ -488,6 +501,9 @@ func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, rema
 	}
 	h := MessageHeader(ex.req, node, remaining, extra)
 	h[transport.HeaderStream] = "1"
+	if tp := tracing.HeaderOf(ctx); tp != "" {
+		h[tracing.Header] = tp
+	}
 	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
 		conn.Close()
 		return Answer{}, false, err

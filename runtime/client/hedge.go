@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/wrapper"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // Forker is an Exchange that can make a second attempt while its own is out: a hedge.
@@ -36,6 +38,8 @@ type try struct {
 	extra map[string]string // headers the client wrappers set
 	limit time.Duration     // the attempt's own timeout; 0: the call's budget
 	ex    Exchange
+	num   int    // the attempt's number in its call, from 1
+	why   string // "first", "retry" or "hedge"
 
 	actx   context.Context
 	cancel context.CancelFunc // nil when actx is the call's context
@@ -94,12 +98,31 @@ func (c *Client) exec(ctx context.Context, t *try, remaining time.Duration, coun
 	if t.limit > 0 {
 		left = t.limit
 	}
+	actx, span := c.tracer.Client(t.actx, "attempt")
+	if span.Recording() {
+		span.Set(attribute.String("micro.node", t.node.ID), attribute.Int("micro.attempt", t.num),
+			attribute.String("micro.attempt.reason", t.why), attribute.Int64("micro.budget_ms", left.Milliseconds()))
+	}
 	start := c.now()
-	t.ans, t.sent, t.err = t.ex.Attempt(t.actx, t.node, left, t.extra)
+	t.ans, t.sent, t.err = t.ex.Attempt(actx, t.node, left, t.extra)
 	t.latency = c.now().Sub(start)
 	t.r = c.judge(ctx, t.actx, t.limit > 0, t.ans, t.sent, t.err, countTimeouts)
 	// Only race cancels an attempt's own context while it is out, when another won.
 	t.abandoned = t.err != nil && errors.Is(t.actx.Err(), context.Canceled) && ctx.Err() == nil
+	if span.Recording() {
+		switch {
+		case t.abandoned:
+			span.Set(attribute.Bool("micro.abandoned", true))
+		case t.err != nil:
+			span.Fail(t.err.Error())
+		case t.ans.Error != "" || t.ans.Status >= 500:
+			span.Set(attribute.Int("http.response.status_code", t.ans.Status))
+			span.Fail("node answered " + strconv.Itoa(t.ans.Status) + " " + t.ans.Error)
+		default:
+			span.Set(attribute.Int("http.response.status_code", t.ans.Status))
+		}
+		span.End()
+	}
 	if t.cancel != nil {
 		t.cancel()
 	}
@@ -241,7 +264,7 @@ func (c *Client) hedgeTry(ctx context.Context, o *Options, req *Request, ex Exch
 		pick.Skip()
 		return nil
 	}
-	t := &try{pick: pick, node: node, ex: ex, limit: limit}
+	t := &try{pick: pick, node: node, ex: ex, limit: limit, num: len(tried) + 1, why: "hedge"}
 	t.call = wrapper.Call{Service: req.Service, Endpoint: req.Endpoint, Node: node.ID, Header: req.Header}
 	t.call.Deadline, _ = ctx.Deadline()
 	v := chain.OnRequest(ctx, &t.call, &t.ran)

@@ -33,6 +33,7 @@ type Config struct {
 	Security  Security           `koanf:"security"`
 	Client    Client             `koanf:"client"`
 	Quota     Quota              `koanf:"quota"`
+	Telemetry Telemetry          `koanf:"telemetry"`
 	Routes    map[string]Route   `koanf:"routes"`
 	Services  map[string]Service `koanf:"services"`
 	Wrappers  map[string]Wrapper `koanf:"wrappers"`
@@ -251,6 +252,20 @@ type Quota struct {
 	// Resources are the capacities the service shares out, in calls per second, by
 	// resource name.
 	Resources map[string]float64 `koanf:"resources"`
+}
+
+// Telemetry configures traces: micro takes part in W3C Trace Context, records the spans
+// of the calls it samples, keeps the recent ones in memory, and exports them over OTLP
+// when an endpoint is set.
+type Telemetry struct {
+	// OTLPEndpoint is the host:port of an OTLP/HTTP collector (Jaeger's is port 4318);
+	// "" exports nothing. Needs a restart.
+	OTLPEndpoint string `koanf:"otlp_endpoint"`
+	// SampleRatio is the share of new traces recorded, from 0 to 1; a caller's decision,
+	// in its traceparent header, is followed. Needs a restart.
+	SampleRatio float64 `koanf:"sample_ratio"`
+	// KeepTraces is how many recent traces are kept in memory. Needs a restart.
+	KeepTraces int `koanf:"keep_traces"`
 }
 
 // Client configures outgoing calls.

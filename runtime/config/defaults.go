@@ -29,6 +29,7 @@ func Default() Config {
 		Transport: Transport{Plugin: "http"},
 		Security:  Security{Mode: SecurityMTLS, TrustDomain: "micro.local", CertTTL: time.Hour},
 		Quota:     Quota{Service: "micro.quota", Lease: 10 * time.Second, Refresh: 2 * time.Second},
+		Telemetry: Telemetry{SampleRatio: 0.01, KeepTraces: 200},
 		Broker: Broker{
 			Plugin:          "embedded",
 			MaxBytes:        1 << 30,

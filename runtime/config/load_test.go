@@ -50,6 +50,7 @@ func TestDefault(t *testing.T) {
 		Transport: Transport{Plugin: "http"},
 		Security:  Security{Mode: "mtls", TrustDomain: "micro.local", CertTTL: time.Hour},
 		Quota:     Quota{Service: "micro.quota", Lease: 10 * time.Second, Refresh: 2 * time.Second},
+		Telemetry: Telemetry{SampleRatio: 0.01, KeepTraces: 200},
 		Broker: Broker{Plugin: "embedded", MaxBytes: 1 << 30, MaxAge: 168 * time.Hour, MaxMessage: 1 << 20, MaxDeliveries: 5,
 			DeliveryTimeout: 10 * time.Second, Backoff: time.Second, BackoffMax: time.Minute, MaxInflight: 16,
 			DeadLetter: "{topic}.dead", DrainTimeout: 30 * time.Second},

@@ -82,6 +82,17 @@ func Validate(c *Config) error {
 
 	v.broker(c.Broker)
 	v.quota(c.Quota)
+	if r := c.Telemetry.SampleRatio; !(r >= 0 && r <= 1) {
+		v.errorf("telemetry.sample_ratio", "must be from 0 to 1, got %v", r)
+	}
+	if n := c.Telemetry.KeepTraces; n < 1 || n > 100000 {
+		v.errorf("telemetry.keep_traces", "must be from 1 to 100000, got %d", n)
+	}
+	if e := c.Telemetry.OTLPEndpoint; e != "" {
+		if _, _, err := net.SplitHostPort(e); err != nil || strings.Contains(e, "/") {
+			v.errorf("telemetry.otlp_endpoint", "want host:port of an OTLP/HTTP collector, e.g. \"127.0.0.1:4318\", got %q", e)
+		}
+	}
 	if _, ok := c.Services[c.Quota.Service]; ok && c.Quota.Serve {
 		v.errorf("quota.service", "%q is also in [services]: this micro serves the quota service under that name itself", c.Quota.Service)
 	}

@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/upstream"
 	"github.com/microhost/micro/runtime/wrapper"
@@ -155,6 +157,16 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 	}
 	defer cancel()
 	defer watchCaller(c.Conn(), cancel).stop()
+	ctx, span, validParent := in.cfg.Tracer.Server(ctx, string(h.Peek(tracing.Header)), "ingress")
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint),
+			attribute.String("http.request.method", string(c.Method())))
+		defer func() { endCall(span, code) }()
+	}
+	h.Del(tracing.Header) // each attempt sends its own
+	if !validParent {
+		h.Del(tracing.HeaderState)
+	}
 
 	callerClose := h.ConnectionClose()
 	dropHeaders(h, nil)
@@ -460,6 +472,7 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 	}
 	out.Header.Set(transport.HeaderNode, node.ID)
 	out.Header.Set(transport.HeaderTimeout, budget.Format(left))
+	setTraceparent(&out.Header, ctx)
 	sent, err := fp.peers().Do(ctx, node.Address, out, &ex.c.Response)
 	if err != nil {
 		if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {
@@ -484,8 +497,11 @@ func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, lef
 			return client.Answer{}, false, &transport.MessageError{Err: err}
 		}
 	}
-	m, status, sent, err := client.RoundTrip(ctx, ex.in.cfg.Fast.Pool, node.Address,
-		&transport.Message{Header: client.MessageHeader(ex.req, node, left, extra), Body: body})
+	h := client.MessageHeader(ex.req, node, left, extra)
+	if tp := tracing.HeaderOf(ctx); tp != "" {
+		h[tracing.Header] = tp
+	}
+	m, status, sent, err := client.RoundTrip(ctx, ex.in.cfg.Fast.Pool, node.Address, &transport.Message{Header: h, Body: body})
 	if err != nil {
 		return client.Answer{}, sent, err
 	}
@@ -497,6 +513,26 @@ func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, lef
 	}
 	resp.SetBody(m.Body)
 	return answerOf(resp), true, nil
+}
+
+// setTraceparent sets the traceparent header of a request made in ctx, or removes one
+// when ctx has no trace (no Tracer).
+func setTraceparent(h *fasthttp.RequestHeader, ctx context.Context) {
+	if tp := tracing.HeaderOf(ctx); tp != "" {
+		h.Set(tracing.Header, tp)
+	} else {
+		h.Del(tracing.Header)
+	}
+}
+
+// endCall ends the span of a call that ended with HTTP status code (0: no answer): a 5xx
+// or no answer is a failure.
+func endCall(span tracing.Span, code int) {
+	span.Set(attribute.Int("http.response.status_code", code))
+	if code >= 500 || code == 0 {
+		span.Fail(http.StatusText(code))
+	}
+	span.End()
 }
 
 // valueSetter is a request or response header.
@@ -575,6 +611,14 @@ func (in *Inbound) ServeFast(c *fasthttp.RequestCtx) {
 	ctx, cancel := context.WithTimeout(context.Background(), call.budget)
 	defer cancel()
 	defer watchCaller(c.Conn(), cancel).stop()
+	ctx, span, validParent := in.cfg.Tracer.Server(ctx, string(h.Peek(tracing.Header)), "inbound")
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", call.service), attribute.String("micro.endpoint", call.endpoint))
+		defer func() { endCall(span, c.Response.StatusCode()) }()
+	}
+	if !validParent {
+		h.Del(tracing.HeaderState)
+	}
 	dropHeaders(h, broker.IsDeliveryHeader)
 	if stream != nil {
 		c.Request.SetBodyStream(stream, stream.length) // after dropHeaders, which drops Content-Length
@@ -681,7 +725,16 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 		if name := caller.Name(); name != "" {
 			out.Header.Set(transport.HeaderCaller, name)
 		}
-		sent, err := in.cfg.Upstream.Do(ctx, app.addr, out, resp)
+		actx, span := in.cfg.Tracer.Client(ctx, "app")
+		setTraceparent(&out.Header, actx)
+		sent, err := in.cfg.Upstream.Do(actx, app.addr, out, resp)
+		if span.Recording() {
+			status := resp.StatusCode()
+			if err != nil {
+				status = 0
+			}
+			endCall(span, status)
+		}
 		if err != nil {
 			e, kind := appFailure(ctx, err, service, endpoint, base)
 			if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {

@@ -18,8 +18,11 @@ import (
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/wrapper"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // This file is the HTTP/2 path: calls that come to the ingress or the inbound server over
@@ -93,6 +96,16 @@ func (in *Ingress) callH2(w http.ResponseWriter, r *http.Request, st *Settings, 
 		return
 	}
 	defer cancel()
+	ctx, span, validParent := in.cfg.Tracer.Server(ctx, r.Header.Get(tracing.Header), "ingress")
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint),
+			attribute.String("http.request.method", r.Method))
+		defer func() { endCall(span, code) }()
+	}
+	r.Header.Del(tracing.Header) // each attempt sends its own
+	if !validParent {
+		r.Header.Del(tracing.HeaderState)
+	}
 
 	req := &client.Request{
 		Service: service, Endpoint: endpoint, Method: r.Method, Target: target,
@@ -278,6 +291,9 @@ func (ex *h2Exchange) Attempt(ctx context.Context, node *registry.Node, left tim
 	h := outHeader(ex.r.Header, extra)
 	h.Set(transport.HeaderNode, node.ID)
 	h.Set(transport.HeaderTimeout, budget.Format(left))
+	if tp := tracing.HeaderOf(ctx); tp != "" {
+		h.Set(tracing.Header, tp)
+	}
 	hc.header = h
 	rt, scheme := ex.in.cfg.Fast.H2Peers, ex.in.cfg.Fast.PeerScheme
 	if rt == nil {
@@ -450,7 +466,15 @@ func (in *Inbound) ServeH2(w http.ResponseWriter, r *http.Request) {
 	}
 	actx, cancel := context.WithDeadline(r.Context(), hc.deadline)
 	defer cancel()
+	actx, span, validParent := in.cfg.Tracer.Server(actx, r.Header.Get(tracing.Header), "inbound")
+	if !validParent {
+		r.Header.Del(tracing.HeaderState)
+	}
 	resp, rcancel := in.h2App(actx, r.Context(), hc)
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", call.service), attribute.String("micro.endpoint", call.endpoint))
+		endCall(span, resp.StatusCode)
+	}
 	defer rcancel()
 	answer(resp)
 }
@@ -500,7 +524,20 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 		if dl, ok := sctx.Deadline(); ok && hc.grpc {
 			out.header.Set("Grpc-Timeout", formatGRPCTimeout(time.Until(dl)))
 		}
-		r, c, _, err := roundTrip(actx, sctx, in.cfg.H2C, "http://"+app.addr+app.prefix, &out)
+		tctx, span := in.cfg.Tracer.Client(actx, "app")
+		if tp := tracing.HeaderOf(tctx); tp != "" {
+			out.header.Set(tracing.Header, tp)
+		} else {
+			out.header.Del(tracing.Header)
+		}
+		r, c, _, err := roundTrip(tctx, sctx, in.cfg.H2C, "http://"+app.addr+app.prefix, &out)
+		if span.Recording() {
+			status := 0
+			if err == nil {
+				status = r.StatusCode
+			}
+			endCall(span, status)
+		}
 		if err != nil {
 			e, kind := appFailure(actx, err, hc.service, hc.endpoint, hc.base)
 			return fail(e, kind)

@@ -17,9 +17,12 @@ import (
 	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/upstream"
 	"github.com/microhost/micro/runtime/wrapper"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // InboundID names the inbound server in the errors it returns.
@@ -38,6 +41,8 @@ type Apps interface {
 
 // InboundConfig wires an Inbound server.
 type InboundConfig struct {
+	// Tracer records the spans of sampled calls; nil records none.
+	Tracer   *tracing.Tracer
 	Apps     Apps
 	Recorder Recorder
 	Logger   *slog.Logger
@@ -223,6 +228,15 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 	deadline := start.Add(d)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	ctx, span, validParent := in.cfg.Tracer.Server(ctx, req.Header[tracing.Header], "inbound")
+	if !validParent {
+		delete(req.Header, tracing.HeaderState)
+	}
+	var code int
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint))
+		defer func() { endCall(span, code) }()
+	}
 	if time.Until(deadline) < time.Millisecond {
 		return fail(callerr.New(InboundID, http.StatusGatewayTimeout, "budget of %s for %s.%s is spent", budget.Format(d), service, endpoint), transport.ErrorRefused)
 	}
@@ -233,7 +247,9 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 		Caller: caller.Name(), Header: req.Header, Body: req.Body, BodyHeld: true, Deadline: deadline,
 	}
 	var m *transport.Message
-	code, kind, _, rejected := in.wrapApp(ctx, chain, &call, start, func(v *wrapper.Verdict) (int, string, string) {
+	var kind string
+	var rejected *wrapper.Verdict
+	code, kind, _, rejected = in.wrapApp(ctx, chain, &call, start, func(v *wrapper.Verdict) (int, string, string) {
 		var code int
 		var failure string
 		out := req
@@ -302,12 +318,25 @@ func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[
 	if len(req.Body) > 0 {
 		reqBody = bytes.NewReader(req.Body)
 	}
-	hr, err := http.NewRequestWithContext(ctx, method, base+target, reqBody)
+	actx, span := in.cfg.Tracer.Client(ctx, "app")
+	hr, err := http.NewRequestWithContext(actx, method, base+target, reqBody)
 	if err != nil {
 		return fail(callerr.New(InboundID, http.StatusBadRequest, "building request to %s: %v", base, err), transport.ErrorCaller)
 	}
 	hr.Header = appHeader(req.Header, extra, deadline, caller)
+	if tp := tracing.HeaderOf(actx); tp != "" {
+		hr.Header.Set(tracing.Header, tp)
+	} else {
+		hr.Header.Del(tracing.Header)
+	}
 	hresp, err := in.cfg.HTTP.Do(hr)
+	if span.Recording() {
+		status := 0
+		if err == nil {
+			status = hresp.StatusCode
+		}
+		endCall(span, status)
+	}
 	if err != nil {
 		switch {
 		case errors.Is(ctx.Err(), context.Canceled):

@@ -24,6 +24,7 @@ import (
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 )
 
@@ -67,6 +68,9 @@ type IngressConfig struct {
 	Health func() Status
 	// Logger receives what the ingress recovers from. Nil discards it.
 	Logger *slog.Logger
+	// Tracer records the spans of sampled calls; nil records none and passes no
+	// traceparent on.
+	Tracer *tracing.Tracer
 	// Settings are the first settings; Set changes them.
 	Settings Settings
 	// BodyTimeout bounds the reading of a request body once its headers have arrived;

@@ -22,8 +22,8 @@ const (
 	maxAttrLen = 256
 )
 
-// Span is what a Store keeps of a finished span.
-type Span struct {
+// SpanData is what a Store keeps of a finished span.
+type SpanData struct {
 	Trace, Span, Parent string // hex IDs; Parent is "" for a root
 	Name                string
 	Kind                string
@@ -36,10 +36,10 @@ type Span struct {
 	Attrs map[string]string
 }
 
-// Trace is what a Store keeps of one trace: its spans in the order they ended.
-type Trace struct {
+// TraceData is what a Store keeps of one trace: its spans in the order they ended.
+type TraceData struct {
 	ID    string
-	Spans []Span
+	Spans []SpanData
 	// Failed is set when any span failed.
 	Failed bool
 	// Dropped counts spans past MaxSpansPerTrace.
@@ -55,7 +55,7 @@ type Store struct {
 	keep int
 
 	mu     sync.Mutex
-	traces map[string]*list.Element // of *Trace, in order
+	traces map[string]*list.Element // of *TraceData, in order
 	order  list.List                // least recently touched first
 }
 
@@ -77,7 +77,7 @@ func (s *Store) OnEnd(span sdktrace.ReadOnlySpan) {
 	if !sc.IsSampled() {
 		return
 	}
-	sp := Span{
+	sp := SpanData{
 		Trace: sc.TraceID().String(), Span: sc.SpanID().String(),
 		Name: span.Name(), Kind: span.SpanKind().String(),
 		Start: span.StartTime(), End: span.EndTime(),
@@ -105,20 +105,20 @@ func (s *Store) OnEnd(span sdktrace.ReadOnlySpan) {
 }
 
 // add keeps sp in its trace, making the trace the most recent one.
-func (s *Store) add(sp Span) {
+func (s *Store) add(sp SpanData) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var t *Trace
+	var t *TraceData
 	if e := s.traces[sp.Trace]; e != nil {
 		s.order.MoveToBack(e)
-		t = e.Value.(*Trace)
+		t = e.Value.(*TraceData)
 	} else {
 		for s.order.Len() >= s.keep {
 			oldest := s.order.Front()
-			delete(s.traces, oldest.Value.(*Trace).ID)
+			delete(s.traces, oldest.Value.(*TraceData).ID)
 			s.order.Remove(oldest)
 		}
-		t = &Trace{ID: sp.Trace}
+		t = &TraceData{ID: sp.Trace}
 		s.traces[sp.Trace] = s.order.PushBack(t)
 	}
 	if len(t.Spans) >= MaxSpansPerTrace {
@@ -134,12 +134,12 @@ func (s *Store) add(sp Span) {
 
 // Recent returns up to n of the kept traces, the most recent first; only failed ones when
 // failed is set. The traces are copies.
-func (s *Store) Recent(n int, failed bool) []Trace {
+func (s *Store) Recent(n int, failed bool) []TraceData {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []Trace
+	var out []TraceData
 	for e := s.order.Back(); e != nil && len(out) < n; e = e.Prev() {
-		if t := e.Value.(*Trace); !failed || t.Failed {
+		if t := e.Value.(*TraceData); !failed || t.Failed {
 			out = append(out, t.clone())
 		}
 	}
@@ -147,17 +147,17 @@ func (s *Store) Recent(n int, failed bool) []Trace {
 }
 
 // Trace returns a copy of the kept trace with hex ID id.
-func (s *Store) Trace(id string) (Trace, bool) {
+func (s *Store) Trace(id string) (TraceData, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.traces[id]
 	if !ok {
-		return Trace{}, false
+		return TraceData{}, false
 	}
-	return e.Value.(*Trace).clone(), true
+	return e.Value.(*TraceData).clone(), true
 }
 
-func (t *Trace) clone() Trace {
+func (t *TraceData) clone() TraceData {
 	c := *t
 	c.Spans = slices.Clone(t.Spans)
 	return c

@@ -37,6 +37,12 @@ type SpanContext struct {
 	Sampled bool
 }
 
+// String returns id in hex.
+func (id TraceID) String() string { return hex.EncodeToString(id[:]) }
+
+// String returns id in hex.
+func (id SpanID) String() string { return hex.EncodeToString(id[:]) }
+
 // Valid reports whether c names a trace and a span.
 func (c SpanContext) Valid() bool { return c.Trace != TraceID{} && c.Span != SpanID{} }
 

@@ -57,7 +57,9 @@ func New(opts Options) (*Tracer, error) {
 	res := resource.NewSchemaless(semconv.ServiceName(opts.Service), semconv.ServiceInstanceID(opts.Instance))
 	po := []sdktrace.TracerProviderOption{
 		sdktrace.WithResource(res),
-		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(opts.SampleRatio))),
+		// The sampling decision is Server's and Client's, made before any SDK span starts,
+		// so that calls that are not sampled make none; what reaches the SDK is sampled.
+		sdktrace.WithSampler(sdktrace.AlwaysSample()),
 		sdktrace.WithSpanProcessor(t.store),
 	}
 	if opts.OTLPEndpoint != "" {

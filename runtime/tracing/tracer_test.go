@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -71,23 +72,65 @@ func TestExportDownDrops(t *testing.T) {
 	}
 }
 
-// TestSampling: new traces are sampled at the ratio; a caller's decision is followed.
-func TestSampling(t *testing.T) {
+// TestServerAndClient: a call with a valid traceparent continues its trace and follows
+// its sampling; one without (or with a malformed one) starts a trace sampled at the ratio;
+// spans under a recorded span are recorded, and the traceparent a request carries names
+// the span in its context.
+func TestServerAndClient(t *testing.T) {
 	tr, err := New(Options{Service: "micro-test", SampleRatio: 0})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Shutdown(context.Background())
-	_, s := tr.Tracer().Start(context.Background(), "unsampled")
-	s.End()
-	parent, _ := Parse(example) // sampled
-	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: trace.TraceID(parent.Trace), SpanID: trace.SpanID(parent.Span),
-		TraceFlags: trace.FlagsSampled, Remote: true})
-	_, s = tr.Tracer().Start(trace.ContextWithRemoteSpanContext(context.Background(), sc), "sampled by its caller")
-	s.End()
-	got := tr.Store().Recent(10, false)
-	if len(got) != 1 || got[0].Spans[0].Name != "sampled by its caller" {
-		t.Fatalf("kept %+v, want only the span whose caller sampled it", got)
+	ctx := context.Background()
+
+	// Sampled by its caller: recorded, under the caller's span.
+	sctx, in, valid := tr.Server(ctx, example, "ingress")
+	if !valid || !in.Recording() {
+		t.Fatalf("a sampled traceparent: valid %v, recording %v", valid, in.Recording())
+	}
+	actx, attempt := tr.Client(sctx, "attempt")
+	h, ok := Parse(HeaderOf(actx))
+	if !attempt.Recording() || !ok || !h.Sampled || h.Trace.String() != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("the attempt's traceparent %q", HeaderOf(actx))
+	}
+	attempt.End()
+	in.End()
+	kept, _ := tr.Store().Trace("4bf92f3577b34da6a3ce929d0e0e4736")
+	if len(kept.Spans) != 2 || kept.Spans[1].Parent != "00f067aa0ba902b7" || kept.Spans[0].Span != h.Span.String() {
+		t.Fatalf("kept %+v", kept)
+	}
+
+	// Not sampled by its caller: nothing recorded, the trace goes on with new span IDs.
+	unsampled := strings.Replace(example, "-01", "-00", 1)
+	sctx, in, _ = tr.Server(ctx, unsampled, "ingress")
+	actx, attempt = tr.Client(sctx, "attempt")
+	h, ok = Parse(HeaderOf(actx))
+	if in.Recording() || attempt.Recording() || !ok || h.Sampled || h.Span.String() == "00f067aa0ba902b7" || h.Trace.String() != "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("unsampled: recording %v %v, traceparent %q", in.Recording(), attempt.Recording(), HeaderOf(actx))
+	}
+
+	// A malformed traceparent: a new trace, at the ratio (0: not sampled).
+	sctx, in, valid = tr.Server(ctx, "00-zz", "ingress")
+	if h, ok := Parse(HeaderOf(sctx)); valid || in.Recording() || !ok || h.Sampled || h.Trace.String() == "4bf92f3577b34da6a3ce929d0e0e4736" {
+		t.Fatalf("malformed: valid %v, recording %v, %q", valid, in.Recording(), HeaderOf(sctx))
+	}
+	if n := len(tr.Store().Recent(10, false)); n != 1 {
+		t.Fatalf("%d traces kept, want only the sampled one", n)
+	}
+
+	// At ratio 1, a call without a traceparent is recorded, as a root.
+	all, err := New(Options{Service: "micro-test", SampleRatio: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer all.Shutdown(context.Background())
+	if _, in, _ := all.Server(ctx, "", "ingress"); !in.Recording() {
+		t.Fatal("ratio 1: a new trace is not recorded")
+	}
+	var none *Tracer
+	if c, s, _ := none.Server(ctx, example, "x"); c != ctx || s.Recording() {
+		t.Fatal("a nil Tracer started something")
 	}
 	if _, err := New(Options{SampleRatio: 2}); err == nil {
 		t.Error("a sample ratio of 2 was accepted")

@@ -1,0 +1,95 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/microhost/micro/e2e/jaegertest"
+	"github.com/microhost/micro/runtime/tracing"
+)
+
+// TestTraceAcrossMicros: with [telemetry] pointing at a real Jaeger, one call that a node
+// fails and another answers is one trace in Jaeger: the caller micro's ingress span, its
+// two attempts (the first failed, the second a retry), each node micro's inbound span and
+// its app span, all under the caller's own traceparent.
+func TestTraceAcrossMicros(t *testing.T) {
+	t.Parallel()
+	j := jaegertest.Start(t)
+	reg, faults := t.TempDir(), t.TempDir()
+	countFile := filepath.Join(t.TempDir(), "count")
+	telemetry := fmt.Sprintf("\n[telemetry]\notlp_endpoint = %q\nsample_ratio = 1\n", j.OTLPHTTPEndpoint)
+	rr := func(cfg string) string {
+		return strings.Replace(cfg, "[client]", "[client]\nstrategy = \"round_robin\"\nhedge = { enabled = false }", 1)
+	}
+	startMicro(t, rr(baseConfig(reg, counterService("b", countFile, faults)+telemetry)))
+	startMicro(t, rr(baseConfig(reg, counterService("c", countFile, faults)+telemetry)))
+	a := startMicro(t, rr(baseConfig(reg, telemetry)))
+	eventually(t, 20*time.Second, func() error {
+		if n := len(mustServices(t, a)["count"]); n != 2 {
+			return fmt.Errorf("%d nodes of count", n)
+		}
+		return nil
+	})
+	if err := os.WriteFile(filepath.Join(faults, "c"), []byte("half"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Calls until one took two attempts: round robin sends every other first attempt to c.
+	var traceID string
+	for i := 0; i < 10 && traceID == ""; i++ {
+		parent := tracing.Root(1)
+		r, err := a.call("count", "Count.Safe", "{}", map[string]string{tracing.Header: parent.String(), "X-Call-Id": fmt.Sprint("t", i)})
+		if err != nil || r.status != 200 {
+			t.Fatalf("call %d: %v %d %s", i, err, r.status, r.body)
+		}
+		if r.header.Get("Micro-Attempts") == "2" {
+			traceID = parent.Trace.String()
+		}
+	}
+	if traceID == "" {
+		t.Fatal("no call took two attempts")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// 1 ingress + 2 attempts + 2 inbound + 2 app spans.
+	tr, err := j.WaitForTrace(ctx, traceID, 7)
+	if err != nil {
+		t.Fatalf("trace %s in Jaeger: %v\n%s", traceID, err, j.LogTail(20))
+	}
+	names := map[string]int{}
+	instances := map[string]bool{}
+	for _, s := range tr.Spans {
+		names[s.OperationName]++
+		instances[fmt.Sprint(s.ProcessTags["service.instance.id"])] = true
+	}
+	if names["ingress"] != 1 || names["attempt"] != 2 || names["inbound"] != 2 || names["app"] != 2 || len(instances) != 3 {
+		t.Fatalf("spans %v from %d micros, want ingress, 2 attempts, 2 inbound and 2 app spans from 3 micros", names, len(instances))
+	}
+	var first, retry *jaegertest.Span
+	for i, s := range tr.Spans {
+		if s.OperationName == "attempt" {
+			switch s.Tags["micro.attempt.reason"] {
+			case "first":
+				first = &tr.Spans[i]
+			case "retry":
+				retry = &tr.Spans[i]
+			}
+		}
+	}
+	if first == nil || retry == nil || first.Tags["error"] != true || retry.Tags["micro.attempt"] != int64(2) {
+		t.Fatalf("attempt spans: first %+v, retry %+v", first, retry)
+	}
+	ingress, _ := tr.SpanNamed("ingress")
+	if ingress.ParentSpanID == "" || first.ParentSpanID != ingress.SpanID || retry.ParentSpanID != ingress.SpanID {
+		t.Fatalf("ingress %+v (its parent is the caller's span), attempts under it: %s, %s", ingress, first.ParentSpanID, retry.ParentSpanID)
+	}
+	for _, s := range tr.Spans {
+		if s.OperationName == "inbound" && s.ParentSpanID != first.SpanID && s.ParentSpanID != retry.SpanID {
+			t.Errorf("an inbound span's parent %s is neither attempt", s.ParentSpanID)
+		}
+	}
+}
