@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -91,5 +92,21 @@ func TestTraceAcrossMicros(t *testing.T) {
 		if s.OperationName == "inbound" && s.ParentSpanID != first.SpanID && s.ParentSpanID != retry.SpanID {
 			t.Errorf("an inbound span's parent %s is neither attempt", s.ParentSpanID)
 		}
+	}
+
+	// The caller micro kept its spans of the trace too: micro traces lists it among the
+	// failed ones and draws it.
+	addr := strings.TrimPrefix(a.ingress, "http://")
+	out, err := exec.Command(bins.micro, "traces", "--address", addr, "--failed").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), traceID) {
+		t.Fatalf("micro traces --failed: %v\n%s", err, out)
+	}
+	out, err = exec.Command(bins.micro, "traces", "--address", addr, traceID).CombinedOutput()
+	if err != nil || strings.Count(string(out), "attempt") != 2 || !strings.Contains(string(out), "FAILED") || !strings.Contains(string(out), "ingress") {
+		t.Fatalf("micro traces %s: %v\n%s", traceID, err, out)
+	}
+	t.Logf("micro traces %s:\n%s", traceID, out)
+	if out, err := exec.Command(bins.micro, "traces", "--address", addr, "0123456789abcdef0123456789abcdef").CombinedOutput(); err == nil || !strings.Contains(string(out), "no trace") {
+		t.Fatalf("an unknown trace: %v\n%s", err, out)
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,15 +40,16 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds of each kind, alternated")
 	wrappers := flag.Bool("wrappers", false, "also measure a micro with both shipped wrappers on")
 	nats := flag.Bool("nats", false, "also measure calls between two micros over HTTP and over the NATS transport plugin")
+	tracing := flag.Bool("tracing", false, "also measure micros at trace sample ratios 0, 0.01 (the default) and 1, spans kept in memory (no exporter)")
 	adaptive := flag.Bool("adaptive", false, "also measure calls to an endpoint declared idempotent, with adaptive attempt timeouts and hedging on (the defaults) and off")
 	flag.Parse()
-	if err := run(*conc, *dur, *rounds, *wrappers, *nats, *adaptive); err != nil {
+	if err := run(*conc, *dur, *rounds, *wrappers, *nats, *adaptive, *tracing); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
 }
 
-func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive bool) error {
+func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, tracing bool) error {
 	var stops []*exec.Cmd
 	dir, err := os.MkdirTemp("", "micro-bench")
 	if err != nil {
@@ -122,6 +124,17 @@ key = "node"
 			return err
 		}
 		paths = append(paths, struct{ name, url string }{"micro+wrappers", wrapped})
+	}
+	if tracing {
+		// Every call is a hop through micro; what recording spans (or not) costs it.
+		for _, ratio := range []string{"0", "0.01", "1"} {
+			name := "tracing-" + strings.ReplaceAll(ratio, ".", "")
+			via, err := launch(name, "", registry(name)+fronts+"[telemetry]\nsample_ratio = "+ratio+"\n")
+			if err != nil {
+				return err
+			}
+			paths = append(paths, struct{ name, url string }{"micro, sample_ratio " + ratio, via})
+		}
 	}
 	if adaptive {
 		// Calls that are safe to repeat get attempt timeouts and hedge delays from their

@@ -36,6 +36,7 @@ Usage:
   micro publish --replay DEAD_TOPIC         republish what a dead-letter topic holds
   micro messages [flags] TOPIC              list the messages a broker holds for a topic
   micro services [flags]                    list registered services and their nodes
+  micro traces [flags] [TRACE_ID]           list the recent traces micro kept, or show one
   micro wrapper new|build [flags] ARG       write a new wrapper project, or build one to .wasm
   micro ca init|issue [flags]               create a CA for a fleet of machines, and certificates from it
   micro version                             print the version
@@ -78,6 +79,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return servicesCmd(ctx, rest, stdout, stderr)
 	case "publish":
 		return publishCmd(ctx, rest, stdin, stdout, stderr)
+	case "traces":
+		return tracesCmd(ctx, rest, stdout, stderr)
 	case "messages":
 		return messagesCmd(ctx, rest, stdout, stderr)
 	case "wrapper":

@@ -77,12 +77,18 @@ func (in *Ingress) ServeFast(c *fasthttp.RequestCtx) {
 		return
 	}
 	if !absolute && c.IsGet() {
-		switch string(uri) {
+		path, query, _ := strings.Cut(string(uri), "?")
+		switch path {
 		case "/health":
 			in.fastHealth(c)
 			return
 		case "/services":
 			in.fastServices(c)
+			return
+		case TracesPath:
+			q, _ := url.ParseQuery(query)
+			code, v := in.traces(q)
+			fastJSON(c, code, v)
 			return
 		}
 	}

@@ -152,6 +152,9 @@ func (in *Ingress) serveOwn(w http.ResponseWriter, r *http.Request) bool {
 		in.cfg.Metrics.ServeHTTP(w, r)
 	case "/services":
 		in.services(w, r)
+	case TracesPath:
+		code, v := in.traces(r.URL.Query())
+		writeJSON(w, code, v)
 	default:
 		if !strings.HasPrefix(r.URL.Path, PublishPrefix) {
 			return false
