@@ -4,6 +4,9 @@ import (
 	"context"
 	"sync"
 	"sync/atomic"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Link is one wrapper in a Chain, and the services it applies to.
@@ -124,11 +127,17 @@ func (c *Chain) OnRequest(ctx context.Context, call *Call, ran *Ran) Verdict {
 	if c == nil {
 		return out
 	}
+	traced := trace.SpanFromContext(ctx).IsRecording()
 	for i, l := range c.links {
 		if !l.appliesTo(call.Service) {
 			continue
 		}
-		v := l.Wrapper.OnRequest(ctx, call)
+		var v Verdict
+		if traced {
+			v = onRequestTraced(ctx, l.Wrapper, call)
+		} else {
+			v = l.Wrapper.OnRequest(ctx, call)
+		}
 		if v.Action != Continue {
 			return v
 		}
@@ -145,6 +154,27 @@ func (c *Chain) OnRequest(ctx context.Context, call *Call, ran *Ran) Verdict {
 		}
 	}
 	return out
+}
+
+// onRequestTraced runs w's OnRequest in a span of its own under the recorded span in ctx:
+// the wrapper's name, its verdict and the time it took.
+func onRequestTraced(ctx context.Context, w Wrapper, call *Call) Verdict {
+	tracer := trace.SpanFromContext(ctx).TracerProvider().Tracer("github.com/microhost/micro")
+	ctx, span := tracer.Start(ctx, "wrapper "+w.Name(), trace.WithAttributes(attribute.String("micro.wrapper", w.Name())))
+	v := w.OnRequest(ctx, call)
+	switch v.Action {
+	case Continue:
+		span.SetAttributes(attribute.String("micro.wrapper.verdict", "continue"))
+	case RejectNode:
+		span.SetAttributes(attribute.String("micro.wrapper.verdict", "reject node"))
+	default:
+		span.SetAttributes(attribute.String("micro.wrapper.verdict", "reject"), attribute.Int("http.response.status_code", v.RejectStatus()))
+		if v.Message != "" {
+			span.SetAttributes(attribute.String("micro.wrapper.message", v.Message))
+		}
+	}
+	span.End()
+	return v
 }
 
 // OnResponse gives r to the wrappers that let the call through, in reverse order.
