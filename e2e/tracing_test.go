@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -108,5 +109,53 @@ func TestTraceAcrossMicros(t *testing.T) {
 	t.Logf("micro traces %s:\n%s", traceID, out)
 	if out, err := exec.Command(bins.micro, "traces", "--address", addr, "0123456789abcdef0123456789abcdef").CombinedOutput(); err == nil || !strings.Contains(string(out), "no trace") {
 		t.Fatalf("an unknown trace: %v\n%s", err, out)
+	}
+}
+
+// TestTracePublishDelivery: a published message carries its publish's span, and its
+// delivery's span (and the delivery call's attempt and app spans) descend from it: one
+// trace from the publisher to the subscriber, kept by micro and listed by /traces.
+func TestTracePublishDelivery(t *testing.T) {
+	t.Parallel()
+	logs, state := filepath.Join(t.TempDir(), "log"), t.TempDir()
+	m := startMicro(t, withBroker(baseConfig(t.TempDir(), subscriberService("orders", 1, logs, state, 0,
+		map[string]string{"orders.created": "Orders.OnCreated"})+"\n[telemetry]\nsample_ratio = 0\n"), brokerSection("")))
+	parent := tracing.Root(1) // sampled by the publisher, though the micro samples nothing itself
+	r, err := m.post("/publish/orders.created", `{"id":1}`, map[string]string{"Content-Type": "application/json", tracing.Header: parent.String()})
+	if err != nil || r.status != 202 {
+		t.Fatalf("publish: %v %d %s", err, r.status, r.body)
+	}
+	var p struct{ ID string }
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatal(err)
+	}
+	waitDelivered(t, logs, "orders", []string{p.ID})
+	var spans []tracing.SpanData
+	eventually(t, 10*time.Second, func() error {
+		body, err := httpGet(m.ingress + "/traces?id=" + parent.Trace.String())
+		if err != nil {
+			return err
+		}
+		var tr tracing.TraceData
+		if err := json.Unmarshal([]byte(body), &tr); err != nil {
+			return fmt.Errorf("%v: %s", err, body)
+		}
+		if len(tr.Spans) < 4 {
+			return fmt.Errorf("%d spans so far", len(tr.Spans))
+		}
+		spans = tr.Spans
+		return nil
+	})
+	byName := map[string]tracing.SpanData{}
+	for _, s := range spans {
+		byName[s.Name] = s
+	}
+	pub, del, att := byName["publish"], byName["deliver"], byName["attempt"]
+	if pub.Parent != parent.Span.String() || del.Parent != pub.Span || att.Parent != del.Span ||
+		pub.Attrs["messaging.message.id"] != p.ID || del.Attrs["messaging.destination.name"] != "orders.created" {
+		t.Fatalf("spans %+v", spans)
+	}
+	if _, ok := byName["app"]; !ok {
+		t.Fatalf("no app span in %+v", spans)
 	}
 }

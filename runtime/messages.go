@@ -21,6 +21,7 @@ func (r *Runtime) openPubSub(ctx context.Context, cfg *config.Config) error {
 		return fmt.Errorf("broker %q: %w", cfg.Broker.Plugin, err)
 	}
 	r.pubsub = pubsub.New(b, cfg.Broker.Plugin, r.client, r.metrics.Registry(), r.logger, pubsubOptions(cfg))
+	r.pubsub.SetTracer(r.tracer)
 	return nil
 }
 

@@ -12,6 +12,10 @@ import (
 	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
+
+	"github.com/microhost/micro/runtime/tracing"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // consumer runs one subscription on one broker: it subscribes (again, while that fails),
@@ -145,12 +149,26 @@ func (c *consumer) deliver(ctx context.Context, con broker.Consumer, d *broker.D
 	for {
 		o := c.p.opts.Load()
 		dctx, cancel := context.WithTimeout(ctx, o.DeliveryTimeout)
+		// A delivery's span descends from its message's publish.
+		_, tp := tracing.Lookup(d.Header)
+		dctx, span, _ := c.p.tracer.Start(dctx, tp, "deliver", trace.SpanKindConsumer)
 		resp, err := c.p.caller.Call(dctx, &client.Request{
 			Service: c.sub.Service, Endpoint: c.sub.Endpoint, Header: header(d), Body: d.Body,
 			// Delivery is at least once: a delivery that may have reached the app is
 			// repeated anyway, here or by the broker.
 			Idempotent: true,
 		})
+		if span.Recording() {
+			span.Set(attribute.String("messaging.destination.name", d.Topic), attribute.String("messaging.message.id", d.ID),
+				attribute.String("micro.service", c.sub.Service), attribute.Int("messaging.delivery.count", d.Attempt))
+			switch {
+			case err != nil:
+				span.Fail(err.Error())
+			case resp.Status >= 300:
+				span.Fail("the subscriber answered " + strconv.Itoa(resp.Status))
+			}
+			span.End()
+		}
 		cancel()
 		if ctx.Err() != nil {
 			return

@@ -34,6 +34,8 @@ import (
 	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
+
+	"github.com/microhost/micro/runtime/tracing"
 )
 
 // ID names pubsub in the errors it returns.
@@ -87,6 +89,7 @@ type PubSub struct {
 	log    *slog.Logger
 	met    *metrics
 	opts   atomic.Pointer[Options]
+	tracer *tracing.Tracer
 
 	mu       sync.Mutex
 	cur      *generation
@@ -94,6 +97,10 @@ type PubSub struct {
 	draining sync.WaitGroup
 	closed   bool
 }
+
+// SetTracer makes t record a span of each delivery of a sampled message, under its
+// publish's span. Call it before SetSubscriptions.
+func (p *PubSub) SetTracer(t *tracing.Tracer) { p.tracer = t }
 
 // generation is one broker and the consumers running on it.
 type generation struct {

@@ -17,7 +17,11 @@ import (
 
 	"github.com/microhost/micro/runtime/broker"
 	"github.com/microhost/micro/runtime/callerr"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // PublishPrefix starts the ingress paths of the broker: POST /publish/{topic} publishes,
@@ -99,7 +103,31 @@ func (in *Ingress) publish(ctx context.Context, st *Settings, pr *publishRequest
 		if e != nil {
 			return 0, nil, e
 		}
+		// The message carries the publish's span, which its deliveries descend from.
+		key, tp := tracing.Lookup(pr.header)
+		delete(pr.header, key)
+		ctx, span, validParent := in.cfg.Tracer.Start(ctx, tp, "publish", trace.SpanKindProducer)
+		if !validParent {
+			for k := range pr.header {
+				if strings.EqualFold(k, tracing.HeaderState) {
+					delete(pr.header, k)
+				}
+			}
+		}
+		if tp := tracing.HeaderOf(ctx); tp != "" {
+			if pr.header == nil {
+				pr.header = make(map[string]string, 1)
+			}
+			pr.header[tracing.Header] = tp
+		}
 		id, err := in.cfg.Publisher.Publish(ctx, topic, pr.header, body)
+		if span.Recording() {
+			span.Set(attribute.String("messaging.destination.name", topic), attribute.String("messaging.message.id", id))
+			if err != nil {
+				span.Fail(err.Error())
+			}
+			span.End()
+		}
 		if err != nil {
 			return 0, nil, callerr.As(IngressID, err)
 		}

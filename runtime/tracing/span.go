@@ -2,6 +2,7 @@ package tracing
 
 import (
 	"context"
+	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -43,6 +44,12 @@ func (s Span) End() {
 // A nil Tracer starts nothing. valid reports whether the header was valid: a caller's
 // tracestate goes on only with a valid traceparent.
 func (t *Tracer) Server(ctx context.Context, header, name string) (_ context.Context, _ Span, valid bool) {
+	return t.Start(ctx, header, name, trace.SpanKindServer)
+}
+
+// Start is Server for a span of another kind: a publish (producer) or a delivery
+// (consumer), under the traceparent its message carries.
+func (t *Tracer) Start(ctx context.Context, header, name string, kind trace.SpanKind) (_ context.Context, _ Span, valid bool) {
 	if t == nil {
 		return ctx, Span{}, false
 	}
@@ -52,14 +59,14 @@ func (t *Tracer) Server(ctx context.Context, header, name string) (_ context.Con
 		if !root.Sampled {
 			return trace.ContextWithSpanContext(ctx, otelContext(root, false)), Span{}, false
 		}
-		ctx, s := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithNewRoot())
+		ctx, s := t.tracer.Start(ctx, name, trace.WithSpanKind(kind), trace.WithNewRoot())
 		return ctx, Span{s}, false
 	}
 	if !parent.Sampled {
 		return trace.ContextWithSpanContext(ctx, otelContext(parent.Child(), false)), Span{}, true
 	}
 	ctx = trace.ContextWithRemoteSpanContext(ctx, otelContext(parent, true))
-	ctx, s := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer))
+	ctx, s := t.tracer.Start(ctx, name, trace.WithSpanKind(kind))
 	return ctx, Span{s}, true
 }
 
@@ -87,6 +94,20 @@ func (t *Tracer) Client(ctx context.Context, name string) (context.Context, Span
 	}
 	ctx, s := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindClient), trace.WithNewRoot())
 	return ctx, Span{s}
+}
+
+// Lookup returns the key and value of the traceparent header in h, a message header whose
+// keys may be in any case.
+func Lookup(h map[string]string) (key, value string) {
+	if v, ok := h[Header]; ok {
+		return Header, v
+	}
+	for k, v := range h {
+		if strings.EqualFold(k, Header) {
+			return k, v
+		}
+	}
+	return "", ""
 }
 
 // HeaderOf returns the traceparent header of a request made in ctx: the context of the
