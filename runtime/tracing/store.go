@@ -9,6 +9,7 @@ import (
 
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults of a Store.
@@ -50,13 +51,24 @@ type TraceData struct {
 
 // Store keeps the most recent traces that this micro recorded, in memory and bounded: a
 // sdktrace.SpanProcessor that `micro traces` and the dashboard read, whether or not spans
-// are exported. It is safe for concurrent use.
+// are exported. It keeps the SDK's read-only spans as they are, and makes SpanData of
+// them only when they are read, so that keeping a span costs a call next to nothing. It is
+// safe for concurrent use.
 type Store struct {
 	keep int
 
 	mu     sync.Mutex
-	traces map[string]*list.Element // of *TraceData, in order
-	order  list.List                // least recently touched first
+	traces map[trace.TraceID]*list.Element // of *kept, in order
+	order  list.List                       // least recently touched first
+}
+
+// kept is a trace as the Store keeps it.
+type kept struct {
+	id      trace.TraceID
+	spans   []sdktrace.ReadOnlySpan
+	failed  bool
+	dropped int
+	last    time.Time
 }
 
 // NewStore returns a Store that keeps the keep most recent traces (DefaultKeepTraces when
@@ -65,18 +77,98 @@ func NewStore(keep int) *Store {
 	if keep <= 0 {
 		keep = DefaultKeepTraces
 	}
-	return &Store{keep: keep, traces: make(map[string]*list.Element)}
+	return &Store{keep: keep, traces: make(map[trace.TraceID]*list.Element)}
 }
 
 // OnStart implements sdktrace.SpanProcessor; a Store keeps spans once they end.
 func (s *Store) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
 
-// OnEnd implements sdktrace.SpanProcessor: it keeps span.
+// OnEnd implements sdktrace.SpanProcessor: it keeps span in its trace, and makes the
+// trace the most recent one.
 func (s *Store) OnEnd(span sdktrace.ReadOnlySpan) {
 	sc := span.SpanContext()
 	if !sc.IsSampled() {
 		return
 	}
+	id := sc.TraceID()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var t *kept
+	if e := s.traces[id]; e != nil {
+		s.order.MoveToBack(e)
+		t = e.Value.(*kept)
+	} else {
+		for s.order.Len() >= s.keep {
+			oldest := s.order.Front()
+			delete(s.traces, oldest.Value.(*kept).id)
+			s.order.Remove(oldest)
+		}
+		t = &kept{id: id}
+		s.traces[id] = s.order.PushBack(t)
+	}
+	if len(t.spans) >= MaxSpansPerTrace {
+		t.dropped++
+		return
+	}
+	t.spans = append(t.spans, span)
+	t.failed = t.failed || span.Status().Code == codes.Error
+	if end := span.EndTime(); end.After(t.last) {
+		t.last = end
+	}
+}
+
+// Recent returns up to n of the kept traces, the most recent first; only failed ones when
+// failed is set.
+func (s *Store) Recent(n int, failed bool) []TraceData {
+	s.mu.Lock()
+	var picked []kept
+	for e := s.order.Back(); e != nil && len(picked) < n; e = e.Prev() {
+		if t := e.Value.(*kept); !failed || t.failed {
+			c := *t
+			c.spans = slices.Clone(t.spans)
+			picked = append(picked, c)
+		}
+	}
+	s.mu.Unlock()
+	out := make([]TraceData, len(picked))
+	for i := range picked {
+		out[i] = picked[i].data()
+	}
+	return out
+}
+
+// Trace returns the kept trace with hex ID id.
+func (s *Store) Trace(id string) (TraceData, bool) {
+	tid, err := trace.TraceIDFromHex(id)
+	if err != nil {
+		return TraceData{}, false
+	}
+	s.mu.Lock()
+	e, ok := s.traces[tid]
+	var c kept
+	if ok {
+		c = *e.Value.(*kept)
+		c.spans = slices.Clone(c.spans)
+	}
+	s.mu.Unlock()
+	if !ok {
+		return TraceData{}, false
+	}
+	return c.data(), true
+}
+
+// data makes t's TraceData.
+func (t *kept) data() TraceData {
+	d := TraceData{ID: t.id.String(), Failed: t.failed, Dropped: t.dropped, Last: t.last, Spans: make([]SpanData, len(t.spans))}
+	for i, span := range t.spans {
+		d.Spans[i] = spanData(span)
+	}
+	return d
+}
+
+// spanData makes the SpanData of span.
+func spanData(span sdktrace.ReadOnlySpan) SpanData {
+	sc := span.SpanContext()
 	sp := SpanData{
 		Trace: sc.TraceID().String(), Span: sc.SpanID().String(),
 		Name: span.Name(), Kind: span.SpanKind().String(),
@@ -101,66 +193,7 @@ func (s *Store) OnEnd(span sdktrace.ReadOnlySpan) {
 			sp.Attrs[string(kv.Key)] = v
 		}
 	}
-	s.add(sp)
-}
-
-// add keeps sp in its trace, making the trace the most recent one.
-func (s *Store) add(sp SpanData) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var t *TraceData
-	if e := s.traces[sp.Trace]; e != nil {
-		s.order.MoveToBack(e)
-		t = e.Value.(*TraceData)
-	} else {
-		for s.order.Len() >= s.keep {
-			oldest := s.order.Front()
-			delete(s.traces, oldest.Value.(*TraceData).ID)
-			s.order.Remove(oldest)
-		}
-		t = &TraceData{ID: sp.Trace}
-		s.traces[sp.Trace] = s.order.PushBack(t)
-	}
-	if len(t.Spans) >= MaxSpansPerTrace {
-		t.Dropped++
-		return
-	}
-	t.Spans = append(t.Spans, sp)
-	t.Failed = t.Failed || sp.Failed
-	if sp.End.After(t.Last) {
-		t.Last = sp.End
-	}
-}
-
-// Recent returns up to n of the kept traces, the most recent first; only failed ones when
-// failed is set. The traces are copies.
-func (s *Store) Recent(n int, failed bool) []TraceData {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []TraceData
-	for e := s.order.Back(); e != nil && len(out) < n; e = e.Prev() {
-		if t := e.Value.(*TraceData); !failed || t.Failed {
-			out = append(out, t.clone())
-		}
-	}
-	return out
-}
-
-// Trace returns a copy of the kept trace with hex ID id.
-func (s *Store) Trace(id string) (TraceData, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e, ok := s.traces[id]
-	if !ok {
-		return TraceData{}, false
-	}
-	return e.Value.(*TraceData).clone(), true
-}
-
-func (t *TraceData) clone() TraceData {
-	c := *t
-	c.Spans = slices.Clone(t.Spans)
-	return c
+	return sp
 }
 
 // Shutdown implements sdktrace.SpanProcessor.
