@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/microhost/micro/internal/tooltest"
 )
 
 // How long Jaeger may take to become ready, and to exit after SIGTERM.
@@ -563,55 +565,11 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// Binary returns the path of the jaeger binary: $JAEGER_BIN if set, else
-// <repo>/.cache/bin/jaeger. When there is none it runs <repo>/tools/jaeger/build.sh,
-// which builds the pinned version there (minutes, once), and fails the test if that
-// fails; it never skips, because the tests that need Jaeger must run.
+// Binary returns the path of the jaeger binary: $JAEGER_BIN, <repo>/.cache/bin/jaeger, or
+// jaeger on PATH; when there is none it builds the pinned version with
+// <repo>/tools/jaeger/build.sh (minutes, once). It never skips: the tests that need it
+// must run.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("JAEGER_BIN"); p != "" {
-		if !isExecutable(p) {
-			t.Fatalf("jaegertest: JAEGER_BIN=%s is not an executable file", p)
-		}
-		return p
-	}
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatalf("jaegertest: no jaeger binary: %v (set JAEGER_BIN, or run `bash tools/jaeger/build.sh` in the repository)", err)
-	}
-	p := filepath.Join(root, ".cache", "bin", "jaeger")
-	if isExecutable(p) {
-		return p
-	}
-	script := filepath.Join(root, "tools", "jaeger", "build.sh")
-	t.Logf("jaegertest: no jaeger binary; building it with %s (takes a few minutes, once)", script)
-	if out, err := exec.Command("bash", script).CombinedOutput(); err != nil {
-		t.Fatalf("jaegertest: %s: %v\n%s", script, err, out)
-	}
-	if !isExecutable(p) {
-		t.Fatalf("jaegertest: %s ran but %s is missing", script, p)
-	}
-	return p
-}
-
-// repoRoot finds the repository root, the nearest directory at or above the working
-// directory (a test's package directory) that has tools/jaeger/build.sh.
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "tools", "jaeger", "build.sh")); err == nil {
-			return dir, nil
-		}
-		if filepath.Dir(dir) == dir {
-			return "", fmt.Errorf("no tools/jaeger/build.sh at or above %s", wd)
-		}
-	}
-}
-
-func isExecutable(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+	return tooltest.Binary(t, "jaeger", "JAEGER_BIN")
 }

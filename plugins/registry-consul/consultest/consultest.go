@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/microhost/micro/internal/tooltest"
 )
 
 // nodeName is the Consul node name of every agent this package starts.
@@ -308,62 +310,11 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// Binary returns the path of a consul binary: $CONSUL_BIN, <repo>/.cache/bin/consul, or
-// consul on PATH. When there is none it runs <repo>/tools/consul/build.sh, which builds the
-// pinned version into <repo>/.cache/bin (several minutes), and fails the test if that
-// fails. It never skips: the tests that need Consul must run.
+// Binary returns the path of the consul binary: $CONSUL_BIN, <repo>/.cache/bin/consul, or
+// consul on PATH; when there is none it builds the pinned version with
+// <repo>/tools/consul/build.sh (minutes, once). It never skips: the tests that need it
+// must run.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("CONSUL_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("consultest: CONSUL_BIN=%s: %v", p, err)
-		}
-		return p
-	}
-	root, rootErr := repoRoot()
-	if rootErr == nil {
-		if p := filepath.Join(root, ".cache", "bin", "consul"); isExecutable(p) {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("consul"); err == nil {
-		return p
-	}
-	if rootErr != nil {
-		t.Fatalf("consultest: no consul binary (set CONSUL_BIN or put consul on PATH), and cannot build one: %v", rootErr)
-	}
-	script := filepath.Join(root, "tools", "consul", "build.sh")
-	t.Logf("consultest: no consul binary; building it with %s (takes several minutes)", script)
-	out, err := exec.Command("bash", script).CombinedOutput()
-	if err != nil {
-		t.Fatalf("consultest: %s: %v\n%s", script, err, out)
-	}
-	t.Logf("consultest: %s", bytes.TrimSpace(out))
-	p := filepath.Join(root, ".cache", "bin", "consul")
-	if !isExecutable(p) {
-		t.Fatalf("consultest: %s ran but %s is missing", script, p)
-	}
-	return p
-}
-
-// repoRoot finds the repository root, the nearest directory at or above the working
-// directory that has tools/consul/build.sh.
-func repoRoot() (string, error) {
-	wd, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for dir := wd; ; dir = filepath.Dir(dir) {
-		if _, err := os.Stat(filepath.Join(dir, "tools", "consul", "build.sh")); err == nil {
-			return dir, nil
-		}
-		if filepath.Dir(dir) == dir {
-			return "", fmt.Errorf("no tools/consul/build.sh at or above %s", wd)
-		}
-	}
-}
-
-func isExecutable(p string) bool {
-	fi, err := os.Stat(p)
-	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+	return tooltest.Binary(t, "consul", "CONSUL_BIN")
 }
