@@ -12,6 +12,7 @@ import (
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/selector"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/wrapper"
 	"go.opentelemetry.io/otel/attribute"
 )
@@ -53,6 +54,8 @@ type try struct {
 	abandoned bool
 	// first is set on the first attempt of a race, the one a hedge may overtake.
 	first bool
+	// traceID is the attempt's trace when it is sampled, else "".
+	traceID string
 }
 
 // plan returns the attempt timeout (0: none) and the hedge delay (0: no hedge) of attempt
@@ -100,6 +103,7 @@ func (c *Client) exec(ctx context.Context, t *try, remaining time.Duration, coun
 	}
 	actx, span := c.tracer.Client(t.actx, "attempt")
 	if span.Recording() {
+		t.traceID = tracing.SampledTraceID(actx)
 		span.Set(attribute.String("micro.node", t.node.ID), attribute.Int("micro.attempt", t.num),
 			attribute.String("micro.attempt.reason", t.why), attribute.Int64("micro.budget_ms", left.Milliseconds()))
 	}
@@ -139,6 +143,16 @@ func (c *Client) settle(ctx context.Context, chain *wrapper.Chain, req *Request,
 		health = selector.Abandoned
 	}
 	t.pick.Done(t.latency, health)
+	if c.obs != nil {
+		outcome := "failed"
+		switch health {
+		case selector.Success:
+			outcome = "ok"
+		case selector.Abandoned:
+			outcome = "abandoned"
+		}
+		c.obs.Attempt(req.Service, req.Endpoint, t.node.ID, outcome, t.latency, t.traceID)
+	}
 	if chain != nil {
 		wr := wrapper.Result{Latency: t.latency, Fault: health != selector.Success && health != selector.Abandoned}
 		switch {

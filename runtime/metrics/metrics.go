@@ -44,6 +44,7 @@ type Metrics struct {
 	inLatency *prometheus.HistogramVec
 
 	client, inbound side
+	attempts        *attempts
 }
 
 // side holds the series of finished calls on one side, client or inbound, looked up once
@@ -102,14 +103,17 @@ func New(opts Options) *Metrics {
 	}
 	m.client = side{calls: m.calls, latency: m.latency}
 	m.inbound = side{calls: m.inCalls, latency: m.inLatency}
+	m.attempts = newAttempts(buckets)
 	m.reg.MustRegister(m.calls, m.latency, m.retries, m.hedges, m.ejections, m.inCalls, m.inLatency,
+		m.attempts.count, m.attempts.latency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-// Handler serves the metrics in the Prometheus text format.
+// Handler serves the metrics in the Prometheus text format, or in OpenMetrics (with the
+// exemplars that link latencies to traces) to a scraper that asks for it.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, EnableOpenMetrics: true})
 }
 
 // Registry returns the Prometheus registry the metrics live on.

@@ -110,6 +110,16 @@ func Lookup(h map[string]string) (key, value string) {
 	return "", ""
 }
 
+// SampledTraceID returns the hex ID of the trace in ctx when it is sampled, or "": what a
+// metric's exemplar links to.
+func SampledTraceID(ctx context.Context) string {
+	sc := trace.SpanContextFromContext(ctx)
+	if !sc.IsSampled() {
+		return ""
+	}
+	return sc.TraceID().String()
+}
+
 // HeaderOf returns the traceparent header of a request made in ctx: the context of the
 // span in ctx, or "" when there is none.
 func HeaderOf(ctx context.Context) string {

@@ -1,0 +1,129 @@
+package metrics
+
+import (
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Bounds of the per-endpoint and per-node series of one service: past them, endpoints and
+// nodes share the label Other, so that callers naming junk endpoints cannot grow them.
+const (
+	MaxEndpointsPerService = 32
+	MaxNodesPerService     = 64
+)
+
+// The outcomes of Attempt.
+const (
+	AttemptOK        = "ok"        // the node's app answered, and not with a fault
+	AttemptFailed    = "failed"    // it counts against the node
+	AttemptAbandoned = "abandoned" // a hedge answered first
+)
+
+// attemptKey names the series of one service's endpoint on one node.
+type attemptKey struct{ service, endpoint, node string }
+
+// attemptSeries are the series of one attemptKey.
+type attemptSeries struct {
+	ok, failed, abandoned prometheus.Counter
+	latency               prometheus.Observer
+}
+
+// attempts holds the per-endpoint, per-node series: micro_client_attempts_total and
+// micro_client_attempt_duration_seconds.
+type attempts struct {
+	count   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+
+	series sync.Map // attemptKey (as called) → *attemptSeries
+
+	mu     sync.Mutex
+	labels map[string]*serviceLabels // by service label
+}
+
+// serviceLabels are the endpoint and node labels one service has used.
+type serviceLabels struct {
+	endpoints, nodes map[string]bool
+}
+
+func newAttempts(buckets []float64) *attempts {
+	return &attempts{
+		count: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "micro_client_attempts_total",
+			Help: "Attempts of calls, by called service, endpoint, node and outcome (ok, failed: counted against the node, abandoned: a hedge answered first).",
+		}, []string{"service", "endpoint", "node", "outcome"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "micro_client_attempt_duration_seconds",
+			Help:    "Time attempts took, by called service, endpoint and node; exemplars carry the trace IDs of sampled calls.",
+			Buckets: buckets,
+		}, []string{"service", "endpoint", "node"}),
+		labels: make(map[string]*serviceLabels),
+	}
+}
+
+// Attempt records an attempt of a call to service's endpoint on node: its outcome (one of
+// AttemptOK, AttemptFailed, AttemptAbandoned), how long it took, and, when the call was
+// sampled, its trace ID, which the latency keeps as an exemplar.
+func (m *Metrics) Attempt(service, endpoint, node, outcome string, d time.Duration, traceID string) {
+	a := m.attempts
+	key := attemptKey{service, endpoint, node}
+	s, ok := a.series.Load(key)
+	if !ok {
+		s = a.add(key, m.service(service))
+	}
+	ss := s.(*attemptSeries)
+	switch outcome {
+	case AttemptOK:
+		ss.ok.Inc()
+	case AttemptAbandoned:
+		ss.abandoned.Inc()
+	default:
+		ss.failed.Inc()
+	}
+	if eo, ok := ss.latency.(prometheus.ExemplarObserver); ok && traceID != "" {
+		eo.ObserveWithExemplar(d.Seconds(), prometheus.Labels{"trace_id": traceID})
+		return
+	}
+	ss.latency.Observe(d.Seconds())
+}
+
+// add returns the series of key, whose service has label service: the endpoint and node
+// keep their names while the service has fewer than the Max of them, and are Other
+// after. Only keys whose labels are all their own are kept for later calls, so junk
+// cannot grow the cache.
+func (a *attempts) add(key attemptKey, service string) *attemptSeries {
+	a.mu.Lock()
+	sl := a.labels[service]
+	if sl == nil {
+		sl = &serviceLabels{endpoints: map[string]bool{}, nodes: map[string]bool{}}
+		a.labels[service] = sl
+	}
+	endpoint, node := bounded(sl.endpoints, key.endpoint, MaxEndpointsPerService, service), bounded(sl.nodes, key.node, MaxNodesPerService, service)
+	a.mu.Unlock()
+	s := &attemptSeries{
+		ok:        a.count.WithLabelValues(service, endpoint, node, AttemptOK),
+		failed:    a.count.WithLabelValues(service, endpoint, node, AttemptFailed),
+		abandoned: a.count.WithLabelValues(service, endpoint, node, AttemptAbandoned),
+		latency:   a.latency.WithLabelValues(service, endpoint, node),
+	}
+	if service == key.service && endpoint == key.endpoint && node == key.node {
+		a.series.Store(key, s)
+	}
+	return s
+}
+
+// bounded returns v as a label among those of seen: v itself when it is one of them or
+// there is room for it (and service is a known one), Other otherwise.
+func bounded(seen map[string]bool, v string, most int, service string) string {
+	switch {
+	case service == Other || v == "":
+		return Other
+	case seen[v]:
+		return v
+	case len(seen) < most:
+		seen[v] = true
+		return v
+	}
+	return Other
+}
