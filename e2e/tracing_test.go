@@ -140,8 +140,15 @@ func TestTracePublishDelivery(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &tr); err != nil {
 			return fmt.Errorf("%v: %s", err, body)
 		}
-		if len(tr.Spans) < 4 {
-			return fmt.Errorf("%d spans so far", len(tr.Spans))
+		// The delivery's span ends after the call under it: wait for all four.
+		names := map[string]bool{}
+		for _, s := range tr.Spans {
+			names[s.Name] = true
+		}
+		for _, n := range []string{"publish", "deliver", "attempt", "app"} {
+			if !names[n] {
+				return fmt.Errorf("no %s span yet among %d", n, len(tr.Spans))
+			}
 		}
 		spans = tr.Spans
 		return nil

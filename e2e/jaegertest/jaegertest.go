@@ -20,13 +20,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -61,8 +59,7 @@ type Jaeger struct {
 	client    *http.Client
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	proc *tooltest.Process // nil once stopped
 }
 
 // Start runs Jaeger and waits until its pipeline and query API are ready. Jaeger is
@@ -168,92 +165,32 @@ exporters:
 // in-memory traces are gone. Stopping a stopped Jaeger does nothing.
 func (j *Jaeger) Stop() {
 	j.mu.Lock()
-	cmd, done := j.cmd, j.done
-	j.cmd = nil
+	proc := j.proc
+	j.proc = nil
 	j.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(stopTimeout):
-		_ = cmd.Process.Kill()
-		<-done
+	if proc != nil {
+		proc.Stop(stopTimeout)
 	}
 }
 
 // LogTail returns up to the last n bytes of Jaeger's output.
-func (j *Jaeger) LogTail(n int) string {
-	b, err := os.ReadFile(j.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
+func (j *Jaeger) LogTail(n int) string { return tooltest.LogTail(j.logPath, n) }
 
-// start runs the Jaeger process and waits until it is ready.
+// start runs the Jaeger process, without the OTEL_* variables that would reconfigure the
+// collector's own SDK and without JAEGER_* ones, and waits until its pipeline has started
+// (healthcheckv2 answers 503 before that) and its query API answers.
 func (j *Jaeger) start(bin, cfgPath string) error {
-	logf, err := os.OpenFile(j.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	proc, err := tooltest.Run(bin, []string{"--config", cfgPath}, []string{"OTEL_", "JAEGER_"}, j.logPath)
 	if err != nil {
 		return err
 	}
-	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(bin, "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = jaegerEnv()
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
 	j.mu.Lock()
-	j.cmd, j.done = cmd, done
+	j.proc = proc
 	j.mu.Unlock()
-
-	if err := j.waitReady(done); err != nil {
+	if err := proc.WaitReady(readyTimeout, j.ready); err != nil {
 		return fmt.Errorf("jaeger (query %s): %w\nlog tail:\n%s", j.QueryURL, err, j.LogTail(4096))
 	}
 	return nil
-}
-
-// jaegerEnv is the environment without the OTEL_* variables that would reconfigure
-// the collector's own SDK, and without JAEGER_* ones.
-func jaegerEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "OTEL_") && !strings.HasPrefix(kv, "JAEGER_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// waitReady polls the health endpoint until every pipeline has started (healthcheckv2
-// answers 503 before that), then the query API until it answers.
-func (j *Jaeger) waitReady(exited <-chan struct{}) error {
-	deadline := time.Now().Add(readyTimeout)
-	var last error
-	for delay := 10 * time.Millisecond; ; delay = min(2*delay, 250*time.Millisecond) {
-		if last = j.ready(); last == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("exited before it was ready: %v", last)
-		case <-time.After(delay):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %v: %v", readyTimeout, last)
-		}
-	}
 }
 
 func (j *Jaeger) ready() error {

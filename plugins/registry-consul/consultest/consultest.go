@@ -14,12 +14,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,8 +48,7 @@ type Agent struct {
 	starts  int
 
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	proc *tooltest.Process // nil while stopped
 }
 
 // Option changes how Start runs the agent.
@@ -133,18 +130,11 @@ func Start(t testing.TB, opts ...Option) *Agent {
 // Stopping a stopped agent does nothing.
 func (a *Agent) Stop() {
 	a.mu.Lock()
-	cmd, done := a.cmd, a.done
-	a.cmd = nil
+	proc := a.proc
+	a.proc = nil
 	a.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(stopTimeout):
-		_ = cmd.Process.Kill()
-		<-done
+	if proc != nil {
+		proc.Stop(stopTimeout)
 	}
 }
 
@@ -160,81 +150,28 @@ func (a *Agent) Restart() {
 }
 
 // LogTail returns up to the last n bytes of the agent's output.
-func (a *Agent) LogTail(n int) string {
-	b, err := os.ReadFile(a.logPath)
-	if err != nil {
-		return fmt.Sprintf("(no log: %v)", err)
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
+func (a *Agent) LogTail(n int) string { return tooltest.LogTail(a.logPath, n) }
 
-// start runs the agent process and waits until it is ready.
+// start runs the agent process, without the CONSUL_* variables that would reconfigure the
+// agent's own CLI, and waits until it has a leader and its node's serf health check passes
+// (only then does a passing-only health query return the services on it).
 func (a *Agent) start() error {
-	logf, err := os.OpenFile(a.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close() // the child has its own copy
 	// A fresh data directory each time: a dev agent keeps its catalog in memory, and an
 	// agent that comes back must not reload the services it persisted either.
 	a.starts++
 	dataDir := filepath.Join(a.dir, fmt.Sprintf("data-%d", a.starts))
-	cmd := exec.Command(a.bin, append(a.args[:len(a.args):len(a.args)], "-data-dir="+dataDir)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = agentEnv()
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", a.bin, err)
+	proc, err := tooltest.Run(a.bin, append(a.args[:len(a.args):len(a.args)], "-data-dir="+dataDir), []string{"CONSUL_"}, a.logPath)
+	if err != nil {
+		return err
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
 	a.mu.Lock()
-	a.cmd, a.done = cmd, done
+	a.proc = proc
 	a.mu.Unlock()
-
-	if err := a.waitReady(done); err != nil {
+	client := &http.Client{Timeout: 2 * time.Second}
+	if err := proc.WaitReady(readyTimeout, func() error { return a.ready(client) }); err != nil {
 		return fmt.Errorf("agent on %s: %w\nlog tail:\n%s", a.Addr, err, a.LogTail(4096))
 	}
 	return nil
-}
-
-// agentEnv is the environment without the CONSUL_* variables that would reconfigure the
-// agent's own CLI.
-func agentEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CONSUL_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-// waitReady polls the agent until it has a leader and its node's serf health check passes
-// (only then does a passing-only health query return the services on it).
-func (a *Agent) waitReady(exited <-chan struct{}) error {
-	client := &http.Client{Timeout: 2 * time.Second}
-	deadline := time.Now().Add(readyTimeout)
-	var last error
-	for delay := 10 * time.Millisecond; ; delay = min(2*delay, 250*time.Millisecond) {
-		if last = a.ready(client); last == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("agent exited before it was ready: %v", last)
-		case <-time.After(delay):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not ready after %v: %v", readyTimeout, last)
-		}
-	}
 }
 
 func (a *Agent) ready(client *http.Client) error {

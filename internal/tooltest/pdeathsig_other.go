@@ -1,9 +1,9 @@
 //go:build !linux
 
-package jaegertest
+package tooltest
 
 import "syscall"
 
 // sysProcAttr is nil where there is no parent-death signal; Stop and the test's cleanup
-// stop Jaeger.
+// stop the tool.
 func sysProcAttr() *syscall.SysProcAttr { return nil }
