@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,6 +110,30 @@ func TestTraceAcrossMicros(t *testing.T) {
 	t.Logf("micro traces %s:\n%s", traceID, out)
 	if out, err := exec.Command(bins.micro, "traces", "--address", addr, "0123456789abcdef0123456789abcdef").CombinedOutput(); err == nil || !strings.Contains(string(out), "no trace") {
 		t.Fatalf("an unknown trace: %v\n%s", err, out)
+	}
+
+	// Junk queries get clear errors; the answers are JSON, escaped.
+	for q, want := range map[string]string{"?limit=zz": "limit", "?limit=100000": "limit", "?id=%00%ff<script>": "no trace"} {
+		body, err := httpGet(a.ingress + "/traces" + q)
+		if err != nil || !strings.Contains(body, want) || strings.Contains(body, "<script>") {
+			t.Errorf("GET /traces%s: %v %s", q, err, body)
+		}
+	}
+
+	// A malformed traceparent, and headers of micro's own, never reach the app: it gets a
+	// traceparent of micro's (and no tracestate, which came with the bad one).
+	r, err := a.call("count", "echo/x", "{}", map[string]string{tracing.Header: "00-zz-not-a-trace", tracing.HeaderState: "x=1",
+		"Micro-Caller": "root", "Micro-Node": "n0"})
+	if err != nil || r.status != 200 {
+		t.Fatalf("echo: %v %d %s", err, r.status, r.body)
+	}
+	var echoed struct{ Header map[string][]string }
+	if err := json.Unmarshal(r.body, &echoed); err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header(echoed.Header)
+	if _, ok := tracing.Parse(h.Get(tracing.Header)); !ok || h.Get(tracing.HeaderState) != "" || h.Get("Micro-Caller") == "root" || h.Get("Micro-Node") == "n0" {
+		t.Fatalf("the app got %v", h)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,6 +61,27 @@ func TestQuotaServeLive(t *testing.T) {
 	}
 	if status, r := lease(t, ingress, "nope", 1); status != http.StatusOK || r.Resources[0].Code != http.StatusNotFound {
 		t.Fatalf("unknown resource: %d %+v, want a grant refused with 404", status, r)
+	}
+
+	// Hostile requests get a clear 400 and leave the instance serving: junk, junk names,
+	// a body past the bound, a wrong endpoint.
+	for _, bad := range []struct{ path, body string }{
+		{"/micro.quota/lease", "\xff\x00{"},
+		{"/micro.quota/lease", `{"client":"../../x","resources":[{"name":"api","wants":1}]}`},
+		{"/micro.quota/lease", `{"client":"c","resources":[{"name":"a b\u0000","wants":1}]}`},
+		{"/micro.quota/lease", `{"client":"c","resources":[{"name":"api","wants":-5}]}`},
+		{"/micro.quota/lease", `{"client":"c","pad":"` + strings.Repeat("x", quota.MaxRequestBytes) + `"}`},
+	} {
+		if resp, body := post(t, http.DefaultClient, "http://"+ingress+bad.path, bad.body); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("POST %s %.40q: %d %s, want 400", bad.path, bad.body, resp.StatusCode, body)
+		}
+	}
+	// The instance is registered with its one endpoint: no node serves another.
+	if resp, body := post(t, http.DefaultClient, "http://"+ingress+"/micro.quota/nope", `{}`); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("an unknown endpoint of the quota service: %d %s, want 503 (no node serves it)", resp.StatusCode, body)
+	}
+	if status, r := lease(t, ingress, "api", 80); status != http.StatusOK || r.Resources[0].Rate != 50 {
+		t.Fatalf("after hostile requests: %d %+v", status, r)
 	}
 
 	next.Quota.Resources = map[string]float64{"api": 20}
