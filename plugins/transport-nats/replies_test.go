@@ -79,13 +79,7 @@ func TestForgedReplyFirst(t *testing.T) {
 	})
 	l := serve(t, srv, afterRogue(t, answered, echo))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := cli.Dial(ctx, l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := dialTest(t, cli, l.Addr())
 	for i := range 3 {
 		body := fmt.Sprint("call ", i)
 		if err := c.Send(ctx, &transport.Message{Body: []byte(body)}); err != nil {
@@ -132,13 +126,7 @@ func TestStaleRepliesDropped(t *testing.T) {
 	// The node answers each request after the rogue has seen it (and answered it).
 	l := serve(t, srv, afterRogue(t, answered, echo))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := cli.Dial(ctx, l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ctx, c := dialTest(t, cli, l.Addr())
 	callWant := func(body string, replies ...string) {
 		t.Helper()
 		if err := c.Send(ctx, &transport.Message{Body: []byte(body)}); err != nil {
@@ -200,13 +188,7 @@ func TestRepliesBounded(t *testing.T) {
 	})
 	l := serve(t, srv, afterRogue(t, answered, echo))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := cli.Dial(ctx, l.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	ctx, conn := dialTest(t, cli, l.Addr())
 	if err := conn.Send(ctx, &transport.Message{Body: []byte("hi")}); err != nil {
 		t.Fatal(err)
 	}
@@ -275,4 +257,18 @@ func TestForgedReplyOverGRPC(t *testing.T) {
 	if _, err := ds.Recv(); !errors.Is(err, io.EOF) {
 		t.Errorf("dial stream after CloseSend: %v, want its end", err)
 	}
+}
+
+// dialTest dials addr through cli, with a context that ends with the test (10s at most);
+// the connection is closed then too.
+func dialTest(t *testing.T, cli *natsTransport, addr string) (context.Context, transport.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	c, err := cli.Dial(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return ctx, c
 }
