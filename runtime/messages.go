@@ -42,7 +42,9 @@ func (r *Runtime) applyBroker(ctx context.Context, old, cfg *config.Config) conf
 			r.regMu.Lock()
 			r.brokerSwapErr = fmt.Errorf("switch to broker %q failed: %w", cfg.Broker.Plugin, err)
 			r.regMu.Unlock()
+			r.observed.swapped(roleBroker, old.Broker.Plugin, cfg.Broker.Plugin, err)
 		} else {
+			r.observed.swapped(roleBroker, old.Broker.Plugin, cfg.Broker.Plugin, nil)
 			r.pubsub.Swap(b, cfg.Broker.Plugin)
 			running = cfg.Broker
 			r.logger.Info("broker switched; the old one delivers what it holds, then closes", "from", old.Broker.Plugin, "to", cfg.Broker.Plugin,

@@ -106,6 +106,7 @@ type Runtime struct {
 	pubsub   *pubsub.PubSub
 	quotas   *quotas
 	tracer   *tracing.Tracer
+	observed *observed
 
 	bgctx  context.Context    // lives until Stop
 	cancel context.CancelFunc // stops background loops
@@ -121,6 +122,7 @@ func New(cfg *config.Config, f Factories, logger *slog.Logger) *Runtime {
 		logger:    logger,
 		procID:    hex.EncodeToString(id[:]),
 		cfg:       cfg,
+		observed:  newObserved(cfg),
 	}
 	r.metrics = metrics.New(metrics.Options{KnownService: r.knownService})
 	return r
@@ -167,7 +169,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 	r.sel = selector.New(r.cache, policy(cfg), selector.Options{
 		Logger: r.logger,
 		OnEject: func(service, node, endpoint string, d time.Duration) {
-			r.metrics.Eject(service) // the selector logs the ejection
+			r.metrics.Eject(service, endpoint, node) // the selector logs the ejection
 		},
 	})
 	r.pool = pool.New(r.mux, poolOptions(cfg))
@@ -235,6 +237,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		WriteTimeout: cfg.Server.WriteTimeout,
 		Inbound:      r.inbound,
 		Publisher:    r.pubsub,
+		Status:       r.newStatus().Snapshot,
 		Fast: server.FastPath{
 			Doer: r.client, Upstream: r.upstream, Pool: r.pool, HTTPNode: r.mux.httpNode,
 			Peers: r.peers, H2Peers: h2Peers, PeerScheme: peerScheme,
@@ -245,6 +248,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 
 	// Wrappers load before anything is served, so no call passes unwrapped.
 	r.wrappers = newWrappers(r)
+	r.metrics.WatchWrappers(r.wrappers.reports)
 	if err := r.wrappers.apply(ctx, cfg); err != nil {
 		return err
 	}
@@ -365,7 +369,8 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	r.trSwapErr = nil
 	r.regMu.Unlock()
 	if cfg.Transport != old.Transport {
-		if err := r.swapTransport(ctx, old.Transport, cfg.Transport, old.Server); err != nil {
+		err := r.swapTransport(ctx, old.Transport, cfg.Transport, old.Server)
+		if err != nil {
 			r.logger.Error("transport switch failed; the old transport stays in use", "from", old.Transport.Plugin, "to", cfg.Transport.Plugin, "err", err)
 			r.regMu.Lock()
 			r.trSwapErr = fmt.Errorf("switch to transport %q failed: %w", cfg.Transport.Plugin, err)
@@ -373,6 +378,7 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 		} else {
 			next.Transport = cfg.Transport
 		}
+		r.observed.swapped(roleTransport, old.Transport.Plugin, cfg.Transport.Plugin, err)
 	}
 	next.Server = liveServer(old.Server, cfg.Server)
 
@@ -380,7 +386,8 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 	r.swapErr = nil // a config whose registry matches the running one undoes a failed switch
 	r.regMu.Unlock()
 	if registryChanged(old.Registry, cfg.Registry) {
-		if err := r.swapRegistry(ctx, old.Registry, cfg.Registry); err != nil {
+		err := r.swapRegistry(ctx, old.Registry, cfg.Registry)
+		if err != nil {
 			r.logger.Error("registry switch failed; the old registry stays in use", "from", old.Registry.Plugin, "to", cfg.Registry.Plugin, "err", err)
 			r.regMu.Lock()
 			r.swapErr = fmt.Errorf("switch to registry %q failed: %w", cfg.Registry.Plugin, err)
@@ -389,6 +396,7 @@ func (r *Runtime) Apply(ctx context.Context, cfg *config.Config) {
 			next.Registry = cfg.Registry
 			next.Registry = registryTimes(next.Registry, old.Registry)
 		}
+		r.observed.swapped(roleRegistry, old.Registry.Plugin, cfg.Registry.Plugin, err)
 	}
 
 	if err := r.sel.SetPolicy(policy(&next)); err != nil {
@@ -437,6 +445,7 @@ func (r *Runtime) Stop(ctx context.Context) error {
 	r.regMu.RUnlock()
 	r.services.deregisterAll(ctx)
 	r.quotas.close(ctx)
+	r.ingress.EndFeeds()
 	if err := r.ingressSrv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		errs = append(errs, fmt.Errorf("ingress drain: %w", err))
 	}

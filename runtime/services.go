@@ -18,9 +18,13 @@ import (
 // services are the services this micro fronts: their app instances, and their nodes in
 // the registry. Each ready app instance is one node, reached through the inbound server.
 type services struct {
-	r         *Runtime
-	regMu     sync.RWMutex // held for reading while registering; a registry switch writes reg
-	reg       registry.Registry
+	r     *Runtime
+	regMu sync.RWMutex // held for reading while registering; a registry switch writes reg
+	reg   registry.Registry
+	// sendMu orders registrations: each reads its nodes and sends them under it, so a
+	// heartbeat that read the nodes before a change (a transport switch's new address)
+	// cannot send them after the change's own registration.
+	sendMu    sync.Mutex
 	ttl       time.Duration // registry.ttl, fixed at start
 	heartbeat time.Duration // registry.heartbeat, fixed at start
 
@@ -266,13 +270,16 @@ func (s *services) deregisterOn(ctx context.Context, reg registry.Registry) {
 
 // register (re)registers the named service's nodes.
 func (s *services) register(ctx context.Context, name string) {
+	s.sendMu.Lock()
 	svc := s.service(name)
 	if svc == nil {
+		s.sendMu.Unlock()
 		return
 	}
 	s.regMu.RLock()
 	err := s.reg.Register(ctx, svc, s.ttl)
 	s.regMu.RUnlock()
+	s.sendMu.Unlock()
 	s.mu.Lock()
 	prev := s.regErr
 	s.regErr = err

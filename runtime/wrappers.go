@@ -9,9 +9,12 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/microhost/micro/runtime/config"
+	"github.com/microhost/micro/runtime/metrics"
+	"github.com/microhost/micro/runtime/status"
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
@@ -25,6 +28,14 @@ type wrappers struct {
 	mu     sync.Mutex // serializes apply
 	cfg    *config.Config
 	loaded map[string]*loadedWrapper
+	// chains are the wrappers of the running chains, for their reports; apply replaces it.
+	chains atomic.Pointer[[]chained]
+}
+
+// chained is a wrapper of a running chain, and the chain's side.
+type chained struct {
+	side string
+	w    wrapper.Wrapper
 }
 
 // loadedWrapper is a wrapper as it was loaded: its config and the state of its files then.
@@ -94,6 +105,14 @@ func (ws *wrappers) apply(ctx context.Context, cfg *config.Config) error {
 	oldClient := ws.r.client.SetChain(client)
 	oldServer := ws.r.inbound.SetChain(server)
 	ws.loaded, ws.cfg = next, cfg
+	var now []chained
+	for _, l := range client.Links() {
+		now = append(now, chained{"client", l.Wrapper})
+	}
+	for _, l := range server.Links() {
+		now = append(now, chained{"server", l.Wrapper})
+	}
+	ws.chains.Store(&now)
 
 	// Calls in flight finish on the chains they hold; the wrappers no chain uses any more
 	// are closed once those calls end.
@@ -114,6 +133,39 @@ func (ws *wrappers) apply(ctx context.Context, cfg *config.Config) error {
 		}
 	})
 	return nil
+}
+
+// reports returns what the running chains' wrappers report, in chain order, client side
+// first. A wrapper that reports nothing has a zero Report.
+func (ws *wrappers) reports() []metrics.NamedReport {
+	p := ws.chains.Load()
+	if p == nil {
+		return nil
+	}
+	out := make([]metrics.NamedReport, 0, len(*p))
+	for _, c := range *p {
+		nr := metrics.NamedReport{Name: c.w.Name(), Side: c.side}
+		if rp, ok := c.w.(wrapper.Reporter); ok {
+			nr.Report = rp.Report()
+		}
+		out = append(out, nr)
+	}
+	return out
+}
+
+// statusReports returns the wrappers' reports as the dashboard shows them.
+func (ws *wrappers) statusReports() []status.WrapperReport {
+	named := ws.reports()
+	out := make([]status.WrapperReport, len(named))
+	for i, nr := range named {
+		r := nr.Report
+		out[i] = status.WrapperReport{Name: nr.Name, Side: nr.Side, Instances: r.Instances, Calls: r.Calls,
+			Rejects: r.Rejects, Faults: r.Faults, Time: r.Time}
+		for _, s := range r.States {
+			out[i].States = append(out[i].States, status.WrapperState{Service: s.Service, Endpoint: s.Endpoint, Node: s.Node, Value: s.Value})
+		}
+	}
+	return out
 }
 
 // watch reloads wrappers whose .wasm file or Go sources change, until ctx ends.

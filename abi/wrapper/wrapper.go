@@ -119,6 +119,24 @@ const (
 	// during the call itself, nor before on_init; a later call replaces the block. It was
 	// added to version 1: a guest that does not import it works as before.
 	ImportSetCallBlock = "set_call_block"
+	// ImportSetState publishes a small named state of the guest's for a scope, such as a
+	// breaker's state for a node: (service_ptr, service_len, endpoint_ptr, endpoint_len,
+	// node_ptr, node_len, value_ptr, value_len i32) -> (). Any phase. The scope is the
+	// service, endpoint and node given, any of them empty (an empty field is not part of
+	// the key: service "" and node "n1" is node n1's state across services); value, e.g.
+	// "open", replaces the scope's state, and an empty value deletes it. micro keeps the
+	// states per wrapper, across its instances (the last to set a scope's state owns it),
+	// and shows them on its dashboard and metrics; it never hands them back to a guest.
+	// When an instance fails and micro replaces it, the states it owned are deleted, since
+	// what they described lived in that instance's memory; the new instance publishes its
+	// own. Each field is at most [MaxStateFieldLen] bytes and the value at most
+	// [MaxStateValueLen], all valid UTF-8 without control characters; a longer one, another
+	// byte, or a range outside the memory traps the guest. A wrapper keeps at most
+	// [MaxStates] states: past that, a state for a new scope is dropped (micro counts and
+	// logs it), while existing ones may still change or be deleted. It is a host call
+	// (about 60 ns): a guest publishes a state when it changes, not per call. It was added
+	// to version 1: a guest that does not import it works as before.
+	ImportSetState = "set_state"
 	// ImportSetPhases says which phases the guest wants: (mask i32) -> (), a set of Phase
 	// bits. Phase on_init only. Without it the host calls both; a guest that leaves out
 	// [PhaseResponse] saves the host a call per request.
@@ -244,6 +262,14 @@ const (
 	// MaxResourceNameLen bounds the name of a resource given to [ImportGetLease]; a name
 	// is at least 1 byte long.
 	MaxResourceNameLen = 128
+	// MaxStateFieldLen bounds each of the service, endpoint and node of a scope given to
+	// [ImportSetState].
+	MaxStateFieldLen = 256
+	// MaxStateValueLen bounds a state given to [ImportSetState].
+	MaxStateValueLen = 256
+	// MaxStates bounds how many states ([ImportSetState]) micro keeps for one wrapper,
+	// across its instances; past it, states for new scopes are dropped.
+	MaxStates = 1024
 	// MaxConfigLen bounds the config a wrapper gets; the host refuses to load a wrapper
 	// with a larger one.
 	MaxConfigLen = 1 << 20

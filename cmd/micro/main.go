@@ -37,6 +37,7 @@ Usage:
   micro messages [flags] TOPIC              list the messages a broker holds for a topic
   micro services [flags]                    list registered services and their nodes
   micro traces [flags] [TRACE_ID]           list the recent traces micro kept, or show one
+  micro top [flags]                         show live what micro calls: rates, success, latency
   micro wrapper new|build [flags] ARG       write a new wrapper project, or build one to .wasm
   micro ca init|issue [flags]               create a CA for a fleet of machines, and certificates from it
   micro version                             print the version
@@ -81,6 +82,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return publishCmd(ctx, rest, stdin, stdout, stderr)
 	case "traces":
 		return tracesCmd(ctx, rest, stdout, stderr)
+	case "top":
+		return topCmd(ctx, rest, stdout, stderr)
 	case "messages":
 		return messagesCmd(ctx, rest, stdout, stderr)
 	case "wrapper":

@@ -53,6 +53,8 @@ Settings are layered: defaults, then the file, then MICRO_SECTION_KEY env variab
 		}
 	}
 	loader := &config.Loader{Path: *path, Env: os.Environ(), Flags: set}
+	var rt *micrort.Runtime
+	loader.OnReload = func(result string, err error) { rt.Reloaded(result, err) } // rt is set before Watch runs
 	cfg, err := loader.Load()
 	if err != nil {
 		return err
@@ -68,7 +70,8 @@ Settings are layered: defaults, then the file, then MICRO_SECTION_KEY env variab
 		return err
 	}
 	defer f.close(context.Background())
-	rt := micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Broker: f.broker, Wrapper: f.wrapper, Keeper: keeper}, logger)
+	rt = micrort.New(cfg, micrort.Factories{Registry: f.registry, Transport: f.transport, Broker: f.broker, Wrapper: f.wrapper, Keeper: keeper}, logger)
+	rt.ConfigFile(*path)
 	if err := rt.Start(ctx); err != nil {
 		return err
 	}

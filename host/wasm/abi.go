@@ -251,6 +251,7 @@ var hostFuncs = []hostFunc{
 			}
 		}},
 	{abi.ImportGetLease, []api.ValueType{i32, i32, i64, i32}, []api.ValueType{i32}, hostGetLease},
+	{abi.ImportSetState, []api.ValueType{i32, i32, i32, i32, i32, i32, i32, i32}, nil, hostSetState},
 	{abi.ImportSetPhases, []api.ValueType{i32}, nil,
 		func(ctx context.Context, _ api.Module, stack []uint64) {
 			const fn = abi.ImportSetPhases

@@ -195,6 +195,7 @@ func TestABIPhases(t *testing.T) {
 		{abi.ImportGetConfig, []uint64{0, 10}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 		{abi.ImportLog, []uint64{0, 0, 0}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 		{abi.ImportGetLease, []uint64{100, 1, 1, 200}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
+		{abi.ImportSetState, []uint64{0, 0, 0, 0, 100, 1, 100, 1}, []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse}},
 	} {
 		p.put(100, "X")
 		for _, ph := range []phase{phaseIdle, phaseInit, phaseRequest, phaseResponse} {
@@ -426,7 +427,7 @@ func FuzzABI(f *testing.F) {
 		p.in(phase(ph % 4))
 		// Something to read: a header name at 0, and a message.
 		p.put(0, "X-Test")
-		args := []uint64{uint64(a), uint64(b), uint64(c), uint64(d)}[:len(hf.params)]
+		args := []uint64{uint64(a), uint64(b), uint64(c), uint64(d), uint64(c), uint64(d), uint64(a), uint64(b)}[:len(hf.params)]
 		before := p.get(0, memSize)
 		_, err := p.call(hf.name, args...)
 		after := p.get(0, memSize)

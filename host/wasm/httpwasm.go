@@ -504,6 +504,7 @@ func (inst *instance) startHTTP() error {
 func (w *Wrapper) httpRequest(s *slot, inst *instance, c *wrapper.Call) wrapper.Verdict {
 	inst.hw = httpCall{phase: phaseRequest, call: c, status: httpDefaultStatus}
 	ctxNext, err := inst.call(inst.onRequest, w.timeout)
+	s.record(w, phaseRequest, inst.started, err == nil && ctxNext&1 == 0, err != nil)
 	if err != nil {
 		inst.hw = httpCall{}
 		return w.failVerdict(w.fault(s, inst, phaseRequest, err))
@@ -574,6 +575,7 @@ func (w *Wrapper) httpResponse(s *slot, c *wrapper.Call, r *wrapper.Result) {
 	inst.hw = httpCall{phase: phaseResponse, call: c, result: r}
 	_, err := inst.call(inst.onResponse, w.timeout, uint64(p.reqCtx), isError)
 	inst.hw = httpCall{}
+	s.record(w, phaseResponse, inst.started, false, err != nil)
 	if err != nil {
 		w.fault(s, inst, phaseResponse, err)
 		return

@@ -48,6 +48,8 @@ type Wrapper struct {
 
 	// leases answers abi.ImportGetLease; nil when this micro holds none.
 	leases wrapper.Leases
+	// states holds what the guests published with abi.ImportSetState.
+	states stateStore
 
 	// The watchdog: every tick it stops the calls that ran past their deadline.
 	epoch     time.Time                  // its clock is time.Since(epoch), monotonic
@@ -61,12 +63,18 @@ type Wrapper struct {
 	wallOffset atomic.Int64
 }
 
-var _ wrapper.Wrapper = (*Wrapper)(nil)
+var (
+	_ wrapper.Wrapper  = (*Wrapper)(nil)
+	_ wrapper.Reporter = (*Wrapper)(nil)
+)
 
 // slot holds one of a wrapper's instances and serializes the calls to it. Its fields are
 // guarded by its lock (lock and unlock), which a waiting call can give up on, and which a
 // replacement can take over from the call that failed.
 type slot struct {
+	// The padding at both ends keeps what the slot's calls write (held, stats) off the
+	// cache lines of the memory around it, such as another slot's.
+	_   [64]byte
 	idx int
 	// held is 0 when the lock is free, and 1+n when it is held with n callers waiting.
 	// An unlock with callers waiting hands the lock to one of them through handoff
@@ -74,6 +82,8 @@ type slot struct {
 	// lock and unlock are an atomic operation each.
 	held    atomic.Int64
 	handoff chan struct{}
+	// stats counts the slot's guest calls, for Report.
+	stats slotStats
 	// phases is the phase mask of the last instance put in the slot; OnResponse reads it
 	// without the lock, to skip a guest that wants no responses.
 	phases  atomic.Int32
@@ -84,6 +94,7 @@ type slot struct {
 	// pending holds, for an http-wasm guest, the calls that handle_request let through,
 	// until their handle_response.
 	pending map[*wrapper.Call]httpPending
+	_       [64]byte
 }
 
 func newSlot(idx int) *slot { return &slot{idx: idx, handoff: make(chan struct{}, 1)} }
@@ -134,6 +145,7 @@ func (s *slot) unlock() {
 // setInstance puts inst, which may be nil, in the slot, which the caller has locked.
 func (s *slot) setInstance(inst *instance) {
 	s.inst = inst
+	s.stats.up.Store(inst != nil)
 	if inst != nil {
 		s.phases.Store(inst.phases)
 	}
@@ -142,6 +154,7 @@ func (s *slot) setInstance(inst *instance) {
 // instance is one guest instance.
 type instance struct {
 	w          *Wrapper
+	slot       int // the index of its slot
 	name       string
 	mod        api.Module
 	mem        api.Memory
@@ -170,6 +183,10 @@ type instance struct {
 	// the entry to replace.
 	resources    [4]string
 	nextResource int
+	// stateKey is set_state's buffer for the key of a state (stateStore).
+	stateKey []byte
+	// started is when the last guest call started, on the watchdog's clock.
+	started int64
 
 	// stop is the global that instrument added: set to 1, it traps the guest within
 	// fuelPerCheck loop iterations and function entries.
@@ -382,6 +399,7 @@ func sigString(params, results []api.ValueType) string {
 func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 	inst := &instance{
 		w:      w,
+		slot:   idx,
 		name:   fmt.Sprintf("%s#%d.%d", w.name, idx, w.gen.Add(1)),
 		logger: w.logger.With("instance", idx),
 	}
@@ -415,6 +433,7 @@ func (w *Wrapper) instantiate(ctx context.Context, idx int) (*instance, error) {
 	fail := func(what string, err error) (*instance, error) {
 		mod.Close(context.Background())
 		w.watched[idx].CompareAndSwap(inst, nil)
+		w.states.dropOwned(idx) // those its on_init set
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if w.httpWasm {
@@ -456,7 +475,8 @@ var errStopped = errors.New("stopped by the watchdog")
 // the call block for a call phase. The caller's context does not reach the guest: a caller
 // that gives up must not kill an instance in the middle of a call.
 func (inst *instance) call(f api.Function, limit time.Duration, params ...uint64) (uint64, error) {
-	now := inst.w.now() // the one clock read of a guest call
+	now := inst.w.now() // the one clock read of a guest call, but for a sample (record)
+	inst.started = now
 	deadline := now + int64(limit)
 	if inst.hasBlock && inst.st.call != nil {
 		inst.fillBlock(now)
@@ -691,6 +711,7 @@ func (w *Wrapper) OnRequest(ctx context.Context, c *wrapper.Call) wrapper.Verdic
 		v, ok = w.verdict(int32(uint32(code)), &inst.st)
 	}
 	inst.st = callState{}
+	s.record(w, phaseRequest, inst.started, ok && v.Action != wrapper.Continue, !ok)
 	if ok {
 		s.unlock()
 		return v
@@ -744,6 +765,7 @@ func (w *Wrapper) OnResponse(_ context.Context, c *wrapper.Call, r *wrapper.Resu
 	inst.st = callState{phase: phaseResponse, call: c, result: r}
 	_, err := inst.call(inst.onResponse, w.timeout)
 	inst.st = callState{}
+	s.record(w, phaseResponse, inst.started, false, err != nil)
 	if err != nil {
 		w.fault(s, inst, phaseResponse, err)
 		return
@@ -763,6 +785,8 @@ func (w *Wrapper) fault(s *slot, inst *instance, ph phase, err error) string {
 	inst.mod.Close(context.Background())
 	s.setInstance(nil)
 	s.lastErr = reason
+	// The states the instance published described what lived in its memory.
+	w.states.dropOwned(s.idx)
 	go func() {
 		defer s.unlock()
 		w.restart(s)

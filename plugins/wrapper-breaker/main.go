@@ -24,8 +24,10 @@
 // not be reached, it timed out, or its app answered with a 5xx on its own. A caller's 4xx,
 // a call that micro refused or a wrapper rejected, and a timeout that the caller chose
 // never count against the node. failure_statuses narrows the faults that fail to those
-// with a listed status, and those that got no answer. State changes are logged. The code
-// is package breaker's: Breakers.Handler; see the package for the details.
+// with a listed status, and those that got no answer. State changes are logged, and each
+// breaker that opened publishes its state ("open", "half-open", "closed") for its node
+// and endpoint, node or service (wrapper.SetState), which micro's dashboard and metrics
+// show. The code is package breaker's: Breakers.Handler; see the package for the details.
 package main
 
 import (
@@ -33,6 +35,8 @@ import (
 	"github.com/microhost/micro/sdk/wrapper"
 )
 
-func init() { wrapper.Handle((&breaker.Breakers{OnChange: breaker.LogChange}).Handler()) }
+func init() {
+	wrapper.Handle((&breaker.Breakers{OnChange: breaker.LogChange, OnState: wrapper.SetState}).Handler())
+}
 
 func main() {}

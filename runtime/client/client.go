@@ -48,10 +48,10 @@ type Observer interface {
 	Retry(service string)
 	// Hedge records a hedge: an attempt sent while another was still out.
 	Hedge(service string)
-	// Attempt records how an attempt on node went: "ok", "failed" (it counts against
-	// the node) or "abandoned" (a hedge answered first), how long it took, and the ID of
-	// its trace when the call is sampled.
-	Attempt(service, endpoint, node, outcome string, d time.Duration, traceID string)
+	// Attempt records an attempt on node: why it was made ("first", "retry" or "hedge"),
+	// how it went ("ok", "failed": it counts against the node, or "abandoned": a hedge
+	// answered first), how long it took, and the ID of its trace when the call is sampled.
+	Attempt(service, endpoint, node, reason, outcome string, d time.Duration, traceID string)
 }
 
 // Options are the client's tunables. They can be replaced while calls run.

@@ -151,7 +151,7 @@ func (c *Client) settle(ctx context.Context, chain *wrapper.Chain, req *Request,
 		case selector.Abandoned:
 			outcome = "abandoned"
 		}
-		c.obs.Attempt(req.Service, req.Endpoint, t.node.ID, outcome, t.latency, t.traceID)
+		c.obs.Attempt(req.Service, req.Endpoint, t.node.ID, t.why, outcome, t.latency, t.traceID)
 	}
 	if chain != nil {
 		wr := wrapper.Result{Latency: t.latency, Fault: health != selector.Success && health != selector.Abandoned}

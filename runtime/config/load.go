@@ -35,6 +35,10 @@ type Loader struct {
 	// Flags maps dotted keys, such as "client.strategy", to values, as given on the command
 	// line. Lists and maps are written as in env variables.
 	Flags map[string]string
+	// OnReload, when set, is told how each reload by Watch went: ReloadApplied,
+	// ReloadUnchanged or ReloadFailed, and for a failure why. It runs on Watch's goroutine,
+	// after apply.
+	OnReload func(result string, err error)
 
 	mu   sync.Mutex
 	last *Config // a private copy of what Load last returned

@@ -452,6 +452,9 @@ func (v *validator) route(name string, r Route) {
 func (v *validator) service(name string, s Service) {
 	key := joinKey([]string{"services", name})
 	v.name(key, name)
+	if name == "ui" {
+		v.errorf(key, "the name %q is reserved: the ingress serves its dashboard under /ui/, so calls by path could not reach the service", name)
+	}
 	v.metadata(key+".metadata", s.Metadata)
 	for i, e := range s.Endpoints {
 		if e == "" || strings.Contains(e, "/") {

@@ -183,6 +183,7 @@ func TestValidateRules(t *testing.T) {
 		{"empty version weight", func(c *Config) { c.Routes["greeter"] = Route{Weights: map[string]int{"": 1}} }, "routes.greeter.weights", "empty version"},
 		{"version and weights", func(c *Config) { c.Routes["greeter"] = Route{Version: "1", Weights: map[string]int{"1": 1}} }, "routes.greeter", "not both"},
 		{"route metadata", func(c *Config) { c.Routes["greeter"] = Route{Metadata: map[string]string{"": "x"}} }, "routes.greeter.metadata", "empty label"},
+		{"service name reserved", func(c *Config) { c.Services["ui"] = Service{Command: []string{"a"}, Instances: 1} }, "services.ui", "reserved"},
 		{"service name empty", func(c *Config) { c.Services[""] = Service{Command: []string{"a"}, Instances: 1} }, `services.""`, "invalid service name"},
 		{"service name long", func(c *Config) { c.Services[strings.Repeat("a", 64)] = Service{Command: []string{"a"}, Instances: 1} }, "services." + strings.Repeat("a", 64), "invalid service name"},
 		{"service name slash", func(c *Config) { c.Services["a/b"] = Service{Command: []string{"a"}, Instances: 1} }, `services."a/b"`, "invalid service name"},

@@ -85,19 +85,33 @@ func (l *Loader) Watch(ctx context.Context, logger *slog.Logger, apply func(*Con
 	}
 }
 
+// The results of a reload, as Loader.OnReload reports them.
+const (
+	ReloadApplied   = "applied"   // the file changed the config, and apply ran
+	ReloadUnchanged = "unchanged" // the file changed, the config it gives did not
+	ReloadFailed    = "failed"    // the file did not load or validate; the running config stays
+)
+
 // reload loads the file and applies it if it is good and differs from the running config.
 func (l *Loader) reload(logger *slog.Logger, apply func(*Config)) {
 	prev := l.lastLoaded()
 	c, err := l.load(false)
+	result := ReloadApplied
 	switch {
 	case errors.Is(err, errEmptyFile):
 		logger.Warn("config: file is empty, keeping the running config", "file", l.Path)
+		result = ReloadFailed
 	case err != nil:
 		logger.Error("config: reload failed, keeping the running config", "file", l.Path, "err", err)
+		result = ReloadFailed
 	case reflect.DeepEqual(prev, c):
 		logger.Debug("config: file changed, config unchanged", "file", l.Path)
+		result = ReloadUnchanged
 	default:
 		logger.Info("config: reloaded", "file", l.Path)
 		apply(c)
+	}
+	if l.OnReload != nil {
+		l.OnReload(result, err)
 	}
 }

@@ -256,3 +256,38 @@ func TestWatchNeedsAFile(t *testing.T) {
 		t.Error("Watch in a missing directory succeeded")
 	}
 }
+
+// TestWatchReportsReloads: OnReload hears how each reload went, a failure with its error.
+func TestWatchReportsReloads(t *testing.T) {
+	type report struct {
+		result string
+		err    error
+	}
+	reports := make(chan report, 10)
+	l := &Loader{Path: writeConfig(t, strategyFile("random")), OnReload: func(result string, err error) { reports <- report{result, err} }}
+	mustLoad(t, l)
+	w := startWatch(t, l)
+	next := func() report {
+		t.Helper()
+		select {
+		case r := <-reports:
+			return r
+		case <-time.After(wait):
+			t.Fatal("OnReload was not called")
+			return report{}
+		}
+	}
+	w.write(strategyFile("round_robin"))
+	if r := next(); r.result != ReloadApplied || r.err != nil {
+		t.Fatalf("good edit: %+v, want applied", r)
+	}
+	w.waitApplied()
+	w.write(strategyFile("fastest"))
+	if r := next(); r.result != ReloadFailed || r.err == nil || !strings.Contains(r.err.Error(), "client.strategy") {
+		t.Fatalf("bad edit: %+v, want failed naming client.strategy", r)
+	}
+	w.write("# a comment\n" + strategyFile("round_robin"))
+	if r := next(); r.result != ReloadUnchanged || r.err != nil {
+		t.Fatalf("same config: %+v, want unchanged", r)
+	}
+}

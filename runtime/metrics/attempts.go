@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,10 +25,25 @@ const (
 // attemptKey names the series of one service's endpoint on one node.
 type attemptKey struct{ service, endpoint, node string }
 
-// attemptSeries are the series of one attemptKey.
+// The reasons of Attempt.
+const (
+	ReasonFirst = "first" // a call's first attempt
+	ReasonRetry = "retry" // an attempt after a failed one
+	ReasonHedge = "hedge" // an attempt sent while another was still out
+)
+
+// reasons and outcomes index attemptSeries.counts.
+var (
+	reasons  = [...]string{ReasonFirst, ReasonRetry, ReasonHedge}
+	outcomes = [...]string{AttemptOK, AttemptFailed, AttemptAbandoned}
+)
+
+// attemptSeries are the series of one attemptKey. A count's series is made on first use,
+// so that /metrics lists the reasons and outcomes that happened.
 type attemptSeries struct {
-	ok, failed, abandoned prometheus.Counter
-	latency               prometheus.Observer
+	labels  [3]string // service, endpoint and node, bounded
+	counts  [len(reasons)][len(outcomes)]atomic.Pointer[prometheus.Counter]
+	latency prometheus.Observer
 }
 
 // attempts holds the per-endpoint, per-node series: micro_client_attempts_total and
@@ -51,8 +67,8 @@ func newAttempts(buckets []float64) *attempts {
 	return &attempts{
 		count: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "micro_client_attempts_total",
-			Help: "Attempts of calls, by called service, endpoint, node and outcome (ok, failed: counted against the node, abandoned: a hedge answered first).",
-		}, []string{"service", "endpoint", "node", "outcome"}),
+			Help: "Attempts of calls, by called service, endpoint, node, reason (first, retry, hedge) and outcome (ok, failed: counted against the node, abandoned: a hedge answered first).",
+		}, []string{"service", "endpoint", "node", "reason", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "micro_client_attempt_duration_seconds",
 			Help:    "Time attempts took, by called service, endpoint and node; exemplars carry the trace IDs of sampled calls.",
@@ -62,10 +78,11 @@ func newAttempts(buckets []float64) *attempts {
 	}
 }
 
-// Attempt records an attempt of a call to service's endpoint on node: its outcome (one of
-// AttemptOK, AttemptFailed, AttemptAbandoned), how long it took, and, when the call was
-// sampled, its trace ID, which the latency keeps as an exemplar.
-func (m *Metrics) Attempt(service, endpoint, node, outcome string, d time.Duration, traceID string) {
+// Attempt records an attempt of a call to service's endpoint on node: why it was made (one
+// of ReasonFirst, ReasonRetry, ReasonHedge), its outcome (one of AttemptOK, AttemptFailed,
+// AttemptAbandoned), how long it took, and, when the call was sampled, its trace ID, which
+// the latency keeps as an exemplar.
+func (m *Metrics) Attempt(service, endpoint, node, reason, outcome string, d time.Duration, traceID string) {
 	a := m.attempts
 	key := attemptKey{service, endpoint, node}
 	s, ok := a.series.Load(key)
@@ -73,14 +90,26 @@ func (m *Metrics) Attempt(service, endpoint, node, outcome string, d time.Durati
 		s = a.add(key, m.service(service))
 	}
 	ss := s.(*attemptSeries)
+	r, o := 0, 1
+	switch reason {
+	case ReasonRetry:
+		r = 1
+	case ReasonHedge:
+		r = 2
+	}
 	switch outcome {
 	case AttemptOK:
-		ss.ok.Inc()
+		o = 0
 	case AttemptAbandoned:
-		ss.abandoned.Inc()
-	default:
-		ss.failed.Inc()
+		o = 2
 	}
+	c := ss.counts[r][o].Load()
+	if c == nil {
+		n := a.count.WithLabelValues(ss.labels[0], ss.labels[1], ss.labels[2], reasons[r], outcomes[o])
+		c = &n
+		ss.counts[r][o].Store(c)
+	}
+	(*c).Inc()
 	if eo, ok := ss.latency.(prometheus.ExemplarObserver); ok && traceID != "" {
 		eo.ObserveWithExemplar(d.Seconds(), prometheus.Labels{"trace_id": traceID})
 		return
@@ -94,23 +123,29 @@ func (m *Metrics) Attempt(service, endpoint, node, outcome string, d time.Durati
 // cannot grow the cache.
 func (a *attempts) add(key attemptKey, service string) *attemptSeries {
 	a.mu.Lock()
+	sl := a.labelsOf(service)
+	endpoint, node := sl.bound(key.endpoint, key.node, service)
+	a.mu.Unlock()
+	s := &attemptSeries{labels: [3]string{service, endpoint, node}, latency: a.latency.WithLabelValues(service, endpoint, node)}
+	if service == key.service && endpoint == key.endpoint && node == key.node {
+		a.series.Store(key, s)
+	}
+	return s
+}
+
+// labelsOf returns the labels service has used, making them on first use. a.mu is held.
+func (a *attempts) labelsOf(service string) *serviceLabels {
 	sl := a.labels[service]
 	if sl == nil {
 		sl = &serviceLabels{endpoints: map[string]bool{}, nodes: map[string]bool{}}
 		a.labels[service] = sl
 	}
-	endpoint, node := bounded(sl.endpoints, key.endpoint, MaxEndpointsPerService, service), bounded(sl.nodes, key.node, MaxNodesPerService, service)
-	a.mu.Unlock()
-	s := &attemptSeries{
-		ok:        a.count.WithLabelValues(service, endpoint, node, AttemptOK),
-		failed:    a.count.WithLabelValues(service, endpoint, node, AttemptFailed),
-		abandoned: a.count.WithLabelValues(service, endpoint, node, AttemptAbandoned),
-		latency:   a.latency.WithLabelValues(service, endpoint, node),
-	}
-	if service == key.service && endpoint == key.endpoint && node == key.node {
-		a.series.Store(key, s)
-	}
-	return s
+	return sl
+}
+
+// bound returns the labels of endpoint and node of the service labelled service.
+func (sl *serviceLabels) bound(endpoint, node, service string) (string, string) {
+	return bounded(sl.endpoints, endpoint, MaxEndpointsPerService, service), bounded(sl.nodes, node, MaxNodesPerService, service)
 }
 
 // bounded returns v as a label among those of seen: v itself when it is one of them or

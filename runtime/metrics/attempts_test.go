@@ -12,23 +12,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// TestAttempts: attempts are counted per service, endpoint, node and outcome; a sampled
+// TestAttempts: attempts are counted per service, endpoint, node, reason and outcome; a sampled
 // attempt's trace ID is an exemplar of its latency, which an OpenMetrics scrape shows.
 func TestAttempts(t *testing.T) {
 	m := New(Options{KnownService: func(n string) bool { return n == "greeter" }})
-	m.Attempt("greeter", "Greeter.Hello", "n1", AttemptOK, 2*time.Millisecond, "4bf92f3577b34da6a3ce929d0e0e4736")
-	m.Attempt("greeter", "Greeter.Hello", "n1", AttemptOK, 3*time.Millisecond, "")
-	m.Attempt("greeter", "Greeter.Hello", "n2", AttemptFailed, time.Second, "")
-	m.Attempt("greeter", "Greeter.Hello", "n2", AttemptAbandoned, 5*time.Millisecond, "")
+	m.Attempt("greeter", "Greeter.Hello", "n1", ReasonFirst, AttemptOK, 2*time.Millisecond, "4bf92f3577b34da6a3ce929d0e0e4736")
+	m.Attempt("greeter", "Greeter.Hello", "n1", ReasonFirst, AttemptOK, 3*time.Millisecond, "")
+	m.Attempt("greeter", "Greeter.Hello", "n2", ReasonRetry, AttemptFailed, time.Second, "")
+	m.Attempt("greeter", "Greeter.Hello", "n2", ReasonHedge, AttemptAbandoned, 5*time.Millisecond, "")
 	want := `
-# HELP micro_client_attempts_total Attempts of calls, by called service, endpoint, node and outcome (ok, failed: counted against the node, abandoned: a hedge answered first).
+# HELP micro_client_attempts_total Attempts of calls, by called service, endpoint, node, reason (first, retry, hedge) and outcome (ok, failed: counted against the node, abandoned: a hedge answered first).
 # TYPE micro_client_attempts_total counter
-micro_client_attempts_total{endpoint="Greeter.Hello",node="n1",outcome="abandoned",service="greeter"} 0
-micro_client_attempts_total{endpoint="Greeter.Hello",node="n1",outcome="failed",service="greeter"} 0
-micro_client_attempts_total{endpoint="Greeter.Hello",node="n1",outcome="ok",service="greeter"} 2
-micro_client_attempts_total{endpoint="Greeter.Hello",node="n2",outcome="abandoned",service="greeter"} 1
-micro_client_attempts_total{endpoint="Greeter.Hello",node="n2",outcome="failed",service="greeter"} 1
-micro_client_attempts_total{endpoint="Greeter.Hello",node="n2",outcome="ok",service="greeter"} 0
+micro_client_attempts_total{endpoint="Greeter.Hello",node="n1",outcome="ok",reason="first",service="greeter"} 2
+micro_client_attempts_total{endpoint="Greeter.Hello",node="n2",outcome="abandoned",reason="hedge",service="greeter"} 1
+micro_client_attempts_total{endpoint="Greeter.Hello",node="n2",outcome="failed",reason="retry",service="greeter"} 1
 `
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want), "micro_client_attempts_total"); err != nil {
 		t.Fatal(err)
@@ -53,12 +50,12 @@ micro_client_attempts_total{endpoint="Greeter.Hello",node="n2",outcome="ok",serv
 func TestAttemptsBounded(t *testing.T) {
 	m := New(Options{KnownService: func(n string) bool { return n == "greeter" }})
 	for i := range 5000 {
-		m.Attempt("greeter", fmt.Sprint("junk", i), fmt.Sprint("node", i%200), AttemptOK, time.Millisecond, "")
-		m.Attempt(fmt.Sprint("svc", i), "E", "n", AttemptFailed, time.Millisecond, "")
+		m.Attempt("greeter", fmt.Sprint("junk", i), fmt.Sprint("node", i%200), ReasonFirst, AttemptOK, time.Millisecond, "")
+		m.Attempt(fmt.Sprint("svc", i), "E", "n", ReasonRetry, AttemptFailed, time.Millisecond, "")
 	}
-	// (32 endpoints + other) × (64 nodes + other) × 3 outcomes, at most, and the unknown
-	// services' one set of other, other, other.
-	most := (MaxEndpointsPerService+1)*(MaxNodesPerService+1)*3 + 3
+	// (32 endpoints + other) × (64 nodes + other) × 3 reasons × 3 outcomes, at most, and
+	// the unknown services' one set of other, other, other.
+	most := (MaxEndpointsPerService+1)*(MaxNodesPerService+1)*9 + 9
 	if n := testutil.CollectAndCount(m.Registry(), "micro_client_attempts_total"); n > most {
 		t.Fatalf("%d series after junk, want at most %d", n, most)
 	}
@@ -84,6 +81,6 @@ func BenchmarkAttempt(b *testing.B) {
 	m := New(Options{KnownService: func(n string) bool { return n == "greeter" }})
 	b.ReportAllocs()
 	for b.Loop() {
-		m.Attempt("greeter", "Greeter.Hello", "n1", AttemptOK, time.Millisecond, "")
+		m.Attempt("greeter", "Greeter.Hello", "n1", ReasonFirst, AttemptOK, time.Millisecond, "")
 	}
 }

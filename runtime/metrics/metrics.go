@@ -89,8 +89,8 @@ func New(opts Options) *Metrics {
 		}, []string{"service"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "micro_client_ejections_total",
-			Help: "Nodes taken out of selection after consecutive failures, by service.",
-		}, []string{"service"}),
+			Help: "Nodes taken out of selection after consecutive failures, by service, endpoint (empty when the node is out for all of them) and node.",
+		}, []string{"service", "endpoint", "node"}),
 		inCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "micro_inbound_calls_total",
 			Help: "Calls received from other micro processes for services fronted here, by service and HTTP status code.",
@@ -130,8 +130,18 @@ func (m *Metrics) Retry(service string) { m.retries.WithLabelValues(m.service(se
 // Hedge records a hedged attempt: a second attempt sent while the first was still out.
 func (m *Metrics) Hedge(service string) { m.hedges.WithLabelValues(m.service(service)).Inc() }
 
-// Eject records a node's ejection.
-func (m *Metrics) Eject(service string) { m.ejections.WithLabelValues(m.service(service)).Inc() }
+// Eject records a node's ejection, for endpoint, or as a whole when endpoint is "".
+func (m *Metrics) Eject(service, endpoint, node string) {
+	label := m.service(service)
+	a := m.attempts
+	a.mu.Lock()
+	ep, n := a.labelsOf(label).bound(endpoint, node, label)
+	a.mu.Unlock()
+	if endpoint == "" {
+		ep = ""
+	}
+	m.ejections.WithLabelValues(label, ep, n).Inc()
+}
 
 // Inbound records a finished inbound call.
 func (m *Metrics) Inbound(service string, code int, d time.Duration) {

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,8 @@ func TestLabelsBounded(t *testing.T) {
 		m.Inbound(name, 200, time.Millisecond)
 		m.Retry(name)
 		m.Hedge(name)
-		m.Eject(name)
+		m.Eject(name, name, name)
+		m.Eject("greeter", "", fmt.Sprint("node", i))
 	}
 	m.Inbound("\xff", 499, time.Millisecond)
 	if _, err := m.Registry().Gather(); err != nil {
@@ -30,7 +32,7 @@ func TestLabelsBounded(t *testing.T) {
 		"micro_inbound_calls_total":    2,
 		"micro_client_retries_total":   1,
 		"micro_client_hedges_total":    1,
-		"micro_client_ejections_total": 1,
+		"micro_client_ejections_total": 1 + MaxNodesPerService + 1, // other's; greeter's nodes and other
 	} {
 		if n := testutil.CollectAndCount(m.Registry(), name); n > most {
 			t.Errorf("%s has %d series after junk, want at most %d", name, n, most)

@@ -92,6 +92,9 @@ func (in *Ingress) ServeFast(c *fasthttp.RequestCtx) {
 			return
 		}
 	}
+	if !absolute && in.fastDashboard(c, uri) {
+		return
+	}
 	if !absolute && string(uri) == "/metrics" {
 		in.fastMetrics(c)
 		return

@@ -24,6 +24,7 @@ import (
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
 	"github.com/microhost/micro/runtime/registry"
+	"github.com/microhost/micro/runtime/status"
 	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 )
@@ -82,6 +83,9 @@ type IngressConfig struct {
 	Fast FastPath
 	// Publisher serves the broker paths (PublishPrefix); nil answers them 404.
 	Publisher Publisher
+	// Status reports what this micro is doing, for GET /status and the dashboard at /ui;
+	// nil answers them 404.
+	Status func() status.Snapshot
 }
 
 // Ingress is the HTTP handler apps call: POST /{service}/{endpoint}, with the budget in
@@ -97,6 +101,7 @@ type Ingress struct {
 	log      *slog.Logger
 	settings settings
 	gate     gate
+	feeds    *feeds
 }
 
 // NewIngress returns the ingress handler.
@@ -107,7 +112,7 @@ func NewIngress(cfg IngressConfig) *Ingress {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 30 * time.Second
 	}
-	in := &Ingress{cfg: cfg, log: cfg.Logger}
+	in := &Ingress{cfg: cfg, log: cfg.Logger, feeds: newFeeds()}
 	if in.log == nil {
 		in.log = slog.New(slog.DiscardHandler)
 	}
@@ -141,9 +146,9 @@ func (in *Ingress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	in.call(w, r, rc, st)
 }
 
-// serveOwn serves the ingress's own paths, GET /health, /metrics and /services, and the
-// broker's (PublishPrefix). It reports
-// false when r asks for none of them.
+// serveOwn serves the ingress's own paths, GET /health, /metrics, /services, /traces and
+// /status, the dashboard (/ui), and the broker's (PublishPrefix). It reports false when r
+// asks for none of them.
 func (in *Ingress) serveOwn(w http.ResponseWriter, r *http.Request) bool {
 	switch r.URL.Path {
 	case "/health":
@@ -156,6 +161,9 @@ func (in *Ingress) serveOwn(w http.ResponseWriter, r *http.Request) bool {
 		code, v := in.traces(r.URL.Query())
 		writeJSON(w, code, v)
 	default:
+		if in.serveDashboard(w, r) {
+			return true
+		}
 		if !strings.HasPrefix(r.URL.Path, PublishPrefix) {
 			return false
 		}

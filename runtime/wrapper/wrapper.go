@@ -116,3 +116,40 @@ type Leases interface {
 	// asked for at once. It is safe for concurrent use.
 	Lease(resource string, demand uint64) (rate float64, held bool)
 }
+
+// Reporter is a Wrapper that reports how it is doing. The dashboard and the metrics read
+// it now and then; Report must be cheap and safe for concurrent use with calls.
+type Reporter interface {
+	Report() Report
+}
+
+// Report is a wrapper's counters since it was loaded, and the states it reported.
+type Report struct {
+	// Instances is how many of the wrapper's instances are working: its configured
+	// number, less those being replaced or that could not be started.
+	Instances int
+	// Calls counts the OnRequest verdicts its guests gave (continue or reject), traps
+	// included. A call that got the on_trap verdict without reaching a guest (no working
+	// instance) is not one.
+	Calls uint64
+	// Rejects counts the calls it rejected (Reject or RejectNode).
+	Rejects uint64
+	// Faults counts the guest calls that trapped, failed or ran out of time, in either
+	// phase.
+	Faults uint64
+	// Time is the total time spent in the guest, in both phases. It may be an estimate
+	// from a sample of the calls, whose error shrinks as calls add up.
+	Time time.Duration
+	// States are the states the wrapper reported, sorted by Service, Endpoint and Node.
+	States []State
+	// DroppedStates counts the states the wrapper reported for new scopes while it had
+	// as many as it may keep: they are not in States.
+	DroppedStates uint64
+}
+
+// State is a state a wrapper reported for a scope: a service, an endpoint, a node or a
+// mix of them (empty fields are not part of its key), e.g. a circuit breaker's "open"
+// for a node.
+type State struct {
+	Service, Endpoint, Node, Value string
+}

@@ -128,6 +128,10 @@ func hostSetCallBlock(b *callBlock) {
 
 func hostLog(level int32, message string) { theHost().Log(level, message) }
 
+func hostSetState(service, endpoint, node, value string) {
+	trapIf(theHost().SetState(service, endpoint, node, value))
+}
+
 // hostFail ends the guest call as a failure with message; it does not return.
 func hostFail(message string) {
 	theHost()

@@ -63,6 +63,9 @@ func importSetPhases(mask int32)
 //go:wasmimport micro set_call_block
 func importSetCallBlock(b *callBlock, n uint32)
 
+//go:wasmimport micro set_state
+func importSetState(service, endpoint, node, value string)
+
 //go:wasmimport micro log
 func importLog(level int32, message string)
 
@@ -108,6 +111,10 @@ func hostSetReject(status int32, message string) { importSetReject(status, messa
 func hostSetPhases(mask int32)                   { importSetPhases(mask) }
 func hostSetCallBlock(b *callBlock)              { importSetCallBlock(b, uint32(unsafe.Sizeof(*b))) }
 func hostLog(level int32, message string)        { importLog(level, message) }
+
+func hostSetState(service, endpoint, node, value string) {
+	importSetState(service, endpoint, node, value)
+}
 
 func hostFail(message string) {
 	importFail(message)

@@ -37,7 +37,9 @@
 // garbage collector runs inside the call that triggers it.
 //
 // A wrapper that enforces this micro's share of a limit shared with other micros (a global
-// rate limit) reads the share with [Lease], now and then rather than per call.
+// rate limit) reads the share with [Lease], now and then rather than per call. A wrapper
+// that keeps a state worth showing, such as a breaker's for each node, publishes it with
+// [SetState] when it changes.
 //
 // The wire contract under this package is in abi/wrapper and abi/README.md.
 package wrapper
@@ -147,6 +149,26 @@ func SetReplyHeader(name, value string) { hostSetReplyHeader(name, value) }
 // OnRequest and OnResponse. Under package wrappertest, the Instance's Leases answer.
 func Lease(resource string, demand uint64) (rate float64, held bool) {
 	return hostGetLease(resource, demand)
+}
+
+// SetState publishes a state of the wrapper's for a scope, such as a circuit breaker's
+// "open" for a node, for micro's dashboard and metrics. The scope is a service, an
+// endpoint, a node or a mix of them: an empty field is not part of it. value replaces the
+// scope's state, and an empty value deletes it.
+//
+// micro keeps the states per wrapper, across its instances; it never hands them back to
+// the wrapper. When an instance fails and micro replaces it, the states it published are
+// deleted, as they described what the failed instance held. It keeps at most
+// abi.MaxStates states per wrapper: past that, a state for a new scope is dropped (micro
+// logs it), while existing ones may still change or be deleted.
+//
+// Each of service, endpoint and node is at most abi.MaxStateFieldLen bytes, value at most
+// abi.MaxStateValueLen, all valid UTF-8 without control characters; anything else fails
+// the guest call, as micro traps a guest for a bad host call. SetState is a host call:
+// publish a state when it changes, not per call. It may be called in Init, OnRequest and
+// OnResponse. Under package wrappertest, the Instance's States record it.
+func SetState(service, endpoint, node, value string) {
+	hostSetState(service, endpoint, node, value)
 }
 
 // Handler is a wrapper's code.
@@ -433,6 +455,7 @@ func readConfig() []byte {
 //	hostSetReject(status int32, message string)
 //	hostSetPhases(mask int32)
 //	hostSetCallBlock(b *callBlock)
+//	hostSetState(service, endpoint, node, value string)
 //	hostLog(level int32, message string)
 //	hostFail(message string) // does not return
 //

@@ -43,6 +43,7 @@ type fake struct {
 	failMessage string
 	leases      map[string]float64 // the leases held
 	asked       []string           // the get_lease calls, as "resource demand"
+	states      []string           // the set_state calls, as "service|endpoint|node|value"
 }
 
 // Begin writes the call block as micro does before a guest call: the fields of the
@@ -135,6 +136,13 @@ func (f *fake) SetReject(status int32, msg string) error {
 }
 func (f *fake) SetPhases(mask int32) error  { f.phases = mask; return nil }
 func (f *fake) SetCallBlock(b []byte) error { f.block = b; return nil }
+func (f *fake) SetState(service, endpoint, node, value string) error {
+	if value == "bad" {
+		return errors.New("bad call to micro.set_state: bad value")
+	}
+	f.states = append(f.states, strings.Join([]string{service, endpoint, node, value}, "|"))
+	return nil
+}
 func (f *fake) Log(level int32, msg string) { f.logs = append(f.logs, msg) }
 
 // start resets the package's caches, makes h the fake's handler and plays micro's
@@ -389,7 +397,7 @@ func TestABINames(t *testing.T) {
 	for _, name := range []string{abi.ImportGetConfig, abi.ImportGetService, abi.ImportGetEndpoint, abi.ImportGetNode,
 		abi.ImportGetCaller, abi.ImportGetHeader, abi.ImportSetHeader, abi.ImportSetReplyHeader,
 		abi.ImportSetReject, abi.ImportGetError, abi.ImportSetPhases, abi.ImportSetCallBlock,
-		abi.ImportGetLease, abi.ImportLog, abi.ImportFail} {
+		abi.ImportGetLease, abi.ImportSetState, abi.ImportLog, abi.ImportFail} {
 		known[name] = true
 	}
 	imports := regexp.MustCompile(`//go:wasmimport (\S+) (\S+)`).FindAllStringSubmatch(string(src), -1)
@@ -522,5 +530,28 @@ func TestLease(t *testing.T) {
 	resource = ""
 	if _, fail := f.call(nativehost.OnRequest); fail != "bad call to micro.get_lease: empty resource name" {
 		t.Errorf("a bad name: %q, want the host's trap", fail)
+	}
+}
+
+// TestSetState checks that SetState passes its strings to the host, in every phase, and
+// fails the guest call when the host traps.
+func TestSetState(t *testing.T) {
+	value := "open"
+	f, fail := start(t, "", Handler{
+		Init:       func([]byte) error { SetState("", "", "", "ready"); return nil },
+		OnRequest:  func(Request) Result { SetState("greeter", "Greeter.Hello", "n1", value); return Continue() },
+		OnResponse: func(Response) { SetState("", "", "n1", "") },
+	})
+	if fail != "" {
+		t.Fatal(fail)
+	}
+	f.request()
+	f.response()
+	if want := []string{"|||ready", "greeter|Greeter.Hello|n1|open", "||n1|"}; !slices.Equal(f.states, want) {
+		t.Errorf("states %q, want %q", f.states, want)
+	}
+	value = "bad"
+	if _, fail := f.call(nativehost.OnRequest); fail != "bad call to micro.set_state: bad value" {
+		t.Errorf("a bad value: %q, want the host's trap", fail)
 	}
 }

@@ -52,6 +52,14 @@
 // node's endpoints. With "service", an open breaker fails every call to the service with
 // 503.
 //
+// # Reporting
+//
+// Breakers.OnChange is told of every change of state (LogChange logs it), and
+// Breakers.OnState publishes the states (wrapper.SetState, for micro's dashboard and
+// metrics), for the key's fields: node and endpoint, node, or service. A breaker reports
+// once it first opens, and then each change, so that a recovery shows as "closed"; when
+// it is dropped past max_keys, its state is deleted.
+//
 // # Matching a response to its request
 //
 // A breaker hands out a ticket per allowed call, as gobreaker's two-step breaker hands out
@@ -227,6 +235,13 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// StateReport publishes a breaker's state for its scope: the fields of the calls that make
+// its key (node and endpoint with key "node_endpoint", node with "node", service with
+// "service"; the others empty) and the state, "closed", "half-open" or "open"
+// (gobreaker.State's String), or "" when the breaker is dropped. wrapper.SetState is one,
+// which publishes the states on micro's dashboard and metrics.
+type StateReport func(service, endpoint, node, state string)
+
 // StateChange is called when a breaker changes state. name says what the breaker is for,
 // e.g. "node greeter-1, endpoint Greeter.Hello" or "service greeter".
 type StateChange func(name string, from, to gobreaker.State)
@@ -237,6 +252,11 @@ type Breakers struct {
 	// OnChange, if not nil when the Breakers are configured, is told of every state
 	// change.
 	OnChange StateChange
+	// OnState, if not nil when the Breakers are configured, is given a breaker's state
+	// whenever it changes, and "" when a breaker that gave one is dropped (max_keys). A
+	// breaker that has been closed since it was made gives none: only a breaker that
+	// opened reports, and then each of its states, its return to closed included.
+	OnState StateReport
 
 	rules
 
@@ -253,6 +273,7 @@ type rules struct {
 	kind     keyKind
 	failing  map[int]bool // nil: every fault
 	onChange StateChange
+	onState  StateReport
 	period   int64 // of a bucket of the rolling window, in nanoseconds
 }
 
@@ -286,6 +307,8 @@ type entry struct {
 	pending []pending // in the order allowed
 	// nextExpiry is the earliest expiry in pending, or 0 when there is none.
 	nextExpiry int64
+	// reported records that the breaker's state was given to onState.
+	reported bool
 }
 
 // pending is an allowed call waiting for its outcome. Times are in nanoseconds since the
@@ -329,6 +352,7 @@ func (b *Breakers) Configure(c Config) error {
 			cfg:      c,
 			kind:     kindOf(c.Key),
 			onChange: b.OnChange,
+			onState:  b.OnState,
 			// A rolling window of buckets: outcomes leave it a bucket at a time, and a
 			// breaker's generation changes only with its state.
 			period: max(int64(c.Interval)/buckets, 1),
@@ -561,8 +585,12 @@ func (b *Breakers) lookup(k key, create bool) *entry {
 	}
 	for len(b.entries) >= b.cfg.MaxKeys {
 		oldest := b.lru.Back()
-		delete(b.entries, oldest.Value.(*entry).key)
+		old := oldest.Value.(*entry)
+		delete(b.entries, old.key)
 		b.lru.Remove(oldest)
+		if old.reported && b.onState != nil {
+			b.onState(old.key.service, old.key.endpoint, old.key.node, "")
+		}
 	}
 	b.last = &entry{key: k}
 	b.entries[k] = b.lru.PushFront(b.last)
@@ -770,6 +798,10 @@ func (c *circuit) setState(r *rules, e *entry, state gobreaker.State, now int64)
 	c.newGeneration(r, now)
 	if r.onChange != nil {
 		r.onChange(r.name(e.key), from, state)
+	}
+	if r.onState != nil {
+		r.onState(e.key.service, e.key.endpoint, e.key.node, state.String())
+		e.reported = true
 	}
 }
 

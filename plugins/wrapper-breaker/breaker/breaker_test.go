@@ -3,6 +3,7 @@ package breaker
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -674,5 +675,65 @@ func TestPendingBound(t *testing.T) {
 	}
 	if s := f.state("n1", t0); s != gobreaker.StateClosed {
 		t.Fatalf("state = %v, want closed: lost outcomes are not failures", s)
+	}
+}
+
+// TestStates checks that each breaker publishes its state through wrapper.SetState, for
+// the fields of its key: nothing while it has been closed since it was made, then every
+// change, its recovery included, and a deletion when it is dropped past max_keys.
+func TestStates(t *testing.T) {
+	for _, tc := range []struct {
+		key   string
+		scope wrappertest.State // the scope of n1's breaker
+	}{
+		{KeyNodeEndpoint, wrappertest.State{Endpoint: "Greeter.Hello", Node: "n1"}},
+		{KeyNode, wrappertest.State{Node: "n1"}},
+		{KeyService, wrappertest.State{Service: "greeter"}},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			b := &Breakers{OnChange: LogChange, OnState: wrapper.SetState}
+			inst, err := wrappertest.New(b.Handler(),
+				`{"key": "`+tc.key+`", "consecutive_failures": 1, "cooldown": "20ms", "max_keys": 1}`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := &fixture{t: t, b: b, inst: inst}
+			states := func() []wrappertest.State { return f.inst.States.All() }
+			with := func(v string) []wrappertest.State {
+				s := tc.scope
+				s.Value = v
+				return []wrappertest.State{s}
+			}
+			f.do("n1", ok, t0)
+			if got := states(); got != nil {
+				t.Fatalf("a breaker closed since it was made: states %v, want none", got)
+			}
+			for _, step := range []struct {
+				what string
+				do   func()
+				want []wrappertest.State
+			}{
+				{"a failure", func() { f.do("n1", ko, t0) }, with("open")},
+				{"in its cooldown", func() { f.request(on("n1"), t0.Add(10*time.Millisecond)) }, with("open")},
+				{"a probe in flight", func() { f.request(on("n1"), t0.Add(20*time.Millisecond)) }, with("half-open")},
+				{"the probe's success", func() { f.response(on("n1"), ok, t0.Add(21*time.Millisecond)) }, with("closed")},
+			} {
+				step.do()
+				if got := states(); !slices.Equal(got, step.want) {
+					t.Fatalf("%s: states %v, want %v", step.what, got, step.want)
+				}
+			}
+			if tc.key == KeyService {
+				return // one service, one breaker
+			}
+			// Another key drops n1's breaker (max_keys 1), and its state with it.
+			f.do("n2", ok, t0.Add(time.Second))
+			if got := states(); got != nil {
+				t.Fatalf("after n1's breaker was dropped: states %v, want none", got)
+			}
+			if got := f.inst.Logs(); len(got) != 3 {
+				t.Errorf("logs %v: LogChange still logs each change", got)
+			}
+		})
 	}
 }

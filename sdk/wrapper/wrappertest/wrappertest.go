@@ -22,7 +22,8 @@
 // moves only when the test moves it: a rate limit refills and a breaker's cooldown passes
 // at once, with no sleep. The shares of global rate limits it sees (wrapper.Lease) are the
 // Instance's [Leases], which the test grants and revokes per resource, and which record
-// the demand that the handler reports.
+// the demand that the handler reports. The states it publishes (wrapper.SetState) go to
+// the Instance's [States], where the test reads them.
 //
 // The handler runs through sdk/wrapper's own code, on the ABI that micro implements: it
 // reads the call from a host that checks what micro checks, so a mistake that would trap
@@ -37,6 +38,7 @@
 package wrappertest
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -48,6 +50,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	abi "github.com/microhost/micro/abi/wrapper"
 	"github.com/microhost/micro/sdk/wrapper"
@@ -278,6 +281,78 @@ func (l *Leases) Demand(resource string) uint64 {
 	return n
 }
 
+// State is a state that a wrapper published with wrapper.SetState for a scope: a service,
+// an endpoint, a node or a mix of them (empty fields are not part of the scope).
+type State struct {
+	Service, Endpoint, Node, Value string
+}
+
+// States plays micro's store of a wrapper's states: it keeps the last value that
+// wrapper.SetState published for each scope, across the Instances that share it, and, as
+// micro does, at most abi.MaxStates of them, dropping states for new scopes past that.
+// The zero States holds none. It is safe for concurrent use.
+type States struct {
+	mu      sync.Mutex
+	values  map[State]string // by scope: State with no Value
+	dropped uint64
+}
+
+// NewStates returns States that hold none.
+func NewStates() *States { return new(States) }
+
+// Set publishes value for the scope of service, endpoint and node, or deletes the scope's
+// state when value is empty, as micro does. A handler's wrapper.SetState comes here, after
+// the Instance checked its strings as micro does.
+func (s *States) Set(service, endpoint, node, value string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	scope := State{Service: service, Endpoint: endpoint, Node: node}
+	_, ok := s.values[scope]
+	switch {
+	case value == "":
+		delete(s.values, scope)
+	case !ok && len(s.values) >= abi.MaxStates:
+		s.dropped++
+	default:
+		if s.values == nil {
+			s.values = map[State]string{}
+		}
+		s.values[scope] = value
+	}
+}
+
+// Get returns the state of the scope of service, endpoint and node, and whether it has one.
+func (s *States) Get(service, endpoint, node string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.values[State{Service: service, Endpoint: endpoint, Node: node}]
+	return v, ok
+}
+
+// All returns the states, sorted by Service, Endpoint and Node, as micro reports them.
+func (s *States) All() []State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var all []State
+	for scope, v := range s.values {
+		scope.Value = v
+		all = append(all, scope)
+	}
+	slices.SortFunc(all, func(a, b State) int {
+		return cmp.Or(strings.Compare(a.Service, b.Service), strings.Compare(a.Endpoint, b.Endpoint),
+			strings.Compare(a.Node, b.Node))
+	})
+	return all
+}
+
+// Dropped returns how many states for new scopes were dropped because the States held
+// abi.MaxStates already.
+func (s *States) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
 // Start is when an Instance's clock starts: a fixed time, so that tests do not depend
 // on the day they run.
 func Start() time.Time { return time.Date(2026, time.January, 1, 0, 0, 0, 0, time.UTC) }
@@ -293,6 +368,10 @@ type Instance struct {
 	// grant leases on it, or set it to another before a call to share one quota between
 	// instances. nil means that micro has no quota service: no lease for any resource.
 	Leases *Leases
+	// States records the states the handler publishes (wrapper.SetState). New sets it to
+	// States that hold none; set it to another before a call to share one between
+	// instances, as micro keeps one per wrapper. nil drops them.
+	States *States
 
 	mu      sync.Mutex
 	handler *wrapper.Handler
@@ -325,6 +404,7 @@ func New(h wrapper.Handler, config string) (*Instance, error) {
 	i := &Instance{
 		Clock:   NewClock(Start()),
 		Leases:  NewLeases(),
+		States:  NewStates(),
 		handler: &h,
 		config:  config,
 		phases:  abi.PhaseRequest | abi.PhaseResponse,
@@ -685,6 +765,33 @@ func (i *host) SetCallBlock(block []byte) error {
 		return trap(fn, "block of %d bytes is smaller than %d", len(block), abi.CallBlockLen)
 	}
 	i.block = block
+	return nil
+}
+
+// SetState implements set_state: it checks the strings as micro does, then publishes the
+// state in the Instance's States.
+func (i *host) SetState(service, endpoint, node, value string) error {
+	const fn = abi.ImportSetState
+	for n, s := range [...]string{service, endpoint, node, value} {
+		what, limit := [...]string{"service", "endpoint", "node", "value"}[n], abi.MaxStateFieldLen
+		if n == 3 {
+			limit = abi.MaxStateValueLen
+		}
+		if len(s) > limit {
+			return trap(fn, "%s of %d bytes is longer than the limit of %d", what, len(s), limit)
+		}
+		for at, c := range []byte(s) {
+			if c < ' ' || c == 0x7f {
+				return trap(fn, "%s %q has a control character at byte %d", what, s, at)
+			}
+		}
+		if !utf8.ValidString(s) {
+			return trap(fn, "%s %q is not valid UTF-8", what, s)
+		}
+	}
+	if i.States != nil {
+		i.States.Set(service, endpoint, node, value)
+	}
 	return nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	abi "github.com/microhost/micro/abi/wrapper"
 	"github.com/microhost/micro/sdk/wrapper"
 	"github.com/microhost/micro/sdk/wrapper/wrappertest"
 )
@@ -336,5 +337,80 @@ func TestLeases(t *testing.T) {
 	resource = "Api_v2.write-1"
 	if res := inst.Request(wrappertest.NewRequest("s", "E")); res.Verdict != wrappertest.Continued {
 		t.Errorf("a name with every kind of byte: %v", res)
+	}
+}
+
+// TestStates checks that wrapper.SetState reaches the Instance's States, which keep the
+// last value per scope, delete on an empty value, can be shared, drop new scopes past
+// micro's bound, and that a bad string fails the call as micro traps it.
+func TestStates(t *testing.T) {
+	var service, endpoint, node, value string
+	h := wrapper.Handler{
+		Init: func([]byte) error { wrapper.SetState("", "", "", "ready"); return nil },
+		OnRequest: func(r wrapper.Request) wrapper.Result {
+			wrapper.SetState(service, endpoint, node, value)
+			return wrapper.Continue()
+		},
+	}
+	inst := start(t, h, "")
+	set := func(s, e, n, v string) wrappertest.Result {
+		t.Helper()
+		service, endpoint, node, value = s, e, n, v
+		return inst.Request(wrappertest.NewRequest("s", "E"))
+	}
+	set("", "", "n1", "open")
+	set("greeter", "Greeter.Hello", "", "closed")
+	set("", "", "n1", "half-open") // replaces
+	set("", "", "n2", "open")
+	set("", "", "n2", "") // deletes
+	set("", "", "n3", "") // deletes nothing
+	want := []wrappertest.State{
+		{Value: "ready"},
+		{Node: "n1", Value: "half-open"},
+		{Service: "greeter", Endpoint: "Greeter.Hello", Value: "closed"},
+	}
+	if got := inst.States.All(); !slices.Equal(got, want) {
+		t.Errorf("states %v, want %v", got, want)
+	}
+	if v, ok := inst.States.Get("", "", "n1"); v != "half-open" || !ok {
+		t.Errorf("Get n1: %q, %v", v, ok)
+	}
+	if v, ok := inst.States.Get("", "", "n2"); v != "" || ok {
+		t.Errorf("Get of a deleted state: %q, %v", v, ok)
+	}
+
+	for _, tc := range []struct{ s, e, n, v, want string }{
+		{"", "", "", strings.Repeat("v", 257), "bad call to micro.set_state: value of 257 bytes is longer than the limit of 256"},
+		{strings.Repeat("s", 257), "", "", "v", "service of 257 bytes is longer than the limit of 256"},
+		{"", "", "n\n1", "v", `node "n\n1" has a control character at byte 1`},
+		{"", "E\xff", "", "v", `endpoint "E\xff" is not valid UTF-8`},
+	} {
+		if res := set(tc.s, tc.e, tc.n, tc.v); res.Verdict != wrappertest.Failed || !strings.Contains(res.Err.Error(), tc.want) {
+			t.Errorf("set_state(%q, %q, %q, %q): %v, want a failure with %q", tc.s, tc.e, tc.n, tc.v, res, tc.want)
+		}
+	}
+	if res := set(strings.Repeat("s", 256), "é", "", strings.Repeat("v", 256)); res.Verdict != wrappertest.Continued {
+		t.Errorf("strings at the limits: %v", res)
+	}
+
+	// Two instances share one wrapper's states; the bound drops new scopes only.
+	shared := wrappertest.NewStates()
+	other := start(t, h, "")
+	inst.States, other.States = shared, shared
+	for i := range abi.MaxStates + 2 {
+		service, endpoint, node, value = "", "", fmt.Sprint("n", i), "open"
+		[]*wrappertest.Instance{inst, other}[i%2].Request(wrappertest.NewRequest("s", "E"))
+	}
+	if n := len(shared.All()); n != abi.MaxStates || shared.Dropped() != 2 {
+		t.Errorf("%d states, %d dropped; want %d and 2", n, shared.Dropped(), abi.MaxStates)
+	}
+	set("", "", "n0", "closed")
+	if v, _ := shared.Get("", "", "n0"); v != "closed" {
+		t.Errorf("a known scope at the bound: %q, want it changed", v)
+	}
+	// Without States, states go nowhere.
+	inst.States = nil
+	if res := set("", "", "n1", "open"); res.Verdict != wrappertest.Continued {
+		t.Errorf("nil States: %v", res)
 	}
 }

@@ -31,6 +31,9 @@ type Host interface {
 	// out as abi's CallBlock offsets say, in the native byte order. The host writes it in
 	// Begin; the guest reads it during the call.
 	SetCallBlock(block []byte) error
+	// SetState implements set_state: it publishes value for the scope of service,
+	// endpoint and node, or deletes the scope's state when value is empty.
+	SetState(service, endpoint, node, value string) error
 	Log(level int32, message string)
 }
 
