@@ -4,8 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
+	"regexp"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/status"
@@ -65,4 +70,51 @@ func TestStatus(t *testing.T) {
 	if rl := s.Config.LastReload; rl == nil || rl.Result != "failed" || rl.Error == "" {
 		t.Errorf("last reload = %+v", rl)
 	}
+}
+
+// TestOTLPDown: with the OTLP collector out of reach, every call is served, and the spans
+// that could not be exported are counted in micro_trace_spans_dropped_total.
+func TestOTLPDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	rt, _ := startWith(t, func(c *config.Config) {
+		c.Telemetry.OTLPEndpoint, c.Telemetry.SampleRatio = down, 1
+	}, nil)
+	base := "http://" + rt.IngressAddr()
+	for i := range 20 {
+		if resp, body := post(t, http.DefaultClient, base+"/echo/Echo.Say", `{}`); resp.StatusCode != 200 {
+			t.Fatalf("call %d: %d %s", i, resp.StatusCode, body)
+		}
+	}
+	dropped := regexp.MustCompile(`(?m)^micro_trace_spans_dropped_total (\d+)`)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, body := get(t, base+"/metrics")
+		m := dropped.FindStringSubmatch(body)
+		if resp.StatusCode != 200 || m == nil {
+			t.Fatalf("GET /metrics: %d, no micro_trace_spans_dropped_total", resp.StatusCode)
+		}
+		if n, _ := strconv.Atoi(m[1]); n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no span counted as dropped with the collector down")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func get(tb testing.TB, url string) (*http.Response, string) {
+	tb.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
 }

@@ -181,6 +181,7 @@ func (r *Runtime) Start(ctx context.Context) (err error) {
 		return err
 	}
 	r.client.SetTracer(r.tracer)
+	r.metrics.WatchTracer(r.tracer.Dropped)
 	r.appHTTP = &http.Client{Transport: &http.Transport{
 		Proxy:               nil,
 		MaxIdleConnsPerHost: 64,

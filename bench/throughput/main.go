@@ -5,10 +5,15 @@
 // it (as an app at a fixed address), and then alternates timed rounds of POST
 // /Greeter.Hello straight to the greeter and through micro's ingress. With -wrappers, a
 // second micro with both shipped wrappers on (never rejecting) joins the rounds. It prints
-// requests per second and p50/p99 latency for each, and their ratios.
+// requests per second, p50/p99 latency and the CPU time that the process called (the
+// greeter, or the micro) spent per request, for each, and their ratios.
 //
 // With -nats, calls between two micro processes over HTTP and over the NATS transport
 // plugin (with an in-process NATS server) join the rounds.
+//
+// With -cpuprofile DIR, every micro is built with a CPU profiler (a file added to its
+// build with -overlay, so the repo is untouched) and profiled over the timed rounds, into
+// DIR/NAME.pprof for each micro: compare them with go tool pprof -diff_base.
 //
 //	go run ./bench/throughput -c 16 -d 5s -rounds 3 -wrappers -nats
 package main
@@ -25,6 +30,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -42,14 +48,15 @@ func main() {
 	nats := flag.Bool("nats", false, "also measure calls between two micros over HTTP and over the NATS transport plugin")
 	tracing := flag.Bool("tracing", false, "also measure micros at trace sample ratios 0, 0.01 (the default) and 1, spans kept in memory (no exporter)")
 	adaptive := flag.Bool("adaptive", false, "also measure calls to an endpoint declared idempotent, with adaptive attempt timeouts and hedging on (the defaults) and off")
+	profDir := flag.String("cpuprofile", "", "write a CPU profile of each micro over the timed rounds to `dir`/NAME.pprof")
 	flag.Parse()
-	if err := run(*conc, *dur, *rounds, *wrappers, *nats, *adaptive, *tracing); err != nil {
+	if err := run(*conc, *dur, *rounds, *wrappers, *nats, *adaptive, *tracing, *profDir); err != nil {
 		fmt.Fprintln(os.Stderr, "throughput:", err)
 		os.Exit(1)
 	}
 }
 
-func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, tracing bool) error {
+func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, tracing bool, profDir string) error {
 	var stops []*exec.Cmd
 	dir, err := os.MkdirTemp("", "micro-bench")
 	if err != nil {
@@ -57,7 +64,15 @@ func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, trac
 	}
 	defer os.RemoveAll(dir)
 	microBin, greeterBin, natsBin := filepath.Join(dir, "micro"), filepath.Join(dir, "greeter"), filepath.Join(dir, "transport-nats")
-	if err := proc.Build(map[string]string{microBin: "./cmd/micro", greeterBin: "./examples/greeter", natsBin: "./plugins/transport-nats"}); err != nil {
+	if err := proc.Build(map[string]string{greeterBin: "./examples/greeter", natsBin: "./plugins/transport-nats"}); err != nil {
+		return err
+	}
+	var prof *profiler
+	if profDir != "" {
+		if prof, err = newProfiler(dir, profDir, microBin); err != nil {
+			return err
+		}
+	} else if err := proc.Build(map[string]string{microBin: "./cmd/micro"}); err != nil {
 		return err
 	}
 	greeter, appAddr, err := proc.StartGreeter(greeterBin)
@@ -65,6 +80,7 @@ func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, trac
 		return err
 	}
 	defer proc.Stop(greeter)
+	pids := map[string]int{} // the URL of a path → the process it calls
 
 	// launch starts a micro on the config body (sections after [server]), each in a
 	// directory of its own, and returns the URL of greeter's Hello at its ingress.
@@ -77,12 +93,16 @@ func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, trac
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 			return "", err
 		}
+		if err := prof.prepare(name); err != nil {
+			return "", err
+		}
 		micro, ingress, err := proc.StartMicro(microBin, cfgPath)
 		if err != nil {
 			return "", err
 		}
 		stops = append(stops, micro)
 		url := "http://" + ingress + "/greeter/Greeter.Hello"
+		pids[url] = micro.Process.Pid
 		return url, proc.WaitOK(url)
 	}
 	var shutdowns []func() // run after the micros stopped
@@ -99,6 +119,7 @@ func run(conc int, dur time.Duration, rounds int, wrappers, nats, adaptive, trac
 	}
 	fronts := fmt.Sprintf("[services.greeter]\naddress = \"http://%s\"\n", appAddr)
 	paths := []struct{ name, url string }{{name: "direct", url: "http://" + appAddr + "/Greeter.Hello"}}
+	pids[paths[0].url] = greeter.Process.Pid
 	via, err := launch("plain", "", registry("plain")+fronts)
 	if err != nil {
 		return err
@@ -191,17 +212,24 @@ key = "node"
 	for _, p := range paths { // warm up
 		measure(client, p.url, conc, dur/5)
 	}
+	profiled := prof.start(time.Duration(rounds*len(paths))*dur + time.Second)
 	for range rounds {
 		for i, p := range paths {
-			results[i] = append(results[i], measure(client, p.url, conc, dur))
+			cpu := cpuTime(pids[p.url])
+			r := measure(client, p.url, conc, dur)
+			r.cpu = cpuTime(pids[p.url]) - cpu
+			results[i] = append(results[i], r)
 		}
 	}
+	if err := profiled(); err != nil {
+		return err
+	}
 	fmt.Printf("concurrency %d, %d rounds of %v each, alternated\n\n", conc, rounds, dur)
-	fmt.Printf("%-15s %10s %10s %10s %8s %12s\n", "path", "req/s", "p50", "p99", "errors", "vs direct")
+	fmt.Printf("%-15s %10s %10s %10s %8s %10s %12s\n", "path", "req/s", "p50", "p99", "errors", "cpu/req", "vs direct")
 	base := merge(results[0])
 	for i, p := range paths {
 		r := merge(results[i])
-		fmt.Printf("%-15s %10.0f %10v %10v %8d %11.2fx\n", p.name, r.rps(), r.pct(50), r.pct(99), r.errors, r.rps()/base.rps())
+		fmt.Printf("%-15s %10.0f %10v %10v %8d %10v %11.2fx\n", p.name, r.rps(), r.pct(50), r.pct(99), r.errors, r.cpuPerReq(), r.rps()/base.rps())
 	}
 	if wrappers {
 		m, w := merge(results[1]), merge(results[2])
@@ -215,9 +243,18 @@ type result struct {
 	lat    []time.Duration
 	errors int
 	took   time.Duration
+	cpu    time.Duration // of the process called
 }
 
 func (r result) rps() float64 { return float64(len(r.lat)) / r.took.Seconds() }
+
+// cpuPerReq is the CPU time the process called spent per request answered.
+func (r result) cpuPerReq() time.Duration {
+	if len(r.lat) == 0 {
+		return 0
+	}
+	return (r.cpu / time.Duration(len(r.lat))).Round(100 * time.Nanosecond)
+}
 
 func (r result) pct(p int) time.Duration {
 	if len(r.lat) == 0 {
@@ -232,6 +269,7 @@ func merge(rs []result) result {
 		out.lat = append(out.lat, r.lat...)
 		out.errors += r.errors
 		out.took += r.took
+		out.cpu += r.cpu
 	}
 	slices.Sort(out.lat)
 	return out
@@ -279,3 +317,28 @@ func measure(client *http.Client, url string, conc int, d time.Duration) result 
 	slices.Sort(all.lat)
 	return all
 }
+
+// cpuTime returns the CPU time (user and system) that process pid has spent, from
+// /proc/pid/stat; 0 where there is no /proc.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command, which is in parentheses and may hold spaces:
+	// state is the first, utime the 12th and stime the 13th.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// clockTicks is the unit of the times in /proc/pid/stat (USER_HZ), 100 on Linux.
+const clockTicks = 100

@@ -84,3 +84,13 @@ func BenchmarkAttempt(b *testing.B) {
 		m.Attempt("greeter", "Greeter.Hello", "n1", ReasonFirst, AttemptOK, time.Millisecond, "")
 	}
 }
+
+// BenchmarkAttemptSampled is the cost of an attempt of a sampled call: its trace ID is an
+// exemplar of the latency at most every exemplarEvery.
+func BenchmarkAttemptSampled(b *testing.B) {
+	m := New(Options{KnownService: func(n string) bool { return n == "greeter" }})
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Attempt("greeter", "Greeter.Hello", "n1", ReasonFirst, AttemptOK, time.Millisecond, "4bf92f3577b34da6a3ce929d0e0e4736")
+	}
+}

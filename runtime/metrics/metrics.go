@@ -116,6 +116,15 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, EnableOpenMetrics: true})
 }
 
+// WatchTracer exports micro_trace_spans_dropped_total: the spans that dropped counts (a
+// tracer's spans that were not exported). Call it once.
+func (m *Metrics) WatchTracer(dropped func() int64) {
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "micro_trace_spans_dropped_total",
+		Help: "Spans not exported: the export queue was full, or the OTLP collector failed or was out of reach.",
+	}, func() float64 { return float64(dropped()) }))
+}
+
 // Registry returns the Prometheus registry the metrics live on.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 

@@ -1,7 +1,6 @@
 package tracing
 
 import (
-	"container/list"
 	"context"
 	"slices"
 	"sync"
@@ -9,6 +8,7 @@ import (
 
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -49,26 +49,29 @@ type TraceData struct {
 	Last time.Time
 }
 
-// Store keeps the most recent traces that this micro recorded, in memory and bounded: a
-// sdktrace.SpanProcessor that `micro traces` and the dashboard read, whether or not spans
-// are exported. It keeps the SDK's read-only spans as they are, and makes SpanData of
-// them only when they are read, so that keeping a span costs a call next to nothing. It is
-// safe for concurrent use.
+// Store keeps the most recent traces that this micro recorded, in memory and bounded:
+// what `micro traces` and the dashboard read, whether or not spans are exported. It keeps
+// the spans a Tracer recorded as they are, and makes SpanData of them only when they are
+// read, so that keeping a span costs a call next to nothing. It is also an
+// sdktrace.SpanProcessor, which keeps the spans of an OpenTelemetry SDK tracer provider.
+// It is safe for concurrent use.
 type Store struct {
 	keep int
 
 	mu     sync.Mutex
-	traces map[trace.TraceID]*list.Element // of *kept, in order
-	order  list.List                       // least recently touched first
+	traces map[TraceID]*kept
+	order  kept // the list of the kept traces: order.next is the least recently touched
 }
 
 // kept is a trace as the Store keeps it.
 type kept struct {
-	id      trace.TraceID
-	spans   []sdktrace.ReadOnlySpan
-	failed  bool
-	dropped int
-	last    time.Time
+	prev, next *kept // in Store.order
+	id         TraceID
+	spans      []*record // first[:0] at first
+	failed     bool
+	dropped    int
+	last       time.Time
+	first      [4]*record
 }
 
 // NewStore returns a Store that keeps the keep most recent traces (DefaultKeepTraces when
@@ -77,44 +80,81 @@ func NewStore(keep int) *Store {
 	if keep <= 0 {
 		keep = DefaultKeepTraces
 	}
-	return &Store{keep: keep, traces: make(map[trace.TraceID]*list.Element)}
+	s := &Store{keep: keep, traces: make(map[TraceID]*kept, keep)}
+	s.order.prev, s.order.next = &s.order, &s.order
+	return s
 }
 
 // OnStart implements sdktrace.SpanProcessor; a Store keeps spans once they end.
 func (s *Store) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
 
-// OnEnd implements sdktrace.SpanProcessor: it keeps span in its trace, and makes the
-// trace the most recent one.
+// OnEnd implements sdktrace.SpanProcessor: it keeps span, when sampled, as add does.
 func (s *Store) OnEnd(span sdktrace.ReadOnlySpan) {
 	sc := span.SpanContext()
 	if !sc.IsSampled() {
 		return
 	}
-	id := sc.TraceID()
+	r := &record{traceID: TraceID(sc.TraceID()), spanID: SpanID(sc.SpanID()), kind: span.SpanKind(),
+		start: span.StartTime(), took: span.EndTime().Sub(span.StartTime()), name: span.Name(),
+		status: span.Status().Code, desc: span.Status().Description, attrs: span.Attributes()}
+	r.refs.Store(1)
+	if p := span.Parent(); p.IsValid() {
+		r.parentID, r.remote = SpanID(p.SpanID()), p.IsRemote()
+	}
+	if res := span.Resource(); res != nil {
+		if v, ok := res.Set().Value(semconv.ServiceNameKey); ok {
+			r.service = v.String()
+		}
+	}
+	s.add(r)
+}
+
+// add keeps r, which has ended, in its trace, and makes the trace the most recent one. The
+// Store holds r until it lets go of it (release) when the trace is no longer kept, or
+// at once when its trace has too many spans.
+func (s *Store) add(r *record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var t *kept
-	if e := s.traces[id]; e != nil {
-		s.order.MoveToBack(e)
-		t = e.Value.(*kept)
+	t := s.traces[r.traceID]
+	if t != nil {
+		t.unlink()
 	} else {
-		for s.order.Len() >= s.keep {
-			oldest := s.order.Front()
-			delete(s.traces, oldest.Value.(*kept).id)
-			s.order.Remove(oldest)
+		for len(s.traces) >= s.keep {
+			// The oldest goes, and what kept it keeps the new one: a Store that is
+			// full allocates nothing for a new trace.
+			t = s.order.next
+			t.unlink()
+			delete(s.traces, t.id)
+			for _, r := range t.spans {
+				r.release()
+			}
 		}
-		t = &kept{id: id}
-		s.traces[id] = s.order.PushBack(t)
+		if t == nil || cap(t.spans) > 4*len(t.first) {
+			t = new(kept)
+		}
+		clear(t.spans)
+		*t = kept{id: r.traceID, spans: t.first[:0]}
+		s.traces[r.traceID] = t
 	}
+	// The most recent last.
+	t.prev, t.next = s.order.prev, &s.order
+	t.prev.next, s.order.prev = t, t
 	if len(t.spans) >= MaxSpansPerTrace {
 		t.dropped++
+		r.release()
 		return
 	}
-	t.spans = append(t.spans, span)
-	t.failed = t.failed || span.Status().Code == codes.Error
-	if end := span.EndTime(); end.After(t.last) {
+	t.spans = append(t.spans, r)
+	t.failed = t.failed || r.status == codes.Error
+	if end := r.finish(); end.After(t.last) {
 		t.last = end
 	}
+}
+
+// unlink takes t out of its Store's order.
+func (t *kept) unlink() {
+	t.prev.next, t.next.prev = t.next, t.prev
+	t.prev, t.next = nil, nil
 }
 
 // Recent returns up to n of the kept traces, the most recent first; only failed ones when
@@ -122,11 +162,9 @@ func (s *Store) OnEnd(span sdktrace.ReadOnlySpan) {
 func (s *Store) Recent(n int, failed bool) []TraceData {
 	s.mu.Lock()
 	var picked []kept
-	for e := s.order.Back(); e != nil && len(picked) < n; e = e.Prev() {
-		if t := e.Value.(*kept); !failed || t.failed {
-			c := *t
-			c.spans = slices.Clone(t.spans)
-			picked = append(picked, c)
+	for t := s.order.prev; t != &s.order && len(picked) < n; t = t.prev {
+		if !failed || t.failed {
+			picked = append(picked, t.copy())
 		}
 	}
 	s.mu.Unlock()
@@ -144,11 +182,10 @@ func (s *Store) Trace(id string) (TraceData, bool) {
 		return TraceData{}, false
 	}
 	s.mu.Lock()
-	e, ok := s.traces[tid]
+	t, ok := s.traces[TraceID(tid)]
 	var c kept
 	if ok {
-		c = *e.Value.(*kept)
-		c.spans = slices.Clone(c.spans)
+		c = t.copy()
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -157,35 +194,39 @@ func (s *Store) Trace(id string) (TraceData, bool) {
 	return c.data(), true
 }
 
-// data makes t's TraceData.
+// copy returns what data needs of t, which may change once the Store's lock is let go,
+// and holds its spans' records until data lets go of them.
+func (t *kept) copy() kept {
+	for _, r := range t.spans {
+		r.refs.Add(1)
+	}
+	return kept{id: t.id, spans: slices.Clone(t.spans), failed: t.failed, dropped: t.dropped, last: t.last}
+}
+
+// data makes the TraceData of t, a copy, and lets go of its records.
 func (t *kept) data() TraceData {
 	d := TraceData{ID: t.id.String(), Failed: t.failed, Dropped: t.dropped, Last: t.last, Spans: make([]SpanData, len(t.spans))}
-	for i, span := range t.spans {
-		d.Spans[i] = spanData(span)
+	for i, r := range t.spans {
+		d.Spans[i] = r.data()
+		r.release()
 	}
 	return d
 }
 
-// spanData makes the SpanData of span.
-func spanData(span sdktrace.ReadOnlySpan) SpanData {
-	sc := span.SpanContext()
+// data makes the SpanData of r, which has ended.
+func (r *record) data() SpanData {
 	sp := SpanData{
-		Trace: sc.TraceID().String(), Span: sc.SpanID().String(),
-		Name: span.Name(), Kind: span.SpanKind().String(),
-		Start: span.StartTime(), End: span.EndTime(),
-		Failed: span.Status().Code == codes.Error, Status: span.Status().Description,
+		Trace: r.traceID.String(), Span: r.spanID.String(),
+		Name: r.name, Kind: r.kind.String(), Service: r.service,
+		Start: r.start, End: r.finish(),
+		Failed: r.status == codes.Error, Status: r.desc,
 	}
-	if p := span.Parent(); p.IsValid() {
-		sp.Parent = p.SpanID().String()
+	if r.parentID != (SpanID{}) {
+		sp.Parent = r.parentID.String()
 	}
-	if r := span.Resource(); r != nil {
-		if v, ok := r.Set().Value("service.name"); ok {
-			sp.Service = v.String()
-		}
-	}
-	if attrs := span.Attributes(); len(attrs) > 0 {
-		sp.Attrs = make(map[string]string, len(attrs))
-		for _, kv := range attrs {
+	if len(r.attrs) > 0 {
+		sp.Attrs = make(map[string]string, len(r.attrs))
+		for _, kv := range r.attrs {
 			v := kv.Value.String()
 			if len(v) > maxAttrLen {
 				v = v[:maxAttrLen]

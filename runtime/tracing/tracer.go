@@ -14,6 +14,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/embedded"
 )
 
 // Options configures a Tracer.
@@ -35,15 +36,29 @@ type Options struct {
 	Logger    *slog.Logger
 }
 
-// Tracer records micro's spans: an OpenTelemetry tracer provider that keeps them in a
-// Store and, with an OTLP endpoint, exports them without ever making a call wait.
+// Tracer records micro's spans, keeps them in a Store and, with an OTLP endpoint, exports
+// them with the OpenTelemetry SDK's OTLP exporter without ever making a call wait.
+//
+// The spans of calls are micro's own, not the SDK's recording spans: a span costs a call
+// one small allocation and a record taken from a pool, which the Store keeps and which
+// becomes the SDK's read-only span (sdktrace.ReadOnlySpan) only off the call path, in the
+// export queue's goroutine. A span implements OpenTelemetry's trace.Span, and Tracer
+// returns an OpenTelemetry trace.Tracer that starts them, so that code written against
+// OpenTelemetry's API records alike.
 type Tracer struct {
-	provider *sdktrace.TracerProvider
-	tracer   trace.Tracer
+	provider provider
+	tracer   otelTracer
 	store    *Store
 	export   *exportQueue // nil without an endpoint
 	ratio    float64
+	service  string
+	res      *resource.Resource
+	stopped  atomic.Bool // by Shutdown: nothing is recorded after it
+	records  sync.Pool   // of *record, reused once the Store and the export queue let go
 }
+
+// scopeName names the instrumentation scope of micro's spans.
+const scopeName = "github.com/microhost/micro"
 
 // New returns a Tracer for opts.
 func New(opts Options) (*Tracer, error) {
@@ -53,15 +68,10 @@ func New(opts Options) (*Tracer, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	t := &Tracer{store: NewStore(opts.KeepTraces), ratio: opts.SampleRatio}
-	res := resource.NewSchemaless(semconv.ServiceName(opts.Service), semconv.ServiceInstanceID(opts.Instance))
-	po := []sdktrace.TracerProviderOption{
-		sdktrace.WithResource(res),
-		// The sampling decision is Server's and Client's, made before any SDK span starts,
-		// so that calls that are not sampled make none; what reaches the SDK is sampled.
-		sdktrace.WithSampler(sdktrace.AlwaysSample()),
-		sdktrace.WithSpanProcessor(t.store),
-	}
+	t := &Tracer{store: NewStore(opts.KeepTraces), ratio: opts.SampleRatio, service: opts.Service,
+		res: resource.NewSchemaless(semconv.ServiceName(opts.Service), semconv.ServiceInstanceID(opts.Instance))}
+	t.provider.t, t.tracer.t = t, t
+	t.records.New = func() any { return &record{pool: &t.records} }
 	if opts.OTLPEndpoint != "" {
 		exp, err := otlptracehttp.New(context.Background(), otlptracehttp.WithEndpoint(opts.OTLPEndpoint),
 			otlptracehttp.WithInsecure(), otlptracehttp.WithTimeout(5*time.Second),
@@ -69,16 +79,15 @@ func New(opts Options) (*Tracer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("tracing: OTLP exporter for %s: %w", opts.OTLPEndpoint, err)
 		}
-		t.export = newExportQueue(exp, opts.QueueSize, opts.Logger)
-		po = append(po, sdktrace.WithSpanProcessor(t.export))
+		t.export = newExportQueue(exp, opts.QueueSize, t.res, opts.Logger)
 	}
-	t.provider = sdktrace.NewTracerProvider(po...)
-	t.tracer = t.provider.Tracer("github.com/microhost/micro")
 	return t, nil
 }
 
-// Tracer returns the OpenTelemetry tracer that starts micro's spans.
-func (t *Tracer) Tracer() trace.Tracer { return t.tracer }
+// Tracer returns the OpenTelemetry tracer that starts micro's spans: under the span in
+// the context, following its sampling decision, or as the root of a new trace, sampled at
+// the Tracer's ratio.
+func (t *Tracer) Tracer() trace.Tracer { return &t.tracer }
 
 // Store returns the Store of recent traces.
 func (t *Tracer) Store() *Store { return t.store }
@@ -95,16 +104,72 @@ func (t *Tracer) Dropped() int64 {
 	return t.export.dropped.Load()
 }
 
-// Shutdown exports what is queued, within ctx, and stops the Tracer.
-func (t *Tracer) Shutdown(ctx context.Context) error { return t.provider.Shutdown(ctx) }
+// Shutdown exports what is queued, within ctx, and stops the Tracer: it records nothing
+// after.
+func (t *Tracer) Shutdown(ctx context.Context) error {
+	if t.stopped.Swap(true) || t.export == nil {
+		return nil
+	}
+	return t.export.Shutdown(ctx)
+}
 
-// exportQueue is a span processor that hands ended spans to an exporter in batches from
-// a goroutine of its own. OnEnd never waits: when the queue is full, the span is dropped
-// and counted, and so are the spans of a batch the exporter failed.
+// provider is a Tracer as an OpenTelemetry tracer provider: what a recorded span's
+// TracerProvider returns.
+type provider struct {
+	embedded.TracerProvider
+	t *Tracer
+}
+
+// Tracer implements trace.TracerProvider: every name has the Tracer's one tracer.
+func (p *provider) Tracer(string, ...trace.TracerOption) trace.Tracer { return &p.t.tracer }
+
+// otelTracer is a Tracer as an OpenTelemetry tracer.
+type otelTracer struct {
+	embedded.Tracer
+	t *Tracer
+}
+
+// Start implements trace.Tracer.
+func (o *otelTracer) Start(ctx context.Context, name string, opts ...trace.SpanStartOption) (context.Context, trace.Span) {
+	t := o.t
+	c := trace.NewSpanStartConfig(opts...)
+	var psc trace.SpanContext
+	if !c.NewRoot() {
+		psc = trace.SpanContextFromContext(ctx)
+	}
+	var s *span
+	switch {
+	case t.stopped.Load():
+	case psc.IsValid() && psc.IsSampled():
+		s = t.newSpan(name, c.SpanKind(), TraceID(psc.TraceID()), SpanID(psc.SpanID()), psc.IsRemote(), c.Timestamp())
+	case psc.IsValid():
+		psc = otelContext(SpanContext{Trace: TraceID(psc.TraceID()), Span: newSpanID()}, false)
+	default:
+		root := Root(t.ratio)
+		if root.Sampled {
+			s = t.newSpan(name, c.SpanKind(), root.Trace, SpanID{}, false, c.Timestamp())
+		}
+		psc = otelContext(root, false)
+	}
+	if s == nil {
+		ctx = trace.ContextWithSpanContext(ctx, psc)
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	s.set(c.Attributes())
+	for _, l := range c.Links() {
+		s.AddLink(l)
+	}
+	return trace.ContextWithSpan(ctx, s), s
+}
+
+// exportQueue hands ended spans to an exporter in batches from a goroutine of its own,
+// which makes them the SDK's read-only spans. enqueue never waits: when the queue is full,
+// the span is dropped and counted, and so are the spans of a batch the exporter failed.
 type exportQueue struct {
 	exp     sdktrace.SpanExporter
+	res     *resource.Resource
 	logger  *slog.Logger
-	queue   chan sdktrace.ReadOnlySpan
+	queue   chan *record
 	dropped atomic.Int64
 	flush   chan chan struct{}
 	done    chan struct{}
@@ -119,28 +184,23 @@ const (
 	exportInterval = time.Second
 )
 
-func newExportQueue(exp sdktrace.SpanExporter, size int, logger *slog.Logger) *exportQueue {
+func newExportQueue(exp sdktrace.SpanExporter, size int, res *resource.Resource, logger *slog.Logger) *exportQueue {
 	if size <= 0 {
 		size = 2048
 	}
-	q := &exportQueue{exp: exp, logger: logger, queue: make(chan sdktrace.ReadOnlySpan, size),
+	q := &exportQueue{exp: exp, res: res, logger: logger, queue: make(chan *record, size),
 		flush: make(chan chan struct{}), done: make(chan struct{})}
 	go q.run()
 	return q
 }
 
-// OnStart implements sdktrace.SpanProcessor.
-func (q *exportQueue) OnStart(context.Context, sdktrace.ReadWriteSpan) {}
-
-// OnEnd implements sdktrace.SpanProcessor: it queues a sampled span, or drops it.
-func (q *exportQueue) OnEnd(s sdktrace.ReadOnlySpan) {
-	if !s.SpanContext().IsSampled() {
-		return
-	}
+// enqueue queues the record of an ended span, or drops it.
+func (q *exportQueue) enqueue(r *record) {
 	select {
-	case q.queue <- s:
+	case q.queue <- r:
 	default:
 		q.dropped.Add(1)
+		r.release()
 	}
 }
 
@@ -149,6 +209,7 @@ func (q *exportQueue) run() {
 	tick := time.NewTicker(exportInterval)
 	defer tick.Stop()
 	batch := make([]sdktrace.ReadOnlySpan, 0, exportBatch)
+	held := make([]*record, 0, exportBatch) // what batch was made of
 	send := func() {
 		if len(batch) == 0 {
 			return
@@ -166,22 +227,29 @@ func (q *exportQueue) run() {
 		}
 		clear(batch)
 		batch = batch[:0]
+		for _, r := range held {
+			r.release()
+		}
+		clear(held)
+		held = held[:0]
+	}
+	add := func(r *record) {
+		batch, held = append(batch, r.readOnly(q.res)), append(held, r)
+		if len(batch) == exportBatch {
+			send()
+		}
 	}
 	for {
 		select {
-		case s := <-q.queue:
-			if batch = append(batch, s); len(batch) == exportBatch {
-				send()
-			}
+		case r := <-q.queue:
+			add(r)
 		case <-tick.C:
 			send()
 		case ack := <-q.flush:
 			for drained := false; !drained; {
 				select {
-				case s := <-q.queue:
-					if batch = append(batch, s); len(batch) == exportBatch {
-						send()
-					}
+				case r := <-q.queue:
+					add(r)
 				default:
 					drained = true
 				}
@@ -194,7 +262,7 @@ func (q *exportQueue) run() {
 	}
 }
 
-// ForceFlush implements sdktrace.SpanProcessor: it exports what is queued, within ctx.
+// ForceFlush exports what is queued, within ctx.
 func (q *exportQueue) ForceFlush(ctx context.Context) error {
 	ack := make(chan struct{})
 	select {
@@ -212,7 +280,7 @@ func (q *exportQueue) ForceFlush(ctx context.Context) error {
 	}
 }
 
-// Shutdown implements sdktrace.SpanProcessor: it flushes, within ctx, and stops.
+// Shutdown flushes, within ctx, and stops.
 func (q *exportQueue) Shutdown(ctx context.Context) error {
 	err := q.ForceFlush(ctx)
 	q.stop.Do(func() { close(q.done) })
