@@ -29,23 +29,7 @@ import (
 func TestDashboard(t *testing.T) {
 	t.Parallel()
 	failDir := t.TempDir()
-	reg := t.TempDir()
-	cfg := baseConfig(reg, greeterService("greeter", 2, fmt.Sprintf("env = { GREETER_FAIL_DIR = %q }", failDir)))
-	cfg = strings.Replace(cfg, "[client]", `[client]
-wrappers = ["breaker"]
-attempts = 1`, 1) + fmt.Sprintf(`
-[telemetry]
-sample_ratio = 1
-
-[wrappers.breaker]
-path = %q
-[wrappers.breaker.config]
-key = "node_endpoint"
-consecutive_failures = 3
-min_requests = 1000
-cooldown = "1s"
-`, bins.breaker)
-	m := startMicro(t, cfg)
+	m := startMicro(t, breakerConfig(t.TempDir(), failDir, "\n[telemetry]\nsample_ratio = 1\n"))
 	ids := nodesOf(t, m, "greeter", 2)
 	failing := nodeOfInstance(t, m, "greeter", "greeter-1")
 

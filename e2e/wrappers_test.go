@@ -114,16 +114,13 @@ func TestRateLimitWrapper(t *testing.T) {
 	})
 }
 
-// TestBreakerWrapper: breakers count only the nodes' faults, one breaker per node and
-// endpoint. A caller's mistakes and the timeouts it chose open none; an endpoint that fails
-// on every node opens its breakers while the nodes go on serving their other endpoints. An
-// instance made to fail trips its breaker; later calls skip it with no failed call, and it
-// closes again after the instance recovers.
-func TestBreakerWrapper(t *testing.T) {
-	t.Parallel()
-	failDir := t.TempDir()
-	cfg := baseConfig(t.TempDir(), greeterService("greeter", 2, fmt.Sprintf("env = { GREETER_FAIL_DIR = %q }", failDir)))
-	cfg = strings.Replace(cfg, "[client]", `[client]
+// breakerConfig is the config of a micro with two greeter instances, which fail while
+// failDir holds a file named for them, called through the breaker wrapper (a breaker per
+// node and endpoint, opened by 3 faults in a row, probed after 1 s) with one attempt per
+// call; extra is added to it.
+func breakerConfig(regDir, failDir, extra string) string {
+	cfg := baseConfig(regDir, greeterService("greeter", 2, fmt.Sprintf("env = { GREETER_FAIL_DIR = %q }", failDir))+extra)
+	return strings.Replace(cfg, "[client]", `[client]
 wrappers = ["breaker"]
 attempts = 1`, 1) + fmt.Sprintf(`
 [wrappers.breaker]
@@ -134,6 +131,17 @@ consecutive_failures = 3
 min_requests = 1000
 cooldown = "1s"
 `, bins.breaker)
+}
+
+// TestBreakerWrapper: breakers count only the nodes' faults, one breaker per node and
+// endpoint. A caller's mistakes and the timeouts it chose open none; an endpoint that fails
+// on every node opens its breakers while the nodes go on serving their other endpoints. An
+// instance made to fail trips its breaker; later calls skip it with no failed call, and it
+// closes again after the instance recovers.
+func TestBreakerWrapper(t *testing.T) {
+	t.Parallel()
+	failDir := t.TempDir()
+	cfg := breakerConfig(t.TempDir(), failDir, "")
 	m := startMicro(t, cfg)
 
 	ctx, cancel := context.WithCancel(context.Background())

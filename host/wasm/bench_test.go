@@ -210,7 +210,7 @@ func BenchmarkInstance(b *testing.B) {
 //	go test -run '^$' -bench RatelimitGlobal -benchmem ./host/wasm
 func BenchmarkRatelimitGlobal(b *testing.B) {
 	h, _ := newTestHost(b)
-	bin := buildRatelimit(b)
+	bin := buildShipped(b, "wrapper-ratelimit")
 	ctx := context.Background()
 	const global = `{"scope": "global", "resource": "api", "fallback_rate": 1e12, "burst": 1000000000}`
 	for _, tc := range []struct {

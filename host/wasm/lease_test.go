@@ -250,15 +250,15 @@ func TestGetLeaseNoAllocations(t *testing.T) {
 	}
 }
 
-// buildRatelimit builds the shipped rate-limit wrapper, or finds it built, into the test
+// buildShipped builds the shipped wrapper plugins/name, or finds it built, into the test
 // guests' cache.
-func buildRatelimit(tb testing.TB) []byte {
+func buildShipped(tb testing.TB, name string) []byte {
 	tb.Helper()
 	base, err := os.UserCacheDir()
 	if err != nil {
 		base = os.TempDir()
 	}
-	path, err := BuildCached(context.Background(), filepath.Join("..", "..", "plugins", "wrapper-ratelimit"),
+	path, err := BuildCached(context.Background(), filepath.Join("..", "..", "plugins", name),
 		filepath.Join(base, "micro-test", "host-wasm", "guests"))
 	if err != nil {
 		tb.Fatal(err)
@@ -278,7 +278,7 @@ func TestRatelimitGlobal(t *testing.T) {
 	}
 	h, _ := newTestHost(t)
 	ctx := context.Background()
-	bin := buildRatelimit(t)
+	bin := buildShipped(t, "wrapper-ratelimit")
 	leases := &fakeLeases{}
 	leases.grant("api", 10) // burst: 2
 	w, err := h.Load(ctx, "ratelimit", bin, Options{Leases: leases, Timeout: 5 * time.Second,

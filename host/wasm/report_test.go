@@ -3,8 +3,6 @@ package wasm
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -283,26 +281,6 @@ func TestReportHTTPWasm(t *testing.T) {
 	}
 }
 
-// buildBreaker builds the shipped breaker wrapper, or finds it built, into the test
-// guests' cache.
-func buildBreaker(tb testing.TB) []byte {
-	tb.Helper()
-	base, err := os.UserCacheDir()
-	if err != nil {
-		base = os.TempDir()
-	}
-	path, err := BuildCached(context.Background(), filepath.Join("..", "..", "plugins", "wrapper-breaker"),
-		filepath.Join(base, "micro-test", "host-wasm", "guests"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return b
-}
-
 // TestBreakerStates runs the shipped breaker wrapper and follows a node's breaker in the
 // wrapper's report: open after a fault, half-open with a probe in flight after the
 // cooldown, closed after the probe's success.
@@ -313,7 +291,7 @@ func TestBreakerStates(t *testing.T) {
 	h, _ := newTestHost(t)
 	ctx := context.Background()
 	const cooldown = 500 * time.Millisecond
-	w, err := h.Load(ctx, "breaker", buildBreaker(t), Options{Timeout: 5 * time.Second,
+	w, err := h.Load(ctx, "breaker", buildShipped(t, "wrapper-breaker"), Options{Timeout: 5 * time.Second,
 		Config: fmt.Appendf(nil, `{"key": "node", "consecutive_failures": 1, "cooldown": %q}`, cooldown)})
 	if err != nil {
 		t.Fatal(err)
