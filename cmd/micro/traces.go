@@ -12,6 +12,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/server"
@@ -133,10 +134,11 @@ func waterfall(w io.Writer, t tracing.TraceData) error {
 }
 
 // clean makes s safe for a terminal: control characters (which could move the cursor or
-// rewrite the screen) become escapes.
+// rewrite the screen) and format characters (such as the bidirectional overrides, which
+// could make text read other than it is) become '?'.
 func clean(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
 			return '?'
 		}
 		return r
