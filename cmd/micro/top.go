@@ -115,6 +115,16 @@ const (
 func runTop(ctx context.Context, o topOptions, stdout io.Writer) error {
 	if !o.live {
 		snap, err := fetchStatus(ctx, o.base, 10*time.Second)
+		if err == nil && snap.Window == 0 {
+			// Nobody looked for a while, so micro has no rates yet: look again an interval
+			// later, for rates over it.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(o.interval):
+			}
+			snap, err = fetchStatus(ctx, o.base, 10*time.Second)
+		}
 		if err != nil {
 			var ue *url.Error
 			if errors.As(err, &ue) { // no answer: say why, without repeating the URL

@@ -159,6 +159,9 @@ func (c *Collector) Snapshot() Snapshot {
 func (c *Collector) sample(now time.Time) (first, last *sample) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if n := len(c.samples); n > 0 && now.Sub(c.samples[n-1].at) > Window {
+		c.samples = c.samples[:0] // nobody looked for a while: rates over that time mislead
+	}
 	if n := len(c.samples); n == 0 || now.Sub(c.samples[n-1].at) >= minSampleGap || now.Before(c.samples[n-1].at) {
 		c.samples = append(c.samples, c.read(now))
 	}
