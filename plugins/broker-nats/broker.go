@@ -309,6 +309,39 @@ func (b *natsBroker) changed() <-chan struct{} {
 	return b.sig
 }
 
+// errConnectionChanged is the cause of a context that untilChanged ended.
+var errConnectionChanged = fmt.Errorf("the NATS connection dropped or was replaced before JetStream answered: %w", broker.ErrUnavailable)
+
+// untilChanged returns a context that ends with ctx, or with the cause
+// errConnectionChanged when changed (from natsBroker.changed, taken before the request
+// is sent) is closed.
+//
+// A request (a JetStream publish, an ack that waits for its confirmation) in flight when
+// the connection drops never gets its reply: the server answers a connection that is
+// gone, and nats.go does not fail the request when the connection comes back, so it would
+// wait out its whole budget. Made with this context, it fails at once instead.
+func untilChanged(ctx context.Context, changed <-chan struct{}) (context.Context, context.CancelFunc) {
+	cctx, cancel := context.WithCancelCause(ctx)
+	go func() {
+		select {
+		case <-changed:
+			cancel(errConnectionChanged)
+		case <-cctx.Done():
+		}
+	}()
+	return cctx, func() { cancel(context.Canceled) }
+}
+
+// requestError returns err, from a request made with ctx from untilChanged, wrapped with
+// errConnectionChanged when the connection changed while the request waited for its
+// reply, and as unavailable wraps it otherwise.
+func requestError(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errConnectionChanged) {
+		return fmt.Errorf("%w: %w", errConnectionChanged, err)
+	}
+	return unavailable(err)
+}
+
 // state returns what Init set up, or an error before Init.
 func (b *natsBroker) state() (*state, error) {
 	b.mu.RLock()
@@ -354,12 +387,15 @@ func (b *natsBroker) Publish(ctx context.Context, m *broker.Message) error {
 	if err != nil {
 		return fmt.Errorf("broker-nats: publish to %s: %w", m.Topic, err)
 	}
+	changed := b.changed()
 	if !st.nc.IsConnected() {
 		return fmt.Errorf("broker-nats: publish to %s: NATS connection is %s: %w", m.Topic, st.nc.Status(), broker.ErrUnavailable)
 	}
+	pctx, cancel := untilChanged(ctx, changed)
+	defer cancel()
 	msg := &nats.Msg{Subject: subject(m.Topic), Header: h, Data: m.Body}
-	if _, err := st.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.ID)); err != nil {
-		return fmt.Errorf("broker-nats: publish to %s: %w", m.Topic, publishError(ctx, st.nc, err))
+	if _, err := st.js.PublishMsg(pctx, msg, jetstream.WithMsgID(m.ID)); err != nil {
+		return fmt.Errorf("broker-nats: publish to %s: %w", m.Topic, publishError(pctx, st.nc, err))
 	}
 	m.Time = time.Now()
 	return nil
@@ -375,8 +411,8 @@ func messageSize(m *broker.Message) int64 {
 	return int64(n)
 }
 
-// publishError returns err, from a JetStream publish, wrapped with the broker error that
-// it means.
+// publishError returns err, from a JetStream publish made with ctx (see untilChanged),
+// wrapped with the broker error that it means.
 func publishError(ctx context.Context, nc *nats.Conn, err error) error {
 	var api *jetstream.APIError
 	if errors.As(err, &api) {
@@ -397,7 +433,7 @@ func publishError(ctx context.Context, nc *nats.Conn, err error) error {
 	if ctx.Err() != nil && !nc.IsConnected() {
 		return fmt.Errorf("%w: %w (NATS connection is %s)", broker.ErrUnavailable, err, nc.Status())
 	}
-	return unavailable(err)
+	return requestError(ctx, err)
 }
 
 // unavailable returns err wrapped with broker.ErrUnavailable when it says that NATS or

@@ -170,16 +170,19 @@ func (c *consumer) unknown(d *broker.Delivery) error {
 		d.Token, d.ID, c.sub.Group, c.sub.Topic, broker.ErrUnknownDelivery)
 }
 
-// Ack acknowledges d and waits for JetStream to confirm it. Whatever the outcome the
-// consumer no longer holds d: an ack that did not reach JetStream leaves the message to
-// be delivered again after AckTimeout.
+// Ack acknowledges d and waits for JetStream to confirm it, until ctx ends or the
+// connection drops (then it fails as unavailable: the confirmation is lost with the
+// connection). Whatever the outcome the consumer no longer holds d: an ack that did not
+// reach JetStream leaves the message to be delivered again after AckTimeout.
 func (c *consumer) Ack(ctx context.Context, d *broker.Delivery) error {
 	m, err := c.take(d)
 	if err != nil {
 		return err
 	}
-	if err := m.DoubleAck(ctx); err != nil {
-		return fmt.Errorf("broker-nats: ack message %s of %s on %s: %w", d.ID, c.sub.Group, c.sub.Topic, unavailable(err))
+	actx, cancel := untilChanged(ctx, c.b.changed())
+	defer cancel()
+	if err := m.DoubleAck(actx); err != nil {
+		return fmt.Errorf("broker-nats: ack message %s of %s on %s: %w", d.ID, c.sub.Group, c.sub.Topic, requestError(actx, err))
 	}
 	return nil
 }
