@@ -15,6 +15,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"golang.org/x/term"
+
 	"github.com/microhost/micro/runtime/server"
 	"github.com/microhost/micro/runtime/status"
 )
@@ -91,14 +93,10 @@ func topCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}, stdout)
 }
 
-// isTerminal reports whether w is a terminal (a character device).
+// isTerminal reports whether w is a terminal.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // ANSI sequences that redraw a terminal in place.
