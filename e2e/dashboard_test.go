@@ -29,7 +29,9 @@ import (
 func TestDashboard(t *testing.T) {
 	t.Parallel()
 	failDir := t.TempDir()
-	m := startMicro(t, breakerConfig(t.TempDir(), failDir, "\n[telemetry]\nsample_ratio = 1\n"))
+	// Round robin, so that both nodes have calls in every window whatever their latency.
+	cfg := breakerConfig(t.TempDir(), failDir, "\n[telemetry]\nsample_ratio = 1\n")
+	m := startMicro(t, strings.Replace(cfg, "[client]", "[client]\nstrategy = \"round_robin\"", 1))
 	ids := nodesOf(t, m, "greeter", 2)
 	failing := nodeOfInstance(t, m, "greeter", "greeter-1")
 

@@ -57,8 +57,10 @@
 // Breakers.OnChange is told of every change of state (LogChange logs it), and
 // Breakers.OnState publishes the states (wrapper.SetState, for micro's dashboard and
 // metrics), for the key's fields: node and endpoint, node, or service. A breaker reports
-// once it first opens, and then each change, so that a recovery shows as "closed"; when
-// it is dropped past max_keys, its state is deleted.
+// once it first opens, and then each change, so that a recovery shows as "closed"; once
+// it has been closed again for a whole interval (seen at its next call), or when it is
+// dropped past max_keys, its state is deleted, so that the states micro keeps (at most
+// 1,024 per wrapper) are those of breakers that are, or just were, in trouble.
 //
 // # Matching a response to its request
 //
@@ -253,9 +255,10 @@ type Breakers struct {
 	// change.
 	OnChange StateChange
 	// OnState, if not nil when the Breakers are configured, is given a breaker's state
-	// whenever it changes, and "" when a breaker that gave one is dropped (max_keys). A
-	// breaker that has been closed since it was made gives none: only a breaker that
-	// opened reports, and then each of its states, its return to closed included.
+	// whenever it changes, and "" when a breaker that gave one is dropped (max_keys) or
+	// has been closed again for a whole interval. A breaker that has been closed since it
+	// was made gives none: only a breaker that opened reports, and then each of its
+	// states, its return to closed included.
 	OnState StateReport
 
 	rules
@@ -777,6 +780,12 @@ func (c *circuit) roll(r *rules, e *entry, now int64) {
 			}
 		}
 		c.age = age
+		if e.reported && age >= buckets && r.onState != nil {
+			// Closed for a whole interval since it recovered: nothing is left to show,
+			// and micro keeps a bounded number of states.
+			r.onState(e.key.service, e.key.endpoint, e.key.node, "")
+			e.reported = false
+		}
 	}
 }
 

@@ -680,7 +680,8 @@ func TestPendingBound(t *testing.T) {
 
 // TestStates checks that each breaker publishes its state through wrapper.SetState, for
 // the fields of its key: nothing while it has been closed since it was made, then every
-// change, its recovery included, and a deletion when it is dropped past max_keys.
+// change, its recovery included, a deletion once it has been closed for a whole interval
+// again, and a deletion when it is dropped past max_keys.
 func TestStates(t *testing.T) {
 	for _, tc := range []struct {
 		key   string
@@ -717,6 +718,9 @@ func TestStates(t *testing.T) {
 				{"in its cooldown", func() { f.request(on("n1"), t0.Add(10*time.Millisecond)) }, with("open")},
 				{"a probe in flight", func() { f.request(on("n1"), t0.Add(20*time.Millisecond)) }, with("half-open")},
 				{"the probe's success", func() { f.response(on("n1"), ok, t0.Add(21*time.Millisecond)) }, with("closed")},
+				{"within the interval after", func() { f.do("n1", ok, t0.Add(9*time.Second)) }, with("closed")},
+				{"closed for an interval", func() { f.do("n1", ok, t0.Add(10*time.Second+30*time.Millisecond)) }, nil},
+				{"a failure again", func() { f.do("n1", ko, t0.Add(11*time.Second)) }, with("open")},
 			} {
 				step.do()
 				if got := states(); !slices.Equal(got, step.want) {
@@ -727,11 +731,11 @@ func TestStates(t *testing.T) {
 				return // one service, one breaker
 			}
 			// Another key drops n1's breaker (max_keys 1), and its state with it.
-			f.do("n2", ok, t0.Add(time.Second))
+			f.do("n2", ok, t0.Add(12*time.Second))
 			if got := states(); got != nil {
 				t.Fatalf("after n1's breaker was dropped: states %v, want none", got)
 			}
-			if got := f.inst.Logs(); len(got) != 3 {
+			if got := f.inst.Logs(); len(got) != 4 {
 				t.Errorf("logs %v: LogChange still logs each change", got)
 			}
 		})
