@@ -24,7 +24,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -58,8 +57,7 @@ type Jaeger struct {
 	logPath   string
 	client    *http.Client
 
-	mu   sync.Mutex
-	proc *tooltest.Process // nil once stopped
+	proc tooltest.Running
 }
 
 // Start runs Jaeger and waits until its pipeline and query API are ready. Jaeger is
@@ -68,19 +66,7 @@ type Jaeger struct {
 func Start(t testing.TB) *Jaeger {
 	t.Helper()
 	bin := Binary(t)
-	base := t.TempDir()
-
-	// A port found free can be taken before Jaeger binds it; try again with new ones.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		ports, err := freePorts(5)
-		if err != nil {
-			t.Fatalf("jaegertest: %v", err)
-		}
-		dir := filepath.Join(base, fmt.Sprintf("attempt-%d", attempt))
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatalf("jaegertest: %v", err)
-		}
+	return tooltest.Start(t, "jaegertest", 5, func(dir string, ports []int) (*Jaeger, error) {
 		addr := func(i int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])) }
 		j := &Jaeger{
 			OTLPGRPCEndpoint: addr(0),
@@ -93,21 +79,10 @@ func Start(t testing.TB) *Jaeger {
 		cfgPath := filepath.Join(dir, "jaeger.yaml")
 		cfg := config(j.OTLPGRPCEndpoint, j.OTLPHTTPEndpoint, addr(2), addr(3), addr(4))
 		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-			t.Fatalf("jaegertest: %v", err)
+			return j, err
 		}
-		if lastErr = j.start(bin, cfgPath); lastErr == nil {
-			t.Cleanup(func() {
-				j.Stop()
-				if t.Failed() {
-					t.Logf("jaegertest: jaeger log tail:\n%s", j.LogTail(4096))
-				}
-			})
-			return j
-		}
-		j.Stop()
-	}
-	t.Fatalf("jaegertest: %v", lastErr)
-	return nil
+		return j, j.start(bin, cfgPath)
+	})
 }
 
 // config is the Jaeger v2 configuration (an OpenTelemetry collector config with Jaeger's
@@ -163,15 +138,7 @@ exporters:
 
 // Stop stops Jaeger (SIGTERM, then SIGKILL after a while) and waits for it to exit; its
 // in-memory traces are gone. Stopping a stopped Jaeger does nothing.
-func (j *Jaeger) Stop() {
-	j.mu.Lock()
-	proc := j.proc
-	j.proc = nil
-	j.mu.Unlock()
-	if proc != nil {
-		proc.Stop(stopTimeout)
-	}
-}
+func (j *Jaeger) Stop() { j.proc.Stop(stopTimeout) }
 
 // LogTail returns up to the last n bytes of Jaeger's output.
 func (j *Jaeger) LogTail(n int) string { return tooltest.LogTail(j.logPath, n) }
@@ -184,9 +151,7 @@ func (j *Jaeger) start(bin, cfgPath string) error {
 	if err != nil {
 		return err
 	}
-	j.mu.Lock()
-	j.proc = proc
-	j.mu.Unlock()
+	j.proc.Set(proc)
 	if err := proc.WaitReady(readyTimeout, j.ready); err != nil {
 		return fmt.Errorf("jaeger (query %s): %w\nlog tail:\n%s", j.QueryURL, err, j.LogTail(4096))
 	}
@@ -480,26 +445,6 @@ func padHex(id string, n int) string {
 		id = strings.Repeat("0", n-len(id)) + id
 	}
 	return id
-}
-
-// freePorts returns n distinct free loopback TCP ports.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var hold []io.Closer // keep each port bound until all are chosen, so none repeats
-	defer func() {
-		for _, c := range hold {
-			_ = c.Close()
-		}
-	}()
-	for len(ports) < n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		hold = append(hold, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // Binary returns the path of the jaeger binary: $JAEGER_BIN, <repo>/.cache/bin/jaeger, or

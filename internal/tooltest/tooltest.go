@@ -1,6 +1,6 @@
 // Package tooltest finds the tool binaries that tests run against (Consul, Jaeger), and
 // builds one with its tools/NAME/build.sh when it is missing, so that the README's test
-// command works on a fresh machine. It never skips a test: the tests that need a tool
+// command works on a fresh machine; and it runs them for a test, on free loopback ports. It never skips a test: the tests that need a tool
 // must run.
 package tooltest
 

@@ -13,11 +13,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,8 +45,7 @@ type Agent struct {
 	logPath string
 	starts  int
 
-	mu   sync.Mutex
-	proc *tooltest.Process // nil while stopped
+	proc tooltest.Running
 }
 
 // Option changes how Start runs the agent.
@@ -74,20 +71,8 @@ func Start(t testing.TB, opts ...Option) *Agent {
 		opt(&o)
 	}
 	bin := Binary(t)
-	base := t.TempDir()
-
-	// A port found free can be taken before the agent binds it; try again with new ones.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		ports, err := freePorts(3)
-		if err != nil {
-			t.Fatalf("consultest: %v", err)
-		}
+	return tooltest.Start(t, "consultest", 3, func(dir string, ports []int) (*Agent, error) {
 		httpPort, serfPort, serverPort := ports[0], ports[1], ports[2]
-		dir := filepath.Join(base, fmt.Sprintf("attempt-%d", attempt))
-		if err := os.Mkdir(dir, 0o755); err != nil {
-			t.Fatalf("consultest: %v", err)
-		}
 		a := &Agent{
 			Addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
 			Token:   o.aclToken,
@@ -111,32 +96,13 @@ func Start(t testing.TB, opts ...Option) *Agent {
 				`acl { enabled = true default_policy = "deny" tokens { initial_management = %q agent = %q } }`,
 				o.aclToken, o.aclToken))
 		}
-		if lastErr = a.start(); lastErr == nil {
-			t.Cleanup(func() {
-				a.Stop()
-				if t.Failed() {
-					t.Logf("consultest: agent log tail:\n%s", a.LogTail(4096))
-				}
-			})
-			return a
-		}
-		a.Stop()
-	}
-	t.Fatalf("consultest: %v", lastErr)
-	return nil
+		return a, a.start()
+	})
 }
 
 // Stop stops the agent (SIGTERM, then SIGKILL after a while) and waits for it to exit.
 // Stopping a stopped agent does nothing.
-func (a *Agent) Stop() {
-	a.mu.Lock()
-	proc := a.proc
-	a.proc = nil
-	a.mu.Unlock()
-	if proc != nil {
-		proc.Stop(stopTimeout)
-	}
-}
+func (a *Agent) Stop() { a.proc.Stop(stopTimeout) }
 
 // Restart stops the agent if it runs, starts it again on the same ports with empty state
 // (a new data directory: as if the agent's machine had been replaced), and waits until it
@@ -164,9 +130,7 @@ func (a *Agent) start() error {
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	a.proc = proc
-	a.mu.Unlock()
+	a.proc.Set(proc)
 	client := &http.Client{Timeout: 2 * time.Second}
 	if err := proc.WaitReady(readyTimeout, func() error { return a.ready(client) }); err != nil {
 		return fmt.Errorf("agent on %s: %w\nlog tail:\n%s", a.Addr, err, a.LogTail(4096))
@@ -215,36 +179,6 @@ func (a *Agent) get(client *http.Client, path string, v any) error {
 		return fmt.Errorf("GET %s: %s: %s", path, resp.Status, strings.TrimSpace(body.String()))
 	}
 	return json.Unmarshal(body.Bytes(), v)
-}
-
-// freePorts returns n distinct loopback ports that are free for both TCP and UDP (serf
-// uses both on one port).
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var hold []func() error // keep each port bound until all are chosen, so none repeats
-	defer func() {
-		for _, c := range hold {
-			_ = c()
-		}
-	}()
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 50 {
-			return nil, errors.New("no free loopback ports")
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find a free port: %w", err)
-		}
-		hold = append(hold, l.Close)
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		hold = append(hold, u.Close)
-		ports = append(ports, port)
-	}
-	return ports, nil
 }
 
 // Binary returns the path of the consul binary: $CONSUL_BIN, <repo>/.cache/bin/consul, or
