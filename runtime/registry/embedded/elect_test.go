@@ -1,12 +1,10 @@
 package embedded
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -135,45 +133,13 @@ func TestElectKilledLeader(t *testing.T) {
 		t.Skip("starts a process")
 	}
 	r, _ := open(t, t.TempDir())
-	cmd := exec.Command(os.Args[0], "-test.run=^TestElectHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), electHelperEnv+"="+r.Dir())
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if sc.Text() == "leading" {
-				ready <- true
-				return
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatal("the child process exited without leading")
-		}
-	case <-time.After(patience):
-		t.Fatal("the child process did not lead in time")
-	}
+	cmd := startChild(t, "TestElectHelperProcess", electHelperEnv, r.Dir(), "leading")
 	registrytest.WantLeader(t, r, "quota", "child")
 
 	ctx := context.Background()
 	mine := registrytest.Campaign(ctx, r, "quota", "parent")
 	cctx, cancel := context.WithTimeout(ctx, 3*campaignPoll)
-	_, err = r.Campaign(cctx, "quota", "other")
+	_, err := r.Campaign(cctx, "quota", "other")
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Campaign while the child leads, until its context ends: %v", err)

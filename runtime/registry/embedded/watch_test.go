@@ -316,39 +316,7 @@ func TestKilledProcessExpires(t *testing.T) {
 	}
 	e := stream(t, w)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperDirEnv+"="+r.Dir())
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			if sc.Text() == "registered" {
-				ready <- true
-				return
-			}
-		}
-		ready <- false
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatal("the child process exited without registering")
-		}
-	case <-time.After(patience):
-		t.Fatal("the child process did not register in time")
-	}
+	cmd := startChild(t, "TestHelperProcess", helperDirEnv, r.Dir(), "registered")
 	e.want(t, registry.EventUpdate, "victim", "victim-1")
 
 	if err := cmd.Process.Kill(); err != nil { // SIGKILL where there are signals
@@ -379,4 +347,45 @@ func TestKilledProcessExpires(t *testing.T) {
 	if _, err := r.GetService(ctx, "victim"); !errors.Is(err, registry.ErrNotFound) {
 		t.Fatalf("GetService after expiry = %v, want ErrNotFound", err)
 	}
+}
+
+// startChild runs the test binary again as a child process that runs only test, with
+// env set to dir, and waits until the child prints line on its own line. The child is
+// killed when the test ends.
+func startChild(t *testing.T, test, env, dir, line string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), env+"="+dir)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if sc.Text() == line {
+				ready <- true
+				return
+			}
+		}
+		ready <- false
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatalf("the child process exited before it printed %q", line)
+		}
+	case <-time.After(patience):
+		t.Fatalf("the child process did not print %q in time", line)
+	}
+	return cmd
 }
