@@ -2,15 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/microhost/micro/abi"
 	"github.com/microhost/micro/sdk/registry"
 )
 
@@ -38,42 +37,9 @@ const (
 	// electCleanup bounds the destruction of a session once the leadership is lost or
 	// the Campaign gave up.
 	electCleanup = 5 * time.Second
-	// maxElectName bounds election names.
-	maxElectName = 128
-	// maxLeaderValue bounds a leader's value.
-	maxLeaderValue = 4 << 10
 )
 
 var _ registry.Elector = (*consul)(nil)
-
-// checkElection checks an election's name, 1 to maxElectName bytes of [A-Za-z0-9._-], and,
-// when campaigning, its value: UTF-8 of at most maxLeaderValue bytes.
-func checkElection(name string, value *string) error {
-	if name == "" {
-		return errors.New("election name is empty")
-	}
-	if len(name) > maxElectName {
-		return fmt.Errorf("election name %.40q... is %d bytes long, more than %d", name, len(name), maxElectName)
-	}
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
-		default:
-			r, _ := utf8.DecodeRuneInString(name[i:])
-			return fmt.Errorf("election name %q contains %q: only letters, digits, '.', '_' and '-' may", name, r)
-		}
-	}
-	if value == nil {
-		return nil
-	}
-	if len(*value) > maxLeaderValue {
-		return fmt.Errorf("election %q: value of %d bytes, more than %d", name, len(*value), maxLeaderValue)
-	}
-	if !utf8.ValidString(*value) {
-		return fmt.Errorf("election %q: value %.40q is not valid UTF-8", name, *value)
-	}
-	return nil
-}
 
 // Campaign implements registry.Elector: it creates a session (TTL 10s, lock-delay 1ms,
 // behavior delete), renews it from then on, and acquires the key micro/elect/<name> with
@@ -85,7 +51,7 @@ func checkElection(name string, value *string) error {
 // released it, or the session was invalidated), or when the session cannot be renewed for
 // a TTL, after which Consul may have invalidated it.
 func (r *consul) Campaign(ctx context.Context, name, value string) (registry.Leadership, error) {
-	if err := checkElection(name, &value); err != nil {
+	if err := abi.CheckElection(name, &value); err != nil {
 		return nil, fmt.Errorf("consul registry: campaign: %w", err)
 	}
 	client, addr, err := r.conn()
@@ -130,7 +96,7 @@ func (r *consul) Campaign(ctx context.Context, name, value string) (registry.Lea
 // Leader implements registry.Elector: the value of the key micro/elect/<name> when a
 // session holds it, else registry.ErrNoLeader.
 func (r *consul) Leader(ctx context.Context, name string) (string, error) {
-	if err := checkElection(name, nil); err != nil {
+	if err := abi.CheckElection(name, nil); err != nil {
 		return "", fmt.Errorf("consul registry: leader: %w", err)
 	}
 	client, addr, err := r.conn()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/consul/api"
 
+	"github.com/microhost/micro/abi"
 	"github.com/microhost/micro/plugins/registry-consul/consultest"
 	"github.com/microhost/micro/sdk/registry"
 )
@@ -180,7 +181,7 @@ func TestConsulElect(t *testing.T) {
 func TestConsulElectBadInput(t *testing.T) {
 	r := newConsul(nil) // not initialised: nothing may reach an agent
 	ctx := context.Background()
-	long := strings.Repeat("n", maxElectName+1)
+	long := strings.Repeat("n", abi.MaxElectionName+1)
 	for _, name := range []string{"", long, "a/b", "../x", "a b", "quota\n", "é", "a:b"} {
 		want := fmt.Sprintf("%.40q", name)
 		if name == "" {
@@ -193,7 +194,7 @@ func TestConsulElectBadInput(t *testing.T) {
 			t.Errorf("Leader(%q): err = %v, want one that names it", name, err)
 		}
 	}
-	if _, err := r.Campaign(ctx, "quota", strings.Repeat("v", maxLeaderValue+1)); err == nil || !strings.Contains(err.Error(), "4097 bytes") {
+	if _, err := r.Campaign(ctx, "quota", strings.Repeat("v", abi.MaxLeaderValue+1)); err == nil || !strings.Contains(err.Error(), "4097 bytes") {
 		t.Errorf("Campaign with a value of 4097 bytes: err = %v", err)
 	}
 	if _, err := r.Campaign(ctx, "quota", "\xff"); err == nil || !strings.Contains(err.Error(), "UTF-8") {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/microhost/micro/abi"
 	"github.com/microhost/micro/runtime/registry"
 )
 
@@ -36,12 +37,6 @@ import (
 // keeps it apart from service names.
 const electDir = ".elect"
 
-// maxElectName bounds election names.
-const maxElectName = 128
-
-// maxLeaderValue bounds a leader's value.
-const maxLeaderValue = 4 << 10
-
 // campaignPoll is how often a waiting candidate tries the lock again.
 const campaignPoll = 50 * time.Millisecond
 
@@ -49,45 +44,13 @@ const campaignPoll = 50 * time.Millisecond
 // directory: one removed, or replaced, no longer keeps other candidates out.
 const leaderCheck = 250 * time.Millisecond
 
-// checkElectName checks that name can name an election: 1 to maxElectName bytes of
-// [A-Za-z0-9._-].
-func checkElectName(name string) error {
-	if name == "" {
-		return errors.New("election name is empty")
-	}
-	if len(name) > maxElectName {
-		return fmt.Errorf("election name %.40q... is %d bytes long, more than %d", name, len(name), maxElectName)
-	}
-	for i := 0; i < len(name); i++ {
-		switch c := name[i]; {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '-':
-		default:
-			r, _ := utf8.DecodeRuneInString(name[i:])
-			return fmt.Errorf("election name %q contains %q: only letters, digits, '.', '_' and '-' may", name, r)
-		}
-	}
-	return nil
-}
-
-// checkLeaderValue checks that value, for the election name, is valid UTF-8 of at most
-// maxLeaderValue bytes.
-func checkLeaderValue(name, value string) error {
-	if len(value) > maxLeaderValue {
-		return fmt.Errorf("election %q: value of %d bytes, more than %d", name, len(value), maxLeaderValue)
-	}
-	if !utf8.ValidString(value) {
-		return fmt.Errorf("election %q: value %.40q is not valid UTF-8", name, value)
-	}
-	return nil
-}
-
 // checkValueFile checks that fi describes a regular file that can hold a leader's value.
 func checkValueFile(path string, fi fileInfo) error {
 	if !fi.isRegular() {
 		return &wrongTypeError{path: path, info: fi, want: "regular file"}
 	}
-	if fi.size > maxLeaderValue {
-		return fmt.Errorf("%s: %d bytes, more than %d", path, fi.size, maxLeaderValue)
+	if fi.size > abi.MaxLeaderValue {
+		return fmt.Errorf("%s: %d bytes, more than %d", path, fi.size, abi.MaxLeaderValue)
 	}
 	return nil
 }
@@ -117,10 +80,7 @@ func (r *Registry) Campaign(ctx context.Context, name, value string) (registry.L
 	if err := r.check(ctx); err != nil {
 		return nil, err
 	}
-	if err := checkElectName(name); err != nil {
-		return nil, fmt.Errorf("embedded registry: campaign: %w", err)
-	}
-	if err := checkLeaderValue(name, value); err != nil {
+	if err := abi.CheckElection(name, &value); err != nil {
 		return nil, fmt.Errorf("embedded registry: campaign: %w", err)
 	}
 	lockName := name + ".lock"
@@ -223,7 +183,7 @@ func (r *Registry) Leader(ctx context.Context, name string) (string, error) {
 	if err := r.check(ctx); err != nil {
 		return "", err
 	}
-	if err := checkElectName(name); err != nil {
+	if err := abi.CheckElection(name, nil); err != nil {
 		return "", fmt.Errorf("embedded registry: leader: %w", err)
 	}
 	noLeader := fmt.Errorf("embedded registry: election %q: %w", name, registry.ErrNoLeader)
@@ -268,12 +228,12 @@ func (r *Registry) Leader(ctx context.Context, name string) (string, error) {
 		return "", noLeader // a new leader has not written its value yet
 	}
 	defer val.close()
-	data, err := io.ReadAll(io.LimitReader(val.f, maxLeaderValue+1))
+	data, err := io.ReadAll(io.LimitReader(val.f, abi.MaxLeaderValue+1))
 	switch {
 	case err != nil:
 		return "", fmt.Errorf("embedded registry: leader of %q: %w", name, err)
-	case len(data) > maxLeaderValue:
-		return "", fmt.Errorf("embedded registry: leader of %q: %s: more than %d bytes", name, val.f.Name(), maxLeaderValue)
+	case len(data) > abi.MaxLeaderValue:
+		return "", fmt.Errorf("embedded registry: leader of %q: %s: more than %d bytes", name, val.f.Name(), abi.MaxLeaderValue)
 	case !utf8.Valid(data):
 		return "", fmt.Errorf("embedded registry: leader of %q: %s: not valid UTF-8", name, val.f.Name())
 	}

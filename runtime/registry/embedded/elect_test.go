@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/microhost/micro/abi"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/registry/registrytest"
 )
@@ -162,7 +163,7 @@ func TestElectKilledLeader(t *testing.T) {
 func TestElectBadInput(t *testing.T) {
 	r, _ := open(t, t.TempDir())
 	ctx := context.Background()
-	long := strings.Repeat("n", maxElectName+1)
+	long := strings.Repeat("n", abi.MaxElectionName+1)
 	for _, name := range []string{"", long, "a/b", "../x", "a b", "quota\n", "é", "a\x00b", "a:b"} {
 		want := fmt.Sprintf("%.40q", name)
 		if name == "" {
@@ -175,7 +176,7 @@ func TestElectBadInput(t *testing.T) {
 			t.Errorf("Leader(%q): err = %v, want one that names it", name, err)
 		}
 	}
-	big := strings.Repeat("v", maxLeaderValue+1)
+	big := strings.Repeat("v", abi.MaxLeaderValue+1)
 	if _, err := r.Campaign(ctx, "quota", big); err == nil || !strings.Contains(err.Error(), "4097 bytes") {
 		t.Errorf("Campaign with a value of 4097 bytes: err = %v", err)
 	}
@@ -186,9 +187,9 @@ func TestElectBadInput(t *testing.T) {
 		t.Errorf("bad input made the election directory: %v", err)
 	}
 	// The extremes that are fine.
-	for _, name := range []string{strings.Repeat("n", maxElectName), ".", "..", "a.b-c_D9"} {
-		l := lead(t, r, name, strings.Repeat("v", maxLeaderValue))
-		registrytest.WantLeader(t, r, name, strings.Repeat("v", maxLeaderValue))
+	for _, name := range []string{strings.Repeat("n", abi.MaxElectionName), ".", "..", "a.b-c_D9"} {
+		l := lead(t, r, name, strings.Repeat("v", abi.MaxLeaderValue))
+		registrytest.WantLeader(t, r, name, strings.Repeat("v", abi.MaxLeaderValue))
 		l.Resign(ctx)
 	}
 	cctx, cancel := context.WithCancel(ctx)
@@ -350,7 +351,7 @@ func TestElectUntrusted(t *testing.T) {
 		if err := os.Remove(value); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(value, []byte(strings.Repeat("v", maxLeaderValue+1)), 0o600); err != nil {
+		if err := os.WriteFile(value, []byte(strings.Repeat("v", abi.MaxLeaderValue+1)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := r.Leader(ctx, "quota"); err == nil || !strings.Contains(err.Error(), "more than 4096") {
