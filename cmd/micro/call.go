@@ -15,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/registry"
 	"github.com/microhost/micro/runtime/transport"
@@ -186,4 +187,41 @@ func formatMetadata(md map[string]string) string {
 		parts[i] = k + "=" + md[k]
 	}
 	return strings.Join(parts, ",")
+}
+
+// ingressRequest sends req to micro's ingress and, when the answer has status want,
+// decodes its JSON into out (unless out is nil). Another answer is micro's error, or its
+// status and body when it is not one.
+func ingressRequest(req *http.Request, want int, out any) error {
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w (is micro running? start it with 'micro run')", err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.StatusCode != want {
+		if e, ok := callerr.Parse(raw); ok {
+			return e
+		}
+		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(raw))
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, out); err != nil {
+		return fmt.Errorf("decoding the answer: %w", err)
+	}
+	return nil
+}
+
+// getJSON gets url from micro's ingress and decodes its JSON answer into out.
+func getJSON(ctx context.Context, url string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return ingressRequest(req, http.StatusOK, out)
 }

@@ -97,33 +97,10 @@ func publish(ctx context.Context, base, topic string, h http.Header, body []byte
 		req.Header.Set(transport.HeaderTimeout, timeout.String())
 	}
 	var p server.Published
-	if err := brokerRequest(req, http.StatusAccepted, &p); err != nil {
+	if err := ingressRequest(req, http.StatusAccepted, &p); err != nil {
 		return nil, fmt.Errorf("publishing to %s: %w", topic, err)
 	}
 	return &p, nil
-}
-
-// brokerRequest sends req to the ingress and decodes a JSON answer of status want into out.
-func brokerRequest(req *http.Request, want int, out any) error {
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w (is micro running? start it with 'micro run')", err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("reading the answer: %w", err)
-	}
-	if resp.StatusCode != want {
-		return fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(raw))
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(raw, out); err != nil {
-		return fmt.Errorf("decoding the answer: %w", err)
-	}
-	return nil
 }
 
 // held lists up to limit messages the broker holds for topic.
@@ -133,7 +110,7 @@ func held(ctx context.Context, base, topic string, limit int) ([]server.HeldMess
 		return nil, err
 	}
 	var list []server.HeldMessage
-	if err := brokerRequest(req, http.StatusOK, &list); err != nil {
+	if err := ingressRequest(req, http.StatusOK, &list); err != nil {
 		return nil, fmt.Errorf("reading %s: %w", topic, err)
 	}
 	return list, nil
@@ -169,7 +146,7 @@ func replayDead(ctx context.Context, base, dead string, timeout time.Duration, s
 		if err != nil {
 			return err
 		}
-		if err := brokerRequest(req, http.StatusNoContent, nil); err != nil {
+		if err := ingressRequest(req, http.StatusNoContent, nil); err != nil {
 			return fmt.Errorf("removing %s from %s after replaying it as %s: %w", m.ID, dead, p.ID, err)
 		}
 		fmt.Fprintf(stdout, "%s -> %s %s\n", m.ID, to, p.ID)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -14,7 +13,6 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/server"
 	"github.com/microhost/micro/runtime/tracing"
 )
@@ -143,28 +141,4 @@ func clean(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// getJSON gets url and decodes its JSON answer into out, or returns micro's error.
-func getJSON(ctx context.Context, url string, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		if e, ok := callerr.Parse(body); ok {
-			return e
-		}
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.Unmarshal(body, out)
 }
