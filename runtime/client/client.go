@@ -46,8 +46,6 @@ type Pool interface {
 type Observer interface {
 	// Retry records an attempt after a failed one.
 	Retry(service string)
-	// Hedge records a hedge: an attempt sent while another was still out.
-	Hedge(service string)
 	// Attempt records an attempt on node: why it was made ("first", "retry" or "hedge"),
 	// how it went ("ok", "failed": it counts against the node, or "abandoned": a hedge
 	// answered first), how long it took, and the ID of its trace when the call is sampled.

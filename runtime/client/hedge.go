@@ -216,9 +216,6 @@ func (c *Client) race(ctx context.Context, o *Options, req *Request, fk Forker, 
 		}
 		h = t
 		mu.Unlock()
-		if c.obs != nil {
-			c.obs.Hedge(req.Service)
-		}
 		left, _ := budget.Remaining(ctx, c.now())
 		c.exec(ctx, t, left, countTimeouts)
 		if t.r.retry == never && winner.CompareAndSwap(0, 2) {

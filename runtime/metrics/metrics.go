@@ -38,7 +38,6 @@ type Metrics struct {
 	calls     *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	retries   *prometheus.CounterVec
-	hedges    *prometheus.CounterVec
 	ejections *prometheus.CounterVec
 	inCalls   *prometheus.CounterVec
 	inLatency *prometheus.HistogramVec
@@ -83,10 +82,6 @@ func New(opts Options) *Metrics {
 			Name: "micro_client_retries_total",
 			Help: "Attempts beyond the first, by called service.",
 		}, []string{"service"}),
-		hedges: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "micro_client_hedges_total",
-			Help: "Hedged attempts: second attempts sent, by called service, while the first was still out.",
-		}, []string{"service"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "micro_client_ejections_total",
 			Help: "Nodes taken out of selection after consecutive failures, by service, endpoint (empty when the node is out for all of them) and node.",
@@ -104,7 +99,7 @@ func New(opts Options) *Metrics {
 	m.client = side{calls: m.calls, latency: m.latency}
 	m.inbound = side{calls: m.inCalls, latency: m.inLatency}
 	m.attempts = newAttempts(buckets)
-	m.reg.MustRegister(m.calls, m.latency, m.retries, m.hedges, m.ejections, m.inCalls, m.inLatency,
+	m.reg.MustRegister(m.calls, m.latency, m.retries, m.ejections, m.inCalls, m.inLatency,
 		m.attempts.count, m.attempts.latency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -135,9 +130,6 @@ func (m *Metrics) Call(service string, code int, d time.Duration) {
 
 // Retry records an attempt beyond the first.
 func (m *Metrics) Retry(service string) { m.retries.WithLabelValues(m.service(service)).Inc() }
-
-// Hedge records a hedged attempt: a second attempt sent while the first was still out.
-func (m *Metrics) Hedge(service string) { m.hedges.WithLabelValues(m.service(service)).Inc() }
 
 // Eject records a node's ejection, for endpoint, or as a whole when endpoint is "".
 func (m *Metrics) Eject(service, endpoint, node string) {

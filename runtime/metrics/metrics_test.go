@@ -19,7 +19,6 @@ func TestLabelsBounded(t *testing.T) {
 		m.Call(name, 200+i%700, time.Millisecond)
 		m.Inbound(name, 200, time.Millisecond)
 		m.Retry(name)
-		m.Hedge(name)
 		m.Eject(name, name, name)
 		m.Eject("greeter", "", fmt.Sprint("node", i))
 	}
@@ -31,7 +30,6 @@ func TestLabelsBounded(t *testing.T) {
 		"micro_client_calls_total":     64, // greeter/200, and other × the known statuses
 		"micro_inbound_calls_total":    2,
 		"micro_client_retries_total":   1,
-		"micro_client_hedges_total":    1,
 		"micro_client_ejections_total": 1 + MaxNodesPerService + 1, // other's; greeter's nodes and other
 	} {
 		if n := testutil.CollectAndCount(m.Registry(), name); n > most {

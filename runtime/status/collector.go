@@ -30,8 +30,6 @@ const maxFailed = 20
 const (
 	metricCalls        = "micro_client_calls_total"
 	metricCallLatency  = "micro_client_call_duration_seconds"
-	metricRetries      = "micro_client_retries_total"
-	metricHedges       = "micro_client_hedges_total"
 	metricEjections    = "micro_client_ejections_total"
 	metricAttempts     = "micro_client_attempts_total"
 	metricAttemptDelay = "micro_client_attempt_duration_seconds"
@@ -202,20 +200,21 @@ func (c *Collector) read(now time.Time) *sample {
 				}
 			case metricCallLatency:
 				service(m).buckets = buckets(m.GetHistogram())
-			case metricRetries:
-				service(m).retries += m.GetCounter().GetValue()
-			case metricHedges:
-				service(m).hedges += m.GetCounter().GetValue()
 			case metricEjections:
 				service(m).ejections += m.GetCounter().GetValue()
 			case metricAttempts:
 				n := m.GetCounter().GetValue()
 				svc, ep, node := label(m, "service"), label(m, "endpoint"), label(m, "node")
-				for _, cs := range []*counts{at(s.nodes, [2]string{svc, node}), at(s.routes, [3]string{svc, ep, node})} {
+				nc, rc := at(s.nodes, [2]string{svc, node}), at(s.routes, [3]string{svc, ep, node})
+				for _, cs := range []*counts{nc, rc} {
 					cs.requests += n
 					if label(m, "outcome") == "ok" {
 						cs.ok += n
 					}
+				}
+				// A service's requests are its calls, counted apart; its retries and hedges
+				// are its attempts', as its nodes' and routes' are.
+				for _, cs := range []*counts{at(s.services, svc), nc, rc} {
 					switch label(m, "reason") {
 					case "retry":
 						cs.retries += n
