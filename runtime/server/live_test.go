@@ -2,8 +2,10 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -150,6 +152,21 @@ func TestEventsFeed(t *testing.T) {
 			// The viewer leaves: its feed ends and is no longer counted.
 			conn.Close()
 			waitFor(t, "the left feed to end", func() bool { return in.feeds.open.Load() == 0 })
+
+			// A viewer that sends bytes after its request (junk, or a request pipelined
+			// behind a feed) gets no answer to them, and the server keeps none of them (the
+			// HTTP/1.1 path ends such a feed after 1 KiB); its leaving ends the feed.
+			r, conn = open()
+			if _, err := conn.Write(append([]byte("GET /status HTTP/1.1\r\nHost: x\r\n\r\n\x00\xff"), bytes.Repeat([]byte("junk"), 1<<12)...)); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(2500 * time.Millisecond))
+			rest, _ := io.ReadAll(r) // until the feed ends, or the deadline
+			if bytes.Contains(rest, []byte("HTTP/1.1")) || bytes.Contains(rest, []byte("junk")) {
+				t.Fatalf("after junk, the feed sent %q", rest)
+			}
+			conn.Close()
+			waitFor(t, "the feed of the viewer that sent junk to end", func() bool { return in.feeds.open.Load() == 0 })
 
 			// Past MaxFeeds, 503.
 			for range MaxFeeds {
