@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/microhost/micro/runtime/config"
+	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/status"
 	"github.com/microhost/micro/runtime/tracing"
 )
@@ -118,7 +119,7 @@ func (r *Runtime) newStatus() *status.Collector {
 		Instance: processID(r.procID),
 		Metrics:  r.metrics.Registry(),
 		Selector: r.sel.Snapshot,
-		Wrappers: func() []status.WrapperReport { return r.wrappers.statusReports() }, // set up after the ingress
+		Wrappers: func() []metrics.NamedReport { return r.wrappers.reports() }, // set up after the ingress
 		Plugins: func() []status.Plugin {
 			return r.plugins(r.health().Errors)
 		},

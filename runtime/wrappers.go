@@ -14,7 +14,6 @@ import (
 
 	"github.com/microhost/micro/runtime/config"
 	"github.com/microhost/micro/runtime/metrics"
-	"github.com/microhost/micro/runtime/status"
 	"github.com/microhost/micro/runtime/wrapper"
 )
 
@@ -149,21 +148,6 @@ func (ws *wrappers) reports() []metrics.NamedReport {
 			nr.Report = rp.Report()
 		}
 		out = append(out, nr)
-	}
-	return out
-}
-
-// statusReports returns the wrappers' reports as the dashboard shows them.
-func (ws *wrappers) statusReports() []status.WrapperReport {
-	named := ws.reports()
-	out := make([]status.WrapperReport, len(named))
-	for i, nr := range named {
-		r := nr.Report
-		out[i] = status.WrapperReport{Name: nr.Name, Side: nr.Side, Instances: r.Instances, Calls: r.Calls,
-			Rejects: r.Rejects, Faults: r.Faults, Time: r.Time}
-		for _, s := range r.States {
-			out[i].States = append(out[i].States, status.WrapperState{Service: s.Service, Endpoint: s.Endpoint, Node: s.Node, Value: s.Value})
-		}
 	}
 	return out
 }

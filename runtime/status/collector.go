@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/tracing"
 )
@@ -35,17 +36,6 @@ const (
 	metricAttemptDelay = "micro_client_attempt_duration_seconds"
 )
 
-// WrapperReport is what a loaded wrapper reports of itself.
-type WrapperReport struct {
-	Name, Side string
-	Instances  int
-	// Calls, Rejects and Faults count since the wrapper was loaded; Time is the total time
-	// calls spent in it.
-	Calls, Rejects, Faults uint64
-	Time                   time.Duration
-	States                 []WrapperState
-}
-
 // Sources are where a Collector reads what micro keeps. Any may be nil.
 type Sources struct {
 	// Instance names this micro process.
@@ -55,7 +45,7 @@ type Sources struct {
 	// Selector returns the selector's view of the called services' nodes.
 	Selector func() []selector.ServiceState
 	// Wrappers returns the loaded wrappers' reports, in chain order.
-	Wrappers func() []WrapperReport
+	Wrappers func() []metrics.NamedReport
 	// Plugins returns the registry, transport and broker in use.
 	Plugins func() []Plugin
 	// Config returns where the config came from and how its last reload went.
@@ -84,7 +74,7 @@ type sample struct {
 	services map[string]*counts // by service label
 	nodes    map[[2]string]*counts
 	routes   map[[3]string]*counts
-	wrappers map[[2]string]WrapperReport // by name and side
+	wrappers map[[2]string]metrics.NamedReport // by name and side
 }
 
 // counts are the counters of one service, node or route at one time.
@@ -177,7 +167,7 @@ func (c *Collector) sample(now time.Time) (first, last *sample) {
 // read takes a sample of the counters at now.
 func (c *Collector) read(now time.Time) *sample {
 	s := &sample{at: now, services: map[string]*counts{}, nodes: map[[2]string]*counts{},
-		routes: map[[3]string]*counts{}, wrappers: map[[2]string]WrapperReport{}}
+		routes: map[[3]string]*counts{}, wrappers: map[[2]string]metrics.NamedReport{}}
 	if c.src.Wrappers != nil {
 		for _, w := range c.src.Wrappers() {
 			s.wrappers[[2]string{w.Name, w.Side}] = w
@@ -411,9 +401,12 @@ func breaker(states map[[3]string][]string, service, node string) string {
 }
 
 // wrapperOf makes the Wrapper of report w at now, with its rates since the sample first.
-func wrapperOf(w WrapperReport, first *sample, now time.Time) Wrapper {
+func wrapperOf(w metrics.NamedReport, first *sample, now time.Time) Wrapper {
 	out := Wrapper{Name: w.Name, Side: w.Side, Instances: w.Instances, Calls: w.Calls, Rejects: w.Rejects,
-		Faults: w.Faults, States: w.States}
+		Faults: w.Faults}
+	for _, st := range w.States {
+		out.States = append(out.States, WrapperState{Service: st.Service, Endpoint: st.Endpoint, Node: st.Node, Value: st.Value})
+	}
 	if first == nil {
 		return out
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/microhost/micro/runtime/metrics"
 	"github.com/microhost/micro/runtime/selector"
 	"github.com/microhost/micro/runtime/tracing"
+	"github.com/microhost/micro/runtime/wrapper"
 )
 
 // TestSnapshot: rates, success and quantiles come from the metrics over the window, per
@@ -17,7 +18,7 @@ import (
 func TestSnapshot(t *testing.T) {
 	m := metrics.New(metrics.Options{KnownService: func(n string) bool { return n == "greeter" }})
 	now := time.Unix(1_700_000_000, 0)
-	wrappers := []WrapperReport{{Name: "breaker", Side: "client", Instances: 1, Calls: 100, Time: 100 * time.Microsecond}}
+	wrappers := []metrics.NamedReport{{Name: "breaker", Side: "client", Report: wrapper.Report{Instances: 1, Calls: 100, Time: 100 * time.Microsecond}}}
 	c := New(Sources{
 		Instance: "micro-1",
 		Metrics:  m.Registry(),
@@ -28,7 +29,7 @@ func TestSnapshot(t *testing.T) {
 				{ID: "b", Address: "127.0.0.1:2", Ejected: 0, EjectedEndpoints: map[string]time.Duration{"Hello": 20 * time.Second}},
 			}}}
 		},
-		Wrappers: func() []WrapperReport { return wrappers },
+		Wrappers: func() []metrics.NamedReport { return wrappers },
 		Health:   func() (string, []string) { return "degraded", []string{"registry: down"} },
 		Failed: func(n int) []tracing.TraceData {
 			t0 := now.Add(-time.Second)
@@ -72,8 +73,8 @@ func TestSnapshot(t *testing.T) {
 		m.Attempt("greeter", "Hello", "b", reason, metrics.AttemptFailed, 40*time.Millisecond, "")
 	}
 	m.Eject("greeter", "Hello", "b")
-	wrappers = []WrapperReport{{Name: "breaker", Side: "client", Instances: 1, Calls: 1100, Time: 2100 * time.Microsecond,
-		States: []WrapperState{{Node: "b", Endpoint: "Hello", Value: "open"}, {Node: "a", Endpoint: "Hello", Value: "closed"}}}}
+	wrappers = []metrics.NamedReport{{Name: "breaker", Side: "client", Report: wrapper.Report{Instances: 1, Calls: 1100, Time: 2100 * time.Microsecond,
+		States: []wrapper.State{{Node: "b", Endpoint: "Hello", Value: "open"}, {Node: "a", Endpoint: "Hello", Value: "closed"}}}}}
 
 	s = c.Snapshot()
 	if s.Window != 10 {
@@ -128,7 +129,7 @@ func TestSnapshot(t *testing.T) {
 func TestSnapshotsShareSamples(t *testing.T) {
 	now := time.Unix(0, 0)
 	reads := 0
-	c := New(Sources{Now: func() time.Time { return now }, Wrappers: func() []WrapperReport { reads++; return nil }})
+	c := New(Sources{Now: func() time.Time { return now }, Wrappers: func() []metrics.NamedReport { reads++; return nil }})
 	for range 10 {
 		c.Snapshot()
 	}
