@@ -74,7 +74,7 @@ func (r *Runtime) Reloaded(result string, err error) {
 }
 
 // plugins reports the registry, transport and broker in use: their health is the part of
-// health's errors that names their role.
+// errs, health's errors, that names their role.
 func (r *Runtime) plugins(errs []string) []status.Plugin {
 	o := r.observed
 	o.mu.Lock()
@@ -120,10 +120,8 @@ func (r *Runtime) newStatus() *status.Collector {
 		Metrics:  r.metrics.Registry(),
 		Selector: r.sel.Snapshot,
 		Wrappers: func() []metrics.NamedReport { return r.wrappers.reports() }, // set up after the ingress
-		Plugins: func() []status.Plugin {
-			return r.plugins(r.health().Errors)
-		},
-		Config: r.configStatus,
+		Plugins:  r.plugins,
+		Config:   r.configStatus,
 		Health: func() (string, []string) {
 			h := r.health()
 			return h.Status, h.Errors

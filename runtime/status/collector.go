@@ -46,8 +46,9 @@ type Sources struct {
 	Selector func() []selector.ServiceState
 	// Wrappers returns the loaded wrappers' reports, in chain order.
 	Wrappers func() []metrics.NamedReport
-	// Plugins returns the registry, transport and broker in use.
-	Plugins func() []Plugin
+	// Plugins returns the registry, transport and broker in use, given the problems
+	// Health reported (which say how the plugins are).
+	Plugins func(problems []string) []Plugin
 	// Config returns where the config came from and how its last reload went.
 	Config func() Config
 	// Health returns "ok" or "degraded", and the problems.
@@ -128,7 +129,7 @@ func (c *Collector) Snapshot() Snapshot {
 			strings.Compare(a.Endpoint, b.Endpoint), strings.Compare(a.Node, b.Node))
 	})
 	if c.src.Plugins != nil {
-		s.Plugins = c.src.Plugins()
+		s.Plugins = c.src.Plugins(s.Errors)
 	}
 	if c.src.Config != nil {
 		s.Config = c.src.Config()
