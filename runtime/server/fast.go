@@ -76,32 +76,33 @@ func (in *Ingress) ServeFast(c *fasthttp.RequestCtx) {
 		fastError(c, callerr.New(IngressID, http.StatusForbidden, "%s", reason), "")
 		return
 	}
-	if !absolute && c.IsGet() {
-		path, query, _ := strings.Cut(string(uri), "?")
-		switch path {
-		case "/health":
+	if !absolute {
+		path, query := uri, []byte(nil)
+		if i := bytes.IndexByte(uri, '?'); i >= 0 {
+			path, query = uri[:i], uri[i+1:]
+		}
+		// string(path) in a switch or comparison allocates nothing: calls pass for free.
+		switch {
+		case c.IsGet() && string(path) == "/health":
 			in.fastHealth(c)
 			return
-		case "/services":
+		case c.IsGet() && string(path) == "/services":
 			in.fastServices(c)
 			return
-		case TracesPath:
-			q, _ := url.ParseQuery(query)
+		case c.IsGet() && string(path) == TracesPath:
+			q, _ := url.ParseQuery(string(query))
 			code, v := in.traces(q)
 			fastJSON(c, code, v)
 			return
+		case string(uri) == "/metrics":
+			in.fastMetrics(c)
+			return
+		case bytes.HasPrefix(uri, []byte(PublishPrefix)):
+			in.fastPublish(c, st, uri)
+			return
+		case in.fastDashboard(c, path):
+			return
 		}
-	}
-	if !absolute && in.fastDashboard(c, uri) {
-		return
-	}
-	if !absolute && string(uri) == "/metrics" {
-		in.fastMetrics(c)
-		return
-	}
-	if !absolute && bytes.HasPrefix(uri, []byte(PublishPrefix)) {
-		in.fastPublish(c, st, uri)
-		return
 	}
 	in.fastCall(c, st, uri, absolute)
 }

@@ -156,15 +156,12 @@ func eventHeaders() map[string]string {
 }
 
 // fastDashboard serves StatusPath, EventsPath and the dashboard's assets on the HTTP/1.1
-// path, and reports whether uri asks for one of them.
-func (in *Ingress) fastDashboard(c *fasthttp.RequestCtx, uri []byte) bool {
-	if !bytes.HasPrefix(uri, []byte(StatusPath)) && !bytes.HasPrefix(uri, []byte(UIPath)) {
+// path, and reports whether the request's path (without its query) asks for one of them.
+func (in *Ingress) fastDashboard(c *fasthttp.RequestCtx, p []byte) bool {
+	if string(p) != StatusPath && string(p) != UIPath && !bytes.HasPrefix(p, []byte(UIPath+"/")) {
 		return false // a call: no allocation on its way
 	}
-	path, _, _ := strings.Cut(string(uri), "?")
-	if path != StatusPath && path != UIPath && !strings.HasPrefix(path, UIPath+"/") {
-		return false
-	}
+	path := string(p)
 	if in.cfg.Status == nil {
 		fastError(c, callerr.New(IngressID, http.StatusNotFound, "this micro has no dashboard"), "")
 		return true
