@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,11 +101,19 @@ func TestSplitTLS(t *testing.T) {
 		t.Fatalf("a refused connection was routed: %v", c.RemoteAddr())
 	default:
 	}
-	mu.Lock()
-	n := len(reported)
-	mu.Unlock()
-	if n != 5 {
-		t.Errorf("%d refusals reported, want 5: %v", n, reported)
+	// The splitter reports a refusal once it has closed the connection, so the report
+	// may come just after the client saw the close.
+	refusals := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(reported)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(refusals()) < 5 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := refusals(); len(got) != 5 {
+		t.Errorf("%d refusals reported, want 5: %v", len(got), got)
 	}
 
 	// A caller of the trust domain is routed, with what it proved.
