@@ -102,7 +102,7 @@ func (q *quotas) Call(ctx context.Context, address string, body []byte) (int, []
 	req := &client.Request{Service: service, Endpoint: quota.Endpoint, Method: http.MethodPost, Target: "/" + quota.Endpoint,
 		Header: map[string]string{"Content-Type": "application/json"}}
 	start := time.Now()
-	m, status, _, err := client.RoundTrip(ctx, q.r.pool, node.Address, &transport.Message{Header: client.MessageHeader(req, node, left, nil), Body: body})
+	m, status, _, err := client.RoundTrip(ctx, q.r.pool, node.Address, &transport.Message{Header: client.MessageHeader(ctx, req, node, left, nil), Body: body})
 	if address == "" {
 		outcome := selector.Success
 		if err != nil {

@@ -428,11 +428,7 @@ type messageExchange struct {
 
 // Attempt implements Exchange.
 func (ex *messageExchange) Attempt(ctx context.Context, node *registry.Node, remaining time.Duration, extra map[string]string) (Answer, bool, error) {
-	h := MessageHeader(ex.req, node, remaining, extra)
-	if tp := tracing.HeaderOf(ctx); tp != "" {
-		h[tracing.Header] = tp
-	}
-	m, status, sent, err := RoundTrip(ctx, ex.c.pool, node.Address, &transport.Message{Header: h, Body: ex.req.Body})
+	m, status, sent, err := RoundTrip(ctx, ex.c.pool, node.Address, &transport.Message{Header: MessageHeader(ctx, ex.req, node, remaining, extra), Body: ex.req.Body})
 	if err != nil {
 		return Answer{}, sent, err
 	}
@@ -501,11 +497,8 @@ func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, rema
 	if err != nil {
 		return Answer{}, false, err
 	}
-	h := MessageHeader(ex.req, node, remaining, extra)
+	h := MessageHeader(ctx, ex.req, node, remaining, extra)
 	h[transport.HeaderStream] = "1"
-	if tp := tracing.HeaderOf(ctx); tp != "" {
-		h[tracing.Header] = tp
-	}
 	if err := conn.Send(ctx, &transport.Message{Header: h, Body: ex.req.Body}); err != nil {
 		conn.Close()
 		return Answer{}, false, err
@@ -527,10 +520,11 @@ func (ex *streamExchange) Attempt(ctx context.Context, node *registry.Node, rema
 	return ex.answer(m, status)
 }
 
-// MessageHeader is the message header of an attempt of req on node: the request's headers,
-// those client wrappers added (extra), and micro's routing and budget headers.
-func MessageHeader(req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) map[string]string {
-	h := make(map[string]string, len(req.Header)+len(extra)+7)
+// MessageHeader is the message header of an attempt, made in ctx, of req on node: the
+// request's headers, those client wrappers added (extra), micro's routing and budget
+// headers, and the attempt's traceparent when ctx has one.
+func MessageHeader(ctx context.Context, req *Request, node *registry.Node, remaining time.Duration, extra map[string]string) map[string]string {
+	h := make(map[string]string, len(req.Header)+len(extra)+8)
 	for k, v := range req.Header {
 		h[k] = v
 	}
@@ -547,6 +541,9 @@ func MessageHeader(req *Request, node *registry.Node, remaining time.Duration, e
 	}
 	h[transport.HeaderNode] = node.ID
 	h[transport.HeaderTimeout] = budget.Format(remaining)
+	if tp := tracing.HeaderOf(ctx); tp != "" {
+		h[tracing.Header] = tp
+	}
 	return h
 }
 

@@ -507,11 +507,8 @@ func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, lef
 			return client.Answer{}, false, &transport.MessageError{Err: err}
 		}
 	}
-	h := client.MessageHeader(ex.req, node, left, extra)
-	if tp := tracing.HeaderOf(ctx); tp != "" {
-		h[tracing.Header] = tp
-	}
-	m, status, sent, err := client.RoundTrip(ctx, ex.in.cfg.Fast.Pool, node.Address, &transport.Message{Header: h, Body: body})
+	m, status, sent, err := client.RoundTrip(ctx, ex.in.cfg.Fast.Pool, node.Address,
+		&transport.Message{Header: client.MessageHeader(ctx, ex.req, node, left, extra), Body: body})
 	if err != nil {
 		return client.Answer{}, sent, err
 	}
