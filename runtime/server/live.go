@@ -215,12 +215,13 @@ func (in *Ingress) fastEvents(c *fasthttp.RequestCtx) {
 			head += k + ": " + v + "\r\n"
 		}
 		_, _ = bw.WriteString(head + "\r\n") // a failure shows at the first flush
-		// The viewer sends nothing more; a read that ends means it left.
+		// The viewer sends nothing more; a read that ends means it left. The reader is
+		// done with conn when it closes gone: fasthttp reuses conn once this returns.
 		gone := make(chan struct{})
 		go func() {
 			_, _ = io.Copy(io.Discard, io.LimitReader(conn, 1<<10))
-			close(gone)
 			_ = conn.SetWriteDeadline(time.Now())
+			close(gone)
 		}()
 		in.runFeed(bw, bw.Flush, conn.SetWriteDeadline, gone)
 		_ = conn.SetReadDeadline(time.Now())
