@@ -476,6 +476,8 @@ func (b *natsBroker) Subscribe(ctx context.Context, s broker.Subscription) (brok
 		return nil, fmt.Errorf("broker-nats: subscribe %s to %s: max inflight %d is negative", s.Group, s.Topic, s.MaxInflight)
 	}
 	s.MaxInflight = max(s.MaxInflight, 1)
+	ctx, cancel := untilChanged(ctx, b.changed())
+	defer cancel()
 	jc, err := ensureConsumer(ctx, st, s)
 	if err != nil {
 		return nil, fmt.Errorf("broker-nats: subscribe %s to %s: %w", s.Group, s.Topic, err)
@@ -515,12 +517,12 @@ func ensureConsumer(ctx context.Context, st *state, s broker.Subscription) (jets
 			upd.MaxAckPending = max(have.MaxAckPending, maxAck)
 			jc, err = st.js.UpdateConsumer(ctx, streamName, upd)
 			if err != nil {
-				return nil, fmt.Errorf("update consumer %s: %w", name, unavailable(err))
+				return nil, fmt.Errorf("update consumer %s: %w", name, requestError(ctx, err))
 			}
 			return jc, nil
 		}
 		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return nil, fmt.Errorf("consumer %s: %w", name, unavailable(err))
+			return nil, fmt.Errorf("consumer %s: %w", name, requestError(ctx, err))
 		}
 		others, err := groups(ctx, st.str, filter)
 		if err != nil {
@@ -546,7 +548,7 @@ func ensureConsumer(ctx context.Context, st *state, s broker.Subscription) (jets
 			return jc, nil
 		}
 		if !errors.Is(err, jetstream.ErrConsumerExists) {
-			return nil, fmt.Errorf("create consumer %s: %w", name, unavailable(err))
+			return nil, fmt.Errorf("create consumer %s: %w", name, requestError(ctx, err))
 		}
 		// Another consumer of the group created it meanwhile: take it as it is.
 	}
@@ -563,7 +565,7 @@ func groups(ctx context.Context, str jetstream.Stream, subject string) ([]*jetst
 		}
 	}
 	if err := l.Err(); err != nil {
-		return nil, fmt.Errorf("list the consumers of %s: %w", subject, unavailable(err))
+		return nil, fmt.Errorf("list the consumers of %s: %w", subject, requestError(ctx, err))
 	}
 	return out, nil
 }
@@ -580,6 +582,8 @@ func (b *natsBroker) Messages(ctx context.Context, topic string, limit int) ([]*
 	if err := checkName("topic", topic); err != nil {
 		return nil, fmt.Errorf("broker-nats: messages: %w", err)
 	}
+	ctx, cancel := untilChanged(ctx, b.changed())
+	defer cancel()
 	var out []*broker.Message
 	size := int64(0)
 	err = scan(ctx, st.str, topic, func(raw *jetstream.RawStreamMsg) bool {
@@ -612,6 +616,8 @@ func (b *natsBroker) Delete(ctx context.Context, topic, id string) error {
 	if err := checkName("topic", topic); err != nil {
 		return fmt.Errorf("broker-nats: delete: %w", err)
 	}
+	ctx, cancel := untilChanged(ctx, b.changed())
+	defer cancel()
 	var seqs []uint64
 	err = scan(ctx, st.str, topic, func(raw *jetstream.RawStreamMsg) bool {
 		if messageID(raw.Header, raw.Sequence) == id {
@@ -625,7 +631,7 @@ func (b *natsBroker) Delete(ctx context.Context, topic, id string) error {
 	for _, seq := range seqs {
 		err := st.str.DeleteMsg(ctx, seq)
 		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return fmt.Errorf("broker-nats: delete %s (sequence %d) from %s: %w", id, seq, topic, unavailable(err))
+			return fmt.Errorf("broker-nats: delete %s (sequence %d) from %s: %w", id, seq, topic, requestError(ctx, err))
 		}
 	}
 	return nil
@@ -651,7 +657,7 @@ func scan(ctx context.Context, str jetstream.Stream, topic string, f func(*jetst
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("get the message after sequence %d: %w", seq, unavailable(err))
+			return fmt.Errorf("get the message after sequence %d: %w", seq, requestError(ctx, err))
 		}
 		if !f(raw) {
 			return nil

@@ -228,9 +228,11 @@ func (c *consumer) Backlog(ctx context.Context) (broker.Backlog, error) {
 	if err != nil {
 		return broker.Backlog{}, err
 	}
+	ctx, cancel := untilChanged(ctx, c.b.changed())
+	defer cancel()
 	ci, err := st.js.Consumer(ctx, streamName, consumerName(c.sub.Topic, c.sub.Group))
 	if err != nil {
-		return broker.Backlog{}, fmt.Errorf("broker-nats: backlog of %s on %s: %w", c.sub.Group, c.sub.Topic, unavailable(err))
+		return broker.Backlog{}, fmt.Errorf("broker-nats: backlog of %s on %s: %w", c.sub.Group, c.sub.Topic, requestError(ctx, err))
 	}
 	info := ci.CachedInfo()
 	n := int64(info.NumPending) + int64(info.NumAckPending)
@@ -242,7 +244,7 @@ func (c *consumer) Backlog(ctx context.Context) (broker.Backlog, error) {
 		return broker.Backlog{Messages: n}, nil
 	}
 	if err != nil {
-		return broker.Backlog{}, fmt.Errorf("broker-nats: backlog of %s on %s: oldest message: %w", c.sub.Group, c.sub.Topic, unavailable(err))
+		return broker.Backlog{}, fmt.Errorf("broker-nats: backlog of %s on %s: oldest message: %w", c.sub.Group, c.sub.Topic, requestError(ctx, err))
 	}
 	return broker.Backlog{Messages: n, Oldest: raw.Time}, nil
 }

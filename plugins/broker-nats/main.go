@@ -15,7 +15,8 @@
 // its deliveries. The stream's limits (max_age, max_bytes, max_message) come from micro;
 // when it is full a publish is refused (discard new) rather than an old message dropped.
 // The connection comes back by itself after the server restarts; meanwhile publishes fail
-// at once as unavailable. Credentials and TLS come from files that micro.toml names, as
+// at once as unavailable, and so does any request to JetStream that was waiting for its
+// answer when the connection dropped. Credentials and TLS come from files that micro.toml names, as
 // for transport-nats (plugins/internal/natsauth). See the README for the names, limits and permissions.
 package main
 

@@ -13,8 +13,9 @@ import (
 )
 
 // TestRequestLostWithConnection: a request whose reply is lost with the connection (an
-// Ack waiting for JetStream's confirmation, a Publish waiting for JetStream's ack) fails
-// at once as unavailable when the connection drops, rather than waiting out its budget:
+// Ack waiting for JetStream's confirmation, a Publish waiting for JetStream's ack, and
+// the JetStream API requests of Backlog, Messages, Delete and Subscribe) fails at once as
+// unavailable when the connection drops, rather than waiting out its budget:
 // nats.go does not fail a request in flight when the connection drops, and the server
 // answered a connection that is gone. A consumer that acked in turn would otherwise stop
 // consuming for the whole budget after a NATS restart (TestRestartLosesNothing).
@@ -29,6 +30,21 @@ func TestRequestLostWithConnection(t *testing.T) {
 		}},
 		{"Publish", "second", func(t *testing.T, b *natsBroker, _ broker.Consumer, _ *broker.Delivery) error {
 			return b.Publish(testCtx(t), &broker.Message{ID: "m2", Topic: "t", Body: []byte("second")})
+		}},
+		{"Backlog", "CONSUMER.INFO", func(t *testing.T, _ *natsBroker, c broker.Consumer, _ *broker.Delivery) error {
+			_, err := c.Backlog(testCtx(t))
+			return err
+		}},
+		{"Messages", "CONSUMER.LIST", func(t *testing.T, b *natsBroker, _ broker.Consumer, _ *broker.Delivery) error {
+			_, err := b.Messages(testCtx(t), "t", 10)
+			return err
+		}},
+		{"Delete", "CONSUMER.LIST", func(t *testing.T, b *natsBroker, _ broker.Consumer, _ *broker.Delivery) error {
+			return b.Delete(testCtx(t), "t", "m1")
+		}},
+		{"Subscribe", "CONSUMER.INFO", func(t *testing.T, b *natsBroker, _ broker.Consumer, _ *broker.Delivery) error {
+			_, err := b.Subscribe(testCtx(t), broker.Subscription{Topic: "t", Group: "g2"})
+			return err
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
