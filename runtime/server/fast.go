@@ -482,7 +482,7 @@ func (ex *fastExchange) Attempt(ctx context.Context, node *registry.Node, left t
 	}
 	out.Header.Set(transport.HeaderNode, node.ID)
 	out.Header.Set(transport.HeaderTimeout, budget.Format(left))
-	setTraceparent(&out.Header, ctx)
+	setTraceparent(ctx, &out.Header)
 	sent, err := fp.peers().Do(ctx, node.Address, out, &ex.c.Response)
 	if err != nil {
 		if !sent && errors.Is(err, fasthttp.ErrBodyTooLarge) {
@@ -522,9 +522,9 @@ func (ex *fastExchange) viaMessage(ctx context.Context, node *registry.Node, lef
 	return answerOf(resp), true, nil
 }
 
-// setTraceparent sets the traceparent header of a request made in ctx, or removes one
+// setTraceparent sets the traceparent header h of a request made in ctx, or removes one
 // when ctx has no trace (no Tracer).
-func setTraceparent(h *fasthttp.RequestHeader, ctx context.Context) {
+func setTraceparent(ctx context.Context, h httpHeader) {
 	if tp := tracing.HeaderOf(ctx); tp != "" {
 		h.Set(tracing.Header, tp)
 	} else {
@@ -542,14 +542,16 @@ func endCall(span tracing.Span, code int) {
 	span.End()
 }
 
-// valueSetter is a request or response header.
-type valueSetter interface {
+// httpHeader is a request or response header of either HTTP path: fasthttp's or an
+// http.Header.
+type httpHeader interface {
 	Set(key, value string)
 	Add(key, value string)
+	Del(key string)
 }
 
 // setValues sets header k to the values that v, a message header value, joins.
-func setValues(h valueSetter, k, v string) {
+func setValues(h httpHeader, k, v string) {
 	first, rest, more := strings.Cut(v, transport.ValueSep)
 	h.Set(k, first)
 	for more {
@@ -733,7 +735,7 @@ func (in *Inbound) serveFast(ctx context.Context, c *fasthttp.RequestCtx, servic
 			out.Header.Set(transport.HeaderCaller, name)
 		}
 		actx, span := in.cfg.Tracer.Client(ctx, "app")
-		setTraceparent(&out.Header, actx)
+		setTraceparent(actx, &out.Header)
 		sent, err := in.cfg.Upstream.Do(actx, app.addr, out, resp)
 		if span.Recording() {
 			status := resp.StatusCode()

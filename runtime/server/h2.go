@@ -291,9 +291,7 @@ func (ex *h2Exchange) Attempt(ctx context.Context, node *registry.Node, left tim
 	h := outHeader(ex.r.Header, extra)
 	h.Set(transport.HeaderNode, node.ID)
 	h.Set(transport.HeaderTimeout, budget.Format(left))
-	if tp := tracing.HeaderOf(ctx); tp != "" {
-		h.Set(tracing.Header, tp)
-	}
+	setTraceparent(ctx, h)
 	hc.header = h
 	rt, scheme := ex.in.cfg.Fast.H2Peers, ex.in.cfg.Fast.PeerScheme
 	if rt == nil {
@@ -525,11 +523,7 @@ func (in *Inbound) h2App(actx, sctx context.Context, hc *h2Call) (resp *http.Res
 			out.header.Set("Grpc-Timeout", formatGRPCTimeout(time.Until(dl)))
 		}
 		tctx, span := in.cfg.Tracer.Client(actx, "app")
-		if tp := tracing.HeaderOf(tctx); tp != "" {
-			out.header.Set(tracing.Header, tp)
-		} else {
-			out.header.Del(tracing.Header)
-		}
+		setTraceparent(tctx, out.header)
 		r, c, _, err := roundTrip(tctx, sctx, in.cfg.H2C, "http://"+app.addr+app.prefix, &out)
 		if span.Recording() {
 			status := 0

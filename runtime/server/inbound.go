@@ -324,11 +324,7 @@ func (in *Inbound) toApp(ctx context.Context, req *transport.Message, extra map[
 		return fail(callerr.New(InboundID, http.StatusBadRequest, "building request to %s: %v", base, err), transport.ErrorCaller)
 	}
 	hr.Header = appHeader(req.Header, extra, deadline, caller)
-	if tp := tracing.HeaderOf(actx); tp != "" {
-		hr.Header.Set(tracing.Header, tp)
-	} else {
-		hr.Header.Del(tracing.Header)
-	}
+	setTraceparent(actx, hr.Header)
 	hresp, err := in.cfg.HTTP.Do(hr)
 	if span.Recording() {
 		status := 0
