@@ -77,11 +77,11 @@ func newAttempts(buckets []float64) *attempts {
 	return &attempts{
 		epoch: time.Now(),
 		count: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "micro_client_attempts_total",
+			Name: NameAttempts,
 			Help: "Attempts of calls, by called service, endpoint, node, reason (first, retry, hedge) and outcome (ok, failed: counted against the node, abandoned: a hedge answered first).",
 		}, []string{"service", "endpoint", "node", "reason", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "micro_client_attempt_duration_seconds",
+			Name:    NameAttemptDuration,
 			Help:    "Time attempts took, by called service, endpoint and node; exemplars carry the trace IDs of sampled calls.",
 			Buckets: buckets,
 		}, []string{"service", "endpoint", "node"}),

@@ -63,6 +63,15 @@ type serviceSeries struct {
 	codes   [600]atomic.Pointer[prometheus.Counter] // by status code, filled on first use
 }
 
+// Names of the client's series that the dashboard reads (runtime/status).
+const (
+	NameCalls           = "micro_client_calls_total"
+	NameCallDuration    = "micro_client_call_duration_seconds"
+	NameEjections       = "micro_client_ejections_total"
+	NameAttempts        = "micro_client_attempts_total"
+	NameAttemptDuration = "micro_client_attempt_duration_seconds"
+)
+
 // New registers micro's metrics, and the Go and process collectors, on a new registry.
 func New(opts Options) *Metrics {
 	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
@@ -70,11 +79,11 @@ func New(opts Options) *Metrics {
 		reg:   prometheus.NewRegistry(),
 		known: opts.KnownService,
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "micro_client_calls_total",
+			Name: NameCalls,
 			Help: "Calls made through the ingress, by called service and final HTTP status code.",
 		}, []string{"service", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "micro_client_call_duration_seconds",
+			Name:    NameCallDuration,
 			Help:    "Time from a call's arrival at the ingress to its answer, retries included.",
 			Buckets: buckets,
 		}, []string{"service"}),
@@ -83,7 +92,7 @@ func New(opts Options) *Metrics {
 			Help: "Attempts beyond the first, by called service.",
 		}, []string{"service"}),
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "micro_client_ejections_total",
+			Name: NameEjections,
 			Help: "Nodes taken out of selection after consecutive failures, by service, endpoint (empty when the node is out for all of them) and node.",
 		}, []string{"service", "endpoint", "node"}),
 		inCalls: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -27,15 +27,6 @@ const minSampleGap = 900 * time.Millisecond
 // maxFailed is how many recent failed calls a Snapshot lists.
 const maxFailed = 20
 
-// Names of the metrics a Collector reads.
-const (
-	metricCalls        = "micro_client_calls_total"
-	metricCallLatency  = "micro_client_call_duration_seconds"
-	metricEjections    = "micro_client_ejections_total"
-	metricAttempts     = "micro_client_attempts_total"
-	metricAttemptDelay = "micro_client_attempt_duration_seconds"
-)
-
 // Sources are where a Collector reads what micro keeps. Any may be nil.
 type Sources struct {
 	// Instance names this micro process.
@@ -182,24 +173,24 @@ func (c *Collector) read(now time.Time) *sample {
 	for _, f := range families {
 		for _, m := range f.GetMetric() {
 			switch f.GetName() {
-			case metricCalls:
+			case metrics.NameCalls:
 				n := m.GetCounter().GetValue()
 				cs := service(m)
 				cs.requests += n
 				if code := label(m, "code"); len(code) == 3 && code < "500" { // not "other", an unknown status
 					cs.ok += n
 				}
-			case metricCallLatency:
+			case metrics.NameCallDuration:
 				service(m).buckets = buckets(m.GetHistogram())
-			case metricEjections:
+			case metrics.NameEjections:
 				service(m).ejections += m.GetCounter().GetValue()
-			case metricAttempts:
+			case metrics.NameAttempts:
 				n := m.GetCounter().GetValue()
 				svc, ep, node := label(m, "service"), label(m, "endpoint"), label(m, "node")
 				nc, rc := at(s.nodes, [2]string{svc, node}), at(s.routes, [3]string{svc, ep, node})
 				for _, cs := range []*counts{nc, rc} {
 					cs.requests += n
-					if label(m, "outcome") == "ok" {
+					if label(m, "outcome") == metrics.AttemptOK {
 						cs.ok += n
 					}
 				}
@@ -207,13 +198,13 @@ func (c *Collector) read(now time.Time) *sample {
 				// are its attempts', as its nodes' and routes' are.
 				for _, cs := range []*counts{at(s.services, svc), nc, rc} {
 					switch label(m, "reason") {
-					case "retry":
+					case metrics.ReasonRetry:
 						cs.retries += n
-					case "hedge":
+					case metrics.ReasonHedge:
 						cs.hedges += n
 					}
 				}
-			case metricAttemptDelay:
+			case metrics.NameAttemptDuration:
 				svc, ep, node := label(m, "service"), label(m, "endpoint"), label(m, "node")
 				b := buckets(m.GetHistogram())
 				nc := at(s.nodes, [2]string{svc, node})
