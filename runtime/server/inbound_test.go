@@ -645,6 +645,7 @@ func TestInboundJunkLabels(t *testing.T) {
 	})
 }
 
+// eventuallyOK calls f until it returns nil, and fails the test with its error after 10 s.
 func eventuallyOK(t *testing.T, f func() error) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -143,6 +143,16 @@ func TestEventsFeed(t *testing.T) {
 					}
 				}
 			}
+			// feedsEnd waits until no feed is open.
+			feedsEnd := func(which string) {
+				t.Helper()
+				eventuallyOK(t, func() error {
+					if n := in.feeds.open.Load(); n != 0 {
+						return fmt.Errorf("%d feeds still open, after %s", n, which)
+					}
+					return nil
+				})
+			}
 			r, conn := open()
 			a, b := next(r), next(r)
 			if a.Instance == b.Instance || a.Services[0].Name != "<b>greeter</b>" {
@@ -151,7 +161,7 @@ func TestEventsFeed(t *testing.T) {
 
 			// The viewer leaves: its feed ends and is no longer counted.
 			conn.Close()
-			waitFor(t, "the left feed to end", func() bool { return in.feeds.open.Load() == 0 })
+			feedsEnd("the viewer left")
 
 			// A viewer that sends bytes after its request (junk, or a request pipelined
 			// behind a feed) gets no answer to them, and the server keeps none of them (the
@@ -166,7 +176,7 @@ func TestEventsFeed(t *testing.T) {
 				t.Fatalf("after junk, the feed sent %q", rest)
 			}
 			conn.Close()
-			waitFor(t, "the feed of the viewer that sent junk to end", func() bool { return in.feeds.open.Load() == 0 })
+			feedsEnd("the viewer that sent junk left")
 
 			// Past MaxFeeds, 503.
 			for range MaxFeeds {
@@ -186,19 +196,7 @@ func TestEventsFeed(t *testing.T) {
 
 			// EndFeeds ends them all.
 			in.EndFeeds()
-			waitFor(t, "every feed to end", func() bool { return in.feeds.open.Load() == 0 })
+			feedsEnd("EndFeeds")
 		})
-	}
-}
-
-// waitFor polls cond until it holds, or fails after 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
