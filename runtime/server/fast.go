@@ -167,21 +167,16 @@ func (in *Ingress) fastCall(c *fasthttp.RequestCtx, st *Settings, uri []byte, ab
 	}
 	defer cancel()
 	defer watchCaller(c.Conn(), cancel).stop()
-	ctx, span, validParent := in.cfg.Tracer.Server(ctx, string(h.Peek(tracing.Header)), "ingress")
+	method := string(c.Method())
+	ctx, span := in.traceCall(ctx, h, string(h.Peek(tracing.Header)), method, service, endpoint)
 	if span.Recording() {
-		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint),
-			attribute.String("http.request.method", string(c.Method())))
 		defer func() { endCall(span, code) }()
-	}
-	h.Del(tracing.Header) // each attempt sends its own
-	if !validParent {
-		h.Del(tracing.HeaderState)
 	}
 
 	callerClose := h.ConnectionClose()
 	dropHeaders(h, nil)
 	req := &client.Request{
-		Service: service, Endpoint: endpoint, Method: string(c.Method()), Target: target,
+		Service: service, Endpoint: endpoint, Method: method, Target: target,
 		Header: messageHeader(h), Body: body, Idempotent: idempotent,
 	}
 	ex := &fastExchange{in: in, c: c, req: req}

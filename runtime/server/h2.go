@@ -96,15 +96,9 @@ func (in *Ingress) callH2(w http.ResponseWriter, r *http.Request, st *Settings, 
 		return
 	}
 	defer cancel()
-	ctx, span, validParent := in.cfg.Tracer.Server(ctx, r.Header.Get(tracing.Header), "ingress")
+	ctx, span := in.traceCall(ctx, r.Header, r.Header.Get(tracing.Header), r.Method, service, endpoint)
 	if span.Recording() {
-		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint),
-			attribute.String("http.request.method", r.Method))
 		defer func() { endCall(span, code) }()
-	}
-	r.Header.Del(tracing.Header) // each attempt sends its own
-	if !validParent {
-		r.Header.Del(tracing.HeaderState)
 	}
 
 	req := &client.Request{

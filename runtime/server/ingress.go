@@ -27,6 +27,8 @@ import (
 	"github.com/microhost/micro/runtime/status"
 	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
+
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // IngressID names the ingress in the errors it returns.
@@ -243,6 +245,10 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 	// like one.
 	_ = rc.SetReadDeadline(time.Time{})
 	bodyRead = true
+	ctx, span := in.traceCall(ctx, r.Header, r.Header.Get(tracing.Header), r.Method, service, endpoint)
+	if span.Recording() {
+		defer func() { endCall(span, code) }()
+	}
 	resp, err := in.cfg.Caller.Call(ctx, &client.Request{
 		Service:    service,
 		Endpoint:   endpoint,
@@ -264,6 +270,23 @@ func (in *Ingress) call(w http.ResponseWriter, r *http.Request, rc *http.Respons
 	h.Set(transport.HeaderAttempts, strconv.Itoa(resp.Attempts))
 	w.WriteHeader(resp.Status)
 	_, _ = w.Write(resp.Body)
+}
+
+// traceCall starts the span of a call at the ingress, to service's endpoint with method:
+// under the caller's traceparent tp when it is valid, else as the root of a new trace. It
+// removes the caller's traceparent from h, the request's header (each attempt sends its
+// own), and with a traceparent that is not valid, the tracestate that came with it.
+func (in *Ingress) traceCall(ctx context.Context, h httpHeader, tp, method, service, endpoint string) (context.Context, tracing.Span) {
+	ctx, span, validParent := in.cfg.Tracer.Server(ctx, tp, "ingress")
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint),
+			attribute.String("http.request.method", method))
+	}
+	h.Del(tracing.Header)
+	if !validParent {
+		h.Del(tracing.HeaderState)
+	}
+	return ctx, span
 }
 
 // setHeader sets on h the end-to-end headers of m, a message header whose repeated values

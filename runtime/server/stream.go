@@ -15,6 +15,7 @@ import (
 
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/client"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/wrapper"
 )
@@ -33,7 +34,7 @@ func isWebSocket(r *http.Request) bool {
 // within the call's budget, then carries messages both ways until either side closes or
 // the stream idles for Settings.StreamIdle. An opening that fails answers the upgrade
 // request with the JSON error.
-func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings, service, endpoint, target string) int {
+func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, st *Settings, service, endpoint, target string) (code int) {
 	fail := func(e *callerr.Error) int {
 		e.Write(w)
 		return e.Code
@@ -46,6 +47,10 @@ func (in *Ingress) stream(w http.ResponseWriter, r *http.Request, rc *http.Respo
 		return fail(e)
 	}
 	defer cancel()
+	ctx, span := in.traceCall(ctx, r.Header, r.Header.Get(tracing.Header), r.Method, service, endpoint)
+	if span.Recording() {
+		defer func() { endCall(span, code) }()
+	}
 	h := CopyHeader(r.Header)
 	// The WebSocket handshake is between the caller and micro; micro checked the Origin.
 	for _, k := range []string{"Origin", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Extensions", "Sec-Websocket-Protocol"} {
