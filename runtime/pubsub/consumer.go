@@ -150,7 +150,7 @@ func (c *consumer) deliver(ctx context.Context, con broker.Consumer, d *broker.D
 		o := c.p.opts.Load()
 		dctx, cancel := context.WithTimeout(ctx, o.DeliveryTimeout)
 		// A delivery's span descends from its message's publish.
-		_, tp := tracing.Lookup(d.Header)
+		_, tp := tracing.Lookup(d.Header, tracing.Header)
 		dctx, span, _ := c.p.tracer.Start(dctx, tp, "deliver", trace.SpanKindConsumer)
 		resp, err := c.p.caller.Call(dctx, &client.Request{
 			Service: c.sub.Service, Endpoint: c.sub.Endpoint, Header: header(d), Body: d.Body,

@@ -25,6 +25,21 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 )
 
+// traceCall starts the span of a call to service's endpoint that came from another micro
+// with message header h: under its traceparent when that is valid, else as the root of a
+// new trace, whose tracestate it then removes from h.
+func (in *Inbound) traceCall(ctx context.Context, h map[string]string, service, endpoint string) (context.Context, tracing.Span) {
+	_, tp := tracing.Lookup(h, tracing.Header)
+	ctx, span, validParent := in.cfg.Tracer.Server(ctx, tp, "inbound")
+	if span.Recording() {
+		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint))
+	}
+	if !validParent {
+		tracing.Del(h, tracing.HeaderState)
+	}
+	return ctx, span
+}
+
 // InboundID names the inbound server in the errors it returns.
 const InboundID = "micro.inbound"
 
@@ -228,13 +243,9 @@ func (in *Inbound) forward(ctx context.Context, req *transport.Message, st *Sett
 	deadline := start.Add(d)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	ctx, span, validParent := in.cfg.Tracer.Server(ctx, req.Header[tracing.Header], "inbound")
-	if !validParent {
-		delete(req.Header, tracing.HeaderState)
-	}
+	ctx, span := in.traceCall(ctx, req.Header, service, endpoint)
 	var code int
 	if span.Recording() {
-		span.Set(attribute.String("micro.service", service), attribute.String("micro.endpoint", endpoint))
 		defer func() { endCall(span, code) }()
 	}
 	if time.Until(deadline) < time.Millisecond {

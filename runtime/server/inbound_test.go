@@ -25,6 +25,7 @@ import (
 	"github.com/microhost/micro/runtime/budget"
 	"github.com/microhost/micro/runtime/callerr"
 	"github.com/microhost/micro/runtime/metrics"
+	"github.com/microhost/micro/runtime/tracing"
 	"github.com/microhost/micro/runtime/transport"
 	"github.com/microhost/micro/runtime/transport/httptransport"
 	"github.com/microhost/micro/runtime/upstream"
@@ -126,6 +127,13 @@ func newTestApp(t *testing.T, maxBody int) *testApp {
 		a.started <- struct{}{}
 		<-r.Context().Done()
 		a.cancelled <- time.Since(start)
+	})
+	mux.HandleFunc("/Trace.Seen", func(w http.ResponseWriter, r *http.Request) {
+		// The trace headers the app got; a WebSocket upgrade gets them in a refusal.
+		if r.Header.Get("Upgrade") != "" {
+			w.WriteHeader(http.StatusForbidden)
+		}
+		_ = json.NewEncoder(w).Encode(map[string]string{"traceparent": r.Header.Get("Traceparent"), "tracestate": r.Header.Get("Tracestate")})
 	})
 	mux.HandleFunc("/Ws.Refuse", func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"why":"not you"}`, http.StatusForbidden)
@@ -236,12 +244,19 @@ func newH2C(t *testing.T) *http.Transport {
 
 func newInboundHarness(t *testing.T, st Settings, p path) *inboundHarness {
 	t.Helper()
+	return newTracedInboundHarness(t, st, p, nil)
+}
+
+// newTracedInboundHarness is newInboundHarness with an Inbound that records spans with tr.
+func newTracedInboundHarness(t *testing.T, st Settings, p path, tr *tracing.Tracer) *inboundHarness {
+	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
 	h := &inboundHarness{app: newTestApp(t, int(st.MaxBody)), p: p, h2c: newH2C(t)}
 	h.up = upstream.New(upstream.Options{MaxBody: int(st.MaxBody)})
 	t.Cleanup(h.up.Close)
 	h.metrics = metrics.New(metrics.Options{KnownService: func(n string) bool { return n == "app" }})
 	h.in = NewInbound(InboundConfig{
+		Tracer:   tr,
 		Apps:     testApps{app: h.app.URL, down: closedAddr(t)},
 		Recorder: h.metrics,
 		Logger:   logger,

@@ -104,15 +104,11 @@ func (in *Ingress) publish(ctx context.Context, st *Settings, pr *publishRequest
 			return 0, nil, e
 		}
 		// The message carries the publish's span, which its deliveries descend from.
-		key, tp := tracing.Lookup(pr.header)
-		delete(pr.header, key)
+		_, tp := tracing.Lookup(pr.header, tracing.Header)
+		tracing.Del(pr.header, tracing.Header)
 		ctx, span, validParent := in.cfg.Tracer.Start(ctx, tp, "publish", trace.SpanKindProducer)
 		if !validParent {
-			for k := range pr.header {
-				if strings.EqualFold(k, tracing.HeaderState) {
-					delete(pr.header, k)
-				}
-			}
+			tracing.Del(pr.header, tracing.HeaderState)
 		}
 		if tp := tracing.HeaderOf(ctx); tp != "" {
 			if pr.header == nil {

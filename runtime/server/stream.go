@@ -196,6 +196,11 @@ func (in *Inbound) stream(ctx context.Context, conn transport.Conn, req *transpo
 	deadline := start.Add(d)
 	openCtx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	openCtx, span := in.traceCall(openCtx, req.Header, service, endpoint)
+	code := 0 // how the stream ended, for its span
+	if span.Recording() {
+		defer func() { endCall(span, code) }()
+	}
 
 	chain := in.chain.Acquire()
 	call := wrapper.Call{Service: service, Endpoint: endpoint, Node: req.Header[transport.HeaderNode],
@@ -249,6 +254,7 @@ func (in *Inbound) dialApp(ctx context.Context, req *transport.Message, extra ma
 		return nil, nil, callerr.New(InboundID, http.StatusServiceUnavailable, "service %q has no ready instance here", service), transport.ErrorUnavailable
 	}
 	h := appHeader(req.Header, extra, deadline, caller)
+	setTraceparent(ctx, h)
 	_, target := requestLine(req.Header)
 	ws, resp, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(base, "http")+target, &websocket.DialOptions{HTTPHeader: h, HTTPClient: in.cfg.HTTP})
 	switch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -101,15 +102,10 @@ func checkTrace(t *testing.T, in *Ingress, sc tracing.SpanContext, h map[string]
 	if !sc.Valid() {
 		t.Fatalf("the call was made with no trace context")
 	}
-	if k, v := tracing.Lookup(h); k != "" {
+	if k, v := tracing.Lookup(h, tracing.Header); k != "" {
 		t.Errorf("the caller's traceparent went on: %s: %q", k, v)
 	}
-	state := ""
-	for k, v := range h {
-		if strings.EqualFold(k, tracing.HeaderState) {
-			state = v
-		}
-	}
+	_, state := tracing.Lookup(h, tracing.HeaderState)
 	kept, ok := in.cfg.Tracer.Store().Trace(sc.Trace.String())
 	if !ok || len(kept.Spans) == 0 || kept.Spans[len(kept.Spans)-1].Name != "ingress" {
 		t.Fatalf("trace %s: %+v, %v; want its ingress span kept", sc.Trace, kept, ok)
@@ -171,4 +167,49 @@ func TestTracesPath(t *testing.T) {
 			t.Errorf("GET /traces from a micro with no tracer: %d %s", w.Code, w.Body)
 		}
 	})
+}
+
+// TestInboundTraceparent: on every path into the inbound server, and for a stream, the
+// app gets a traceparent of micro's under the caller's when that is valid, and of a new
+// trace when it is not, whose tracestate (in any case) it then does not get.
+func TestInboundTraceparent(t *testing.T) {
+	tr, err := tracing.New(tracing.Options{Service: "micro-test", SampleRatio: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(t *testing.T, r *transport.Message, tp string, wantStatus int) {
+		t.Helper()
+		var seen struct{ Traceparent, Tracestate string }
+		if err := json.Unmarshal(r.Body, &seen); err != nil || r.Header[transport.HeaderStatus] != strconv.Itoa(wantStatus) {
+			t.Fatalf("app answered %v %q (%v)", r.Header, r.Body, err)
+		}
+		sc, ok := tracing.Parse(seen.Traceparent)
+		if !ok {
+			t.Fatalf("the app got traceparent %q, want a valid one", seen.Traceparent)
+		}
+		if tp == validParent {
+			if sc.Trace.String() != parentTrace || sc.Span.String() == parentSpan || seen.Tracestate != "vendor=1" {
+				t.Errorf("with a valid traceparent the app got %q and tracestate %q; want trace %s, a span of micro's, vendor=1",
+					seen.Traceparent, seen.Tracestate, parentTrace)
+			}
+			return
+		}
+		if sc.Trace.String() == parentTrace || seen.Tracestate != "" {
+			t.Errorf("with traceparent %q the app got %q and tracestate %q; want a new trace and none", tp, seen.Traceparent, seen.Tracestate)
+		}
+	}
+	for name, tp := range map[string]string{"valid": validParent, "malformed": "00-zz-not-a-trace", "bad bytes": "\xff\xfe" + validParent[2:]} {
+		t.Run(name, func(t *testing.T) {
+			paths(t, func(t *testing.T, p path) {
+				h := newTracedInboundHarness(t, Settings{}, p, tr)
+				check(t, h.send(t, call("app", "Trace.Seen", tracing.Header, tp, "Tracestate", "vendor=1"), "{}"), tp, 200)
+				if p != messagePath {
+					return
+				}
+				// A stream: the app gets its traceparent with the upgrade.
+				r := h.send(t, call("app", "Trace.Seen", tracing.Header, tp, "Tracestate", "vendor=1", transport.HeaderStream, "1"), "")
+				check(t, r, tp, 403)
+			})
+		})
+	}
 }

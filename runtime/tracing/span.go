@@ -356,18 +356,28 @@ func (t *Tracer) Client(ctx context.Context, name string) (context.Context, Span
 	return trace.ContextWithSpan(ctx, s), Span{s}
 }
 
-// Lookup returns the key and value of the traceparent header in h, a message header whose
-// keys may be in any case.
-func Lookup(h map[string]string) (key, value string) {
-	if v, ok := h[Header]; ok {
-		return Header, v
+// Lookup returns the key and value of header name (Header or HeaderState) in h, a
+// message header whose keys may be in any case.
+func Lookup(h map[string]string, name string) (key, value string) {
+	if v, ok := h[name]; ok {
+		return name, v
 	}
 	for k, v := range h {
-		if strings.EqualFold(k, Header) {
+		if strings.EqualFold(k, name) {
 			return k, v
 		}
 	}
 	return "", ""
+}
+
+// Del removes header name (Header or HeaderState) from h, a message header whose keys may
+// be in any case, in every case it is there in.
+func Del(h map[string]string, name string) {
+	for k := range h {
+		if strings.EqualFold(k, name) {
+			delete(h, k)
+		}
+	}
 }
 
 // SampledTraceID returns the hex ID of the trace in ctx when it is sampled, or "": what a
